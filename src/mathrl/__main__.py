@@ -1,0 +1,5 @@
+import sys
+
+from mathrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""Pretraining the embedded default: the paper's "pretrained, not fine-tuned" starting point at toy scale.
+
+Havrilla et al. start RL from pretrained Llama-2 checkpoints prompted few-shot, and from SFT checkpoints. Our
+pretrained checkpoint is a tiny Llama trained from scratch as a language model on a web-like synthetic corpus
+(``tasks.synthetic.web_documents``): problem texts without solutions, arithmetic drill lines, and ~3% worked
+solutions in a prose format (never the task's step format). It knows the language of the problems and the
+arithmetic, but has never seen the solution format it is asked for: prompted with 2 solved examples it gets
+low maj@1 and non-trivial pass@K (measured in docs/results.md).
+
+Loop: documents are packed into rows of ``seq_len`` tokens separated by EOS (no padding), loss on every token;
+AdamW with warmup and cosine decay; checkpoint every ``checkpoint_every`` steps; resume exact. The data of step s
+is a pure function of (seed, s), so the data position is the step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mathrl import checkpoint as ckpt
+from mathrl.config import field, save as save_config
+from mathrl.errors import UsageError
+from mathrl.models import SIZES, count_parameters, init_model, load_model
+from mathrl.run import prepare_run_dir, resolve_device, write_meta
+from mathrl.runlog import RunLogger, progress
+from mathrl.tasks import task_from_options, task_options
+from mathrl.tasks.synthetic import web_documents
+from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, rng_state, seed_everything, set_lr, \
+    set_rng_state, setup_threads, sft_grads
+
+
+@dataclass
+class Config:
+    out: str = field("runs/pretrain", "run directory (the model is written to OUT/model)")
+    task: str = field("synthetic", "task whose language is modelled (only the synthetic task has a corpus)")
+    level: int = field(3, "synthetic task level of the problem texts")
+    size: str = field("tiny", "model size: " + ", ".join(SIZES))
+    steps: int = field(600, "optimizer steps")
+    batch_size: int = field(32, "rows per optimizer step")
+    micro_batch_size: int = field(0, "sequences per forward pass; smaller than batch_size accumulates gradients (0: batch_size)")
+    seq_len: int = field(256, "tokens per packed row")
+    lr: float = field(3e-3, "peak learning rate")
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = field(60, "linear warmup steps")
+    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    solution_fraction: float = field(0.03, "fraction of documents that are worked solutions (prose format)")
+    drill_fraction: float = field(0.35, "fraction of documents that are arithmetic drill lines")
+    shots: int = field(2, "few-shot examples that prompts for this model should carry (recorded in mathrl.json)")
+    checkpoint_every: int = field(200, "steps between checkpoints")
+    log_every: int = field(20, "steps between log lines")
+    seed: int = field(0, "random seed (initialisation and data)")
+    threads: int = field(0, "torch threads (0: the number of free cores)")
+    device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+
+    def validate(self) -> None:
+        if self.task != "synthetic":
+            raise UsageError("pretrain builds the embedded default; for gsm8k/svamp start from a real pretrained "
+                             "model directory (--model) instead")
+        if self.size not in SIZES:
+            raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
+        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise UsageError("batch_size must be a multiple of micro_batch_size")
+        if not 0 <= self.solution_fraction + self.drill_fraction <= 1:
+            raise UsageError("solution_fraction + drill_fraction must lie in [0, 1]")
+
+
+def packed_rows(cfg: Config, tokenizer, step: int) -> torch.Tensor:
+    """The (batch_size, seq_len) token rows of optimizer step ``step``: a pure function of (seed, step)."""
+    docs = web_documents(cfg.level, seed=cfg.seed * 1_000_003 + step, solution_fraction=cfg.solution_fraction,
+                         drill_fraction=cfg.drill_fraction)
+    need = cfg.batch_size * cfg.seq_len
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    while len(ids) < need:
+        batch = list(itertools.islice(docs, 64))
+        for row in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            ids += row + [eos]
+    return torch.tensor(ids[:need]).view(cfg.batch_size, cfg.seq_len)
+
+
+def train(cfg: Config) -> Path:
+    run_dir = prepare_run_dir(cfg.out, cfg.resume)
+    threads = setup_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    task = task_from_options(cfg.task, level=cfg.level)
+    seed_everything(cfg.seed)
+    save_config(cfg, run_dir / "config.yaml")
+
+    init_dir = run_dir / "init"
+    if not (init_dir / "config.json").is_file():
+        init_model(task, init_dir, size=cfg.size, seed=cfg.seed)
+    model, tokenizer = load_model(init_dir, device=device, for_training=True)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    start = 0
+    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    if last is not None:
+        ckpt.load_weights_into(model, last)
+        state = ckpt.load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"resumed {run_dir} at step {start}")
+    logger = RunLogger(run_dir, resume_step=start if last is not None else None)
+    print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} x "
+          f"{cfg.seq_len} tokens, {threads} threads, {device}")
+
+    bar = progress(cfg.steps, "pretrain", "step", initial=start)
+    tokens, t0 = 0, time.time()
+    for step in range(start, cfg.steps):
+        # collect: this step's packed rows; learn: one optimizer step on the whole-sequence LM loss
+        rows = packed_rows(cfg, tokenizer, step)
+        mb = cfg.micro_batch_size or cfg.batch_size
+        micro = [Batch(rows[i : i + mb], torch.ones_like(rows[i : i + mb]), _lm_mask(rows[i : i + mb]))
+                 for i in range(0, cfg.batch_size, mb)]
+        set_lr(optimizer, cfg.lr, lr_at(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        loss, n = sft_grads(model, micro, device)
+        if not math.isfinite(loss):
+            raise ckpt.divergence_error(run_dir, step, f"loss became {loss}")
+        grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)
+        tokens += n
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            rate = tokens / max(1e-9, time.time() - t0)
+            logger.log(step + 1, loss=loss, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], tokens_per_s=rate)
+            print(f"step {step + 1}/{cfg.steps} loss {loss:.3f} ({rate:.0f} tokens/s)", flush=True)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            ckpt.save_checkpoint(run_dir, step + 1, model, tokenizer,
+                                 {"step": step + 1, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+    bar.close()
+    logger.close()
+    model_dir = run_dir / "model"
+    ckpt.save_model_dir(model, tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage="pretrained", shots=cfg.shots, size=cfg.size)
+    print(f"pretrained model written to {model_dir}")
+    return model_dir
+
+
+def _lm_mask(rows: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones_like(rows, dtype=torch.bool)
+    mask[:, 0] = False  # the first token of a row has no prefix to be predicted from
+    return mask
+
+
+def main(cfg: Config) -> None:
+    train(cfg)

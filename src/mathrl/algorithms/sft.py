@@ -1,0 +1,170 @@
+"""Supervised fine-tuning on a task's reference solutions: the baseline every RL result is compared against.
+
+Loop: optimizer steps on length-bucketed batches of reference completions (token-level cross-entropy,
+completion tokens only by default; ``training.train_steps``), and at each epoch end: evaluate maj@1, maj@K and
+pass@K on the held-out dev split -> checkpoint. Havrilla et al. (section 4.3) report that more SFT
+epochs raise maj@1 while pass@96 falls; the per-epoch dev metrics in metrics.jsonl show whether that trade-off
+appears here.
+
+Dev problems are removed from the training set when they come from the same pool (GSM8K/SVAMP ``dev``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mathrl import checkpoint as ckpt
+from mathrl.config import field, save as save_config
+from mathrl.errors import UsageError
+from mathrl.evaluate import evaluate, headline, summarize
+from mathrl.models import SIZES, count_parameters, init_model, load_model
+from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
+from mathrl.runlog import RunLogger, progress
+from mathrl.tasks import task_from_options, task_options
+from mathrl.training import completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
+    setup_threads, train_steps
+
+
+@dataclass
+class Config:
+    out: str = field("runs/sft", "run directory (the model is written to OUT/model)")
+    model: str = field("", "initial model directory; empty: a fresh embedded-default model (--size)")
+    size: str = field("tiny", "size of a fresh model (when --model is empty)")
+    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
+    level: int | None = field(None, "synthetic task level (default: the model's, else 3)")
+    data_dir: str | None = field(None, "gsm8k/svamp data directory")
+    train_size: int | None = field(None, "synthetic: number of train problems (default 7500)")
+    epochs: int = field(3, "passes over the train split")
+    batch_size: int = field(32, "sequences per optimizer step")
+    micro_batch_size: int = field(0, "sequences per forward pass; smaller than batch_size accumulates gradients (0: batch_size)")
+    lr: float = field(1e-3, "peak learning rate")
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = field(50, "linear warmup steps")
+    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    whole_sequence_loss: bool = field(False, "loss on prompt tokens too (default: completion tokens only)")
+    dev_size: int = field(500, "dev problems evaluated after each epoch (0: no evaluation)")
+    eval_k: int = field(32, "samples per dev problem for maj@K / pass@K")
+    eval_temperature: float = field(1.0, "sampling temperature for the K dev samples")
+    max_new_tokens: int = field(128, "completion length limit when evaluating")
+    checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
+    log_every: int = field(20, "optimizer steps between log lines")
+    seed: int = field(0, "random seed")
+    threads: int = field(0, "torch threads (0: the number of free cores)")
+    device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
+            raise UsageError("batch_size must be a multiple of micro_batch_size")
+        if self.size not in SIZES:
+            raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
+        if self.dev_size < 0 or self.eval_k < 0 or self.checkpoint_every < 0:
+            raise UsageError("dev_size, eval_k and checkpoint_every must be >= 0")
+        if self.lr <= 0:
+            raise UsageError("lr must be > 0")
+
+
+def build_examples(task, tokenizer, problems, whole_sequence: bool):
+    """One Example per problem: zero-shot prompt + reference completion + EOS."""
+    prompts = tokenizer([task.prompt(p) for p in problems], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([task.target(p) for p in problems], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [completion_example(p, t + [eos], whole_sequence) for p, t in zip(prompts, targets)]
+
+
+def train(cfg: Config) -> Path:
+    run_dir = prepare_run_dir(cfg.out, cfg.resume)
+    threads = setup_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    meta = read_meta(cfg.model) if cfg.model else {}
+    level = cfg.level if cfg.level is not None else (meta.get("task", {}).get("level") if cfg.task == "synthetic" else None)
+    task = task_from_options(cfg.task, level=level, data_dir=cfg.data_dir, train_size=cfg.train_size)
+    save_config(cfg, run_dir / "config.yaml")
+
+    model_path = cfg.model
+    if not model_path:
+        model_path = run_dir / "init"
+        if not (model_path / "config.json").is_file():
+            init_model(task, model_path, size=cfg.size, seed=cfg.seed)
+    model, tokenizer = load_model(model_path, device=device, for_training=True)
+
+    dev = task.problems("dev")[: cfg.dev_size] if cfg.dev_size else []
+    dev_ids = {p.id for p in dev}
+    train_problems = [p for p in task.problems("train") if p.id not in dev_ids]
+    examples = build_examples(task, tokenizer, train_problems, cfg.whole_sequence_loss)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    step = 0
+    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    if last is not None:
+        ckpt.load_weights_into(model, last)
+        state = ckpt.load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        print(f"resumed {run_dir} at step {step}")
+    logger = RunLogger(run_dir, resume_step=step if last is not None else None)
+    print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} train problems, "
+          f"{cfg.epochs} epochs x {steps_per_epoch} steps, {threads} threads, {device}")
+
+    def save(step):
+        ckpt.save_checkpoint(run_dir, step, model, tokenizer,
+                             {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+
+    bar = progress(total_steps, "sft", "step", initial=step)
+    tokens, t0 = 0, time.time()
+    steps = train_steps(model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
+                        batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size or cfg.batch_size, total_steps=total_steps,
+                        lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+                        grad_clip=cfg.grad_clip, seed=cfg.seed, start_step=step)
+    try:
+        for stats in steps:
+            # learn: one optimizer step on a length-bucketed batch of reference completions
+            step = stats.step
+            tokens += stats.n_tokens
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", epoch=f"{stats.epoch:.2f}")
+            if stats.step % cfg.log_every == 0:
+                logger.log(stats.step, loss=stats.loss, grad_norm=stats.grad_norm, lr=stats.lr, epoch=stats.epoch,
+                           tokens_per_s=tokens / max(1e-9, time.time() - t0))
+            end_of_epoch = stats.step % steps_per_epoch == 0
+            if end_of_epoch:
+                epoch = stats.step // steps_per_epoch
+                print(f"epoch {epoch}/{cfg.epochs} done (step {stats.step}, loss {stats.loss:.3f}, "
+                      f"{tokens / max(1e-9, time.time() - t0):.0f} tokens/s)", flush=True)
+                if dev:
+                    # evaluate: maj@1 (greedy), maj@K and pass@K on the held-out dev split
+                    model.eval()
+                    results = evaluate(model, tokenizer, task, dev, k=cfg.eval_k, temperature=cfg.eval_temperature,
+                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                    model.train()
+                    metrics = summarize(results)
+                    logger.log(stats.step, epoch=epoch,
+                               **{f"dev/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+                    print(f"  dev: {headline(metrics)}", flush=True)
+            # checkpoint at each epoch end (after its evaluation) and every checkpoint_every steps
+            if end_of_epoch or (cfg.checkpoint_every and stats.step % cfg.checkpoint_every == 0):
+                save(stats.step)
+    except FloatingPointError as e:
+        raise ckpt.divergence_error(run_dir, step, str(e)) from None
+    bar.close()
+    logger.close()
+    model_dir = run_dir / "model"
+    ckpt.save_model_dir(model, tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage="sft", shots=0, base=str(cfg.model or "scratch"))
+    print(f"SFT model written to {model_dir}")
+    return model_dir
+
+
+def main(cfg: Config) -> None:
+    train(cfg)

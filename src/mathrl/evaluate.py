@@ -1,0 +1,184 @@
+"""Evaluation: sample, grade through the task, and compute the paper's metrics (definitions in ``metrics.py``).
+
+``evaluate`` samples one greedy completion (maj@1) and K completions at a temperature per problem, grades every
+completion with the task, and ``summarize`` turns the graded results into metrics:
+
+- ``maj@1``, ``maj@k``, ``pass@k`` (k = 1, 2, 4, ... up to K, and K), ``rerank@k`` when reward-model scores exist;
+- the same with ``_verified`` where the task checks steps (answer right *and* every step right), since small
+  answer spaces let lucky guesses pass answer-only checks (shared/notes/synthetic-task.md, 5.3);
+- ``sample_accuracy`` (mean over all K samples), ``step_accuracy`` (fraction of written steps that are right),
+  ``first_error_step`` (mean index of the first wrong step among process-wrong samples),
+  ``lucky_fraction`` (answer-correct samples with a wrong step, over answer-correct samples);
+- diversity: ``distinct_answers`` and ``distinct_solutions`` per question (among the K samples);
+- ``by_difficulty``: maj@1 / pass@K / counts per difficulty level.
+
+``score_samples`` computes the same metrics for completions produced elsewhere (``mathrl score``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mathrl.metrics import distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
+from mathrl.sampler import SamplingParams, sample
+from mathrl.tasks.base import Grade, Problem
+
+
+@dataclass
+class QuestionResult:
+    """Graded completions of one problem. ``greedy`` is None when no greedy completion was sampled."""
+
+    problem: Problem
+    samples: list[Grade]
+    texts: list[str]
+    greedy: Grade | None = None
+    greedy_text: str | None = None
+    scores: list[float] | None = None  # reward-model score per sample (rerank@k)
+    meta: dict = field(default_factory=dict)
+
+
+def ks_up_to(k: int) -> list[int]:
+    """1, 2, 4, ... below k, and k."""
+    out, x = [], 1
+    while x < k:
+        out.append(x)
+        x *= 2
+    return out + [k]
+
+
+def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
+    """Metrics over graded results (see the module docstring). ``k`` defaults to the samples per question."""
+    if not results:
+        return {"n_questions": 0}
+    n = min(len(r.samples) for r in results)
+    k = k or n
+    m: dict = {"n_questions": len(results), "k": k, "n_samples": n}
+    has_greedy = all(r.greedy is not None for r in results)
+    has_steps = all(g.steps is not None for r in results for g in r.samples[:1])
+    has_scores = n > 0 and all(r.scores is not None for r in results)
+
+    def mean(xs):
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    if has_greedy:
+        m["maj@1"] = mean(r.greedy.correct for r in results)
+        if has_steps:
+            m["maj@1_verified"] = mean(r.greedy.verified for r in results)
+    if n:
+        for kk in ks_up_to(k):
+            if kk > n:
+                continue
+            m[f"pass@{kk}"] = mean(pass_at_k(n, sum(g.correct for g in r.samples[:n]), kk) for r in results)
+            if has_steps:
+                m[f"pass@{kk}_verified"] = mean(
+                    pass_at_k(n, sum(g.verified for g in r.samples[:n]), kk) for r in results)
+            if kk > 1:
+                m[f"maj@{kk}"] = mean(maj_at_k([g.answer for g in r.samples[:n]], r.problem.answer, kk)
+                                      for r in results)
+            if has_scores:
+                m[f"rerank@{kk}"] = mean(rerank_at_k(r.scores[:n], [g.correct for g in r.samples[:n]], kk)
+                                         for r in results)
+        samples = [g for r in results for g in r.samples[:n]]
+        m["sample_accuracy"] = mean(g.correct for g in samples)
+        m["no_answer_rate"] = mean(g.answer is None for g in samples)
+        if has_steps:
+            m["sample_accuracy_verified"] = mean(g.verified for g in samples)
+            m["step_accuracy"] = sum(g.steps.n_correct for g in samples) / max(1, sum(len(g.steps.steps) for g in samples))
+            wrong = [g.steps.first_error for g in samples if g.steps.first_error is not None]
+            m["first_error_step"] = mean(wrong) if wrong else float("nan")
+            right = [g for g in samples if g.correct]
+            m["lucky_fraction"] = mean(not g.verified for g in right) if right else 0.0
+        m["distinct_answers"] = mean(distinct_count([g.answer for g in r.samples[:n]]) for r in results)
+        m["distinct_solutions"] = mean(distinct_count([normalize_solution(t) for t in r.texts[:n]]) for r in results)
+
+    by: dict = {}
+    for d in sorted({r.problem.difficulty for r in results}):
+        group = [r for r in results if r.problem.difficulty == d]
+        entry = {"n": len(group)}
+        if has_greedy:
+            entry["maj@1"] = mean(r.greedy.correct for r in group)
+        if n:
+            entry[f"pass@{min(k, n)}"] = mean(pass_at_k(n, sum(g.correct for g in r.samples[:n]), min(k, n))
+                                              for r in group)
+            entry["sample_accuracy"] = mean(g.correct for r in group for g in r.samples[:n])
+        by[str(d)] = entry
+    m["by_difficulty"] = by
+    return m
+
+
+def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temperature: float = 1.0,
+             max_new_tokens: int = 128, shots: Sequence[Problem] = (), seed: int = 0, greedy: bool = True,
+             calculator: bool = False, token_budget: int = 1 << 17, scorer: Callable | None = None,
+             progress=None) -> list[QuestionResult]:
+    """Sample and grade; ``scorer(prompts, texts) -> scores`` (a reward model) adds rerank scores."""
+    prompts = [task.prompt(p, shots) for p in problems]
+    keys = [p.id for p in problems]
+    base = dict(max_new_tokens=max_new_tokens, stop_strings=task.stop_strings, calculator=calculator,
+                seed=seed, token_budget=token_budget)
+    greedy_rollouts = sample(model, tokenizer, prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
+                             progress=progress) if greedy else None
+    rollouts = sample(model, tokenizer, prompts, k, SamplingParams(temperature=temperature, **base), keys=keys,
+                      progress=progress) if k > 0 else []
+    results = []
+    for i, p in enumerate(problems):
+        texts = [r.text for r in rollouts[i * k : (i + 1) * k]]
+        res = QuestionResult(problem=p, samples=[task.grade(p, t) for t in texts], texts=texts)
+        if greedy_rollouts is not None:
+            res.greedy_text = greedy_rollouts[i].text
+            res.greedy = task.grade(p, res.greedy_text)
+        results.append(res)
+    if scorer is not None and k > 0:
+        scores = scorer([prompts[i] for i in range(len(problems)) for _ in range(k)], [t for r in results for t in r.texts])
+        for i, r in enumerate(results):
+            r.scores = list(scores[i * k : (i + 1) * k])
+    return results
+
+
+def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, title: str = "evaluation") -> None:
+    """metrics.json, a readable metrics.md table, and samples.jsonl (one line per question)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "metrics.md").write_text(format_table(metrics, title))
+    with open(out / "samples.jsonl", "w") as f:
+        for r in results:
+            row = {
+                "id": r.problem.id, "difficulty": r.problem.difficulty, "answer": r.problem.answer,
+                "greedy": r.greedy_text, "greedy_answer": r.greedy.answer if r.greedy else None,
+                "greedy_correct": r.greedy.correct if r.greedy else None,
+                "completions": r.texts, "answers": [g.answer for g in r.samples],
+                "correct": [g.correct for g in r.samples],
+            }
+            if r.samples and r.samples[0].steps is not None:
+                row["verified"] = [g.verified for g in r.samples]
+                row["first_error"] = [g.steps.first_error for g in r.samples]
+            if r.scores is not None:
+                row["scores"] = r.scores
+            f.write(json.dumps(row) + "\n")
+
+
+def format_table(metrics: dict, title: str = "evaluation") -> str:
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if key == "by_difficulty":
+            continue
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    by = metrics.get("by_difficulty") or {}
+    if by:
+        cols = sorted({c for e in by.values() for c in e})
+        lines += ["", "| difficulty | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for d, e in by.items():
+            cells = [f"{e[c]:.3f}" if isinstance(e.get(c), float) else str(e.get(c, "")) for c in cols]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline(metrics: dict, k: int | None = None) -> str:
+    """One line with the main metrics, for logs."""
+    k = k or metrics.get("k")
+    keys = ["maj@1", "maj@1_verified", f"maj@{k}", f"pass@{k}", f"pass@{k}_verified", f"rerank@{k}", "sample_accuracy"]
+    return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if isinstance(metrics.get(key), float))

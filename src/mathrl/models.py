@@ -1,0 +1,186 @@
+"""Models and tokenizers: load any Hugging Face causal LM, or build the tiny embedded default.
+
+The embedded default is a ``transformers`` Llama (rotary positions, RMSNorm, SwiGLU, tied embeddings) sized
+0.9M ("tiny") or 1.9M ("small") parameters, with a byte-level BPE tokenizer trained locally by ``tokenizers``
+on text of the task. Digits are always split into single tokens (as in Llama and PaLM: shared/notes
+synthetic-task.md section 3) so every number is spelled with the same ten digit tokens. On the synthetic
+task's closed vocabulary, BPE merges every template word and name into one token, giving the "closed word
+vocabulary + single digits" tokenizer; on GSM8K text it is an ordinary small BPE. Both are saved with
+``save_pretrained``, so any HF tool loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from mathrl.errors import UsageError
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+SIZES = {
+    "tiny": ModelSize(hidden=128, layers=4, heads=4, ffn=384),
+    "small": ModelSize(hidden=160, layers=6, heads=4, ffn=448),
+}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer with single-digit numbers, trained on ``texts``; returns a HF fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        # One token per digit; the first digit of a number carries the space before it (" 20" -> " 2", "0"),
+        # which keeps the ten digit tokens shared by all numbers and saves a token per number.
+        pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", clean_up_tokenization_spaces=False
+    )
+
+
+def tokenizer_corpus(task) -> list[str]:
+    """Text a task's tokenizer is trained on: prompts and target solutions of its train split."""
+    if task.name == "synthetic":
+        stream = task.stream("train", seed=12345)
+        problems = [next(stream) for _ in range(4000)]
+    else:
+        problems = task.problems("train")
+    return [task.prompt(p) + task.target(p) for p in problems]
+
+
+def init_model(task, out: str | os.PathLike, size: str = "tiny", seed: int = 0, vocab_size: int | None = None,
+               max_positions: int = 1024):
+    """Create the embedded default (random weights + a tokenizer trained on the task) and save it to ``out``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if size not in SIZES:
+        raise UsageError(f"unknown model size {size!r} (known: {', '.join(SIZES)})")
+    s = SIZES[size]
+    # The synthetic vocabulary is closed: BPE stops merging once every word is one token (~420 entries with the
+    # 256 byte symbols). GSM8K text gets a small open BPE.
+    vocab_size = vocab_size or (1024 if task.name == "synthetic" else 4096)
+    tokenizer = train_tokenizer(tokenizer_corpus(task), vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden,
+        intermediate_size=s.ffn,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+    )
+    model = LlamaForCausalLM(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "mathrl.json").write_text(json.dumps({"task": task.name, "size": size, "seed": seed}, indent=1))
+    return model, tokenizer
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """float32 on CPU (bf16 matmuls gain little there and cost precision), bfloat16 on CUDA."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if p.is_dir() and not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise UsageError(f"{p}: no tokenizer files (tokenizer.json / tokenizer_config.json) in the model directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token_id is None:
+        # Batched sampling and training pad; a model without a pad token pads with EOS (masked out anyway).
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UsageError(f"{path}: the tokenizer has no EOS token; completions could never end")
+    return tokenizer
+
+
+def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
+               for_training: bool = False):
+    """Load (model, tokenizer) from a local HF directory (or a hub id when online).
+
+    Checks that the tokenizer fits the model's embedding table: a mismatch is an error, not a silent
+    out-of-range index at the first rare token.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.exists() and not _looks_like_hub_id(path):
+        raise UsageError(f"model directory not found: {path}")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise UsageError(f"{p}: not a model directory (no config.json)")
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    tokenizer = load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+    check_vocab(model, tokenizer, str(path))
+    model.to(device)
+    model.train(for_training)
+    return model, tokenizer
+
+
+def check_vocab(model, tokenizer, where: str = "model") -> None:
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > n_embed:
+        raise UsageError(
+            f"{where}: tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_embed} rows "
+            "(tokenizer and model do not belong together)"
+        )
+
+
+def _looks_like_hub_id(path) -> bool:
+    """'gpt2' or 'owner/name': what the hub accepts; anything with more parts or a leading . or / is a path."""
+    parts = str(path).split("/")
+    return len(parts) <= 2 and all(parts) and not str(path).startswith((".", "~"))
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def context_length(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)

@@ -1,0 +1,54 @@
+"""Tasks: problems, prompts, answer extraction, grading and step checks (see ``base.py``)."""
+
+from __future__ import annotations
+
+from mathrl.errors import UsageError
+from mathrl.tasks.base import Grade, Problem, StepCheck, StepVerdict, Task
+from mathrl.tasks.gsm8k import GSM8KTask
+from mathrl.tasks.svamp import SVAMPTask
+from mathrl.tasks.synthetic import SyntheticTask
+
+TASKS = {"synthetic": SyntheticTask, "gsm8k": GSM8KTask, "svamp": SVAMPTask}
+
+__all__ = ["Grade", "Problem", "StepCheck", "StepVerdict", "Task", "TASKS", "load_task"]
+
+
+def load_task(name: str, **options) -> Task:
+    """A task by name with its options (synthetic: level, seed, train_size, test_size; gsm8k/svamp: data_dir,
+    extract). Unknown names list the known ones."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    try:
+        return TASKS[name](**options)
+    except TypeError as e:
+        raise UsageError(f"bad option for task {name}: {e}") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def task_from_options(name: str, level: int | None = None, data_dir: str | None = None,
+                      extract: str | None = None, train_size: int | None = None) -> Task:
+    """Build a task from the flat options every command shares; options that do not apply are errors."""
+    options: dict = {}
+    if name == "synthetic":
+        if data_dir is not None or extract is not None:
+            raise UsageError("data_dir and extract apply to gsm8k and svamp, not to the synthetic task")
+        if level is not None:
+            options["level"] = level
+        if train_size is not None:
+            options["train_size"] = train_size
+    else:
+        if level is not None or train_size is not None:
+            raise UsageError(f"level and train_size apply to the synthetic task, not to {name}")
+        if data_dir is not None:
+            options["data_dir"] = data_dir
+        if extract is not None:
+            options["extract"] = extract
+    return load_task(name, **options)
+
+
+def task_options(task) -> dict:
+    """The options that rebuild ``task`` with ``task_from_options`` (stored beside models)."""
+    if task.name == "synthetic":
+        return {"name": "synthetic", "level": task.level}
+    return {"name": task.name, "extract": task.extract}

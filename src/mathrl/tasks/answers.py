@@ -1,0 +1,97 @@
+"""Answer extraction and numeric normalisation shared by every task.
+
+Two extraction modes, as in lm-evaluation-harness's GSM8K task (`strict-match` / `flexible-extract`):
+
+- strict: the number after the last ``####`` (the GSM8K convention, also used by our synthetic task);
+- flexible: the last number anywhere in the text.
+
+Normalisation (``normalize_number``) maps every spelling of a number to one canonical string so that answers
+compare by string equality: commas and ``$`` are dropped, a trailing ``.`` is dropped, ``5.0``/``5.00`` become
+``5``, ``-0`` becomes ``0``, ``.5`` becomes ``0.5``. Units after the number are not part of the match.
+
+Everything here is written for hostile input (model outputs): regexes are applied to bounded windows, numbers
+longer than ``MAX_NUMBER_CHARS`` are rejected instead of parsed, and nothing raises on any ``str``.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+# A number longer than this (digits, commas, sign, point) is not an answer: it is rejected before it is parsed,
+# so a 1 MB run of digits costs nothing.
+MAX_NUMBER_CHARS = 40
+
+# How much of the end of a completion the flexible extractor reads. The last number of a text lies in its last
+# MAX_NUMBER_CHARS characters plus whatever follows it; units and punctuation after an answer are short.
+FLEXIBLE_WINDOW = 512
+
+# "$1,234.50", "-7", ".5", "12." ; the number may be preceded by '$' and contain thousands separators.
+_NUMBER = re.compile(r"-?\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+_STRICT = re.compile(r"####\s*(-?\s?\$?\s?(?:\d[\d,]*(?:\.\d+)?|\.\d+))")
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical string for a number, or None if ``text`` is not one.
+
+    >>> normalize_number("$1,000.00")
+    '1000'
+    >>> normalize_number("-2.50")
+    '-2.5'
+    >>> normalize_number("abc") is None
+    True
+    """
+    s = text.strip().replace(",", "").replace("$", "").replace(" ", "")
+    if s.endswith("."):
+        s = s[:-1]
+    if not s or len(s) > MAX_NUMBER_CHARS:
+        return None
+    # Only plain decimal notation: "1e5", "inf", "nan", "0x10" are not answers in these tasks.
+    if not re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", s):
+        return None
+    try:
+        d = Decimal(s)
+    except InvalidOperation:  # pragma: no cover - the regex above admits only valid literals
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))  # bounded: at most MAX_NUMBER_CHARS digits
+    return format(d.normalize(), "f")
+
+
+def extract_strict(text: str) -> str | None:
+    """The normalised number after the last ``####`` in ``text``, or None."""
+    pos = text.rfind("####")
+    if pos < 0:
+        return None
+    m = _STRICT.match(text, pos, pos + 4 + 8 + MAX_NUMBER_CHARS)
+    return normalize_number(m.group(1)) if m else None
+
+
+def extract_flexible(text: str) -> str | None:
+    """The normalised last number in ``text``, or None."""
+    window = text[-FLEXIBLE_WINDOW:]
+    last = None
+    for m in _NUMBER.finditer(window):
+        last = m
+    if last is None:
+        return None
+    if last.start() == 0 and len(text) > FLEXIBLE_WINDOW:
+        return None  # the number may continue before the window: it is longer than any answer we accept
+    return normalize_number(last.group(0))
+
+
+def extract_answer(text: str, mode: str = "strict") -> str | None:
+    """Extract and normalise the final answer of a solution text. ``mode`` is "strict" or "flexible"."""
+    if mode == "strict":
+        return extract_strict(text)
+    if mode == "flexible":
+        return extract_flexible(text)
+    raise ValueError(f"unknown extraction mode {mode!r} (expected 'strict' or 'flexible')")
+
+
+def answers_equal(predicted: str | None, reference: str | None) -> bool:
+    """True when both answers are present and name the same number (``5.0 == 5``)."""
+    if predicted is None or reference is None:
+        return False
+    a, b = normalize_number(predicted), normalize_number(reference)
+    return a is not None and a == b

@@ -1,0 +1,116 @@
+"""SVAMP (Patel et al. 2021): 1,000 one- or two-operation word problems in ``SVAMP.json``.
+
+Each record has ``ID``, ``Body``, ``Question``, ``Equation`` (e.g. ``( 76.0 - 25.0 )``) and ``Answer`` (a float).
+One record (chal-680) has an ``Answer`` (1) that its ``Equation`` ((4-2)+3 = 5) contradicts; we grade against
+the official Answer, as every SVAMP result does, and flag it with ``meta["equation_mismatch"]``.
+
+SVAMP has no chain-of-thought solutions: the reference solution is the equation with a calculator annotation,
+``76 - 25 = <<76-25=51>>51`` then ``#### 51``, so the same extraction, calculator tool and step results serve
+GSM8K and SVAMP.
+
+Split: SVAMP ships none. Ours is deterministic and documented: a problem is in **test** when
+``blake2b(ID, digest_size=8) mod 5 == 0`` (about 200 problems), otherwise in **train** (about 800); split
+``all`` is the whole file; ``dev`` is a fixed 5% of train (as for GSM8K) that training commands leave out. ``difficulty`` is the number of operators in the equation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from mathrl.errors import UsageError
+from mathrl.tasks.answers import answers_equal, extract_answer, normalize_number
+from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
+from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
+from mathrl.tasks.data_files import find_data_dir
+from mathrl.tasks.gsm8k import in_dev, step_results
+
+SPLITS = ("train", "test", "dev", "all")
+
+
+def svamp_split(problem_id: str) -> str:
+    digest = hashlib.blake2b(problem_id.encode(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "little") % 5 == 0 else "train"
+
+
+def _clean_equation(equation: str) -> str:
+    """'( 76.0 - 25.0 )' -> '76 - 25' : drop the '.0' of whole numbers and the outer parentheses."""
+    eq = re.sub(r"(\d+)\.0\b", r"\1", equation.strip())
+    eq = re.sub(r"\s+", " ", eq)
+    if eq.startswith("( ") and eq.endswith(" )") and eq.count("(") == 1:
+        eq = eq[2:-2]
+    return eq
+
+
+class SVAMPTask:
+    stop_strings = QA_STOP_STRINGS
+
+    def __init__(self, data_dir: str | None = None, extract: str = "strict"):
+        if extract not in ("strict", "flexible"):
+            raise UsageError(f"svamp: extract must be 'strict' or 'flexible', not {extract!r}")
+        self.name = "svamp"
+        self.extract = extract
+        self.data_dir = data_dir
+        self._all: list[Problem] | None = None
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in SPLITS:
+            raise UsageError(f"unknown split {split!r} for task svamp (known: {', '.join(SPLITS)})")
+        if self._all is None:
+            directory = find_data_dir("svamp", self.data_dir, "SVAMP.json")
+            self._all = load_svamp(Path(directory) / "SVAMP.json")
+        if split == "dev":
+            return [p for p in self._all if p.meta["split"] == "train" and in_dev(p.id)]
+        return [p for p in self._all if split == "all" or p.meta["split"] == split]
+
+    def prompt(self, problem: Problem, shots: Sequence[Problem] = ()) -> str:
+        return qa_prompt(problem.question, [(s.question, s.solution) for s in shots])
+
+    def target(self, problem: Problem) -> str:
+        return " " + problem.solution
+
+    def extract_answer(self, text: str) -> str | None:
+        return extract_answer(text, self.extract)
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        answer = self.extract_answer(completion)
+        return Grade(answer=answer, correct=answers_equal(answer, problem.answer))
+
+    def step_results(self, text: str) -> list[str]:
+        return step_results(text)
+
+
+def load_svamp(path: Path) -> list[Problem]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(records, list):
+        raise UsageError(f"{path}: expected a JSON list of problems")
+    problems = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not all(k in r for k in ("ID", "Body", "Question", "Equation", "Answer")):
+            raise UsageError(f"{path}: record {i} lacks one of ID, Body, Question, Equation, Answer")
+        answer = normalize_number(str(r["Answer"]))
+        if answer is None:
+            raise UsageError(f"{path}: record {r['ID']} has a non-numeric Answer {r['Answer']!r}")
+        equation = _clean_equation(str(r["Equation"]))
+        compact = equation.replace(" ", "")
+        try:
+            value = format_number(evaluate(compact))
+        except CalculatorError as e:
+            raise UsageError(f"{path}: record {r['ID']}: equation {r['Equation']!r} does not evaluate ({e})") from None
+        solution = f"{equation} = <<{compact}={value}>>{value}\n#### {answer}"
+        problems.append(Problem(
+            id=f"svamp-{r['ID']}",
+            question=f"{str(r['Body']).strip()} {str(r['Question']).strip()}",
+            solution=solution,
+            answer=answer,
+            difficulty=sum(compact.count(op) for op in "+-*/"),
+            meta={"split": svamp_split(str(r["ID"])), "equation": str(r["Equation"]), "type": r.get("Type", ""),
+                  "equation_mismatch": normalize_number(value) != answer},
+        ))
+    return problems

@@ -1,0 +1,439 @@
+"""The embedded default task: GSM-like word problems generated from random dependency graphs.
+
+Each problem is a chain of named quantities of one item, with distractors, and a question about the last one::
+
+    Ann has 7 pens. Bob has 3 more pens than Ann. Cat has twice as many pens as Bob. Dan has 5 pens.
+    Eve has as many pens as Cat and Dan together. How many pens does Eve have?
+
+and its reference solution has one step per derived quantity, in topological order, then the GSM8K answer line::
+
+    Bob = Ann + 3 = 7 + 3 = 10. Cat = Bob * 2 = 10 * 2 = 20. Eve = Cat + Dan = 20 + 5 = 25.
+    #### 25
+
+The design follows iGSM (Ye et al. 2024, arXiv 2407.20311) at toy scale, as calibrated in
+shared/notes/synthetic-task.md: a closed vocabulary (template words, ~30 names, digits) keeps problems at
+~60-130 tokens; answers have two digits so that lucky guesses are rare; and because every problem keeps its
+graph, ``check_steps`` verifies a solution step by step exactly (which step is the first wrong one, and why),
+which no GSM8K grader can do.
+
+Generation (per problem, from a seeded ``random.Random``):
+
+1. a leaf ``A`` with a value in 1..leaf_max;
+2. ``n_ops`` derived quantities, each from the previous one (so all are needed): ``+k``, ``-k``, ``*2``/``*3``,
+   or the sum with an earlier quantity or a new leaf; a draw whose value leaves 0..value_max is redrawn;
+3. ``n_distract`` unneeded statements about fresh names (a leaf, or "k more than" a chain quantity);
+4. statements in generation order (distractors after what they mention), or shuffled with probability
+   ``shuffle``; the question asks for the last derived quantity.
+
+Splits: a problem belongs to the test pool when a hash of its question text falls in one tenth of the hash
+space, so train and test (and the pretraining corpus, which draws from the train side) are disjoint by
+construction. ``difficulty`` is ``n_ops``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from mathrl.tasks.answers import answers_equal, extract_strict
+from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, StepCheck, StepVerdict, qa_prompt
+
+NAMES = (
+    "Ann", "Bob", "Cat", "Dan", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Leo", "Max", "Ned", "Oli",
+    "Pam", "Ray", "Sue", "Tom", "Uma", "Val", "Wes", "Xia", "Yan", "Zoe", "Amy", "Ben", "Cy", "Dot", "Eli",
+)
+ITEMS = ("pens", "apples", "coins", "books", "cards", "shells", "stamps", "marbles", "cups", "hats")
+OPS = ("add", "sub", "mul", "sum")
+
+
+@dataclass(frozen=True)
+class Level:
+    """Difficulty knobs. Ranges are inclusive."""
+
+    n_ops: tuple[int, int]
+    n_distract: tuple[int, int]
+    shuffle: float = 0.0  # probability that statements are in random (not topological) order
+    ops: tuple[str, ...] = OPS
+    leaf_max: int = 20
+    value_max: int = 99
+    k_max: int = 20  # constants in "k more/fewer"
+
+
+# One integer picks a preset. Level 3 ~ the pilot's "G-long", level 4 ~ its "P5" (shared/notes/synthetic-task.md).
+LEVELS: dict[int, Level] = {
+    1: Level(n_ops=(1, 2), n_distract=(0, 1)),
+    2: Level(n_ops=(1, 3), n_distract=(0, 2)),
+    3: Level(n_ops=(1, 4), n_distract=(0, 2)),
+    4: Level(n_ops=(1, 5), n_distract=(0, 3)),
+    5: Level(n_ops=(2, 6), n_distract=(1, 4), shuffle=0.3),
+    6: Level(n_ops=(3, 8), n_distract=(2, 5), shuffle=1.0),
+}
+
+TEST_BUCKETS = 10  # one hash bucket in TEST_BUCKETS is the test pool
+
+
+@dataclass(frozen=True)
+class Node:
+    """A quantity. ``op`` is leaf/add/sub/mul/sum; ``args`` the parent names; ``k`` the constant (add/sub/mul)."""
+
+    name: str
+    op: str
+    args: tuple[str, ...]
+    k: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The dependency graph behind a problem; ``needed`` lists the derived quantities of a minimal solution."""
+
+    nodes: dict[str, Node]
+    needed: tuple[str, ...]
+    query: str
+
+
+def _statement(node: Node, item: str) -> str:
+    a = node.args
+    if node.op == "leaf":
+        return f"{node.name} has {node.value} {item}."
+    if node.op == "add":
+        return f"{node.name} has {node.k} more {item} than {a[0]}."
+    if node.op == "sub":
+        return f"{node.name} has {node.k} fewer {item} than {a[0]}."
+    if node.op == "mul":
+        times = "twice" if node.k == 2 else "three times"
+        return f"{node.name} has {times} as many {item} as {a[0]}."
+    return f"{node.name} has as many {item} as {a[0]} and {a[1]} together."
+
+
+def _step(node: Node, nodes: dict[str, Node]) -> str:
+    a = node.args
+    if node.op == "sum":
+        x, y = nodes[a[0]].value, nodes[a[1]].value
+        return f"{node.name} = {a[0]} + {a[1]} = {x} + {y} = {node.value}."
+    sign = {"add": "+", "sub": "-", "mul": "*"}[node.op]
+    x = nodes[a[0]].value
+    return f"{node.name} = {a[0]} {sign} {node.k} = {x} {sign} {node.k} = {node.value}."
+
+
+def solution_text(graph: Graph) -> str:
+    steps = [_step(graph.nodes[n], graph.nodes) for n in graph.needed]
+    # Steps share one line (a name after a newline would be a different token than after a space, which a tiny
+    # model would have to learn twice); the answer line follows GSM8K.
+    return " ".join(steps) + f"\n#### {graph.nodes[graph.query].value}"
+
+
+def _derive(rng: random.Random, level: Level, name: str, prev: Node, earlier: list[Node], fresh) -> list[Node] | None:
+    """Draw the derived node ``name`` from ``prev``; returns [new leaf?, node] or None if out of range."""
+    op = rng.choice(level.ops)
+    if op == "add":
+        k = rng.randint(1, level.k_max)
+        return [Node(name, "add", (prev.name,), k, prev.value + k)] if prev.value + k <= level.value_max else None
+    if op == "sub":
+        k = rng.randint(1, level.k_max)
+        return [Node(name, "sub", (prev.name,), k, prev.value - k)] if prev.value - k >= 0 else None
+    if op == "mul":
+        k = rng.choice((2, 3))
+        return [Node(name, "mul", (prev.name,), k, prev.value * k)] if prev.value * k <= level.value_max else None
+    # sum: with an earlier quantity (half the time, when there is one) or with a new leaf
+    if len(earlier) > 1 and rng.random() < 0.5:
+        other, new_leaf = rng.choice(earlier[:-1]), False
+    else:
+        other, new_leaf = Node("", "leaf", (), 0, rng.randint(1, level.leaf_max)), True
+    value = prev.value + other.value
+    if value > level.value_max:
+        return None
+    if new_leaf:  # named only now, so that a rejected draw does not use up a name
+        other = Node(fresh(), "leaf", (), 0, other.value)
+    args = (prev.name, other.name) if rng.random() < 0.5 else (other.name, prev.name)
+    node = Node(name, "sum", args, 0, value)
+    return [other, node] if new_leaf else [node]
+
+
+def generate_problem(rng: random.Random, level: Level) -> tuple[str, Graph, list[Node]]:
+    """One random problem: (question text, graph, statements in the order they are written)."""
+    n_ops = rng.randint(*level.n_ops)
+    n_distract = rng.randint(*level.n_distract)
+    names = iter(rng.sample(NAMES, len(NAMES)))
+    fresh = lambda: next(names)  # noqa: E731 - a name generator shared with _derive
+    item = rng.choice(ITEMS)
+
+    root = Node(fresh(), "leaf", (), 0, rng.randint(1, level.leaf_max))
+    order: list[Node] = [root]  # statements, in generation (topological) order
+    chain: list[Node] = [root]
+    for _ in range(n_ops):
+        name = fresh()
+        for _attempt in range(20):
+            drawn = _derive(rng, level, name, chain[-1], chain, fresh)
+            if drawn is not None:
+                break
+        else:  # no operation fits (e.g. value_max too small): fall back to adding the smallest constant
+            prev = chain[-1]
+            drawn = [Node(name, "sub", (prev.name,), 1, prev.value - 1)] if prev.value > 0 else [
+                Node(name, "add", (prev.name,), 1, prev.value + 1)]
+        order.extend(drawn)
+        chain.append(drawn[-1])
+
+    for _ in range(n_distract):
+        name = fresh()
+        if rng.random() < 0.5:
+            node = Node(name, "leaf", (), 0, rng.randint(1, level.leaf_max))
+            order.insert(rng.randint(0, len(order)), node)
+        else:
+            parent_pos = rng.randrange(len(order))
+            parent = order[parent_pos]
+            k = rng.randint(1, level.k_max)
+            if parent.value + k > level.value_max:
+                node = Node(name, "leaf", (), 0, rng.randint(1, level.leaf_max))
+            else:
+                node = Node(name, "add", (parent.name,), k, parent.value + k)
+            order.insert(rng.randint(parent_pos + 1, len(order)), node)
+
+    if level.shuffle and rng.random() < level.shuffle:
+        rng.shuffle(order)
+
+    nodes = {n.name: n for n in order}
+    needed = tuple(n.name for n in chain[1:])
+    graph = Graph(nodes=nodes, needed=needed, query=chain[-1].name)
+    question = " ".join(_statement(n, item) for n in order) + f" How many {item} does {graph.query} have?"
+    return question, graph, order
+
+
+def is_test_text(question: str) -> bool:
+    """True when a question belongs to the test pool (a fixed tenth of the hash space)."""
+    digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % TEST_BUCKETS == 0
+
+
+def iter_problems(level: int | Level, seed: int, split: str, id_prefix: str = "synthetic") -> Iterator[Problem]:
+    """An endless, deterministic stream of problems of one split ("train" or "test")."""
+    lv = LEVELS[level] if isinstance(level, int) else level
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r} (expected 'train' or 'test')")
+    want_test = split == "test"
+    rng = random.Random(f"{seed}/{split}")
+    i = 0
+    while True:
+        question, graph, _ = generate_problem(rng, lv)
+        if is_test_text(question) != want_test:
+            continue
+        yield Problem(
+            id=f"{id_prefix}-{split}-{i}",
+            question=question,
+            solution=solution_text(graph),
+            answer=str(graph.nodes[graph.query].value),
+            difficulty=len(graph.needed),
+            meta={"graph": graph},
+        )
+        i += 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Step checking
+
+_NAME = r"[A-Z][a-z]+"
+_STEP = re.compile(
+    rf"\s*({_NAME})\s*=\s*({_NAME})\s*([-+*])\s*({_NAME}|\d+)\s*=\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)\s*"
+)
+_SIGN = {"add": "+", "sub": "-", "mul": "*", "sum": "+"}
+MAX_STEPS = 64  # a solution longer than this is checked on its first steps only (and is then wrong)
+MAX_STEP_CHARS = 200
+
+
+def _apply(sign: str, x: int, y: int) -> int:
+    return x + y if sign == "+" else x - y if sign == "-" else x * y
+
+
+def solution_steps(completion: str) -> list[str]:
+    """The steps of a solution: the text before ``####`` cut at each '.' (numbers here have no decimals)."""
+    body = completion.split("####", 1)[0]
+    return [step.strip() for step in body.split(".", MAX_STEPS)[:MAX_STEPS] if step.strip()]
+
+
+def check_steps(graph: Graph, completion: str) -> StepCheck:
+    """Check every step of a completion against the graph; locate the first wrong step exactly.
+
+    A step ``X = A op B = a op b = v.`` is right when X is a needed quantity not computed before, ``A op B``
+    are X's true operation and operands (a sum in either order), every derived operand was computed on an
+    earlier line, ``a`` and ``b`` are the true values, and ``v`` is X's true value.
+    """
+    verdicts: list[StepVerdict] = []
+    done: set[str] = set()
+    needed = set(graph.needed)
+    nodes = graph.nodes
+    for step in solution_steps(completion):
+        verdicts.append(_check_step(step[:MAX_STEP_CHARS], nodes, needed, done))
+    first_error = next((i for i, v in enumerate(verdicts) if not v.ok), None)
+    reason = verdicts[first_error].reason if first_error is not None else ""
+    if first_error is None:
+        missing = [n for n in graph.needed if n not in done]
+        if missing:
+            first_error, reason = len(verdicts), f"missing step for {missing[0]}"
+    return StepCheck(steps=tuple(verdicts), n_needed=len(graph.needed), first_error=first_error, reason=reason)
+
+
+def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict:
+    m = _STEP.fullmatch(line)
+    if m is None:
+        return StepVerdict(line, False, "malformed step")
+    x, a, sign, b, va, sign2, vb, v = m.groups()
+    node = nodes.get(x)
+    if node is None:
+        return StepVerdict(line, False, f"unknown quantity {x}")
+    if x not in needed:
+        return StepVerdict(line, False, f"unneeded quantity {x}")
+    if x in done:
+        return StepVerdict(line, False, f"{x} computed twice")
+    done.add(x)
+    operands = (a, b)
+    if node.op == "sum":
+        right = sign == "+" and set(operands) == set(node.args) and len(set(operands)) == 2
+    else:
+        right = sign == _SIGN[node.op] and a == node.args[0] and b == str(node.k)
+    if not right:
+        return StepVerdict(line, False, f"wrong operands for {x}")
+    for name in operands:
+        if name in needed and name not in done - {x}:
+            return StepVerdict(line, False, f"uses {name} before computing it")
+    true_vals = [nodes[o].value if o in nodes else int(o) for o in operands]
+    if sign2 != sign or [int(va), int(vb)] != true_vals:
+        return StepVerdict(line, False, "wrong values substituted")
+    if int(v) != _apply(sign, true_vals[0], true_vals[1]):
+        return StepVerdict(line, False, "wrong arithmetic")
+    return StepVerdict(line, True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The task
+
+
+class SyntheticTask:
+    """The synthetic GSM-like task family (see the module docstring). ``level`` picks a ``LEVELS`` preset."""
+
+    stop_strings = QA_STOP_STRINGS
+
+    def __init__(self, level: int = 3, seed: int = 0, train_size: int = 7500, test_size: int = 1000,
+                 dev_size: int = 500):
+        if level not in LEVELS:
+            raise ValueError(f"unknown synthetic level {level} (known: {sorted(LEVELS)})")
+        if min(train_size, test_size, dev_size) < 1:
+            raise ValueError("synthetic split sizes must be >= 1")
+        self.level, self.seed = level, seed
+        self.sizes = {"train": train_size, "test": test_size, "dev": dev_size}
+        self.name = "synthetic"
+        self._cache: dict[str, list[Problem]] = {}
+
+    def problems(self, split: str) -> list[Problem]:
+        """train: the first train_size train-pool problems; test: the first test_size test-pool problems;
+        dev: the next dev_size test-pool problems (held out from both)."""
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r} for task synthetic (known: train, test, dev)")
+        if split not in self._cache:
+            if split == "dev":
+                stream = iter_problems(self.level, self.seed, "test")
+                skipped = [next(stream) for _ in range(self.sizes["test"])]
+                self._cache.setdefault("test", skipped)
+                self._cache["dev"] = [
+                    Problem(id=p.id.replace("-test-", "-dev-"), question=p.question, solution=p.solution,
+                            answer=p.answer, difficulty=p.difficulty, meta=p.meta)
+                    for p in (next(stream) for _ in range(self.sizes["dev"]))
+                ]
+            else:
+                stream = iter_problems(self.level, self.seed, split)
+                self._cache[split] = [next(stream) for _ in range(self.sizes[split])]
+        return self._cache[split]
+
+    def stream(self, split: str = "train", seed: int | None = None) -> Iterator[Problem]:
+        """Fresh problems without end (for pretraining corpora); never yields a test-pool problem for 'train'."""
+        return iter_problems(self.level, self.seed if seed is None else seed, split, id_prefix="synthetic-stream")
+
+    def prompt(self, problem: Problem, shots: Sequence[Problem] = ()) -> str:
+        return qa_prompt(problem.question, [(s.question, self.target(s).strip()) for s in shots])
+
+    def target(self, problem: Problem) -> str:
+        return " " + problem.solution
+
+    def extract_answer(self, text: str) -> str | None:
+        return extract_strict(text)
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        answer = extract_strict(completion)
+        steps = check_steps(problem.meta["graph"], completion) if "graph" in problem.meta else None
+        return Grade(answer=answer, correct=answers_equal(answer, problem.answer), steps=steps)
+
+    def step_results(self, text: str) -> list[str]:
+        """The value each step states (the number after its last '='), in order."""
+        out = []
+        for line in solution_steps(text):
+            tail = line.rsplit("=", 1)[-1].strip().rstrip(".").strip()
+            if tail.isdigit() and len(tail) <= 6:
+                out.append(str(int(tail)))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A "web-like" pretraining corpus (for the pretrained-but-not-fine-tuned starting point of the paper)
+
+
+def _prose_solution(graph: Graph, item: str) -> str:
+    """A worked solution in a surface format unlike the task's: 'Bob has 7 + 3 = 10 pens.' ... 'So ...'."""
+    parts = []
+    for name in graph.needed:
+        n = graph.nodes[name]
+        a = n.args
+        if n.op == "sum":
+            expr = f"{graph.nodes[a[0]].value} + {graph.nodes[a[1]].value}"
+        else:
+            expr = f"{graph.nodes[a[0]].value} {_SIGN[n.op]} {n.k}"
+        parts.append(f"{name} has {expr} = {n.value} {item}.")
+    q = graph.query
+    parts.append(f"So {q} has {graph.nodes[q].value} {item}.")
+    return " ".join(parts)
+
+
+def _drill(rng: random.Random, level: Level) -> str:
+    """A line of arithmetic facts over the task's number range: '17 + 5 = 22. 8 * 3 = 24. ...'."""
+    facts = []
+    for _ in range(rng.randint(4, 10)):
+        op = rng.choice("+-*")
+        if op == "+":
+            a, b = rng.randint(0, level.value_max), rng.randint(0, level.value_max)
+            if a + b > level.value_max:
+                a, b = a // 2, b // 2
+            facts.append(f"{a} + {b} = {a + b}.")
+        elif op == "-":
+            a = rng.randint(0, level.value_max)
+            b = rng.randint(0, a)
+            facts.append(f"{a} - {b} = {a - b}.")
+        else:
+            m = rng.choice((2, 3))
+            a = rng.randint(0, level.value_max // m)
+            facts.append(f"{a} * {m} = {a * m}.")
+    return " ".join(facts)
+
+
+def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03,
+                  drill_fraction: float = 0.35) -> Iterator[str]:
+    """An endless stream of pretraining documents: problem texts without solutions, arithmetic drills, and a
+    small fraction of worked solutions in a prose format (never the task's step format). Test-pool problems are
+    excluded, so pretraining never sees a test question."""
+    lv = LEVELS[level] if isinstance(level, int) else level
+    rng = random.Random(f"{seed}/web")
+    while True:
+        u = rng.random()
+        if u < drill_fraction:
+            yield _drill(rng, lv)
+            continue
+        question, graph, order = generate_problem(rng, lv)
+        if is_test_text(question):
+            continue
+        if u < drill_fraction + solution_fraction:
+            item = question.rsplit("How many ", 1)[1].split(" ", 1)[0]
+            yield question + " " + _prose_solution(graph, item)
+        elif rng.random() < 0.5:
+            yield question
+        else:  # statements only: web text rarely asks the question it sets up
+            yield question.rsplit(" How many ", 1)[0]

@@ -1,0 +1,259 @@
+"""The training core shared by pretraining, SFT and the fine-tuning steps of every RL algorithm.
+
+Small building blocks, no trainer class: ``Example`` and ``collate`` make batches, ``token_logprobs`` is the one
+place a model turns token ids into log pi(token | prefix), ``sft_grads`` accumulates the gradient of the masked
+token-level cross-entropy over micro-batches, ``make_optimizer``/``lr_at`` give AdamW with linear warmup and
+cosine decay. The loop itself lives in each algorithm's module, on screen.
+
+Mask convention, everywhere in mathrl: ``loss_mask[b, t]`` is True where token t of row b is a target the loss
+counts (position t is predicted from tokens < t). Padding and prompt tokens are False.
+
+Gradient accumulation is exact: every micro-batch's loss is a *sum* over its target tokens divided by the number
+of target tokens in the whole optimizer batch, so 1 micro-batch of 8 and 8 micro-batches of 1 give the same
+gradient (tested).
+
+Shapes: B = rows, T = tokens per row, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Example:
+    """A token sequence and which of its tokens are targets (``loss_mask``, same length as ``input_ids``)."""
+
+    input_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]
+
+
+def completion_example(prompt_ids: Sequence[int], completion_ids: Sequence[int], whole_sequence: bool = False) -> Example:
+    """Prompt + completion, with loss on the completion only (or on every token after the first)."""
+    ids = tuple(prompt_ids) + tuple(completion_ids)
+    if whole_sequence:
+        mask = (False,) + (True,) * (len(ids) - 1)
+    else:
+        mask = (False,) * len(prompt_ids) + (True,) * len(completion_ids)
+    return Example(ids, mask)
+
+
+@dataclass
+class Batch:
+    """Right-padded tensors: input_ids (B, T) long, attention_mask (B, T) long, loss_mask (B, T) bool."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    t = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    att = torch.zeros((len(examples), t), dtype=torch.long)
+    loss = torch.zeros((len(examples), t), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        att[i, :n] = 1
+        loss[i, :n] = torch.tensor(e.loss_mask)
+    return Batch(ids, att, loss)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(x_t | x_<t) for every position: (B, T) float32, 0 at t = 0 (which has no prefix)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return torch.nn.functional.pad(picked, (1, 0))  # (B, T)
+
+
+def sft_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int]:
+    """Accumulate the gradient of the mean target-token NLL over all micro-batches; returns (loss, n_targets)."""
+    total = sum(mb.n_targets for mb in micro_batches)
+    if total == 0:
+        return 0.0, 0
+    loss_value = 0.0
+    for mb in micro_batches:
+        mb = mb.to(device)
+        logp = token_logprobs(model, mb.input_ids, mb.attention_mask)  # (B, T)
+        loss = -(logp * mb.loss_mask).sum() / total  # sum over this micro-batch / targets in the whole batch
+        loss.backward()
+        loss_value += loss.item()
+    return loss_value, total
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.98)) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms or biases), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based).
+
+    1) linear warmup over ``warmup_steps``; 2) cosine decay from 1 to ``min_ratio`` at ``total_steps``;
+    3) ``min_ratio`` after that.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_ratio
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer, base_lr: float, multiplier: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * multiplier
+
+
+def clip_and_step(model, optimizer, grad_clip: float) -> float:
+    """Clip the global gradient norm (if ``grad_clip`` > 0), step, zero the gradients; returns the norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def length_bucketed_batches(examples: Sequence[Example], batch_size: int, rng: random.Random,
+                            bucket_batches: int = 16) -> list[list[int]]:
+    """Indices of a shuffled epoch cut into batches of similar length (less padding), batches in random order.
+
+    Examples are shuffled, taken ``batch_size * bucket_batches`` at a time, sorted by length inside that window
+    and cut into batches; the batches are then shuffled. Every example appears exactly once.
+    """
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * bucket_batches
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: len(examples[i].input_ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def split_micro(indices: Sequence[int], micro_batch_size: int) -> Iterator[list[int]]:
+    for i in range(0, len(indices), micro_batch_size):
+        yield list(indices[i : i + micro_batch_size])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Threads, seeds and RNG state
+
+
+def default_threads() -> int:
+    """The number of free cores: cores available to this process minus those other processes keep busy,
+    measured from /proc/stat over 0.3 s (the load average lags by a minute and counts finished jobs)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+    try:
+        def snapshot():
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+        total0, idle0 = snapshot()
+        time.sleep(0.3)
+        total1, idle1 = snapshot()
+        busy_fraction = 1 - (idle1 - idle0) / max(1, total1 - total0)
+        machine_cores = os.cpu_count() or cores
+        busy = busy_fraction * machine_cores
+    except (OSError, ValueError, IndexError):
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def setup_threads(threads: int) -> int:
+    n = threads if threads > 0 else default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fine-tuning inner loop shared by SFT, Expert Iteration, RCRL and reward models
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int  # optimizer steps done (1-based)
+    epoch: float  # epochs done, fractional
+    loss: float
+    grad_norm: float
+    lr: float
+    n_tokens: int  # tokens processed in this step (padding excluded)
+
+
+def epoch_batches(examples: Sequence[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a pure function of (seed, epoch), so a resumed run replays them exactly."""
+    return length_bucketed_batches(examples, batch_size, random.Random(f"{seed}/epoch{epoch}"))
+
+
+def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, device, batch_size: int,
+                micro_batch_size: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float,
+                grad_clip: float, seed: int, start_step: int = 0) -> Iterator[StepStats]:
+    """Run optimizer steps ``start_step+1 .. total_steps`` over ``examples`` (epoch after epoch), yielding after
+    each so the caller can log, evaluate and checkpoint. The data position is the step itself."""
+    if not examples:
+        return
+    per_epoch = math.ceil(len(examples) / batch_size)
+    step = start_step
+    while step < total_steps:
+        epoch, offset = divmod(step, per_epoch)
+        batches = epoch_batches(examples, batch_size, seed, epoch)
+        for b in range(offset, per_epoch):
+            if step >= total_steps:
+                return
+            micro = [collate([examples[i] for i in mb], pad_id) for mb in split_micro(batches[b], micro_batch_size)]
+            multiplier = lr_at(step, total_steps, warmup_steps, min_lr_ratio)
+            set_lr(optimizer, lr, multiplier)
+            loss, _ = sft_grads(model, micro, device)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss}")
+            norm = clip_and_step(model, optimizer, grad_clip)
+            step += 1
+            yield StepStats(step=step, epoch=step / per_epoch, loss=loss, grad_norm=norm, lr=lr * multiplier,
+                            n_tokens=sum(int(m.attention_mask.sum()) for m in micro))

@@ -1,0 +1,41 @@
+"""Answer extraction and numeric normalisation (tasks/answers.py)."""
+
+import pytest
+
+from mathrl.tasks.answers import answers_equal, extract_answer, extract_flexible, extract_strict, normalize_number
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("5", "5"), ("5.0", "5"), ("5.00", "5"), ("$5", "5"), ("1,000", "1000"), ("$1,234.50", "1234.5"),
+    ("-3", "-3"), ("-0", "0"), (".5", "0.5"), ("12.", "12"), ("007", "7"), ("2.50", "2.5"),
+    ("abc", None), ("", None), ("1e5", None), ("inf", None), ("nan", None), ("--5", None), ("5-", None),
+    ("9" * 41, None),
+])
+def test_normalize_number(text, expected):
+    assert normalize_number(text) == expected
+
+
+def test_strict_takes_number_after_last_hashes():
+    assert extract_strict("a = 3\n#### 7\nmore #### 1,200") == "1200"
+    assert extract_strict("#### $18.00") == "18"
+    assert extract_strict("#### -4") == "-4"
+    assert extract_strict("the answer is 42") is None
+    assert extract_strict("#### twelve") is None
+
+
+def test_flexible_takes_last_number():
+    assert extract_flexible("I think 3 then 4 apples.") == "4"
+    assert extract_flexible("costs $1,000.") == "1000"
+    assert extract_flexible("no digits") is None
+    # a number that runs past the window's start is longer than any accepted answer
+    assert extract_flexible("1" * 5000) is None
+
+
+def test_modes_and_equality():
+    assert extract_answer("#### 5", "strict") == "5"
+    assert extract_answer("so 5 is it", "flexible") == "5"
+    with pytest.raises(ValueError):
+        extract_answer("5", "loose")
+    assert answers_equal("5.0", "5")
+    assert not answers_equal(None, "5")
+    assert not answers_equal("6", "5")

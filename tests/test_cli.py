@@ -1,0 +1,130 @@
+"""Smoke runs of every CLI command on tiny configs, and the one-line errors of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mathrl.cli import main
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(model_dir.glob("*.safetensors"))))
+
+
+def test_data_commands(capsys, data_dir):
+    assert main(["data", "show", "--task", "synthetic", "-n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("question:") == 2 and "####" in out
+    assert main(["data", "stats", "--task", "svamp", "--data-dir", str(data_dir / "svamp"), "--split", "all"]) == 0
+    assert "1000 problems" in capsys.readouterr().out
+
+
+def test_model_init(runs, capsys):
+    assert main(["model", "init", "--out", str(runs / "init"), "--size", "tiny"]) == 0
+    assert (runs / "init" / "config.json").is_file() and (runs / "init" / "tokenizer.json").is_file()
+    assert "parameters" in capsys.readouterr().out
+
+
+def test_pretrain_sft_eval_pipeline(runs, capsys):
+    pt = runs / "pretrain"
+    assert main(["pretrain", "--out", str(pt), "--steps", "4", "--batch-size", "4", "--seq-len", "64",
+                 "--checkpoint-every", "2", "--log-every", "2", "--threads", "1"]) == 0
+    assert (pt / "model" / "config.json").is_file()
+    assert json.loads((pt / "model" / "mathrl.json").read_text())["shots"] == 2
+    init, trained = _weights(pt / "init"), _weights(pt / "model")
+    assert any(not torch.equal(init[k], trained[k]) for k in init)  # the parameters changed
+    sft = runs / "sft"
+    assert main(["sft", "--model", str(pt / "model"), "--out", str(sft), "--epochs", "1", "--train-size", "24",
+                 "--batch-size", "8", "--dev-size", "3", "--eval-k", "2", "--max-new-tokens", "12",
+                 "--threads", "1"]) == 0
+    records = [json.loads(line) for line in (sft / "metrics.jsonl").read_text().splitlines()]
+    assert any("dev/maj@1" in r and "dev/pass@2" in r for r in records)
+    ev = runs / "eval"
+    assert main(["eval", "--model", str(sft / "model"), "-n", "3", "-k", "4", "--max-new-tokens", "12",
+                 "--out", str(ev), "--threads", "1"]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    for key in ("maj@1", "maj@4", "pass@4", "pass@4_verified", "distinct_solutions", "by_difficulty"):
+        assert key in metrics
+    assert len((ev / "samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
+    samples = tmp_path / "refs.jsonl"
+    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(samples, "w") as out:
+        for line in f:
+            row = json.loads(line)
+            out.write(json.dumps({"question": row["question"], "completions": [row["answer"]]}) + "\n")
+    assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples),
+                 "--out", str(tmp_path / "scored")]) == 0
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert metrics["maj@1"] == metrics["pass@1"] == 1.0 and metrics["n_questions"] == 1319
+    assert metrics["n_unmatched"] == 0
+    scored = (tmp_path / "scored" / "scored.jsonl").read_text().splitlines()
+    assert len(scored) == 1319 and json.loads(scored[0])["correct"] == [True]
+
+
+def test_score_reports_unmatched_questions(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"question": "What is love?", "completions": ["#### 1"]}) + "\n"
+                       + json.dumps({"id": "synthetic-test-0", "completions": ["#### 2", "#### 3"]}) + "\n")
+    assert main(["score", "--samples", str(samples), "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["n_unmatched"] == 1 and metrics["n_questions"] == 1
+    assert "matched no problem" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data", "show", "--task", "mnist"], "unknown task 'mnist'"),
+    (["eval", "--model", "/nonexistent/model"], "model directory not found"),
+    (["sft", "--batch-size", "10", "--micro-batch-size", "3"], "multiple of micro_batch_size"),
+    (["eval"], "--model is required"),
+    (["score", "--samples", "/nope.jsonl", "--out", "/tmp/x"], "file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_bad_yaml_configs(tmp_path, capsys):
+    bad_key = tmp_path / "a.yaml"
+    bad_key.write_text("epochs: 2\nlearning_rate: 0.1\n")
+    assert main(["sft", "--config", str(bad_key)]) == 2
+    assert "unknown option 'learning_rate'" in capsys.readouterr().err
+    bad_type = tmp_path / "b.yaml"
+    bad_type.write_text("epochs: two\n")
+    assert main(["sft", "--config", str(bad_type)]) == 2
+    assert "epochs must be an integer" in capsys.readouterr().err
+    broken = tmp_path / "c.yaml"
+    broken.write_text("epochs: [1,\n")
+    assert main(["sft", "--config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "mathrl", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("mathrl ")
+
+
+def test_expert_iteration_smoke(runs, tmp_path):
+    sft_model = runs / "sft" / "model"
+    if not sft_model.is_dir():
+        pytest.skip("needs the pipeline test's SFT model")
+    out = tmp_path / "ei"
+    assert main(["ei", "--model", str(sft_model), "--out", str(out), "--rounds", "2", "--questions", "6", "-k", "2",
+                 "--max-new-tokens", "12", "--eval-size", "3", "--eval-k", "2", "--include-references",
+                 "--patience", "0", "--threads", "1"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [h["round"] for h in history] == [1, 2]
+    assert history[-1]["rollouts"] == 2 * 6 * 2 and "maj@1" in history[-1]
+    assert (out / "sample_complexity.png").is_file() and (out / "model" / "config.json").is_file()

@@ -1,0 +1,122 @@
+"""The synthetic task: determinism, splits, grading and the exact step check (tasks/synthetic.py)."""
+
+import random
+import time
+
+import pytest
+
+from mathrl.tasks import load_task
+from mathrl.tasks.synthetic import LEVELS, check_steps, generate_problem, is_test_text, iter_problems
+
+
+def test_deterministic_for_a_seed():
+    a = [p.question for p in load_task("synthetic", level=4, seed=7).problems("test")[:50]]
+    b = [p.question for p in load_task("synthetic", level=4, seed=7).problems("test")[:50]]
+    c = [p.question for p in load_task("synthetic", level=4, seed=8).problems("test")[:50]]
+    assert a == b and a != c
+
+
+def test_splits_are_disjoint_and_sized():
+    task = load_task("synthetic", level=3)
+    train = {p.question for p in task.problems("train")}
+    test = {p.question for p in task.problems("test")}
+    dev = {p.question for p in task.problems("dev")}
+    assert len(task.problems("train")) == 7500 and len(task.problems("test")) == 1000
+    assert not train & test and not train & dev and not test & dev
+    assert all(is_test_text(q) for q in test) and not any(is_test_text(q) for q in train)
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_every_reference_grades_correct_and_passes_step_check(level):
+    task = load_task("synthetic", level=level, train_size=300, test_size=300)
+    for p in task.problems("test") + task.problems("train"):
+        g = task.grade(p, task.target(p))
+        assert g.correct and g.verified, (p.question, p.solution, g)
+        assert g.steps.n_needed == p.difficulty == len(g.steps.steps)
+        assert 0 <= int(p.answer) <= LEVELS[level].value_max
+
+
+def test_generation_speed_over_10k_per_second():
+    # the issue asks for >= 10,000 problems/s on one core; measured here with 3x slack for a loaded machine
+    stream = iter_problems(3, 0, "train")
+    start = time.perf_counter()
+    for _ in range(3000):
+        next(stream)
+    assert 3000 / (time.perf_counter() - start) > 10_000 / 3
+
+
+def _corrupt(solution: str, step: int, how: str) -> str:
+    body, answer = solution.split("\n####")
+    steps = [s.strip() for s in body.split(".") if s.strip()]
+    parts = steps[step].split(" = ")  # "X", "A + 3", "7 + 3", "10"
+    if how == "value":
+        parts[3] = str(int(parts[3]) + 1)
+    elif how == "operand":
+        parts[1] = parts[1].split(" ")[0] + " + 99"
+    elif how == "substitution":
+        a, op, b = parts[2].split(" ")
+        parts[2] = f"{int(a) + 1} {op} {b}"
+    steps[step] = " = ".join(parts)
+    return ". ".join(steps) + ".\n####" + answer
+
+
+@pytest.mark.parametrize("how,reason", [("value", "wrong arithmetic"), ("operand", "wrong operands"),
+                                        ("substitution", "wrong values substituted")])
+def test_corrupted_step_is_located_exactly(how, reason):
+    task = load_task("synthetic", level=4)
+    rng = random.Random(0)
+    checked = 0
+    for p in task.problems("test")[:200]:
+        if p.difficulty < 2:
+            continue
+        j = rng.randrange(p.difficulty)
+        bad = _corrupt(p.solution, j, how)
+        check = check_steps(p.meta["graph"], bad)
+        assert check.first_error == j, (bad, check)
+        assert check.steps[j].reason.startswith(reason)
+        assert all(s.ok for s in check.steps[:j])
+        checked += 1
+    assert checked > 50
+
+
+def test_step_check_reasons():
+    task = load_task("synthetic", level=4)
+    p = next(p for p in task.problems("test") if p.difficulty >= 3)
+    graph = p.meta["graph"]
+    steps = [s.strip() for s in p.solution.split("\n####")[0].split(".") if s.strip()]
+    # a missing step is reported after the written ones
+    check = check_steps(graph, ". ".join(steps[:-1]) + ".\n#### " + p.answer)
+    assert check.first_error == len(steps) - 1 and check.reason.startswith("missing step")
+    # steps out of order: the later step uses a quantity not computed yet
+    swapped = ". ".join([steps[1], steps[0]] + steps[2:]) + "."
+    check = check_steps(graph, swapped)
+    assert check.first_error == 0 and "before computing" in check.reason
+    # garbage and unknown names
+    assert check_steps(graph, "blah blah.").steps[0].reason == "malformed step"
+    assert "unknown quantity" in check_steps(graph, "Zed = Ann + 1 = 1 + 1 = 2.").steps[0].reason
+    # a distractor is not needed
+    distractors = [n for n in graph.nodes if n not in graph.needed and graph.nodes[n].op != "leaf"]
+    if distractors:
+        d = graph.nodes[distractors[0]]
+        line = f"{d.name} = {d.args[0]} + {d.k} = {graph.nodes[d.args[0]].value} + {d.k} = {d.value}."
+        assert "unneeded" in check_steps(graph, line).steps[0].reason
+
+
+def test_grade_answer_only_vs_verified():
+    task = load_task("synthetic", level=3)
+    p = next(p for p in task.problems("test") if p.difficulty >= 2)
+    lucky = "nonsense steps.\n#### " + p.answer
+    g = task.grade(p, lucky)
+    assert g.correct and not g.verified
+    assert task.grade(p, "").answer is None
+    assert task.step_results(p.solution) == [str(p.meta["graph"].nodes[n].value) for n in p.meta["graph"].needed]
+
+
+def test_problem_generation_stays_in_range():
+    rng = random.Random(1)
+    for level in LEVELS.values():
+        for _ in range(300):
+            _, graph, order = generate_problem(rng, level)
+            assert all(0 <= n.value <= level.value_max for n in graph.nodes.values())
+            assert level.n_ops[0] <= len(graph.needed) <= level.n_ops[1]
+            assert len(order) == len(graph.nodes)
