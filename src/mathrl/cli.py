@@ -19,7 +19,7 @@ from mathrl import __version__
 def _commands():
     # imported here so that `mathrl --help` stays fast
     from mathrl import commands
-    from mathrl.algorithms import expert_iteration, pretrain, sft
+    from mathrl.algorithms import expert_iteration, orm, ppo, pretrain, sft
 
     return {
         "data show": (commands.DataConfig, commands.data_show, "print problems with reference solutions and answers"),
@@ -28,6 +28,9 @@ def _commands():
         "pretrain": (pretrain.Config, pretrain.main, "pretrain the embedded default (the paper's pretrained start)"),
         "sft": (sft.Config, sft.main, "supervised fine-tuning, with per-epoch dev metrics"),
         "ei": (expert_iteration.Config, expert_iteration.main, "Expert Iteration: sample K, keep the correct, fine-tune"),
+        "orm train": (orm.Config, orm.main, "train an outcome (or --stepwise) reward model on policy samples"),
+        "ppo": (ppo.Config, ppo.main, "PPO with value head, GAE, KL penalty (--advantage grpo|rloo for group baselines)"),
+        "grpo": (ppo.GRPOConfig, ppo.main, "GRPO: PPO's loop with group-normalised advantages, no critic"),
         "eval": (commands.EvalConfig, commands.run_eval, "maj@1, maj@K, pass@K, rerank@K and more for a model"),
         "score": (commands.ScoreConfig, commands.run_score, "the same metrics for completions produced elsewhere"),
     }

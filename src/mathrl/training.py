@@ -30,10 +30,14 @@ import torch
 
 @dataclass(frozen=True)
 class Example:
-    """A token sequence and which of its tokens are targets (``loss_mask``, same length as ``input_ids``)."""
+    """A token sequence and which of its tokens are targets (``loss_mask``, same length as ``input_ids``).
+
+    ``labels`` (reward models only): a target probability per token, read where ``loss_mask`` is True.
+    """
 
     input_ids: tuple[int, ...]
     loss_mask: tuple[bool, ...]
+    labels: tuple[float, ...] | None = None
 
 
 def completion_example(prompt_ids: Sequence[int], completion_ids: Sequence[int], whole_sequence: bool = False) -> Example:
@@ -48,14 +52,17 @@ def completion_example(prompt_ids: Sequence[int], completion_ids: Sequence[int],
 
 @dataclass
 class Batch:
-    """Right-padded tensors: input_ids (B, T) long, attention_mask (B, T) long, loss_mask (B, T) bool."""
+    """Right-padded tensors: input_ids (B, T) long, attention_mask (B, T) long, loss_mask (B, T) bool, and for
+    reward models labels (B, T) float."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     loss_mask: torch.Tensor
+    labels: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
+        labels = self.labels.to(device) if self.labels is not None else None
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), labels)
 
     @property
     def n_targets(self) -> int:
@@ -67,12 +74,15 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
     att = torch.zeros((len(examples), t), dtype=torch.long)
     loss = torch.zeros((len(examples), t), dtype=torch.bool)
+    labels = torch.zeros((len(examples), t)) if examples[0].labels is not None else None
     for i, e in enumerate(examples):
         n = len(e.input_ids)
         ids[i, :n] = torch.tensor(e.input_ids)
         att[i, :n] = 1
         loss[i, :n] = torch.tensor(e.loss_mask)
-    return Batch(ids, att, loss)
+        if labels is not None:
+            labels[i, :n] = torch.tensor(e.labels)
+    return Batch(ids, att, loss, labels)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -93,6 +103,23 @@ def sft_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int
         mb = mb.to(device)
         logp = token_logprobs(model, mb.input_ids, mb.attention_mask)  # (B, T)
         loss = -(logp * mb.loss_mask).sum() / total  # sum over this micro-batch / targets in the whole batch
+        loss.backward()
+        loss_value += loss.item()
+    return loss_value, total
+
+
+def bce_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int]:
+    """Like ``sft_grads`` for a token-classification reward model: binary cross-entropy of the per-token logit
+    against ``labels`` where ``loss_mask`` is True (no shift: the score at token t judges the prefix up to t)."""
+    total = sum(mb.n_targets for mb in micro_batches)
+    if total == 0:
+        return 0.0, 0
+    loss_value = 0.0
+    for mb in micro_batches:
+        mb = mb.to(device)
+        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()  # (B, T)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mb.labels, reduction="none")
+        loss = (bce * mb.loss_mask).sum() / total
         loss.backward()
         loss_value += loss.item()
     return loss_value, total
@@ -234,11 +261,14 @@ def epoch_batches(examples: Sequence[Example], batch_size: int, seed: int, epoch
 
 def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, device, batch_size: int,
                 micro_batch_size: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float,
-                grad_clip: float, seed: int, start_step: int = 0) -> Iterator[StepStats]:
+                grad_clip: float, seed: int, start_step: int = 0, objective: str = "lm") -> Iterator[StepStats]:
     """Run optimizer steps ``start_step+1 .. total_steps`` over ``examples`` (epoch after epoch), yielding after
-    each so the caller can log, evaluate and checkpoint. The data position is the step itself."""
+    each so the caller can log, evaluate and checkpoint. The data position is the step itself.
+
+    ``objective``: "lm" (token cross-entropy, ``sft_grads``) or "bce" (reward models, ``bce_grads``)."""
     if not examples:
         return
+    grads = {"lm": sft_grads, "bce": bce_grads}[objective]
     per_epoch = math.ceil(len(examples) / batch_size)
     step = start_step
     while step < total_steps:
@@ -250,7 +280,7 @@ def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, d
             micro = [collate([examples[i] for i in mb], pad_id) for mb in split_micro(batches[b], micro_batch_size)]
             multiplier = lr_at(step, total_steps, warmup_steps, min_lr_ratio)
             set_lr(optimizer, lr, multiplier)
-            loss, _ = sft_grads(model, micro, device)
+            loss, _ = grads(model, micro, device)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss}")
             norm = clip_and_step(model, optimizer, grad_clip)

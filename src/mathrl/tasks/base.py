@@ -7,7 +7,8 @@ itself (nanochat's ``tasks/gsm8k.py`` owns its reward the same way). A task prov
 - ``prompt(problem, shots)``: the text the model continues (zero-shot, or few-shot with solved examples);
 - ``target(problem)``: the completion a perfect model writes (what SFT trains on);
 - ``grade(problem, completion)``: extracted answer, correctness and, where the task can, a step check;
-- ``step_results(text)``: the intermediate results a solution states, in order (for dense rewards).
+- ``step_results(text)``: the intermediate results a solution states, in order (for dense rewards);
+- ``step_spans(text)``: the character spans of a solution's steps (for step-level rewards and labels).
 
 Tasks are plain classes that satisfy the ``Task`` protocol; they share functions (``answers.py``,
 ``calculator.py``), not base classes.
@@ -103,6 +104,8 @@ class Task(Protocol):
     def grade(self, problem: Problem, completion: str) -> Grade: ...
 
     def step_results(self, text: str) -> list[str]: ...
+
+    def step_spans(self, text: str) -> list[tuple[int, int]]: ...
 
 
 def qa_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:

@@ -32,6 +32,20 @@ def solution_lines(text: str) -> list[str]:
     return [ln for ln in body.split("\n", MAX_STEP_LINES)[:MAX_STEP_LINES] if ln.strip()]
 
 
+def step_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the solution lines before the ``####`` line (at most MAX_STEP_LINES)."""
+    body_end = text.find("####")
+    body_end = len(text) if body_end < 0 else body_end
+    spans, start = [], 0
+    while start < body_end and len(spans) < MAX_STEP_LINES:
+        end = text.find("\n", start, body_end)
+        end = body_end if end < 0 else end
+        if text[start:end].strip():
+            spans.append((start, end))
+        start = end + 1
+    return spans
+
+
 def step_results(text: str) -> list[str]:
     """Normalised intermediate results: each line's last calculator result, else its last number."""
     out = []
@@ -89,6 +103,9 @@ class GSM8KTask:
 
     def step_results(self, text: str) -> list[str]:
         return step_results(text)
+
+    def step_spans(self, text: str) -> list[tuple[int, int]]:
+        return step_spans(text)
 
 
 def load_gsm8k(path: Path, split: str) -> list[Problem]:

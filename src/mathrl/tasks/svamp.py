@@ -26,7 +26,7 @@ from mathrl.tasks.answers import answers_equal, extract_answer, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 from mathrl.tasks.data_files import find_data_dir
-from mathrl.tasks.gsm8k import in_dev, step_results
+from mathrl.tasks.gsm8k import in_dev, step_results, step_spans
 
 SPLITS = ("train", "test", "dev", "all")
 
@@ -81,6 +81,9 @@ class SVAMPTask:
 
     def step_results(self, text: str) -> list[str]:
         return step_results(text)
+
+    def step_spans(self, text: str) -> list[tuple[int, int]]:
+        return step_spans(text)
 
 
 def load_svamp(path: Path) -> list[Problem]:

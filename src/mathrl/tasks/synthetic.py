@@ -60,6 +60,7 @@ class Level:
     leaf_max: int = 20
     value_max: int = 99
     k_max: int = 20  # constants in "k more/fewer"
+    derived_distractors: float = 0.5  # probability that a distractor is "k more than" a quantity (else a leaf)
 
 
 # One integer picks a preset. Level 3 ~ the pilot's "G-long", level 4 ~ its "P5" (shared/notes/synthetic-task.md).
@@ -179,7 +180,7 @@ def generate_problem(rng: random.Random, level: Level) -> tuple[str, Graph, list
 
     for _ in range(n_distract):
         name = fresh()
-        if rng.random() < 0.5:
+        if rng.random() >= level.derived_distractors:
             node = Node(name, "leaf", (), 0, rng.randint(1, level.leaf_max))
             order.insert(rng.randint(0, len(order)), node)
         else:
@@ -245,6 +246,21 @@ MAX_STEP_CHARS = 200
 
 def _apply(sign: str, x: int, y: int) -> int:
     return x + y if sign == "+" else x - y if sign == "-" else x * y
+
+
+def step_spans(completion: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the steps (what ``solution_steps`` returns), each end just past its '.'
+    (or at the end of the body for an unterminated last step)."""
+    body_end = completion.find("####")
+    body_end = len(completion) if body_end < 0 else body_end
+    spans, start = [], 0
+    while start < body_end and len(spans) < MAX_STEPS:
+        dot = completion.find(".", start, body_end)
+        end = body_end if dot < 0 else dot + 1
+        if completion[start:end].strip(" .\n"):
+            spans.append((start, end))
+        start = end
+    return spans
 
 
 def solution_steps(completion: str) -> list[str]:
@@ -364,12 +380,16 @@ class SyntheticTask:
         steps = check_steps(problem.meta["graph"], completion) if "graph" in problem.meta else None
         return Grade(answer=answer, correct=answers_equal(answer, problem.answer), steps=steps)
 
+    def step_spans(self, text: str) -> list[tuple[int, int]]:
+        return step_spans(text)
+
     def step_results(self, text: str) -> list[str]:
         """The value each step states (the number after its last '='), in order."""
         out = []
         for line in solution_steps(text):
             tail = line.rsplit("=", 1)[-1].strip().rstrip(".").strip()
-            if tail.isdigit() and len(tail) <= 6:
+            # isdecimal, not isdigit: superscripts like "²" are digits to isdigit() but int() rejects them.
+            if tail.isdecimal() and len(tail) <= 6:
                 out.append(str(int(tail)))
         return out
 

@@ -1,0 +1,277 @@
+"""Training outcome and stepwise reward models (``mathrl orm train [--stepwise]``).
+
+Loop: **collect** K solutions per training question from the policy -> **label** them (ORM: the sparse reward
+on every completion token; SORM: per step, whether any of M policy continuations from the prefix ending at that
+step reaches a correct answer, an estimate of V*) -> **learn** a token-level binary classifier initialised from
+the policy (``reward_model.py``) -> **evaluate** on held-out questions: AUC of the final score against
+correctness, and on tasks with an exact step check the agreement of step scores with it (a step is truly bad
+from the first wrong step on; we report precision/recall of "score < 0.5" for bad steps) -> save OUT/model.
+
+Label ratio: natural by default; ``--balance`` drops samples of the majority class to 1:1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mathrl import checkpoint as ckpt
+from mathrl.config import field, save as save_config
+from mathrl.errors import UsageError
+from mathrl.metrics import auc
+from mathrl.models import load_model
+from mathrl.run import prepare_run_dir, resolve_device, write_meta
+from mathrl.runlog import RunLogger, progress
+from mathrl.sampler import SamplingParams, sample
+from mathrl.tasks import task_options
+from mathrl.training import Example, make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads, \
+    train_steps
+
+
+@dataclass
+class Config:
+    policy: str = field("", "policy model directory whose samples are labelled (required)")
+    out: str = field("runs/orm", "run directory (the reward model is written to OUT/model)")
+    task: str = field("", "task (default: the one recorded with the policy)")
+    level: int | None = field(None, "synthetic task level (default: the policy's)")
+    data_dir: str | None = field(None, "gsm8k/svamp data directory")
+    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    stepwise: bool = field(False, "train a stepwise ORM (SORM) with rollout-estimated step labels")
+    questions: int = field(2000, "training questions to sample from")
+    k: int = field(4, "samples per question")
+    m: int = field(4, "SORM: continuations sampled from each step prefix")
+    sorm_samples: int = field(1500, "SORM: how many of the samples get rollout step labels")
+    temperature: float = field(1.0, "sampling temperature")
+    max_new_tokens: int = field(128, "completion length limit")
+    balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
+    heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
+    epochs: float = field(2.0, "passes over the labelled samples")
+    batch_size: int = field(32, "sequences per optimizer step")
+    lr: float = field(5e-4, "peak learning rate")
+    warmup_steps: int = field(20, "linear warmup steps")
+    weight_decay: float = field(0.1, "AdamW weight decay")
+    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    checkpoint_every: int = field(100, "optimizer steps between checkpoints")
+    token_budget: int = field(1 << 17, "sampler cache budget in tokens")
+    seed: int = field(0, "random seed")
+    threads: int = field(0, "torch threads (0: the number of free cores)")
+    device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+
+    def validate(self) -> None:
+        if not self.policy:
+            raise UsageError("--policy is required (the model whose samples the reward model judges)")
+        if self.questions < 2 or self.k < 1 or self.m < 1 or self.batch_size < 1:
+            raise UsageError("questions must be >= 2; k, m and batch_size >= 1")
+        if not 0 < self.heldout < 1:
+            raise UsageError("heldout must lie in (0, 1)")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise UsageError("epochs and lr must be > 0")
+
+
+def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
+    """Token ids of ``text`` and one label per token: the label of the first step whose span ends at or after
+    the token's end, the final correctness after the last step (the answer line)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [next((lab for (_, s1), lab in zip(spans, step_labels) if end <= s1), final)
+              for _, end in enc["offset_mapping"]]
+    return enc["input_ids"], labels
+
+
+def train(cfg: Config) -> Path:
+    from mathrl.commands import few_shot_examples, task_for_model
+    from transformers import AutoModelForTokenClassification
+
+    run_dir = prepare_run_dir(cfg.out, cfg.resume)
+    setup_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    task = task_for_model(cfg.policy, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
+    save_config(cfg, run_dir / "config.yaml")
+    policy, tokenizer = load_model(cfg.policy, device=device)
+    shots = few_shot_examples(task, cfg.policy, -1)
+    questions = task.problems("train")[: cfg.questions]
+    n_held = max(1, int(len(questions) * cfg.heldout))
+    held_ids = {p.id for p in random.Random(cfg.seed).sample(questions, n_held)}
+    data_file = run_dir / "labelled.jsonl"
+    t_start = time.time()
+
+    if not data_file.is_file():
+        # step 1: collect K samples per question from the policy
+        prompts = [task.prompt(p, shots) for p in questions]
+        params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                stop_strings=task.stop_strings, seed=cfg.seed, token_budget=cfg.token_budget)
+        bar = progress(len(prompts) * cfg.k, "orm: sampling", "sample")
+        rollouts = sample(policy, tokenizer, prompts, cfg.k, params, keys=[p.id for p in questions],
+                          progress=bar.update)
+        bar.close()
+        records = []
+        for r in rollouts:
+            p = questions[r.prompt_index]
+            g = task.grade(p, r.text)
+            records.append({"id": p.id, "prompt_index": r.prompt_index, "text": r.text, "correct": g.correct,
+                            "first_error": g.steps.first_error if g.steps is not None else None,
+                            "n_steps": len(task.step_spans(r.text))})
+        # step 2 (SORM): label each step by whether the policy can still finish correctly from it
+        if cfg.stepwise:
+            _label_steps(task, policy, tokenizer, questions, prompts, records, cfg)
+        data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        print(f"orm: labelled {len(records)} samples ({sum(r['correct'] for r in records) / len(records):.3f} "
+              f"correct) in {time.time() - t_start:.0f}s", flush=True)
+    records = [json.loads(line) for line in data_file.read_text().splitlines()]
+    policy = policy.cpu()
+    del policy
+
+    train_records = [r for r in records if r["id"] not in held_ids]
+    held_records = [r for r in records if r["id"] in held_ids]
+    if cfg.balance:
+        pos = [r for r in train_records if r["correct"]]
+        neg = [r for r in train_records if not r["correct"]]
+        n = min(len(pos), len(neg))
+        rng = random.Random(cfg.seed)
+        train_records = rng.sample(pos, n) + rng.sample(neg, n)
+    by_id = {p.id: p for p in questions}
+    examples = [_example(task, tokenizer, by_id[r["id"]], r, shots) for r in train_records]
+    if not examples:
+        raise UsageError("no labelled training samples")
+
+    # step 3: learn a per-token classifier initialised from the policy
+    model = AutoModelForTokenClassification.from_pretrained(cfg.policy, num_labels=1).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    total = math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
+    step = 0
+    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    if last is not None:
+        ckpt.load_weights_into(model, last)
+        state = ckpt.load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+    logger = RunLogger(run_dir, resume_step=step if last is not None else None)
+    bar = progress(total, "orm: training", "step", initial=step)
+    model.train()
+    t_train = time.time()
+    for st in train_steps(model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
+                          batch_size=cfg.batch_size, micro_batch_size=cfg.batch_size, total_steps=total, lr=cfg.lr,
+                          warmup_steps=cfg.warmup_steps, min_lr_ratio=0.1, grad_clip=cfg.grad_clip, seed=cfg.seed,
+                          start_step=step, objective="bce"):
+        bar.update(1)
+        bar.set_postfix(loss=f"{st.loss:.3f}")
+        if st.step % 20 == 0 or st.step == total:
+            logger.log(st.step, loss=st.loss, lr=st.lr)
+        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < total:
+            ckpt.save_checkpoint(run_dir, st.step, model, tokenizer,
+                                 {"step": st.step, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+    bar.close()
+    train_seconds = time.time() - t_train
+
+    # step 4: evaluate on held-out questions
+    from mathrl.reward_model import RewardModel
+
+    rm = RewardModel(model, tokenizer, kind="sorm" if cfg.stepwise else "orm")
+    report = evaluate_reward_model(rm, task, [by_id[r["id"]] for r in held_records], held_records, shots)
+    report.update({"kind": rm.kind, "n_train_samples": len(examples), "train_positive_fraction":
+                   sum(r["correct"] for r in train_records) / len(train_records),
+                   "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1)})
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    logger.log(total, **{k: v for k, v in report.items() if isinstance(v, (int, float))})
+    logger.close()
+    model_dir = run_dir / "model"
+    ckpt.save_model_dir(model, tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, policy=cfg.policy)
+    print(f"{rm.kind}: held-out AUC {report['auc']:.3f}"
+          + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
+             if "step_precision" in report else "") + f"; written to {model_dir}")
+    return model_dir
+
+
+def _example(task, tokenizer, problem, record, shots) -> Example:
+    prompt_ids = tokenizer(task.prompt(problem, shots), add_special_tokens=False)["input_ids"]
+    final = float(record["correct"])
+    text = " " + record["text"].strip()
+    spans = task.step_spans(text)
+    step_labels = record.get("step_labels") or [final] * len(spans)
+    comp_ids, labels = _labels_per_token(tokenizer, text, spans, step_labels, final)
+    ids = tuple(prompt_ids) + tuple(comp_ids)
+    mask = (False,) * len(prompt_ids) + (True,) * len(comp_ids)
+    return Example(ids, mask, labels=(0.0,) * len(prompt_ids) + tuple(labels))
+
+
+def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Config) -> None:
+    """SORM labels: for each step prefix of a sample, sample M continuations; good if any is correct."""
+    rng = random.Random(cfg.seed + 1)
+    chosen = rng.sample(range(len(records)), min(cfg.sorm_samples, len(records)))
+    prefix_prompts, owners = [], []
+    for i in chosen:
+        r = records[i]
+        text = " " + r["text"].strip()
+        spans = task.step_spans(text)
+        r["step_labels"] = [float(r["correct"])] * len(spans)
+        for j, (_, end) in enumerate(spans[:-1]):  # the last step's label is the sample's own outcome
+            prefix_prompts.append(prompts[r["prompt_index"]] + text[: end + 1])
+            owners.append((i, j))
+    if not prefix_prompts:
+        return
+    bar = progress(len(prefix_prompts) * cfg.m, "sorm: step rollouts", "sample")
+    conts = sample(policy, tokenizer, prefix_prompts, cfg.m, SamplingParams(
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_strings=task.stop_strings,
+        seed=cfg.seed + 7, token_budget=cfg.token_budget), keys=[f"{records[i]['id']}/{j}" for i, j in owners],
+        progress=bar.update)
+    bar.close()
+    for n, (i, j) in enumerate(owners):
+        r = records[i]
+        text = " " + r["text"].strip()
+        end = task.step_spans(text)[j][1]
+        problem = questions[r["prompt_index"]]
+        good = any(task.grade(problem, text[: end + 1] + c.text).correct for c in conts[n * cfg.m : (n + 1) * cfg.m])
+        r["step_labels"][j] = float(good)
+
+
+def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
+    """AUC of final scores vs correctness; where the task checks steps exactly, bad-step precision/recall."""
+    if not records:
+        return {"auc": float("nan")}
+    prompts = [task.prompt(p, shots) for p in problems]
+    texts = [r["text"] for r in records]
+    probs = rm.token_probs(prompts, texts)
+    finals = [p[-1] if p else 0.5 for _, p in probs]
+    report = {"auc": auc(finals, [bool(r["correct"]) for r in records]), "n_heldout": len(records),
+              "heldout_positive_fraction": sum(r["correct"] for r in records) / len(records)}
+    if records[0].get("first_error", None) is not None or any(r.get("first_error") is not None for r in records):
+        tp = fp = fn = 0
+        for (ids, p), r, problem in zip(probs, records, problems):
+            text = " " + r["text"].strip()
+            spans = task.step_spans(text)
+            step_probs = _step_end_probs(rm.tokenizer, text, spans, p)
+            first_error = r["first_error"]
+            for j, sp in enumerate(step_probs):
+                truly_bad = first_error is not None and j >= first_error
+                flagged = sp < 0.5
+                tp += flagged and truly_bad
+                fp += flagged and not truly_bad
+                fn += (not flagged) and truly_bad
+        report["step_precision"] = tp / (tp + fp) if tp + fp else float("nan")
+        report["step_recall"] = tp / (tp + fn) if tp + fn else float("nan")
+    return report
+
+
+def _step_end_probs(tokenizer, text, spans, probs) -> list[float]:
+    """The score at the last token of each step."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [e for _, e in enc["offset_mapping"]]
+    out = []
+    for _, s1 in spans:
+        idx = max((i for i, e in enumerate(ends) if e <= s1), default=None)
+        out.append(probs[idx] if idx is not None and idx < len(probs) else 0.5)
+    return out
+
+
+def main(cfg: Config) -> None:
+    train(cfg)

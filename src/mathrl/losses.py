@@ -1,0 +1,152 @@
+"""Policy-gradient, value and likelihood losses as pure tensor functions (no model calls, no state).
+
+- ``masked_token_mean``: the token-level mean every loss here reduces with; pass ``total`` (the number of
+  target tokens in the whole optimizer batch) for exact gradient accumulation over micro-batches, as
+  ``training.sft_grads`` does.
+- ``ppo_policy_loss``: PPO's clipped surrogate (Schulman et al. 2017, eq. 7), used by PPO, GRPO and RLOO
+  (Havrilla et al. 2024, section 3.2).
+- ``value_loss``: the clipped value loss of PPO implementations (OpenAI baselines ppo2, cleanrl ``clip_vloss``).
+- ``sft_loss``: negative log-likelihood of the target tokens (Expert Iteration's fine-tuning, SFT).
+- ``entropy_from_logits``: the policy's mean entropy at the target tokens (a diagnostic or bonus).
+
+Mask convention, everywhere in mathrl: ``mask[b, t]`` is True where token t of row b is a target the loss
+counts (position t is predicted from tokens < t). Prompt and padding tokens are False. Values at False positions
+have no effect on a loss or its gradient: every function selects with ``torch.where`` before computing, so
+padding may hold anything, even inf or NaN. Inputs are never modified in place. Targets (old log-probabilities,
+advantages, old values, returns) are detached: gradients flow only into ``logprobs`` / ``values`` / ``logits``.
+
+Shapes: B = rows, T = tokens per row, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_token_mean(x: torch.Tensor, mask: torch.Tensor, total: int | torch.Tensor | None = None) -> torch.Tensor:
+    """``sum(x * mask) / total``: the mean over target tokens, every token weighted equally (token-level, not a
+    mean of per-row means; DAPO, Yu et al. 2025, section 3.3).
+
+    x: (B, T) float (any shape); mask: bool, same shape; total: the denominator, by default ``mask.sum()``. Pass
+    the number of target tokens in the whole optimizer batch to make the sum of micro-batch losses equal the
+    full-batch loss exactly. A total of 0 is read as 1 (the loss is then 0).
+    """
+    mask = mask.bool()
+    if total is None:
+        total = mask.sum()
+    if isinstance(total, torch.Tensor):
+        total = total.clamp(min=1)
+    else:
+        total = max(total, 1)
+    return torch.where(mask, x, 0).sum() / total
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    """Diagnostics of one ``ppo_policy_loss`` call, means over its target tokens.
+
+    loss: the loss value; clipfrac: fraction of tokens where the clipped objective is the active one (their
+    gradient is 0); approx_kl: k3 estimate of KL(pi_old || pi), mean((ratio - 1) - log ratio); ratio_mean: mean
+    of pi / pi_old (1 on the first epoch over fresh samples).
+    """
+
+    loss: float
+    clipfrac: float
+    approx_kl: float
+    ratio_mean: float
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip: float = 0.2,
+                    total: int | torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyStats]:
+    """PPO's clipped surrogate objective (Schulman et al. 2017, eq. 7), negated to be minimised:
+
+        ratio_t = pi(a_t | s_t) / pi_old(a_t | s_t) = exp(logprobs_t - old_logprobs_t)
+        L_t = -min(ratio_t * A_t, clip(ratio_t, 1 - clip, 1 + clip) * A_t)
+            =  max(-A_t * ratio_t, -A_t * clipped_ratio_t)
+
+    reduced with ``masked_token_mean`` (token-level mean).
+
+    logprobs: (B, T) float, log pi of the sampled tokens under the current policy (differentiable);
+    old_logprobs: (B, T) float, the same under the policy that sampled them (detached here);
+    advantages: (B, T) float per-token (PPO with GAE), or (B, 1) one per completion (GRPO, RLOO), detached here;
+    mask: (B, T) bool, True on the completion tokens; total: denominator for gradient accumulation.
+
+    Returns ``(loss, PolicyStats)``: a scalar tensor and float diagnostics over this call's target tokens.
+    """
+    mask = mask.bool()
+    log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), 0)  # masked before exp: no overflow
+    advantages = torch.where(mask, advantages.detach(), 0)
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * clipped_ratio
+    pg_loss = torch.max(pg_loss1, pg_loss2)
+    loss = masked_token_mean(pg_loss, mask, total)
+
+    with torch.no_grad():
+        clipfrac = masked_token_mean((pg_loss2 > pg_loss1).float(), mask)
+        approx_kl = masked_token_mean((ratio - 1) - log_ratio, mask)
+        ratio_mean = masked_token_mean(ratio, mask)
+    stats = PolicyStats(loss=float(loss.detach()), clipfrac=float(clipfrac), approx_kl=float(approx_kl),
+                        ratio_mean=float(ratio_mean))
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2, total: int | torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Clipped value loss of PPO implementations (OpenAI baselines ppo2, cleanrl ``clip_vloss``, trlx):
+
+        v_clipped_t = old_values_t + clip(values_t - old_values_t, -clip, clip)
+        L_t = 0.5 * max((values_t - R_t)^2, (v_clipped_t - R_t)^2)
+
+    reduced with ``masked_token_mean``.
+
+    values: (B, T) float, current value estimates (differentiable); old_values: (B, T) float, the estimates at
+    rollout time (detached here); returns: (B, T) float, targets R_t (e.g. from ``advantages.gae``, detached
+    here); mask: (B, T) bool, True on the completion tokens; total: denominator for gradient accumulation.
+
+    Returns ``(loss, clipfrac)``: a scalar tensor, and the fraction of target tokens where the clipped term is
+    the larger (their gradient is 0).
+    """
+    mask = mask.bool()
+    values = torch.where(mask, values, 0)
+    old_values = torch.where(mask, old_values.detach(), 0)
+    returns = torch.where(mask, returns.detach(), 0)
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    v_loss_unclipped = (values - returns) ** 2
+    v_loss_clipped = (v_clipped - returns) ** 2
+    v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
+    loss = masked_token_mean(v_loss, mask, total)
+    with torch.no_grad():
+        clipfrac = masked_token_mean((v_loss_clipped > v_loss_unclipped).float(), mask)
+    return loss, float(clipfrac)
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, total: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the target tokens, -log pi(x_t | x_<t), token-level mean (maximum likelihood;
+    Expert Iteration fine-tunes on its filtered samples with it, Havrilla et al. 2024, section 3.1).
+
+    logprobs: (B, T) float, e.g. from ``training.token_logprobs``; mask: (B, T) bool; total: denominator for
+    gradient accumulation. Returns a scalar tensor.
+    """
+    mask = mask.bool()
+    return masked_token_mean(-torch.where(mask, logprobs, 0), mask, total)
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy H(pi(. | x_<t)) = -sum_v p_v log p_v of the distributions that predict the target tokens.
+
+    logits: (B, T, V), the model's raw output, where ``logits[:, t]`` predicts token t + 1 (as fed to
+    ``training.token_logprobs``); mask: (B, T) bool in the usual convention. The entropy counted for target t is
+    that of ``logits[:, t - 1]``, so the same ``mask`` serves logprobs and entropy. Computed in float32;
+    differentiable (an entropy bonus). Returns a scalar tensor, the token-level mean.
+    """
+    mask = mask.bool()
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    p = torch.exp(logp)
+    entropy = -(p * torch.where(p > 0, logp, 0)).sum(dim=-1)  # (B, T-1); 0 * log 0 = 0 for -inf logits
+    entropy = torch.nn.functional.pad(entropy, (1, 0))  # (B, T): entropy[:, t] is that of the prediction of token t
+    return masked_token_mean(entropy, mask)

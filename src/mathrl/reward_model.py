@@ -1,0 +1,93 @@
+"""Outcome reward models (ORM) and stepwise ORMs (SORM): p(the final answer will be correct | prefix).
+
+The model is a Hugging Face token-classification head on the policy's trunk (``AutoModelForTokenClassification``
+with one label: a logit per token), initialised from the policy checkpoint, so it reads exactly what the policy
+writes and is saved as an ordinary HF directory.
+
+- **ORM** (Cobbe et al. 2021 verifiers; Havrilla et al. 2024 section 3): every completion token of a sampled
+  solution is labelled with the solution's final correctness (sparse reward); binary cross-entropy on those
+  tokens. Its score for a solution is the probability at the last token.
+- **SORM** (GLoRe, Havrilla et al. 2024b, arXiv 2402.10963): labels per step estimate the optimal value V* of
+  the prefix ending at that step: from the prefix, sample M continuations with the policy; the step is good if
+  any continuation reaches a correct answer. Tokens of a step carry their step's label.
+
+``score_texts`` (for rerank@K and as a learned reward) and ``step_scores`` read the probabilities back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mathrl.errors import UsageError
+
+
+class RewardModel:
+    """A loaded reward model plus the tokenizer it shares with its policy."""
+
+    def __init__(self, model, tokenizer, kind: str = "orm"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def token_probs(self, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64):
+        """p(correct) after every completion token: a list of (completion token ids, probabilities) per text."""
+        self.model.eval()
+        out = []
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        comp_ids = self.tokenizer([" " + c.strip() for c in completions], add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(comp_ids[i]))
+        results = [None] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        n_ctx = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            seqs = [(prompt_ids[i] + comp_ids[i])[-n_ctx:] for i in idx]
+            t = max(len(s) for s in seqs)
+            ids = torch.full((len(idx), t), pad, dtype=torch.long)
+            att = torch.zeros((len(idx), t), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                att[r, : len(s)] = 1
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits[..., 0]
+            probs = torch.sigmoid(logits.float()).cpu()
+            for r, i in enumerate(idx):
+                n = len(seqs[r])
+                m = min(len(comp_ids[i]), n)
+                results[i] = (comp_ids[i][-m:] if m else [], probs[r, n - m : n].tolist())
+        out.extend(results)
+        return out
+
+    def score_texts(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """p(correct) of each whole completion (the probability at its last token; 0.5 for an empty one)."""
+        return [p[-1] if p else 0.5 for _, p in self.token_probs(prompts, completions)]
+
+
+def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> RewardModel:
+    """Load a reward model directory; its tokenizer must be the policy's (checked when one is given)."""
+    from transformers import AutoModelForTokenClassification
+
+    from mathrl.models import load_tokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise UsageError(f"reward model directory not found or incomplete: {path}")
+    tokenizer = load_tokenizer(p)
+    if policy_tokenizer is not None and tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+        raise UsageError(f"reward model {path} uses a different tokenizer than the policy; train it from the "
+                         "policy's checkpoint")
+    meta = json.loads((p / "mathrl.json").read_text()) if (p / "mathrl.json").is_file() else {}
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(str(p), num_labels=1)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot load reward model ({str(e).splitlines()[0]})") from None
+    model.to(device)
+    return RewardModel(model, tokenizer, kind=meta.get("kind", "orm"))

@@ -1,0 +1,212 @@
+"""Losses (losses.py): expected numbers derived by hand in the comments."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from mathrl.losses import PolicyStats, entropy_from_logits, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
+
+T, F = True, False
+e = math.e
+
+
+# ----------------------------------------------------------------------------------------------------------
+# masked_token_mean
+
+
+def test_masked_token_mean_by_hand_and_exact_accumulation():
+    x = torch.tensor([[1.0, 2.0, float("nan")], [3.0, float("inf"), 5.0]])
+    mask = torch.tensor([[T, T, F], [T, F, T]])
+    # (1 + 2 + 3 + 5) / 4 = 2.75; the NaN and inf are masked out
+    assert masked_token_mean(x, mask).item() == pytest.approx(2.75)
+    # with the global count of 8 target tokens: 11 / 8
+    assert masked_token_mean(x, mask, total=8).item() == pytest.approx(11 / 8)
+    assert masked_token_mean(x, torch.zeros_like(mask)).item() == 0.0
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, generator=gen, requires_grad=True)
+    mask = torch.rand(6, 5, generator=gen) > 0.4
+    full = masked_token_mean(w ** 2, mask)
+    (g_full,) = torch.autograd.grad(full, w)
+    total = mask.sum()
+    parts = [masked_token_mean(w[i:i + 2] ** 2, mask[i:i + 2], total=total) for i in range(0, 6, 2)]
+    (g_parts,) = torch.autograd.grad(sum(parts), w)
+    torch.testing.assert_close(sum(parts), full)
+    torch.testing.assert_close(g_parts, g_full)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PPO clipped surrogate
+
+
+@pytest.mark.parametrize("log_ratio, advantage, loss, grad, clipped", [
+    # ratio = e = 2.718 > 1.2, A = +1: clipped ratio becomes 1.2 (1 + eps); objective max(-e, -1.2) = -1.2,
+    # constant in logprobs -> gradient 0 (no incentive to push the ratio further up)
+    (1.0, 1.0, -1.2, 0.0, True),
+    # ratio = e, A = -1: max(e, 1.2) = e, the unclipped term (pessimistic bound) -> d(-A*ratio)/dlogp = ratio = e
+    (1.0, -1.0, e, e, False),
+    # ratio = 1/e = 0.368 < 0.8, A = +1: max(-0.368, -0.8) = -0.368, unclipped -> gradient -A*ratio = -1/e
+    (-1.0, 1.0, -1 / e, -1 / e, False),
+    # ratio = 1/e, A = -1: clipped ratio becomes 0.8 (1 - eps); max(0.368, 0.8) = 0.8 -> gradient 0
+    (-1.0, -1.0, 0.8, 0.0, True),
+    # ratio = e^0.1 = 1.105, inside [0.8, 1.2]: both terms equal -A*1.105 -> gradient -A*1.105
+    (0.1, 1.0, -math.exp(0.1), -math.exp(0.1), False),
+    (0.1, -1.0, math.exp(0.1), math.exp(0.1), False),
+])
+def test_ppo_policy_loss_single_token_by_hand(log_ratio, advantage, loss, grad, clipped):
+    old = torch.tensor([[0.0, -0.7]])
+    logprobs = (old + torch.tensor([[0.0, log_ratio]])).requires_grad_()
+    advantages = torch.tensor([[5.0, advantage]])
+    mask = torch.tensor([[F, T]])  # the first token is the prompt
+    out, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip=0.2)
+    out.backward()
+    assert out.item() == pytest.approx(loss, rel=1e-6)
+    assert logprobs.grad[0].tolist() == pytest.approx([0.0, grad], rel=1e-6)
+    assert stats.clipfrac == (1.0 if clipped else 0.0)
+    # approx_kl = (ratio - 1) - log ratio, e.g. (e - 1) - 1 = 0.718 for log ratio 1
+    assert stats.approx_kl == pytest.approx(math.exp(log_ratio) - 1 - log_ratio, rel=1e-5)
+    assert stats.ratio_mean == pytest.approx(math.exp(log_ratio), rel=1e-6)
+    assert stats.loss == pytest.approx(loss, rel=1e-6)
+
+
+def test_ppo_policy_loss_token_mean_over_a_batch_by_hand():
+    old = torch.zeros(2, 3)
+    logprobs = torch.tensor([[0.0, 1.0, -1.0],
+                             [0.0, 0.0, 1.0]], requires_grad=True)
+    advantages = torch.tensor([[0.0, 1.0, 1.0],
+                               [0.0, 2.0, -1.0]])
+    mask = torch.tensor([[F, T, T],
+                         [F, T, T]])
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip=0.2)
+    # token (0,1): ratio e, A=1   -> max(-e, -1.2) = -1.2         (clipped)
+    # token (0,2): ratio 1/e, A=1 -> max(-1/e, -0.8) = -1/e
+    # token (1,1): ratio 1, A=2   -> -2
+    # token (1,2): ratio e, A=-1  -> max(e, 1.2) = e
+    # mean over 4 tokens = (-1.2 - 1/e - 2 + e) / 4
+    assert loss.item() == pytest.approx((-1.2 - 1 / e - 2 + e) / 4, rel=1e-6)
+    assert stats.clipfrac == pytest.approx(0.25)
+    # ratio mean = (e + 1/e + 1 + e) / 4
+    assert stats.ratio_mean == pytest.approx((2 * e + 1 / e + 1) / 4, rel=1e-6)
+    # per-row advantages (GRPO/RLOO) broadcast over the tokens: (B, 1) gives the same as repeating them
+    adv_row = torch.tensor([[1.0], [-1.0]])
+    a, _ = ppo_policy_loss(logprobs, old, adv_row, mask)
+    b, _ = ppo_policy_loss(logprobs, old, adv_row.expand(2, 3), mask)
+    torch.testing.assert_close(a, b)
+
+
+def test_ppo_gradients_flow_only_through_logprobs():
+    logprobs = torch.tensor([[0.0, 0.3, -0.2]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.1, 0.1]], requires_grad=True)
+    advantages = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    mask = torch.tensor([[F, T, T]])
+    loss, _ = ppo_policy_loss(logprobs, old, advantages, mask)
+    loss.backward()
+    assert logprobs.grad is not None
+    assert old.grad is None  # old_logprobs detached
+    assert advantages.grad is None  # advantages detached
+
+
+def test_ppo_masked_positions_have_no_effect_on_loss_or_gradient():
+    old = torch.tensor([[0.0, 0.1, 0.2, 0.0]])
+    advantages = torch.tensor([[0.0, 1.0, -0.5, 0.0]])
+    mask = torch.tensor([[F, T, T, F]])
+    clean = torch.tensor([[0.0, 0.3, 0.0, 0.0]], requires_grad=True)
+    loss_clean, stats_clean = ppo_policy_loss(clean, old, advantages, mask)
+    loss_clean.backward()
+    # garbage at the masked positions: a huge log-ratio (exp would overflow), -inf, NaN advantages and old logprobs
+    dirty = torch.tensor([[1e4, 0.3, 0.0, -math.inf]], requires_grad=True)
+    old_dirty = torch.tensor([[float("nan"), 0.1, 0.2, -1e4]])
+    adv_dirty = torch.tensor([[float("nan"), 1.0, -0.5, math.inf]])
+    loss_dirty, stats_dirty = ppo_policy_loss(dirty, old_dirty, adv_dirty, mask)
+    loss_dirty.backward()
+    assert loss_dirty.item() == loss_clean.item()
+    assert stats_dirty == stats_clean
+    assert torch.equal(dirty.grad, clean.grad)
+    assert dirty.grad[0, 0].item() == 0.0 and dirty.grad[0, 3].item() == 0.0
+
+
+def test_ppo_leaves_inputs_alone_and_stats_are_frozen():
+    logprobs = torch.tensor([[0.0, 1.0, -1.0]])
+    old = torch.zeros(1, 3)
+    advantages = torch.tensor([[3.0, 1.0, -1.0]])
+    mask = torch.tensor([[F, T, T]])
+    before = [t.clone() for t in (logprobs, old, advantages, mask)]
+    _, stats = ppo_policy_loss(logprobs, old, advantages, mask)
+    for t, b in zip((logprobs, old, advantages, mask), before):
+        assert torch.equal(t, b)
+    assert isinstance(stats, PolicyStats) and all(isinstance(v, float) for v in dataclasses.astuple(stats))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.loss = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Clipped value loss
+
+
+def test_value_loss_clipping_by_hand():
+    values = torch.tensor([[9.0, 0.1, 0.5, -0.5]], requires_grad=True)
+    old_values = torch.tensor([[9.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    returns = torch.tensor([[9.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    mask = torch.tensor([[F, T, T, T]])
+    loss, clipfrac = value_loss(values, old_values, returns, mask, clip=0.2)
+    # v = 0.1:  inside [-0.2, 0.2] of old 0: both terms (0.1 - 1)^2 = 0.81          -> 0.5 * 0.81 = 0.405
+    # v = 0.5:  clipped to 0.2: max((0.5 - 1)^2, (0.2 - 1)^2) = max(0.25, 0.64) = 0.64 -> 0.32   (clipped term)
+    # v = -0.5: clipped to -0.2: max((-0.5 - 1)^2, (-0.2 - 1)^2) = max(2.25, 1.44)     -> 1.125
+    # mean over 3 tokens = (0.405 + 0.32 + 1.125) / 3 = 1.85 / 3
+    assert loss.item() == pytest.approx(1.85 / 3, rel=1e-6)
+    assert clipfrac == pytest.approx(1 / 3)
+    loss.backward()
+    # d/dv of 0.5 * (v - R)^2 / 3 = (v - R) / 3: (0.1 - 1)/3 = -0.3; clipped -> 0; (-0.5 - 1)/3 = -0.5
+    assert values.grad[0].tolist() == pytest.approx([0.0, -0.3, 0.0, -0.5], abs=1e-6)
+    assert old_values.grad is None and returns.grad is None
+
+
+def test_value_loss_masked_positions_have_no_effect():
+    mask = torch.tensor([[T, T, F]])
+    clean = torch.tensor([[0.3, -0.1, 0.0]], requires_grad=True)
+    dirty = torch.tensor([[0.3, -0.1, math.inf]], requires_grad=True)
+    old = torch.tensor([[0.0, 0.0, float("nan")]])
+    ret = torch.tensor([[1.0, 0.0, float("nan")]])
+    a, fa = value_loss(clean, old.nan_to_num(), ret.nan_to_num(), mask)
+    b, fb = value_loss(dirty, old, ret, mask)
+    a.backward()
+    b.backward()
+    assert a.item() == b.item() and fa == fb
+    assert torch.equal(clean.grad, dirty.grad) and dirty.grad[0, 2].item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SFT and entropy
+
+
+def test_sft_loss_by_hand():
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.25), -math.inf]], requires_grad=True)
+    mask = torch.tensor([[T, T, F]])
+    # (-log 0.5 - log 0.25) / 2 = (ln 2 + 2 ln 2) / 2 = 1.5 ln 2 = 1.0397; the -inf is padding
+    loss = sft_loss(logprobs, mask)
+    assert loss.item() == pytest.approx(1.5 * math.log(2))
+    loss.backward()
+    # d/dlogp = -1/2 on the two targets, 0 on the padding
+    assert logprobs.grad.tolist() == [[-0.5, -0.5, 0.0]]
+    # with the global count 4: 3 ln 2 / 4
+    assert sft_loss(logprobs, mask, total=4).item() == pytest.approx(0.75 * math.log(2))
+
+
+def test_entropy_from_logits_alignment_by_hand():
+    # logits[:, t] predicts token t + 1: position 0 is uniform over 4 (entropy ln 4), position 1 is all but
+    # one-hot (entropy ~0), position 2 predicts nothing inside the sequence
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0],
+                            [50.0, 0.0, 0.0, 0.0],
+                            [1.0, 2.0, 3.0, 4.0]]])
+    # targets are tokens 1 and 2 -> entropies of logits[:, 0] and logits[:, 1]: (ln 4 + 0) / 2
+    assert entropy_from_logits(logits, torch.tensor([[F, T, T]])).item() == pytest.approx(math.log(4) / 2, abs=1e-6)
+    # only token 1 -> ln 4
+    assert entropy_from_logits(logits, torch.tensor([[F, T, F]])).item() == pytest.approx(math.log(4), abs=1e-6)
+    # -inf logits (a banned token) contribute 0 * log 0 = 0: uniform over the 2 others -> ln 2, finite gradient
+    banned = torch.tensor([[[0.0, 0.0, -math.inf, -math.inf], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)
+    h = entropy_from_logits(banned, torch.tensor([[F, T]]))
+    assert h.item() == pytest.approx(math.log(2), abs=1e-6)
+    h.backward()
+    assert torch.isfinite(banned.grad).all()
