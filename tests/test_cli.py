@@ -128,3 +128,91 @@ def test_expert_iteration_smoke(runs, tmp_path):
     assert [h["round"] for h in history] == [1, 2]
     assert history[-1]["rollouts"] == 2 * 6 * 2 and "maj@1" in history[-1]
     assert (out / "sample_complexity.png").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_reward_models_and_rerank_smoke(runs, tmp_path):
+    sft_model = runs / "sft" / "model"
+    if not sft_model.is_dir():
+        pytest.skip("needs the pipeline test's SFT model")
+    for stepwise in (False, True):
+        out = tmp_path / ("sorm" if stepwise else "orm")
+        args = ["orm", "train", "--policy", str(sft_model), "--out", str(out), "--questions", "12", "-k", "2",
+                "--epochs", "1", "--max-new-tokens", "12", "--threads", "1"]
+        if stepwise:
+            args += ["--stepwise", "-m", "2", "--sorm-samples", "6"]
+        assert main(args) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["kind"] == ("sorm" if stepwise else "orm") and "auc" in report
+        assert json.loads((out / "model" / "mathrl.json").read_text())["kind"] == report["kind"]
+    ev = tmp_path / "eval"
+    assert main(["eval", "--model", str(sft_model), "-n", "3", "-k", "2", "--max-new-tokens", "12", "--orm",
+                 str(tmp_path / "orm" / "model"), "--out", str(ev), "--threads", "1"]) == 0
+    assert "rerank@2" in json.loads((ev / "metrics.json").read_text())
+
+
+def test_reward_model_with_another_tokenizer_is_refused(runs, tmp_path, data_dir, capsys):
+    sft_model = runs / "sft" / "model"
+    if not sft_model.is_dir():
+        pytest.skip("needs the pipeline test's SFT model")
+    other = tmp_path / "gsm-init"
+    assert main(["model", "init", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--out", str(other)]) == 0
+    from transformers import AutoModelForTokenClassification
+
+    AutoModelForTokenClassification.from_pretrained(str(other), num_labels=1).save_pretrained(other)
+    assert main(["eval", "--model", str(sft_model), "-n", "2", "-k", "2", "--max-new-tokens", "8", "--orm",
+                 str(other), "--out", str(tmp_path / "e")]) == 2
+    assert "different tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,extra", [("ppo", []), ("ppo", ["--reward", "dense"]), ("grpo", []),
+                                           ("ppo", ["--advantage", "rloo"])])
+def test_policy_gradient_smoke(runs, tmp_path, command, extra):
+    sft_model = runs / "sft" / "model"
+    if not sft_model.is_dir():
+        pytest.skip("needs the pipeline test's SFT model")
+    out = tmp_path / "pg"
+    assert main([command, "--model", str(sft_model), "--out", str(out), "--iterations", "2", "--prompts", "4",
+                 "-k", "2", "--minibatch-size", "4", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2",
+                 "--threads", "1", *extra]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["iteration"] == 2 and history[-1]["rollouts"] == 16
+    assert "maj@1" in history[0] and "kl" in history[-1]
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_group_baseline_with_one_sample_is_rejected(capsys):
+    assert main(["grpo", "--model", "x", "-k", "1"]) == 2
+    assert "needs k >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("returns", ["sparse", "dense"])
+def test_rcrl_smoke_and_conditioned_eval(runs, tmp_path, returns):
+    sft_model = runs / "sft" / "model"
+    if not sft_model.is_dir():
+        pytest.skip("needs the pipeline test's SFT model")
+    out = tmp_path / "rcrl"
+    assert main(["rcrl", "--model", str(sft_model), "--out", str(out), "--returns", returns, "--questions", "4",
+                 "-k", "2", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]) == 0
+    meta = json.loads((out / "model" / "mathrl.json").read_text())
+    assert meta["condition"] == {"token": "[GOOD]", "dense": returns == "dense"}
+    assert main(["eval", "--model", str(out / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "12",
+                 "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
+    row = json.loads((tmp_path / "e" / "samples.jsonl").read_text().splitlines()[0])
+    assert all("[GOOD]" not in c and "[BAD]" not in c for c in row["completions"])
+
+
+def test_return_conditioned_examples_mask_the_return_tokens():
+    from mathrl.algorithms.rcrl import labelled_example
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    text = " a. b."
+    ex = labelled_example(Tok(), [1, 2], text, [(0, 3), (3, 6)], [True, False], final_good=False, good=7, bad=8,
+                          eos=9, dense=True)
+    # prompt [1, 2] | [GOOD] " a." | [BAD] " b." | EOS ; only solution tokens and EOS are targets
+    assert ex.input_ids == (1, 2, 7, 32, 97, 46, 8, 32, 98, 46, 9)
+    assert ex.loss_mask == (False, False, False, True, True, True, False, True, True, True, True)
+    sparse = labelled_example(Tok(), [1], text, [], [], final_good=True, good=7, bad=8, eos=9, dense=False)
+    assert sparse.input_ids[:2] == (1, 7) and sparse.loss_mask[:2] == (False, False)

@@ -19,7 +19,7 @@ from mathrl import __version__
 def _commands():
     # imported here so that `mathrl --help` stays fast
     from mathrl import commands
-    from mathrl.algorithms import expert_iteration, orm, ppo, pretrain, sft
+    from mathrl.algorithms import expert_iteration, orm, ppo, pretrain, rcrl, sft
 
     return {
         "data show": (commands.DataConfig, commands.data_show, "print problems with reference solutions and answers"),
@@ -31,6 +31,7 @@ def _commands():
         "orm train": (orm.Config, orm.main, "train an outcome (or --stepwise) reward model on policy samples"),
         "ppo": (ppo.Config, ppo.main, "PPO with value head, GAE, KL penalty (--advantage grpo|rloo for group baselines)"),
         "grpo": (ppo.GRPOConfig, ppo.main, "GRPO: PPO's loop with group-normalised advantages, no critic"),
+        "rcrl": (rcrl.Config, rcrl.main, "return-conditioned RL: train on good and bad samples marked by returns"),
         "eval": (commands.EvalConfig, commands.run_eval, "maj@1, maj@K, pass@K, rerank@K and more for a model"),
         "score": (commands.ScoreConfig, commands.run_score, "the same metrics for completions produced elsewhere"),
     }

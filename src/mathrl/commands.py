@@ -167,7 +167,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     bar = progress(total, "eval", "sample")
     results = evaluate(model, tokenizer, task, problems, k=cfg.k, temperature=cfg.temperature,
                        max_new_tokens=cfg.max_new_tokens, shots=shots, seed=cfg.seed, calculator=cfg.calculator,
-                       token_budget=cfg.token_budget, scorer=scorer, progress=bar.update)
+                       token_budget=cfg.token_budget, scorer=scorer, progress=bar.update,
+                       condition=read_meta(cfg.model).get("condition"))
     bar.close()
     metrics = summarize(results)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"

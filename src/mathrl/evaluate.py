@@ -113,15 +113,24 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
 def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temperature: float = 1.0,
              max_new_tokens: int = 128, shots: Sequence[Problem] = (), seed: int = 0, greedy: bool = True,
              calculator: bool = False, token_budget: int = 1 << 17, scorer: Callable | None = None,
-             progress=None) -> list[QuestionResult]:
-    """Sample and grade; ``scorer(prompts, texts) -> scores`` (a reward model) adds rerank scores."""
+             progress=None, condition: dict | None = None) -> list[QuestionResult]:
+    """Sample and grade; ``scorer(prompts, texts) -> scores`` (a reward model) adds rerank scores.
+
+    ``condition`` (return-conditioned models): ``{"token": "[GOOD]", "dense": bool}`` appends the good-return
+    token to each prompt and, when dense, forces it after every step too."""
     prompts = [task.prompt(p, shots) for p in problems]
     keys = [p.id for p in problems]
     base = dict(max_new_tokens=max_new_tokens, stop_strings=task.stop_strings, calculator=calculator,
                 seed=seed, token_budget=token_budget)
-    greedy_rollouts = sample(model, tokenizer, prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
+    sample_prompts = prompts
+    if condition:
+        good = tokenizer.convert_tokens_to_ids(condition["token"])
+        sample_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] + [good] for p in prompts]
+        if condition.get("dense"):
+            base.update(step_end=task.step_end, step_marker=(good,))
+    greedy_rollouts = sample(model, tokenizer, sample_prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
                              progress=progress) if greedy else None
-    rollouts = sample(model, tokenizer, prompts, k, SamplingParams(temperature=temperature, **base), keys=keys,
+    rollouts = sample(model, tokenizer, sample_prompts, k, SamplingParams(temperature=temperature, **base), keys=keys,
                       progress=progress) if k > 0 else []
     results = []
     for i, p in enumerate(problems):

@@ -62,6 +62,8 @@ class SamplingParams:
     token_budget: int = 1 << 17  # cache tokens (rows x length) per chunk
     compact_fraction: float = 0.25  # repack the running batch when this fraction of it has finished
     shared_prefix_attention: bool = True  # read each prompt's keys/values once for its K samples
+    step_end: str = ""  # with step_marker: a sampled token containing this text ends a step...
+    step_marker: tuple[int, ...] = ()  # ...and these token ids are forced after it (return-conditioned RL)
 
     def validate(self) -> None:
         if self.temperature < 0 or not math.isfinite(self.temperature):
@@ -338,19 +340,24 @@ def _eos_ids(model, tokenizer) -> list[int]:
 class _TextWatch:
     """Stop strings and calculator triggers, checked only on rows whose new token could complete one."""
 
-    def __init__(self, tokenizer, stop_strings: Sequence[str], calculator: bool):
+    def __init__(self, tokenizer, stop_strings: Sequence[str], calculator: bool, step_end: str = "",
+                 step_marker: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.stop_strings = tuple(s for s in stop_strings if s)
         self.calculator = calculator
+        self.step_marker = list(step_marker) if step_end else []
         last_chars = {s[-1] for s in self.stop_strings} | ({"="} if calculator else set())
         vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         texts = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
         self.trigger = torch.tensor([any(c in t for c in last_chars) for t in texts], dtype=torch.bool)
+        # tokens that end a step (return-conditioned sampling forces the marker after them)
+        self.step_token = torch.tensor([bool(step_end) and step_end in t for t in texts], dtype=torch.bool)
+        self.trigger |= self.step_token
         self.tail = max([len(s) for s in self.stop_strings] + [8]) + 4  # tokens to decode, at least 1 char each
 
     @property
     def active(self) -> bool:
-        return bool(self.stop_strings) or self.calculator
+        return bool(self.stop_strings) or self.calculator or bool(self.step_marker)
 
 
 def sample(model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, params: SamplingParams,
@@ -380,7 +387,7 @@ def sample(model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, par
         if max(ids) >= vocab_rows or min(ids) < 0:
             raise UsageError(f"prompt {i} has a token id outside the model's vocabulary ({vocab_rows})")
 
-    watch = _TextWatch(tokenizer, params.stop_strings, params.calculator)
+    watch = _TextWatch(tokenizer, params.stop_strings, params.calculator, params.step_end, params.step_marker)
     eos = _eos_ids(model, tokenizer)
     # Slots = (prompt, up to G samples). Longest prompts first, so chunks hold prompts of similar length.
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
@@ -503,6 +510,8 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
                     inserted = _calculator_tokens(tokenizer, out_tokens[row, : t + 1].tolist())
                     if inserted:
                         forced[row] = inserted
+                elif watch.step_marker and sampled[pos] and watch.step_token[token[pos]]:
+                    forced.setdefault(row, []).extend(watch.step_marker)
         live &= ~done
         if not live.any() or t + 1 == max_new:
             break

@@ -349,6 +349,10 @@ def train(cfg: Config) -> Path:
             perm = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(cfg.seed + it * 31 + epoch))]
             for m in range(n_mb):
                 mb = batch.select(perm[m * cfg.minibatch_size : (m + 1) * cfg.minibatch_size])
+                if not use_values and not mb.advantages.any():
+                    # no signal: the loss is (numerically almost) zero, and Adam would turn its rounding noise
+                    # into full-size steps; skip the update
+                    continue
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(1, cfg.warmup_steps))
                 logp, values = forward_policy(policy, head, mb.input_ids.to(device), mb.attention_mask.to(device),
@@ -416,11 +420,6 @@ def train(cfg: Config) -> Path:
     _write_history(run_dir, history, cfg.eval_k, cfg.advantage)
     print(f"{cfg.advantage} policy written to {model_dir}")
     return model_dir
-
-
-def policy:
-    """The model to sample from or save: the policy itself (LoRA adapters are applied on the fly by PEFT)."""
-    return policy
 
 
 def _mean(xs) -> float:

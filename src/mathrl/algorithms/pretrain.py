@@ -51,6 +51,7 @@ class Config:
     grad_clip: float = field(1.0, "gradient norm clip (0: off)")
     solution_fraction: float = field(0.03, "fraction of documents that are worked solutions (prose format)")
     drill_fraction: float = field(0.35, "fraction of documents that are arithmetic drill lines")
+    recall_fraction: float = field(0.0, "fraction of documents that are ledger lists repeating their statements")
     shots: int = field(2, "few-shot examples that prompts for this model should carry (recorded in mathrl.json)")
     checkpoint_every: int = field(200, "steps between checkpoints")
     log_every: int = field(20, "steps between log lines")
@@ -70,14 +71,15 @@ class Config:
                 raise UsageError(f"{name} must be >= 1")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise UsageError("batch_size must be a multiple of micro_batch_size")
-        if not 0 <= self.solution_fraction + self.drill_fraction <= 1:
-            raise UsageError("solution_fraction + drill_fraction must lie in [0, 1]")
+        fractions = (self.solution_fraction, self.drill_fraction, self.recall_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise UsageError("solution_fraction + drill_fraction + recall_fraction must lie in [0, 1]")
 
 
 def packed_rows(cfg: Config, tokenizer, step: int) -> torch.Tensor:
     """The (batch_size, seq_len) token rows of optimizer step ``step``: a pure function of (seed, step)."""
     docs = web_documents(cfg.level, seed=cfg.seed * 1_000_003 + step, solution_fraction=cfg.solution_fraction,
-                         drill_fraction=cfg.drill_fraction)
+                         drill_fraction=cfg.drill_fraction, recall_fraction=cfg.recall_fraction)
     need = cfg.batch_size * cfg.seq_len
     ids: list[int] = []
     eos = tokenizer.eos_token_id

@@ -92,6 +92,7 @@ class Task(Protocol):
 
     name: str
     stop_strings: tuple[str, ...]
+    step_end: str
 
     def problems(self, split: str) -> list[Problem]: ...
 

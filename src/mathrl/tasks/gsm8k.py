@@ -67,6 +67,7 @@ def in_dev(problem_id: str) -> bool:
 
 class GSM8KTask:
     stop_strings = QA_STOP_STRINGS
+    step_end = "\n"  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, data_dir: str | None = None, extract: str = "strict"):
         if extract not in ("strict", "flexible"):

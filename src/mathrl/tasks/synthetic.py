@@ -330,6 +330,7 @@ class SyntheticTask:
     """The synthetic GSM-like task family (see the module docstring). ``level`` picks a ``LEVELS`` preset."""
 
     stop_strings = QA_STOP_STRINGS
+    step_end = "."  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, level: int = 3, seed: int = 0, train_size: int = 7500, test_size: int = 1000,
                  dev_size: int = 500):
@@ -435,11 +436,29 @@ def _drill(rng: random.Random, level: Level) -> str:
     return " ".join(facts)
 
 
-def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03,
-                  drill_fraction: float = 0.35) -> Iterator[str]:
-    """An endless stream of pretraining documents: problem texts without solutions, arithmetic drills, and a
-    small fraction of worked solutions in a prose format (never the task's step format). Test-pool problems are
-    excluded, so pretraining never sees a test question."""
+def _recall(rng: random.Random, level: Level) -> str:
+    """Statements about named quantities, then the same statements again in another order, as a ledger would
+    repeat them: the repeats are predictable only by looking the name up earlier in the text, the retrieval
+    that solving the task needs (it makes the copying heads form early in pretraining)."""
+    item = rng.choice(ITEMS)
+    names = rng.sample(NAMES, rng.randint(3, 7))
+    facts = []
+    for i, name in enumerate(names):
+        if i and rng.random() < 0.5:
+            other = rng.choice(names[:i])
+            facts.append(f"{name} has {rng.randint(1, level.k_max)} more {item} than {other}.")
+        else:
+            facts.append(f"{name} has {rng.randint(1, level.leaf_max)} {item}.")
+    again = facts[:]
+    rng.shuffle(again)
+    return " ".join(facts) + " Again: " + " ".join(again)
+
+
+def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03, drill_fraction: float = 0.35,
+                  recall_fraction: float = 0.0) -> Iterator[str]:
+    """An endless stream of pretraining documents: problem texts without solutions, arithmetic drills, ledger
+    lists that repeat their statements (``_recall``), and a small fraction of worked solutions in a prose format
+    (never the task's step format). Test-pool problems are excluded, so pretraining never sees a test question."""
     lv = LEVELS[level] if isinstance(level, int) else level
     rng = random.Random(f"{seed}/web")
     while True:
@@ -447,6 +466,10 @@ def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03
         if u < drill_fraction:
             yield _drill(rng, lv)
             continue
+        if u < drill_fraction + recall_fraction:
+            yield _recall(rng, lv)
+            continue
+        u -= recall_fraction
         question, graph, order = generate_problem(rng, lv)
         if is_test_text(question):
             continue
