@@ -18,10 +18,11 @@ from mathrl import __version__
 
 def _commands():
     # imported here so that `mathrl --help` stays fast
-    from mathrl import commands
+    from mathrl import commands, study
     from mathrl.algorithms import expert_iteration, orm, ppo, pretrain, rcrl, sft
 
     return {
+        "study": (study.Config, study.main, "the whole paper grid on one task, with a report (report.md/.html)"),
         "data show": (commands.DataConfig, commands.data_show, "print problems with reference solutions and answers"),
         "data stats": (commands.DataConfig, commands.data_stats, "counts and length statistics of a split"),
         "model init": (commands.ModelInitConfig, commands.model_init, "create the embedded default model + tokenizer"),

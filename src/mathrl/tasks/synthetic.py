@@ -332,7 +332,7 @@ class SyntheticTask:
     stop_strings = QA_STOP_STRINGS
     step_end = "."  # the text that ends a step (return-conditioned sampling marks steps after it)
 
-    def __init__(self, level: int = 3, seed: int = 0, train_size: int = 7500, test_size: int = 1000,
+    def __init__(self, level: int = 2, seed: int = 0, train_size: int = 20000, test_size: int = 1000,
                  dev_size: int = 500):
         if level not in LEVELS:
             raise ValueError(f"unknown synthetic level {level} (known: {sorted(LEVELS)})")

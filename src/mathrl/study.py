@@ -1,0 +1,255 @@
+"""The study: one command that re-tests Havrilla et al. 2024 end to end and writes a report.
+
+Grid per seed (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-off) -> ORM and SORM on the
+SFT policy -> from the SFT model: EI (sparse, ORM), PPO (sparse, dense, ORM), RCRL (sparse, dense), GRPO
+(sparse); from the pretrained model (few-shot prompted): EI and PPO (sparse) -> evaluation of every model
+with maj@1, maj@K, rerank@K (the ORM) and pass@K -> ``report.md`` and a self-contained ``report.html``
+(``report.py``).
+
+Every stage is one ``mathrl`` command run in a subprocess with its own run directory under OUT/seed-N/, its
+log in ``log.txt``. A finished stage leaves ``stage.json`` (its command and wall time) and is skipped when the
+study runs again; an interrupted one is resumed from its last checkpoint. Stages that do not depend on each
+other run two at a time with one thread each (on 2 cores that is ~1.5x the throughput of one 2-thread process).
+
+With ``--task gsm8k --model DIR`` (a real pretrained HF model; typically with ``--device cuda``) the pretrain
+stage is skipped, DIR is the pretrained start (few-shot prompted), and the same grid runs on GSM8K.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+from mathrl.config import field, save as save_config
+from mathrl.errors import RunError, UsageError
+
+
+@dataclass
+class Config:
+    out: str = field("runs/study", "study directory (one folder per seed, report.md and report.html)")
+    quick: bool = field(False, "a small, fast version of the whole grid (minutes; results are only indicative)")
+    seeds: int = field(1, "number of seeds (the table reports mean ± std)")
+    task: str = field("synthetic", "synthetic, gsm8k or svamp")
+    level: int | None = field(None, "synthetic task level (default: the task's default)")
+    data_dir: str | None = field(None, "gsm8k/svamp data directory")
+    model: str = field("", "gsm8k/svamp: a pretrained HF model directory (the 'pretrained' start)")
+    device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
+    eval_problems: int = field(0, "test problems in the final evaluation (0: 300, or 60 with --quick)")
+    workers: int = field(2, "stages run at once (each with threads = free cores / workers)")
+    only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft")
+
+    def validate(self) -> None:
+        if self.seeds < 1 or self.workers < 1:
+            raise UsageError("seeds and workers must be >= 1")
+        if self.task != "synthetic" and not self.model:
+            raise UsageError(f"--task {self.task} needs --model DIR (a pretrained model; the embedded pretraining "
+                             "only exists for the synthetic task)")
+        if self.task == "synthetic" and self.model:
+            raise UsageError("--model applies to gsm8k/svamp; the synthetic study pretrains its own model")
+
+
+@dataclass
+class Stage:
+    """One command of the study. ``model_from`` names the stage whose OUT/model this one starts from."""
+
+    name: str
+    command: list[str]
+    needs: list[str] = dc_field(default_factory=list)
+    group: str = ""  # report grouping: pretrain, sft, orm, rl, eval
+    meta: dict = dc_field(default_factory=dict)
+
+
+# Budgets: full (the report's default) and quick. Tuned so that one seed of the full grid takes ~40 minutes on
+# 2 CPU cores with the embedded default (docs/results.md has the measured times).
+BUDGETS = {
+    "full": dict(pretrain_steps=60, sft_epochs=3, sft_lr=4e-3, train_size=20000, dev_size=200, dev_k=16,
+                 orm_questions=1500, sorm_samples=400, ei_rounds=3, ei_questions=3000, ppo_iterations=24,
+                 ppo_prompts=64, grpo_prompts=32, rcrl_questions=3000, run_eval_size=200, run_eval_k=16,
+                 max_new_tokens=96),
+    "quick": dict(pretrain_steps=15, sft_epochs=1, sft_lr=4e-3, train_size=3000, dev_size=30, dev_k=4,
+                  orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
+                  ppo_prompts=16, grpo_prompts=8, rcrl_questions=300, run_eval_size=30, run_eval_k=4,
+                  max_new_tokens=64),
+}
+
+
+def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
+    """The stages of one seed, in dependency order."""
+    b = BUDGETS["quick" if cfg.quick else "full"]
+    k = cfg.k or (16 if cfg.quick else 96)
+    n_eval = cfg.eval_problems or (60 if cfg.quick else 300)
+    d = lambda name: str(root / name)  # noqa: E731
+    common = ["--seed", str(seed), "--device", cfg.device]
+    task_args = ["--task", cfg.task] + (["--data-dir", cfg.data_dir] if cfg.data_dir else [])
+    level_args = ["--level", str(cfg.level)] if cfg.level is not None else []
+    mnt = ["--max-new-tokens", str(b["max_new_tokens"])]
+    run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
+    stages: list[Stage] = []
+    if cfg.task == "synthetic":
+        stages.append(Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), "--warmup-steps", "15",
+                                         "--recall-fraction", "0.2", "--drill-fraction", "0.3", *level_args,
+                                         *common], group="pretrain"))
+        pretrained = d("pretrain") + "/model"
+        sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
+    else:
+        pretrained = cfg.model
+        sft_task = task_args
+    stages.append(Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
+                                "--lr", str(b["sft_lr"]), "--whole-sequence-loss", "--dev-size", str(b["dev_size"]),
+                                "--eval-k", str(b["dev_k"]), *mnt, *common],
+                        needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft"))
+    sft = d("sft") + "/model"
+    stages.append(Stage("orm", ["orm", "train", "--policy", sft, "--questions", str(b["orm_questions"]), *mnt,
+                                *common], needs=["sft"], group="orm"))
+    stages.append(Stage("sorm", ["orm", "train", "--stepwise", "--policy", sft, "--questions",
+                                 str(b["orm_questions"] // 2), "--sorm-samples", str(b["sorm_samples"]), *mnt,
+                                 *common], needs=["sft"], group="orm"))
+    orm = d("orm") + "/model"
+    sorm = d("sorm") + "/model"
+
+    def ei(name, start, start_stage, extra, reward):
+        stages.append(Stage(name, ["ei", "--model", start, "--rounds", str(b["ei_rounds"]), "--questions",
+                                   str(b["ei_questions"]), "--patience", "0", *extra, *run_eval, *mnt, *common],
+                            needs=[start_stage] + (["orm"] if reward == "orm" else []), group="rl",
+                            meta={"algorithm": "EI", "reward": reward, "start": start_stage}))
+
+    def pg(name, start, start_stage, command, reward, extra):
+        prompts = b["grpo_prompts"] if command == "grpo" else b["ppo_prompts"]
+        stages.append(Stage(name, [command, "--model", start, "--iterations", str(b["ppo_iterations"]), "--prompts",
+                                   str(prompts), "--eval-every", str(max(1, b["ppo_iterations"] // 3)), *extra,
+                                   *run_eval, *mnt, *common],
+                            needs=[start_stage] + (["orm"] if reward == "orm" else []), group="rl",
+                            meta={"algorithm": "GRPO" if command == "grpo" else "PPO", "reward": reward,
+                                  "start": start_stage}))
+
+    def rc(name, returns, extra):
+        stages.append(Stage(name, ["rcrl", "--model", sft, "--returns", returns, "--questions",
+                                   str(b["rcrl_questions"]), *extra, *run_eval, *mnt, *common],
+                            needs=["sft"] + (["sorm"] if "--sorm" in extra else []), group="rl",
+                            meta={"algorithm": "RCRL", "reward": returns, "start": "sft"}))
+
+    ei("ei-sparse-sft", sft, "sft", [], "sparse")
+    ei("ei-orm-sft", sft, "sft", ["--reward", "orm", "--orm", orm], "orm")
+    pg("ppo-sparse-sft", sft, "sft", "ppo", "sparse", [])
+    pg("ppo-dense-sft", sft, "sft", "ppo", "dense", ["--reward", "dense"])
+    pg("ppo-orm-sft", sft, "sft", "ppo", "orm", ["--reward", "orm", "--orm", orm])
+    pg("grpo-sparse-sft", sft, "sft", "grpo", "sparse", ["-k", "8"])
+    rc("rcrl-sparse-sft", "sparse", [])
+    rc("rcrl-dense-sft", "dense", [] if cfg.task == "synthetic" else ["--step-labels", "sorm", "--sorm", sorm])
+    start_pt = "pretrain" if cfg.task == "synthetic" else "pretrained"
+    ei("ei-sparse-pretrained", pretrained, start_pt, [], "sparse")
+    pg("ppo-sparse-pretrained", pretrained, start_pt, "ppo", "sparse", [])
+    if cfg.task != "synthetic":
+        for s in stages:
+            s.needs = [n for n in s.needs if n != "pretrained"]
+
+    # final evaluation of every model: maj@1, maj@K, rerank@K (the ORM), pass@K
+    models = {"sft": sft, start_pt: pretrained}
+    models.update({s.name: d(s.name) + "/model" for s in stages if s.group == "rl"})
+    for name, path in models.items():
+        stages.append(Stage(f"eval-{name}", ["eval", "--model", path, "-n", str(n_eval), "-k", str(k), "--orm",
+                                             orm, *mnt, *common],
+                            needs=[n for n in (name, "orm") if n != "pretrained"], group="eval",
+                            meta={"model": name}))
+    return stages
+
+
+def _with_needs(stages: list[Stage], only: list[str]) -> list[Stage]:
+    if not only:
+        return stages
+    by_name = {s.name: s for s in stages}
+    unknown = [o for o in only if o not in by_name]
+    if unknown:
+        raise UsageError(f"unknown stage(s) {', '.join(unknown)} (known: {', '.join(by_name)})")
+    keep, todo = set(), list(only)
+    while todo:
+        n = todo.pop()
+        if n not in keep and n in by_name:
+            keep.add(n)
+            todo += by_name[n].needs
+    return [s for s in stages if s.name in keep]
+
+
+def _run_stage(stage: Stage, root: Path, threads: int) -> float:
+    """Run one stage (resuming it if it was interrupted); returns its wall time."""
+    out = root / stage.name
+    done = out / "stage.json"
+    if done.is_file():
+        return json.loads(done.read_text())["seconds"]
+    args = list(stage.command)
+    if stage.command[0] == "eval":
+        args += ["--out", str(out)]
+    else:
+        args += ["--out", str(out)]
+        if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+            args.append("--resume")
+    args += ["--threads", str(threads)]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(out / "log.txt", "a") as log:
+        log.write(f"$ mathrl {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.run([sys.executable, "-m", "mathrl", *args], stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, MATHRL_PROGRESS="0"))
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        tail = (out / "log.txt").read_text().strip().splitlines()[-1:] or [""]
+        raise RunError(f"study stage {stage.name} failed (exit {proc.returncode}): {tail[0]} "
+                       f"(log: {out / 'log.txt'}); rerun the study to resume")
+    done.write_text(json.dumps({"command": ["mathrl", *args], "seconds": round(seconds, 1)}, indent=1))
+    return seconds
+
+
+def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int) -> None:
+    """Run stages respecting ``needs``, up to ``workers`` at once."""
+    pending = {s.name: s for s in stages}
+    finished = {s.name for s in stages if (root / s.name / "stage.json").is_file()}
+    for name in finished:
+        pending.pop(name)
+    known = {s.name for s in stages}
+    running = {}
+    threads = max(1, total_threads // max(1, workers))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            ready = [s for s in pending.values() if all(n in finished or n not in known for n in s.needs)]
+            for s in ready[: workers - len(running)]:
+                pending.pop(s.name)
+                print(f"[study] {root.name}: start {s.name}", flush=True)
+                running[pool.submit(_run_stage, s, root, threads if workers > 1 else total_threads)] = s
+            if not running:
+                raise RunError(f"study: stages {', '.join(pending)} wait on stages that cannot run")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = running.pop(fut)
+                seconds = fut.result()  # re-raises a stage failure
+                finished.add(s.name)
+                print(f"[study] {root.name}: done {s.name} ({seconds / 60:.1f} min)", flush=True)
+
+
+def main(cfg: Config) -> None:
+    from mathrl.report import write_report
+    from mathrl.training import default_threads
+
+    root = Path(cfg.out)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {cfg.out}: {e.strerror or e}") from None
+    save_config(cfg, root / "study.yaml")
+    total_threads = default_threads()
+    t0 = time.time()
+    all_stages = {}
+    for seed in range(cfg.seeds):
+        seed_root = root / f"seed-{seed}"
+        stages = _with_needs(plan(cfg, seed, seed_root), cfg.only)
+        all_stages[seed] = stages
+        run_stages(stages, seed_root, cfg.workers, total_threads)
+    report = write_report(root, cfg, all_stages, wall_seconds=time.time() - t0)
+    print(f"[study] finished in {(time.time() - t0) / 60:.1f} min: {report}.md and {report}.html")
