@@ -1,5 +1,6 @@
 """Kill-and-resume: a run killed (SIGKILL) after a checkpoint and resumed ends exactly like an uninterrupted one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,3 +73,33 @@ def test_rerun_without_resume_is_refused(base_model, tmp_path):
     assert _run(["sft", "--model", str(base_model), "--out", str(out), *SFT]).returncode == 0
     r = _run(["sft", "--model", str(base_model), "--out", str(out), *SFT])
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+EI = ["--rounds", "2", "--questions", "6", "-k", "2", "--max-new-tokens", "10", "--include-references",
+      "--eval-size", "2", "--eval-k", "2", "--patience", "0", "--checkpoint-every", "1", "--threads", "1",
+      "--level", "2", "--task", "synthetic"]
+PPO = ["--iterations", "3", "--prompts", "4", "-k", "2", "--minibatch-size", "4", "--max-new-tokens", "10",
+       "--eval-size", "2", "--eval-k", "2", "--checkpoint-every", "1", "--threads", "1", "--level", "2",
+       "--task", "synthetic"]
+RCRL = ["--rounds", "2", "--questions", "6", "-k", "2", "--max-new-tokens", "10", "--eval-size", "2",
+        "--eval-k", "2", "--checkpoint-every", "1", "--threads", "1", "--level", "2", "--task", "synthetic"]
+
+
+@pytest.mark.parametrize("command,args,kill_after", [
+    (["ei"], EI, 2), (["ppo"], PPO, 1), (["grpo"], PPO, 2), (["rcrl"], RCRL, 2),
+])
+def test_rl_resume_equals_uninterrupted(base_model, tmp_path, command, args, kill_after):
+    full = tmp_path / "full"
+    r = _run([*command, "--model", str(base_model), "--out", str(full), *args])
+    assert r.returncode == 0, r.stderr
+    killed = tmp_path / "killed"
+    _kill_after_checkpoint([*command, "--model", str(base_model), "--out", str(killed), *args], killed,
+                           n_checkpoints=kill_after)
+    assert not (killed / "model").exists(), "the run finished before it could be killed"
+    r = _run([*command, "--model", str(base_model), "--out", str(killed), "--resume", *args])
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(full / "model", killed / "model")
+    h_full = json.loads((full / "history.json").read_text())
+    h_killed = json.loads((killed / "history.json").read_text())
+    strip = lambda hs: [{k: v for k, v in h.items() if "seconds" not in k} for h in hs]  # noqa: E731
+    assert strip(h_full) == strip(h_killed)

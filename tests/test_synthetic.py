@@ -21,7 +21,7 @@ def test_splits_are_disjoint_and_sized():
     train = {p.question for p in task.problems("train")}
     test = {p.question for p in task.problems("test")}
     dev = {p.question for p in task.problems("dev")}
-    assert len(task.problems("train")) == 7500 and len(task.problems("test")) == 1000
+    assert len(task.problems("train")) == 20000 and len(task.problems("test")) == 1000
     assert not train & test and not train & dev and not test & dev
     assert all(is_test_text(q) for q in test) and not any(is_test_text(q) for q in train)
 

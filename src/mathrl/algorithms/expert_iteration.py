@@ -54,7 +54,7 @@ class Config:
     rounds: int = field(3, "maximum number of rounds")
     patience: int = field(2, "stop after this many rounds without a maj@1 improvement (0: never)")
     k: int = field(4, "samples per training question per round (the paper's efficient setting is 4)")
-    questions: int = field(0, "training questions per round (0: the whole train split)")
+    questions: int = field(4000, "training questions per round (0: the whole train split)")
     temperature: float = field(1.0, "sampling temperature for collection")
     max_new_tokens: int = field(128, "completion length limit")
     shots: int = field(-1, "few-shot examples while the policy is the start model (-1: as recorded with it)")

@@ -63,7 +63,7 @@ class Config:
     label_ratio: str = field("natural", "natural, or balanced (as many bad samples as good ones)")
     rounds: int = field(1, "rounds of collect -> label -> fine-tune")
     k: int = field(4, "samples per training question per round")
-    questions: int = field(0, "training questions per round (0: the whole train split)")
+    questions: int = field(4000, "training questions per round (0: the whole train split)")
     temperature: float = field(1.0, "sampling temperature for collection")
     max_new_tokens: int = field(128, "completion length limit")
     include_references: bool = field(True, "also train on the reference solutions, marked good")
