@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mathrl import distributed
 from mathrl.errors import RunError
 
 HASH_LIMIT = 1 << 30  # files larger than this are checked by size only (hashing a 14 GB model costs minutes)
@@ -74,7 +75,10 @@ def write_atomic_text(path: Path, text: str) -> None:
 
 
 def save_model_dir(model, tokenizer, out: Path) -> None:
-    """Write a Hugging Face model directory atomically (used for RUN/model)."""
+    """Write a Hugging Face model directory atomically (used for RUN/model). Rank 0 only under torchrun."""
+    if not distributed.is_main():
+        distributed.barrier()  # the other ranks wait until the model is on disk
+        return
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -88,6 +92,7 @@ def save_model_dir(model, tokenizer, out: Path) -> None:
         os.replace(tmp, out)
         _fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
@@ -96,9 +101,13 @@ def save_model_dir(model, tokenizer, out: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep_last: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` checkpoints."""
+    """Write checkpoint ``step`` atomically; keep the newest ``keep_last`` checkpoints. Rank 0 only under
+    torchrun (every rank holds the same weights and state)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step-{step:07d}"
+    if not distributed.is_main():
+        distributed.barrier()
+        return final
     tmp = ckpt_root / f".tmp-step-{step:07d}-{os.getpid()}"
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +131,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
         raise RunError(f"could not write checkpoint {final}: {e.strerror or e}{where}") from None
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return final
 
 

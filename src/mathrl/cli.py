@@ -97,6 +97,10 @@ def main(argv=None) -> int:
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(set MATHRL_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        from mathrl import distributed
+
+        distributed.teardown()
 
 
 if __name__ == "__main__":  # pragma: no cover

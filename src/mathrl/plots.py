@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from mathrl import distributed
+
 
 def _pyplot():
     import matplotlib
@@ -21,6 +23,8 @@ def metrics_vs_x(history: Sequence[dict], x_key: str, metric_keys: Sequence[str]
     """One line per metric against ``x_key`` (e.g. rollouts consumed); the data goes to a JSON file beside the PNG."""
     out_png = Path(out_png)
     points = [h for h in history if x_key in h]
+    if not distributed.is_main():
+        return
     out_png.with_suffix(".json").write_text(json.dumps(
         {"x": x_key, "series": {k: [[h[x_key], h[k]] for h in points if k in h] for k in metric_keys}}, indent=1))
     plt = _pyplot()

@@ -72,7 +72,10 @@ class RewardModel:
 
 
 def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> RewardModel:
-    """Load a reward model directory; its tokenizer must be the policy's (checked when one is given)."""
+    """Load a reward model directory; its tokenizer must be the policy's (checked when one is given).
+
+    The policy may have added tokens of its own (RCRL's return tokens, which decoding skips): every token of the
+    reward model's vocabulary must then keep its id in the policy's, since the reward model reads decoded text."""
     from transformers import AutoModelForTokenClassification
 
     from mathrl.models import load_tokenizer
@@ -81,7 +84,7 @@ def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> 
     if not (p / "config.json").is_file():
         raise UsageError(f"reward model directory not found or incomplete: {path}")
     tokenizer = load_tokenizer(p)
-    if policy_tokenizer is not None and tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+    if policy_tokenizer is not None and not (tokenizer.get_vocab().items() <= policy_tokenizer.get_vocab().items()):
         raise UsageError(f"reward model {path} uses a different tokenizer than the policy; train it from the "
                          "policy's checkpoint")
     meta = json.loads((p / "mathrl.json").read_text()) if (p / "mathrl.json").is_file() else {}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
 from mathrl.errors import UsageError
 
@@ -39,12 +40,12 @@ def prepare_run_dir(out: str, resume: bool) -> Path:
 
 def resolve_device(device: str) -> str:
     if device in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise UsageError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
-    return device
+    return distributed.setup(device)  # under torchrun: join the process group, one GPU per rank
 
 
 def read_meta(model_dir: str | os.PathLike) -> dict:
@@ -59,6 +60,8 @@ def read_meta(model_dir: str | os.PathLike) -> dict:
 
 
 def write_meta(model_dir: str | os.PathLike, **meta) -> None:
+    if not distributed.is_main():
+        return
     Path(model_dir, "mathrl.json").write_text(json.dumps(meta, indent=1))
 
 

@@ -14,9 +14,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mathrl import distributed
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.active = distributed.is_main()  # under torchrun, rank 0 logs for all
+        if not self.active:
+            self.tb = None
+            return
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -36,6 +42,8 @@ class RunLogger:
                 self.tb = None
 
     def log(self, step: int, **metrics) -> None:
+        if not self.active:
+            return
         record = {"step": step, "time": round(time.time() - self.start, 2)}
         record.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
@@ -69,6 +77,6 @@ def progress(total: int, desc: str, unit: str = "it", initial: int = 0, disable:
     import os
 
     if disable is None:
-        disable = not (sys.stderr.isatty() or os.environ.get("MATHRL_PROGRESS") == "1")
+        disable = not (sys.stderr.isatty() or os.environ.get("MATHRL_PROGRESS") == "1") or not distributed.is_main()
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, dynamic_ncols=True,
                 leave=False, mininterval=1.0)

@@ -44,6 +44,7 @@ from typing import Sequence
 
 import torch
 
+from mathrl import distributed
 from mathrl.errors import UsageError
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 
@@ -375,6 +376,20 @@ def sample(model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, par
         keys = [str(i) for i in range(len(prompts))]
     if len(keys) != len(prompts):
         raise UsageError("keys and prompts differ in length")
+    if distributed.world_size() > 1:
+        # under torchrun: this rank samples prompts r, r+N, ...; every rank gets all rollouts back. The random
+        # stream is keyed by (seed, key, sample, step), so the samples do not depend on the number of ranks.
+        local = _sample_local(model, tokenizer, distributed.shard(prompts), k, params, distributed.shard(keys),
+                              progress)
+        groups = distributed.gather_shards([local[i : i + k] for i in range(0, len(local), k)], len(prompts))
+        for i, group in enumerate(groups):
+            for r in group:
+                r.prompt_index = i
+        return [r for group in groups for r in group]
+    return _sample_local(model, tokenizer, prompts, k, params, keys, progress)
+
+
+def _sample_local(model, tokenizer, prompts, k: int, params: SamplingParams, keys, progress) -> list[Rollout]:
     prompt_ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) if isinstance(p, str) else list(p)
                   for p in prompts]
     n_ctx = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)

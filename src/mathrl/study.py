@@ -69,11 +69,11 @@ class Stage:
 # Budgets: full (the report's default) and quick. Tuned so that one seed of the full grid takes ~40 minutes on
 # 2 CPU cores with the embedded default (docs/results.md has the measured times).
 BUDGETS = {
-    "full": dict(pretrain_steps=60, sft_epochs=3, sft_lr=4e-3, train_size=20000, dev_size=200, dev_k=16,
+    "full": dict(pretrain_steps=60, sft_epochs=3, train_size=20000, dev_size=200, dev_k=16,
                  orm_questions=1500, sorm_samples=400, ei_rounds=3, ei_questions=3000, ppo_iterations=24,
                  ppo_prompts=64, grpo_prompts=32, rcrl_questions=3000, run_eval_size=200, run_eval_k=16,
                  max_new_tokens=96),
-    "quick": dict(pretrain_steps=15, sft_epochs=1, sft_lr=4e-3, train_size=3000, dev_size=30, dev_k=4,
+    "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
                   orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
                   ppo_prompts=16, grpo_prompts=8, rcrl_questions=300, run_eval_size=30, run_eval_k=4,
                   max_new_tokens=64),
@@ -102,7 +102,7 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
         pretrained = cfg.model
         sft_task = task_args
     stages.append(Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
-                                "--lr", str(b["sft_lr"]), "--whole-sequence-loss", "--dev-size", str(b["dev_size"]),
+                                "--whole-sequence-loss", "--dev-size", str(b["dev_size"]),
                                 "--eval-k", str(b["dev_k"]), *mnt, *common],
                         needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft"))
     sft = d("sft") + "/model"
@@ -222,7 +222,9 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
             for s in ready[: workers - len(running)]:
                 pending.pop(s.name)
                 print(f"[study] {root.name}: start {s.name}", flush=True)
-                running[pool.submit(_run_stage, s, root, threads if workers > 1 else total_threads)] = s
+                # a stage that runs alone (pretrain, then SFT, wait on each other) gets every core
+                alone = workers == 1 or (not running and len(ready) == 1)
+                running[pool.submit(_run_stage, s, root, total_threads if alone else threads)] = s
             if not running:
                 raise RunError(f"study: stages {', '.join(pending)} wait on stages that cannot run")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -251,5 +253,11 @@ def main(cfg: Config) -> None:
         stages = _with_needs(plan(cfg, seed, seed_root), cfg.only)
         all_stages[seed] = stages
         run_stages(stages, seed_root, cfg.workers, total_threads)
-    report = write_report(root, cfg, all_stages, wall_seconds=time.time() - t0)
-    print(f"[study] finished in {(time.time() - t0) / 60:.1f} min: {report}.md and {report}.html")
+    # wall time over every invocation (an interrupted study that was resumed counts each part)
+    timing = root / "wall_time.json"
+    earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    wall = earlier + time.time() - t0
+    timing.write_text(json.dumps({"seconds": round(wall, 1)}))
+    report = write_report(root, cfg, all_stages, wall_seconds=wall)
+    print(f"[study] finished in {(time.time() - t0) / 60:.1f} min ({wall / 60:.1f} min over all invocations): "
+          f"{report}.md and {report}.html")

@@ -27,6 +27,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from mathrl import distributed
+
 
 @dataclass(frozen=True)
 class Example:
@@ -93,9 +95,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return torch.nn.functional.pad(picked, (1, 0))  # (B, T)
 
 
-def sft_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int]:
-    """Accumulate the gradient of the mean target-token NLL over all micro-batches; returns (loss, n_targets)."""
-    total = sum(mb.n_targets for mb in micro_batches)
+def sft_grads(model, micro_batches: Sequence[Batch], device, total: int | None = None) -> tuple[float, int]:
+    """Accumulate the gradient of the mean target-token NLL over all micro-batches; returns (loss, n_targets).
+
+    ``total``: the target tokens of the whole optimizer batch when these micro-batches are only part of it (data
+    parallelism: each rank holds a share); default, the targets of these micro-batches."""
+    total = total if total is not None else sum(mb.n_targets for mb in micro_batches)
     if total == 0:
         return 0.0, 0
     loss_value = 0.0
@@ -108,10 +113,10 @@ def sft_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int
     return loss_value, total
 
 
-def bce_grads(model, micro_batches: Sequence[Batch], device) -> tuple[float, int]:
+def bce_grads(model, micro_batches: Sequence[Batch], device, total: int | None = None) -> tuple[float, int]:
     """Like ``sft_grads`` for a token-classification reward model: binary cross-entropy of the per-token logit
     against ``labels`` where ``loss_mask`` is True (no shift: the score at token t judges the prefix up to t)."""
-    total = sum(mb.n_targets for mb in micro_batches)
+    total = total if total is not None else sum(mb.n_targets for mb in micro_batches)
     if total == 0:
         return 0.0, 0
     loss_value = 0.0
@@ -277,13 +282,20 @@ def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, d
         for b in range(offset, per_epoch):
             if step >= total_steps:
                 return
-            micro = [collate([examples[i] for i in mb], pad_id) for mb in split_micro(batches[b], micro_batch_size)]
+            # data parallel (torchrun): this rank takes rows r, r+N, ... of the batch; the loss is normalised by the
+            # targets of the whole batch and the gradients are summed over ranks, so the update is the same
+            rows = distributed.shard(batches[b])
+            total = sum(sum(examples[i].loss_mask) for i in batches[b])
+            micro = [collate([examples[i] for i in mb], pad_id) for mb in split_micro(rows, micro_batch_size)]
             multiplier = lr_at(step, total_steps, warmup_steps, min_lr_ratio)
             set_lr(optimizer, lr, multiplier)
-            loss, _ = grads(model, micro, device)
+            loss, _ = grads(model, micro, device, total)
+            distributed.all_reduce_grads(model.parameters())
+            n_tokens = sum(int(m.attention_mask.sum()) for m in micro)
+            loss, n_tokens = distributed.all_reduce_sum([loss, n_tokens])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss}")
             norm = clip_and_step(model, optimizer, grad_clip)
             step += 1
             yield StepStats(step=step, epoch=step / per_epoch, loss=loss, grad_norm=norm, lr=lr * multiplier,
-                            n_tokens=sum(int(m.attention_mask.sum()) for m in micro))
+                            n_tokens=int(n_tokens))

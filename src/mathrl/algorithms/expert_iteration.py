@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
@@ -290,6 +291,8 @@ def _examples(task, tokenizer, items, eos):
 
 
 def _write_history(run_dir: Path, history: list, k: int) -> None:
+    if not distributed.is_main():
+        return
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     keys = [key for key in ("maj@1", f"maj@{k}", f"pass@{k}", "maj@1_verified", f"pass@{k}_verified")
             if any(key in h for h in history)]

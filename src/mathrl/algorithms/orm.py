@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
@@ -121,7 +122,9 @@ def train(cfg: Config) -> Path:
         # step 2 (SORM): label each step by whether the policy can still finish correctly from it
         if cfg.stepwise:
             _label_steps(task, policy, tokenizer, questions, prompts, records, cfg)
-        data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        if distributed.is_main():
+            data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        distributed.barrier()
         print(f"orm: labelled {len(records)} samples ({sum(r['correct'] for r in records) / len(records):.3f} "
               f"correct) in {time.time() - t_start:.0f}s", flush=True)
     records = [json.loads(line) for line in data_file.read_text().splitlines()]
@@ -180,7 +183,8 @@ def train(cfg: Config) -> Path:
     report.update({"kind": rm.kind, "n_train_samples": len(examples), "train_positive_fraction":
                    sum(r["correct"] for r in train_records) / len(train_records),
                    "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1)})
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    if distributed.is_main():
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1))
     logger.log(total, **{k: v for k, v in report.items() if isinstance(v, (int, float))})
     logger.close()
     model_dir = run_dir / "model"

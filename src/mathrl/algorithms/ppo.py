@@ -37,13 +37,14 @@ from pathlib import Path
 
 import torch
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalty_rewards, masked_mean, whiten, \
+from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalty_rewards, whiten, \
     zero_signal_fraction
 from mathrl.config import field, save as save_config
 from mathrl.errors import RunError, UsageError
 from mathrl.evaluate import evaluate, headline, summarize
-from mathrl.losses import ppo_policy_loss, value_loss
+from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards, outcome_rewards
@@ -364,28 +365,35 @@ def train(cfg: Config) -> Path:
                     continue
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(1, cfg.warmup_steps))
+                # token-level means over the whole minibatch; under torchrun each rank computes rows r, r+N, ...
+                # with the minibatch's token counts as denominators, and the gradients are summed over ranks
+                n_loss, n_action = int(mb.loss_mask.sum()), int(mb.action_mask.sum())
+                mb = mb.select(torch.tensor(distributed.local_rows(len(mb.input_ids)), dtype=torch.long))
                 logp, values = forward_policy(policy, head, mb.input_ids.to(device), mb.attention_mask.to(device),
                                               with_values=use_values)
                 lmask = mb.loss_mask.to(device)
                 pg_loss, pstats = ppo_policy_loss(logp, mb.old_logprobs.to(device), mb.advantages.to(device), lmask,
-                                                  clip=cfg.clip)
+                                                  clip=cfg.clip, total=max(1, n_loss))
                 loss = pg_loss
                 v_clipfrac = 0.0
                 if use_values:
                     v_loss, v_clipfrac = value_loss(values, mb.old_values.to(device), mb.returns.to(device),
-                                                    mb.action_mask.to(device), clip=cfg.value_clip)
+                                                    mb.action_mask.to(device), clip=cfg.value_clip,
+                                                    total=max(1, n_action))
                     loss = loss + cfg.vf_coef * v_loss
                 elif kl_coef > 0:
                     _, kl = kl_penalty_rewards(logp, mb.ref_logprobs.to(device), lmask, 1.0, "k3")
-                    loss = loss + kl_coef * masked_mean(kl, lmask)
-                if not torch.isfinite(loss):
-                    raise ckpt.divergence_error(run_dir, it, f"loss became {loss.item()}")
+                    loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.all_reduce_grads(params)
+                (loss_value,) = distributed.all_reduce_sum([loss.item()])
+                if not math.isfinite(loss_value):
+                    raise ckpt.divergence_error(run_dir, it, f"loss became {loss_value}")
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 optimizer.step()
                 opt_steps += 1
-                stats.append((loss.item(), pstats.clipfrac, pstats.approx_kl, float(v_clipfrac), float(norm)))
+                stats.append((loss_value, pstats.clipfrac, pstats.approx_kl, float(v_clipfrac), float(norm)))
 
         # step 6: log, adapt the KL coefficient, guard against divergence
         it += 1
@@ -422,7 +430,7 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(policy.merge_and_unload() if cfg.lora_rank else policy, tokenizer, model_dir)
-    if head is not None:
+    if head is not None and distributed.is_main():
         torch.save(head.state_dict(), run_dir / "value_head.pt")
     write_meta(model_dir, task=task_options(task), stage=cfg.advantage, shots=read_meta(cfg.model).get("shots", 0),
                base=cfg.model)
@@ -457,6 +465,8 @@ def _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, toke
 
 
 def _write_history(run_dir: Path, history: list, k: int, name: str) -> None:
+    if not distributed.is_main():
+        return
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     keys = [key for key in ("maj@1", f"maj@{k}", f"pass@{k}", "maj@1_verified") if any(key in h for h in history)]
     if keys:

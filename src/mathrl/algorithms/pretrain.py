@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
@@ -99,8 +100,9 @@ def train(cfg: Config) -> Path:
     save_config(cfg, run_dir / "config.yaml")
 
     init_dir = run_dir / "init"
-    if not (init_dir / "config.json").is_file():
+    if distributed.is_main() and not (init_dir / "config.json").is_file():
         init_model(task, init_dir, size=cfg.size, seed=cfg.seed)
+    distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
     model, tokenizer = load_model(init_dir, device=device, for_training=True)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start = 0
@@ -121,11 +123,15 @@ def train(cfg: Config) -> Path:
     for step in range(start, cfg.steps):
         # collect: this step's packed rows; learn: one optimizer step on the whole-sequence LM loss
         rows = packed_rows(cfg, tokenizer, step)
+        total = int(_lm_mask(rows).sum())  # targets in the whole batch (all ranks together under torchrun)
+        rows = rows[distributed.local_rows(len(rows))]  # this rank's rows r, r+N, ...
         mb = cfg.micro_batch_size or cfg.batch_size
         micro = [Batch(rows[i : i + mb], torch.ones_like(rows[i : i + mb]), _lm_mask(rows[i : i + mb]))
-                 for i in range(0, cfg.batch_size, mb)]
+                 for i in range(0, len(rows), mb)]
         set_lr(optimizer, cfg.lr, lr_at(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-        loss, n = sft_grads(model, micro, device)
+        loss, _ = sft_grads(model, micro, device, total)
+        distributed.all_reduce_grads(model.parameters())
+        loss, n = distributed.all_reduce_sum([loss, total])[0], total
         if not math.isfinite(loss):
             raise ckpt.divergence_error(run_dir, step, f"loss became {loss}")
         grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)

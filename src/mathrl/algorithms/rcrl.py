@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
@@ -294,7 +295,8 @@ def train(cfg: Config) -> Path:
     ckpt.save_model_dir(policy, tokenizer, model_dir)
     write_meta(model_dir, task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0, base=cfg.model,
                condition=condition, label_ratio=cfg.label_ratio)
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    if distributed.is_main():
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     keys = [k for k in ("maj@1", f"maj@{cfg.eval_k}", f"pass@{cfg.eval_k}") if any(k in h for h in history)]
     if keys:
         metrics_vs_x(history, "rollouts", keys, run_dir / "sample_complexity.png",

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
@@ -92,8 +93,9 @@ def train(cfg: Config) -> Path:
     model_path = cfg.model
     if not model_path:
         model_path = run_dir / "init"
-        if not (model_path / "config.json").is_file():
+        if distributed.is_main() and not (model_path / "config.json").is_file():
             init_model(task, model_path, size=cfg.size, seed=cfg.seed)
+        distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
     model, tokenizer = load_model(model_path, device=device, for_training=True)
 
     dev = task.problems("dev")[: cfg.dev_size] if cfg.dev_size else []
