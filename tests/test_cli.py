@@ -89,6 +89,13 @@ def test_score_reports_unmatched_questions(tmp_path, capsys):
     (["sft", "--batch-size", "10", "--micro-batch-size", "3"], "multiple of micro_batch_size"),
     (["eval"], "--model is required"),
     (["score", "--samples", "/nope.jsonl", "--out", "/tmp/x"], "file not found"),
+    # unknown keys and wrong types on the command line (YAML: test_bad_yaml_configs)
+    (["sft", "--learning-rate", "3"], "unrecognized arguments: --learning-rate"),
+    (["sft", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    # impossible combinations
+    (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
+    (["ppo", "--model", "x", "--reward", "orm"], "--reward orm and --orm DIR go together"),
+    (["ppo", "--model", "x", "--skip-zero-signal"], "--skip-zero-signal applies to grpo/rloo"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -180,9 +187,17 @@ def test_policy_gradient_smoke(runs, tmp_path, command, extra):
     assert (out / "model" / "config.json").is_file()
 
 
-def test_group_baseline_with_one_sample_is_rejected(capsys):
-    assert main(["grpo", "--model", "x", "-k", "1"]) == 2
-    assert "needs k >= 2" in capsys.readouterr().err
+def test_k_larger_than_samples_is_rejected(tmp_path, capsys):
+    # pass@K needs n >= K completions per question
+    from mathrl.tasks import load_task
+
+    p = load_task("synthetic", level=1).problems("test")[0]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"id": p.id, "completions": ["a", "b"]}) + "\n")
+    assert main(["score", "--samples", str(samples), "--task", "synthetic", "--level", "1", "-k", "3",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: k=3 is larger than the fewest completions on a line (2)"
 
 
 @pytest.mark.parametrize("returns", ["sparse", "dense"])

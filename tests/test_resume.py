@@ -103,3 +103,42 @@ def test_rl_resume_equals_uninterrupted(base_model, tmp_path, command, args, kil
     h_killed = json.loads((killed / "history.json").read_text())
     strip = lambda hs: [{k: v for k, v in h.items() if "seconds" not in k} for h in hs]  # noqa: E731
     assert strip(h_full) == strip(h_killed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command,args", [(["sft"], SFT), (["ei"], EI), (["ppo"], PPO), (["rcrl"], RCRL)])
+def test_random_kill_points(base_model, tmp_path, command, args):
+    """SIGKILL at 5 random moments of a run (not only right after a checkpoint), resume: the same final weights
+    and history as the uninterrupted run. Outside CI (pytest -m slow): about a minute per command."""
+    import random
+
+    full = tmp_path / "full"
+    t0 = time.time()
+    r = _run([*command, "--model", str(base_model), "--out", str(full), *args])
+    duration = time.time() - t0
+    assert r.returncode == 0, r.stderr
+    rng = random.Random(f"kill/{command[0]}")
+    killed_mid_run = 0
+    for i in range(5):
+        run = tmp_path / f"killed-{i}"
+        at = rng.uniform(0.05, 0.95) * duration
+        env = dict(os.environ, MATHRL_PROGRESS="0")
+        proc = subprocess.Popen([sys.executable, "-m", "mathrl", *command, "--model", str(base_model), "--out",
+                                 str(run), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            proc.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if (run / "model").exists():
+            continue  # it finished first
+        killed_mid_run += 1
+        resume = ["--resume"] if run.exists() else []  # killed before it even created its directory
+        r = _run([*command, "--model", str(base_model), "--out", str(run), *resume, *args])
+        assert r.returncode == 0, r.stderr
+        assert_same_weights(full / "model", run / "model")
+        if command != ["sft"]:
+            strip = lambda hs: [{k: v for k, v in h.items() if "seconds" not in k} for h in hs]  # noqa: E731
+            assert strip(json.loads((full / "history.json").read_text())) == \
+                   strip(json.loads((run / "history.json").read_text()))
+    assert killed_mid_run >= 3

@@ -129,8 +129,11 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
         last = latest_checkpoint(run_dir, quiet=True)
         where = f"; the last good checkpoint is {last}" if last else ""
         raise RunError(f"could not write checkpoint {final}: {e.strerror or e}{where}") from None
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep_last > 0:
+        # keep the newest keep_last *complete* checkpoints: one without a manifest does not count as a good one
+        complete = [p for p in list_checkpoints(run_dir) if (p / "manifest.json").is_file()]
+        for old in complete[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
     return final
 

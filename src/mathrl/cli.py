@@ -38,10 +38,18 @@ def _commands():
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...``, exit 2) instead of a usage block."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
 def build_parser(commands) -> argparse.ArgumentParser:
     from mathrl.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="mathrl", description="Reinforcement learning for math word problems.")
+    parser = _Parser(prog="mathrl", description="Reinforcement learning for math word problems.")
     parser.add_argument("--version", action="version", version=f"mathrl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -73,7 +81,10 @@ def main(argv=None) -> int:
         hf_logging.disable_progress_bar()
         commands = _commands()
         parser = build_parser(commands)
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
+            return int(e.code or 0)
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
