@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="", help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     ap.add_argument("--skip-k96", action="store_true")
+    ap.add_argument("--memory-prompts", type=int, default=200,
+                    help="K=96 over this many prompts, then peak RSS is printed (0: skip)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -86,6 +88,15 @@ def main() -> None:
     if not args.skip_k96:
         n, dt = timed(lambda: sum(len(r.completion_ids) for r in sample(model, tok, prompts, 96, params)))
         print(f"mathrl sampler at K=96: {n / dt:,.0f} generated tokens/s ({args.prompts * 96} completions in {dt:.1f}s)")
+    if args.memory_prompts:
+        # memory stays bounded for any K: the token budget caps the cache, whatever the number of prompts
+        import resource
+
+        many = [task.prompt(p) for p in task.problems("test")[: args.memory_prompts]]
+        n, dt = timed(lambda: sum(len(r.completion_ids) for r in sample(model, tok, many, 96, params)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        print(f"K=96 over {len(many)} prompts: {len(many) * 96} completions in {dt:.1f}s, peak RSS of this process "
+              f"{peak:.2f} GiB")
     print(f"speedup_vs_hf_generate={a / b:.2f}")
 
 

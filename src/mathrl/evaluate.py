@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mathrl.metrics import distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
+from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks.base import Grade, Problem
 
@@ -82,6 +82,14 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
             if has_scores:
                 m[f"rerank@{kk}"] = mean(rerank_at_k(r.scores[:n], [g.correct for g in r.samples[:n]], kk)
                                          for r in results)
+        if has_scores:
+            # pooled AUC: can the reward model tell right from wrong over all samples (question difficulty
+            # helps); within-question AUC: among one question's samples, what reranking needs
+            m["orm_auc"] = auc([s for r in results for s in r.scores[:n]],
+                               [g.correct for r in results for g in r.samples[:n]])
+            within = [auc(r.scores[:n], [g.correct for g in r.samples[:n]]) for r in results]
+            within = [a for a in within if a == a]  # questions with both right and wrong samples
+            m["orm_auc_within_question"] = mean(within) if within else float("nan")
         samples = [g for r in results for g in r.samples[:n]]
         m["sample_accuracy"] = mean(g.correct for g in samples)
         m["no_answer_rate"] = mean(g.answer is None for g in samples)

@@ -87,7 +87,8 @@ def _k_of(data) -> int:
 
 
 def findings(data) -> dict:
-    """Each finding: (verdict: 'holds' / 'does not hold' / 'not measured', explanation with numbers)."""
+    """Each finding: (True: holds / False: does not hold / None: cannot be tested here, explanation with numbers);
+    a finding whose runs are missing is absent ('not measured')."""
     k = _k_of(data)
     g = lambda model, key="maj@1": _metric(data, model, key)[0]  # noqa: E731
     out = {}
@@ -130,7 +131,11 @@ def findings(data) -> dict:
         out["F4"] = (ok, "; ".join(f"{a} {x:.3f} vs {b} {y:.3f}" for a, b, x, y in diffs) + " (holds if no gain > 0.03)")
     pt_name = "pretrain" if "pretrain" in data["evals"] else "pretrained"
     pt, ei_pt = g(pt_name), g("ei-sparse-pretrained")
-    if None not in (pt, sft1, ei, ei_pt):
+    pt_passk = g(pt_name, f"pass@{k}")
+    if pt_passk is not None and pt_passk == 0:
+        out["F5"] = (None, f"the pretrained start solves nothing (pass@{k} 0.000 few-shot), so RL from it has no "
+                           "correct sample to reinforce; the comparison needs a stronger pretrained model")
+    elif None not in (pt, sft1, ei, ei_pt):
         before, after = sft1 - pt, ei - ei_pt
         out["F5"] = (after < before, f"maj@1 gap SFT - pretrained: {before:.3f} before RL, {after:.3f} after EI "
                                      f"(EI from SFT {ei:.3f}, EI from pretrained {ei_pt:.3f})")
@@ -150,6 +155,10 @@ def findings(data) -> dict:
         out["F6"] = (ok, "; ".join(f"{n}: {kk} within 0.02 of its final {v:.3f} after {fc} of {t} rollouts"
                                    for n, kk, fc, t, v in sat))
     return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "cannot be tested at this scale" if ok is None else "holds" if ok else "does not hold"
 
 
 def _rollouts_to_90(history) -> int | None:
@@ -271,13 +280,14 @@ def write_report(root: Path, cfg, all_stages: dict, wall_seconds: float) -> Path
     for key, claim in FINDINGS.items():
         if key in found:
             ok, text = found[key]
-            md.append(f"- **{key} {claim}: {'holds' if ok else 'does not hold'}.** {text}")
+            md.append(f"- **{key} {claim}: {_verdict(ok)}.** {text}")
         else:
             md.append(f"- **{key} {claim}: not measured** (its runs are missing).")
     orm_lines = []
     for name, reps in data["orm"].items():
         r = reps[0]
-        line = f"- {name.upper()}: held-out AUC {r.get('auc', float('nan')):.3f}"
+        line = (f"- {name.upper()}: held-out AUC {r.get('auc', float('nan')):.3f} (within a question's samples "
+                f"{r.get('auc_within_question', float('nan')):.3f})")
         if "step_precision" in r:
             line += f", bad-step precision {r['step_precision']:.3f} / recall {r['step_recall']:.3f} vs the exact checker"
         orm_lines.append(line + f" (trained in {r.get('total_seconds', 0) / 60:.1f} min)")
@@ -300,8 +310,8 @@ def write_report(root: Path, cfg, all_stages: dict, wall_seconds: float) -> Path
     for key, claim in FINDINGS.items():
         if key in found:
             ok, text = found[key]
-            verdict = "holds" if ok else "does not hold"
-            body.append(f'<li class="{"ok" if ok else "no"}"><b>{key} {html.escape(claim)}: {verdict}.</b> '
+            verdict = _verdict(ok)
+            body.append(f'<li class="{"ok" if ok else "no" if ok is not None else ""}"><b>{key} {html.escape(claim)}: {verdict}.</b> '
                         f"{html.escape(text)}</li>")
         else:
             body.append(f"<li><b>{key} {html.escape(claim)}: not measured.</b></li>")

@@ -42,7 +42,7 @@ class Config:
     model: str = field("", "gsm8k/svamp: a pretrained HF model directory (the 'pretrained' start)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
-    eval_problems: int = field(0, "test problems in the final evaluation (0: 150, or 60 with --quick)")
+    eval_problems: int = field(0, "test problems in the final evaluation (0: 120, or 60 with --quick)")
     workers: int = field(2, "stages run at once (each with threads = free cores / workers)")
     only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft")
 
@@ -63,6 +63,7 @@ class Stage:
     name: str
     command: list[str]
     needs: list[str] = dc_field(default_factory=list)
+    after: list[str] = dc_field(default_factory=list)  # order only: start after these if they are in the plan
     group: str = ""  # report grouping: pretrain, sft, orm, rl, eval
     meta: dict = dc_field(default_factory=dict)
 
@@ -73,8 +74,8 @@ class Stage:
 # has nothing to reinforce; the runs are kept to show that (the paper's F5 needs a stronger pretrained model).
 BUDGETS = {
     "full": dict(pretrain_steps=60, sft_epochs=3, train_size=20000, dev_size=200, dev_k=16,
-                 orm_questions=1500, sorm_samples=400, ei_rounds=2, ei_questions=3000, ppo_iterations=24,
-                 ppo_prompts=64, grpo_prompts=32, rcrl_questions=3000, run_eval_size=100, run_eval_k=8,
+                 orm_questions=1500, sorm_samples=400, ei_rounds=2, ei_questions=2000, ppo_iterations=20,
+                 ppo_prompts=64, grpo_prompts=32, rcrl_questions=2000, run_eval_size=100, run_eval_k=8,
                  pretrained_questions=500, pretrained_iterations=6, max_new_tokens=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
                   orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
@@ -87,7 +88,7 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
     """The stages of one seed, in dependency order."""
     b = BUDGETS["quick" if cfg.quick else "full"]
     k = cfg.k or (16 if cfg.quick else 96)
-    n_eval = cfg.eval_problems or (60 if cfg.quick else 150)
+    n_eval = cfg.eval_problems or (60 if cfg.quick else 120)
     d = lambda name: str(root / name)  # noqa: E731
     common = ["--seed", str(seed), "--device", cfg.device]
     task_args = ["--task", cfg.task] + (["--data-dir", cfg.data_dir] if cfg.data_dir else [])
@@ -152,6 +153,9 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
        **(dict(questions=b["pretrained_questions"], rounds=1) if small else {}))
     pg("ppo-sparse-pretrained", pretrained, start_pt, "ppo", "sparse", [],
        **(dict(iterations=b["pretrained_iterations"]) if small else {}))
+    for s in stages:
+        if s.name.endswith("-pretrained"):
+            s.after = ["sft"]  # SFT is the critical path: let it have every core while it runs
     if cfg.task != "synthetic":
         for s in stages:
             s.needs = [n for n in s.needs if n != "pretrained"]
@@ -250,7 +254,8 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
     threads = max(1, total_threads // max(1, workers))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending or running:
-            ready = [s for s in pending.values() if all(n in finished or n not in known for n in s.needs)]
+            ready = [s for s in pending.values()
+                     if all(n in finished or n not in known for n in s.needs + s.after)]
             for s in ready[: workers - len(running)]:
                 pending.pop(s.name)
                 print(f"[study] {root.name}: start {s.name}", flush=True)

@@ -190,7 +190,8 @@ def train(cfg: Config) -> Path:
     model_dir = run_dir / "model"
     ckpt.save_model_dir(model, tokenizer, model_dir)
     write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, policy=cfg.policy)
-    print(f"{rm.kind}: held-out AUC {report['auc']:.3f}"
+    within = report.get("auc_within_question", float("nan"))
+    print(f"{rm.kind}: held-out AUC {report['auc']:.3f} (within a question's samples {within:.3f})"
           + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
              if "step_precision" in report else "") + f"; written to {model_dir}")
     return model_dir
@@ -248,6 +249,13 @@ def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
     finals = [p[-1] if p else 0.5 for _, p in probs]
     report = {"auc": auc(finals, [bool(r["correct"]) for r in records]), "n_heldout": len(records),
               "heldout_positive_fraction": sum(r["correct"] for r in records) / len(records)}
+    # within one question's samples (what reranking needs; the pooled AUC also rewards knowing easy questions)
+    by_question: dict[str, list[tuple[float, bool]]] = {}
+    for f, r in zip(finals, records):
+        by_question.setdefault(r["id"], []).append((f, bool(r["correct"])))
+    within = [auc([f for f, _ in v], [c for _, c in v]) for v in by_question.values()]
+    within = [a for a in within if a == a]
+    report["auc_within_question"] = sum(within) / len(within) if within else float("nan")
     if records[0].get("first_error", None) is not None or any(r.get("first_error") is not None for r in records):
         tp = fp = fn = 0
         for (ids, p), r, problem in zip(probs, records, problems):

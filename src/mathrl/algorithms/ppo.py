@@ -218,12 +218,17 @@ def train(cfg: Config) -> Path:
     task = task_for_model(cfg.model, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
+    # GRPO/RLOO without a KL term need no reference model (as TRL with beta=0): no copy in memory, no extra
+    # forward pass per iteration; the KL is then not measured and kl_bound does not apply
+    use_reference = cfg.advantage == "gae" or cfg.kl_coef > 0 or cfg.kl_target > 0
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
         reference = None  # the base weights with adapters disabled
+    elif not use_reference:
+        reference = None
     else:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
@@ -318,7 +323,9 @@ def train(cfg: Config) -> Path:
         # step 3: reference log-probs and old values (no gradient)
         with torch.no_grad():
             ids_d, att_d = ids.to(device), att.to(device)
-            if reference is not None:
+            if not use_reference:
+                ref_logp = old_logp  # unused: no KL term
+            elif reference is not None:
                 ref_logp, _ = forward_policy(reference, None, ids_d, att_d, with_values=False)
             else:
                 with policy.disable_adapter():
@@ -328,7 +335,7 @@ def train(cfg: Config) -> Path:
                 _, old_values = forward_policy(policy, head, ids_d, att_d, with_values=True)
         ref_logp = ref_logp.cpu()
         kl_tokens = torch.where(action, old_logp - ref_logp, 0.0)
-        kl_seq = float(kl_tokens.sum(-1).mean())  # mean KL per sequence (k1 estimate)
+        kl_seq = float(kl_tokens.sum(-1).mean()) if use_reference else float("nan")  # mean KL per sequence (k1)
 
         # step 4: advantages
         zero_signal = float("nan")
@@ -402,6 +409,8 @@ def train(cfg: Config) -> Path:
             "kl": kl_seq, "kl_coef": kl_coef, "sample_seconds": round(t_sample, 1),
             "iteration_seconds": round(time.time() - t0, 1),
         }
+        if not use_reference:
+            del record["kl"]  # not measured (no reference model)
         if stats:
             record.update(loss=_mean(s[0] for s in stats), clipfrac=_mean(s[1] for s in stats),
                           approx_kl=_mean(s[2] for s in stats), grad_norm=_mean(s[4] for s in stats))
@@ -409,14 +418,15 @@ def train(cfg: Config) -> Path:
                 record["value_clipfrac"] = _mean(s[3] for s in stats)
         if not use_values:
             record["zero_signal_fraction"] = zero_signal
-        if not math.isfinite(kl_seq) or kl_seq > cfg.kl_bound:
+        if use_reference and (not math.isfinite(kl_seq) or kl_seq > cfg.kl_bound):
             raise ckpt.divergence_error(run_dir, it, f"KL to the reference reached {kl_seq:.2f} > kl_bound "
                                                      f"{cfg.kl_bound}")
         if cfg.kl_target > 0:
             kl_coef = adaptive_kl_coef(kl_coef, kl_seq, cfg.kl_target, 10_000, len(rollouts))
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{kl_seq:.3f}")
-        print(f"iteration {it}/{cfg.iterations}: reward {record['reward']:.3f}, kl {kl_seq:.3f}"
+        print(f"iteration {it}/{cfg.iterations}: reward {record['reward']:.3f}"
+              + (f", kl {kl_seq:.3f}" if use_reference else "")
               + (f", zero-signal groups {zero_signal:.2f}" if not use_values else "")
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
         if eval_problems and (it == cfg.iterations or (cfg.eval_every and it % cfg.eval_every == 0)):
