@@ -216,13 +216,17 @@ def _plot_sft(data, root: Path) -> Path | None:
     for key in ("dev/maj@1", "dev/maj@1_verified", f"dev/pass@{kk}", f"dev/pass@{kk}_verified"):
         if key in epochs[0]:
             ax.plot(xs, [r.get(key) for r in epochs], marker="o", label=key[4:])
-    ax.set_xlabel("SFT epoch")
-    ax.set_ylabel("dev accuracy")
-    ax.set_title("SFT: maj@1 and pass@K per epoch")
+    return _save_plot(plt, fig, ax, root / "sft-epochs.png", "SFT epoch", "dev accuracy",
+                      "SFT: maj@1 and pass@K per epoch", legend_size=7)
+
+
+def _save_plot(plt, fig, ax, path: Path, x_label: str, y_label: str, title: str, legend_size: int) -> Path:
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    path = root / "sft-epochs.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -240,16 +244,8 @@ def _plot_diversity(data, root: Path) -> Path | None:
     if not any_line:
         plt.close(fig)
         return None
-    ax.set_xlabel("rollouts consumed")
-    ax.set_ylabel("distinct solutions per question")
-    ax.set_title("Diversity during RL")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = root / "diversity.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_plot(plt, fig, ax, root / "diversity.png", "rollouts consumed", "distinct solutions per question",
+                      "Diversity during RL", legend_size=6)
 
 
 def write_report(root: Path, cfg, all_stages: dict, wall_seconds: float) -> Path:
