@@ -1,6 +1,5 @@
 """Training-core invariants (training.py)."""
 
-import copy
 import random
 
 import pytest

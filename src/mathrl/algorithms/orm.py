@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from mathrl import distributed
 from mathrl import checkpoint as ckpt

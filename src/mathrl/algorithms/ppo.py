@@ -42,7 +42,7 @@ from mathrl import checkpoint as ckpt
 from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalty_rewards, whiten, \
     zero_signal_fraction
 from mathrl.config import field, save as save_config
-from mathrl.errors import RunError, UsageError
+from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate, headline, summarize
 from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import load_model
@@ -52,7 +52,7 @@ from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
-from mathrl.training import make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads
+from mathrl.training import rng_state, seed_everything, set_rng_state, setup_threads
 
 
 @dataclass

@@ -39,7 +39,7 @@ from mathrl.evaluate import evaluate, headline, summarize
 from mathrl.models import load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards
-from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
+from mathrl.run import prepare_run_dir, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
