@@ -75,6 +75,8 @@ class Config:
     shots: int = field(-1, "few-shot examples in prompts (-1: as recorded with the model)")
     ppo_epochs: int = field(2, "passes over each rollout batch")
     minibatch_size: int = field(64, "rollouts per optimizer step")
+    microbatch_size: int = field(0, "rollouts per forward/backward pass (gradients accumulate; 0: the whole "
+                                    "minibatch)")
     lr: float = field(1e-4, "learning rate (constant after warmup)")
     warmup_steps: int = field(5, "linear warmup steps")
     weight_decay: float = field(0.0, "AdamW weight decay")
@@ -122,6 +124,8 @@ class Config:
         for name in ("iterations", "prompts", "k", "ppo_epochs", "minibatch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        if self.microbatch_size < 0:
+            raise UsageError("microbatch_size must be >= 0 (0: the whole minibatch)")
         if self.lr <= 0 or self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
             raise UsageError("lr, clip and kl_bound must be > 0; kl_coef >= 0")
 
@@ -145,53 +149,107 @@ class ValueHead(torch.nn.Module):
         return self.mlp(h).squeeze(-1)  # (N, T)
 
 
-def forward_policy(model, head, input_ids, attention_mask, with_values: bool):
-    """(logprobs (N, T), values (N, T) or None). logprobs[:, t] = log pi(x_t | x_<t); values[:, t] = V(x_<t)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=with_values)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-    logprobs = torch.nn.functional.pad(logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1), (1, 0))
+def forward_policy(model, head, batch: "RolloutBatch", with_values: bool, device="cpu"):
+    """(logprobs (N, C), values (N, C) or None) of the completion tokens of a rollout batch.
+
+    logprobs[n, c] = log pi(completion token c | prompt, completion tokens < c); values[n, c] = V(the same prefix).
+    Each distinct prompt is forwarded once (left-padded, P rows) and its key/value cache is shared by its
+    completions (N rows, right-padded): with K samples per prompt this saves (K - 1) / K of the prompt tokens'
+    compute in the forward and the backward pass, and the gradient flows through the shared cache. The vocabulary
+    projection runs only where a completion token is predicted. Equal to one plain forward pass over
+    prompt + completion (tests/test_training.py checks log-probs and gradients).
+    """
+    from transformers import DynamicCache
+
+    pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
+    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
+    rows = batch.prompt_of.to(device)
+    out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
+                  past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1,
+                  output_hidden_states=with_values)
+    cache = out_p.past_key_values
+    for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
+        layer.batch_select_indices(rows)
+    attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
+    positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
+    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                  use_cache=True, output_hidden_states=with_values)
+    # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
+    logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
+    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     if not with_values:
         return logprobs, None
-    v = head(out.hidden_states[-1])  # (N, T): value of the prefix ending at t
-    return logprobs, torch.nn.functional.pad(v[:, :-1], (1, 0))
+    hidden = torch.cat([out_p.hidden_states[-1][:, -1:].index_select(0, rows), out_c.hidden_states[-1][:, :-1]], 1)
+    return logprobs, head(hidden)
 
 
 @dataclass
 class RolloutBatch:
-    """Tensors of one rollout batch (all (N, T) unless noted); masks follow training.py's convention."""
+    """One rollout batch, prompts stored once. Completion-aligned tensors are (N, C), right-padded; the mask
+    convention is training.py's (True = a token the loss counts); position c is completion token c."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    action_mask: torch.Tensor  # completion tokens (the episode)
-    loss_mask: torch.Tensor  # completion tokens the policy sampled (not calculator insertions)
+    prompt_ids: torch.Tensor  # (P, Lp) distinct prompts, left-padded
+    prompt_mask: torch.Tensor  # (P, Lp) 1 on prompt tokens
+    prompt_of: torch.Tensor  # (N,) row -> its prompt's row in prompt_ids
+    completion_ids: torch.Tensor  # (N, C)
+    action_mask: torch.Tensor  # (N, C) completion tokens (the episode)
+    loss_mask: torch.Tensor  # (N, C) completion tokens the policy sampled (not calculator insertions)
     old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    old_values: torch.Tensor | None
-    advantages: torch.Tensor
-    returns: torch.Tensor | None
-    outcome: torch.Tensor  # (N,) the outcome return of each rollout (before KL)
+    ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    outcome: torch.Tensor | None = None  # (N,) the outcome return of each rollout (before KL)
 
     def select(self, idx: torch.Tensor) -> "RolloutBatch":
-        pick = lambda x: x.index_select(0, idx) if x is not None else None  # noqa: E731
-        return RolloutBatch(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+        """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
+        used, prompt_of = torch.unique(self.prompt_of.index_select(0, idx), return_inverse=True)
+        pmask = self.prompt_mask.index_select(0, used)
+        lp = int(pmask.sum(-1).max()) if len(used) else 0
+        c = int(self.action_mask.index_select(0, idx).sum(-1).max()) if len(idx) else 0
+
+        def pick(x):
+            if x is None:
+                return None
+            x = x.index_select(0, idx)
+            return x[:, :c] if x.dim() == 2 else x
+
+        return RolloutBatch(self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :],
+                            pmask[:, pmask.shape[1] - lp :], prompt_of,
+                            *(pick(getattr(self, f)) for f in list(self.__dataclass_fields__)[3:]))
 
 
-def _pack(rollouts, pad_id: int):
-    n = len(rollouts)
-    t = max(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
-    ids = torch.full((n, t), pad_id, dtype=torch.long)
-    att = torch.zeros((n, t), dtype=torch.long)
-    action = torch.zeros((n, t), dtype=torch.bool)
-    loss = torch.zeros((n, t), dtype=torch.bool)
-    old = torch.zeros((n, t))
+def _pack(rollouts, pad_id: int) -> RolloutBatch:
+    """Rollouts -> a RolloutBatch (old log-probs from the sampler; the rest is filled in later)."""
+    firsts = {}
+    for r in rollouts:
+        firsts.setdefault(r.prompt_index, r.prompt_ids)
+    order = sorted(firsts)
+    lp = max(len(firsts[i]) for i in order)
+    prompt_ids = torch.full((len(order), lp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(order), lp), dtype=torch.long)
+    for j, i in enumerate(order):
+        prompt_ids[j, lp - len(firsts[i]) :] = torch.tensor(firsts[i])
+        prompt_mask[j, lp - len(firsts[i]) :] = 1
+    slot = {i: j for j, i in enumerate(order)}
+    n, c = len(rollouts), max(len(r.completion_ids) for r in rollouts)
+    ids = torch.full((n, c), pad_id, dtype=torch.long)
+    action = torch.zeros((n, c), dtype=torch.bool)
+    loss = torch.zeros((n, c), dtype=torch.bool)
+    old = torch.zeros((n, c))
     for i, r in enumerate(rollouts):
-        p, c = len(r.prompt_ids), len(r.completion_ids)
-        ids[i, : p + c] = torch.tensor(r.prompt_ids + r.completion_ids)
-        att[i, : p + c] = 1
-        action[i, p : p + c] = True
-        loss[i, p : p + c] = torch.tensor(r.sampled_mask, dtype=torch.bool)
-        old[i, p : p + c] = torch.tensor(r.logprobs)
-    return ids, att, action, loss, old
+        m = len(r.completion_ids)
+        ids[i, :m] = torch.tensor(r.completion_ids)
+        action[i, :m] = True
+        loss[i, :m] = torch.tensor(r.sampled_mask, dtype=torch.bool)
+        old[i, :m] = torch.tensor(r.logprobs)
+    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
+                        action, loss, old)
+
+
+def _chunks(n: int, size: int) -> list[torch.Tensor]:
+    size = size if size > 0 else max(n, 1)
+    return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 def _token_positions(tokenizer, completion_ids, char_ends) -> list[int]:
@@ -313,27 +371,31 @@ def train(cfg: Config) -> Path:
             outcome = outcome_rewards(task, problems, texts, outcome_kind,
                                       scorer.score_texts if scorer else None, [prompts[r.prompt_index] for r in rollouts])
         outcome_t = torch.tensor(outcome, dtype=torch.float32)
-        ids, att, action, loss_mask, old_logp = _pack(rollouts, tokenizer.pad_token_id)
-        token_rewards = torch.zeros(ids.shape)
-        last_pos = action.long().cumsum(-1).argmax(-1)  # (N,) index of each row's last completion token
-        token_rewards[torch.arange(len(rollouts)), last_pos] = outcome_t
+        batch = _pack(rollouts, tokenizer.pad_token_id)
+        action, old_logp = batch.action_mask, batch.old_logprobs
+        token_rewards = torch.zeros(old_logp.shape)  # (N, C)
+        token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] = outcome_t  # at each row's last token
         if cfg.reward in ("dense",) or (cfg.reward == "orm" and cfg.orm_mode == "step"):
             _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, token_rewards, cfg)
 
-        # step 3: reference log-probs and old values (no gradient)
+        # step 3: reference log-probs and old values (no gradient), in micro-batches
+        ref_logp, old_values = old_logp, None  # ref_logp unused without a KL term
         with torch.no_grad():
-            ids_d, att_d = ids.to(device), att.to(device)
-            if not use_reference:
-                ref_logp = old_logp  # unused: no KL term
-            elif reference is not None:
-                ref_logp, _ = forward_policy(reference, None, ids_d, att_d, with_values=False)
-            else:
-                with policy.disable_adapter():
-                    ref_logp, _ = forward_policy(policy, None, ids_d, att_d, with_values=False)
-            old_values = None
+            if use_reference:
+                ref_logp = torch.zeros_like(old_logp)
+                for rows in _chunks(len(rollouts), cfg.microbatch_size):
+                    mb = batch.select(rows)
+                    if reference is not None:
+                        lp, _ = forward_policy(reference, None, mb, False, device)
+                    else:
+                        with policy.disable_adapter():
+                            lp, _ = forward_policy(policy, None, mb, False, device)
+                    ref_logp[rows, : lp.shape[1]] = lp.cpu()
             if use_values:
-                _, old_values = forward_policy(policy, head, ids_d, att_d, with_values=True)
-        ref_logp = ref_logp.cpu()
+                old_values = torch.zeros_like(old_logp)
+                for rows in _chunks(len(rollouts), cfg.microbatch_size):
+                    _, v = forward_policy(policy, head, batch.select(rows), True, device)
+                    old_values[rows, : v.shape[1]] = v.cpu()
         kl_tokens = torch.where(action, old_logp - ref_logp, 0.0)
         kl_seq = float(kl_tokens.sum(-1).mean()) if use_reference else float("nan")  # mean KL per sequence (k1)
 
@@ -341,7 +403,7 @@ def train(cfg: Config) -> Path:
         zero_signal = float("nan")
         if use_values:
             penalty, _ = kl_penalty_rewards(old_logp, ref_logp, action, kl_coef, "k1")
-            advantages, returns = gae(token_rewards + penalty, old_values.cpu(), action, cfg.gamma, cfg.lam)
+            advantages, returns = gae(token_rewards + penalty, old_values, action, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = whiten(advantages, action)
         else:
@@ -350,8 +412,9 @@ def train(cfg: Config) -> Path:
             zero_signal = zero_signal_fraction(seq_rewards, cfg.k)
             advantages = adv_seq.unsqueeze(-1).expand_as(old_logp) * action
             returns = None
-        batch = RolloutBatch(ids, att, action, loss_mask, old_logp, ref_logp,
-                             old_values.cpu() if old_values is not None else None, advantages, returns, outcome_t)
+        batch.ref_logprobs, batch.old_values, batch.advantages, batch.returns = ref_logp, old_values, advantages, \
+            returns
+        batch.outcome = outcome_t
         keep = torch.arange(len(rollouts))
         if cfg.skip_zero_signal:
             grouped = outcome_t.view(-1, cfg.k)
@@ -372,35 +435,46 @@ def train(cfg: Config) -> Path:
                     continue
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(1, cfg.warmup_steps))
-                # token-level means over the whole minibatch; under torchrun each rank computes rows r, r+N, ...
-                # with the minibatch's token counts as denominators, and the gradients are summed over ranks
+                # token-level means over the whole minibatch (the denominators), summed over micro-batches and,
+                # under torchrun, over ranks (each rank computes rows r, r+N, ... of the minibatch)
                 n_loss, n_action = int(mb.loss_mask.sum()), int(mb.action_mask.sum())
-                mb = mb.select(torch.tensor(distributed.local_rows(len(mb.input_ids)), dtype=torch.long))
-                logp, values = forward_policy(policy, head, mb.input_ids.to(device), mb.attention_mask.to(device),
-                                              with_values=use_values)
-                lmask = mb.loss_mask.to(device)
-                pg_loss, pstats = ppo_policy_loss(logp, mb.old_logprobs.to(device), mb.advantages.to(device), lmask,
-                                                  clip=cfg.clip, total=max(1, n_loss))
-                loss = pg_loss
-                v_clipfrac = 0.0
-                if use_values:
-                    v_loss, v_clipfrac = value_loss(values, mb.old_values.to(device), mb.returns.to(device),
-                                                    mb.action_mask.to(device), clip=cfg.value_clip,
-                                                    total=max(1, n_action))
-                    loss = loss + cfg.vf_coef * v_loss
-                elif kl_coef > 0:
-                    _, kl = kl_penalty_rewards(logp, mb.ref_logprobs.to(device), lmask, 1.0, "k3")
-                    loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
+                rows = torch.arange(len(mb.prompt_of))
+                if not use_values and kl_coef == 0:
+                    # a row whose advantage is 0 contributes exactly 0 to the loss and its gradient (no KL term):
+                    # leave it out of the forward and backward passes (with GRPO often half the batch)
+                    rows = mb.advantages.any(-1).nonzero().flatten()
+                rows = rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
+                # micro-batches of rows of similar length (less padding); the gradients accumulate
+                rows = rows[torch.argsort(mb.action_mask.index_select(0, rows).sum(-1), stable=True)]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_value, parts = 0.0, []
+                for chunk in _chunks(len(rows), cfg.microbatch_size):
+                    part = mb.select(rows[chunk])
+                    logp, values = forward_policy(policy, head, part, use_values, device)
+                    lmask = part.loss_mask.to(device)
+                    pg_loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device),
+                                                      lmask, clip=cfg.clip, total=max(1, n_loss))
+                    loss = pg_loss
+                    v_clipfrac = 0.0
+                    if use_values:
+                        v_loss, v_clipfrac = value_loss(values, part.old_values.to(device), part.returns.to(device),
+                                                        part.action_mask.to(device), clip=cfg.value_clip,
+                                                        total=max(1, n_action))
+                        loss = loss + cfg.vf_coef * v_loss
+                    elif kl_coef > 0:
+                        _, kl = kl_penalty_rewards(logp, part.ref_logprobs.to(device), lmask, 1.0, "k3")
+                        loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
+                    loss.backward()
+                    loss_value += loss.item()
+                    parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac)))
                 distributed.all_reduce_grads(params)
-                (loss_value,) = distributed.all_reduce_sum([loss.item()])
+                (loss_value,) = distributed.all_reduce_sum([loss_value])
                 if not math.isfinite(loss_value):
                     raise ckpt.divergence_error(run_dir, it, f"loss became {loss_value}")
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 optimizer.step()
                 opt_steps += 1
-                stats.append((loss_value, pstats.clipfrac, pstats.approx_kl, float(v_clipfrac), float(norm)))
+                stats.append((loss_value, *(_mean(p[j] for p in parts) for j in range(3)), float(norm)))
 
         # step 6: log, adapt the KL coefficient, guard against divergence
         it += 1
@@ -461,7 +535,6 @@ def _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, toke
         spans = task.step_spans(text)
         if not spans:
             continue
-        prompt_len = len(r.prompt_ids)
         positions = _token_positions(tokenizer, r.completion_ids, [end for _, end in spans])
         if cfg.reward == "dense":
             step_rewards = dense_step_rewards(task, p, text)
@@ -469,9 +542,9 @@ def _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, toke
             scores = scorer.score_texts([prompts[r.prompt_index]] * len(spans), [text[:end] for _, end in spans])
             step_rewards = [b - a for a, b in zip([0.5] + scores[:-1], scores)]
             final = scorer.score_texts([prompts[r.prompt_index]], [text])[0]
-            token_rewards[i, prompt_len + len(r.completion_ids) - 1] += final - scores[-1]
+            token_rewards[i, len(r.completion_ids) - 1] += final - scores[-1]
         for pos, rew in zip(positions, step_rewards):
-            token_rewards[i, prompt_len + pos] += rew
+            token_rewards[i, pos] += rew
 
 
 def _write_history(run_dir: Path, history: list, k: int, name: str) -> None:

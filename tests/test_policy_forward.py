@@ -1,0 +1,81 @@
+"""The PPO/GRPO learning step's forward pass (ppo.forward_policy: each prompt once, its key/value cache shared by
+its completions, the vocabulary projection only at completion positions) equals one plain forward pass per rollout
+over prompt + completion: log-probs, values and the gradients of both."""
+
+import pytest
+import torch
+
+from mathrl.algorithms.ppo import ValueHead, _pack, forward_policy
+from mathrl.models import load_model
+from mathrl.sampler import SamplingParams, sample
+from mathrl.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir):
+    torch.manual_seed(0)
+    model, tok = load_model(tiny_model_dir, device="cpu", for_training=True)
+    task = load_task("synthetic", level=2)
+    prompts = [task.prompt(p) for p in task.problems("test")[:4]]  # ragged prompt lengths -> left padding
+    rollouts = sample(model, tok, prompts, 3, SamplingParams(temperature=1.0, max_new_tokens=20, seed=3))
+    head = ValueHead(model.config.hidden_size, trunk_grad=True)
+    torch.nn.init.normal_(head.mlp[2].weight, std=0.5)  # a non-zero head, so values carry gradients
+    return model, head, tok, rollouts
+
+
+def plain(model, head, rollouts):
+    """Per rollout: (log-probs, values) of its completion tokens from a forward pass over prompt + completion."""
+    out = []
+    for r in rollouts:
+        ids = torch.tensor([r.prompt_ids + r.completion_ids])
+        o = model(ids, output_hidden_states=True)
+        n, m = len(r.prompt_ids), len(r.completion_ids)
+        logp = torch.log_softmax(o.logits[0].float(), -1)[n - 1 : n + m - 1]
+        out.append((logp.gather(-1, ids[0, n:, None]).squeeze(-1), head(o.hidden_states[-1])[0, n - 1 : n + m - 1]))
+    return out
+
+
+def test_shared_prefix_forward_equals_plain_forward(setup):
+    model, head, tok, rollouts = setup
+    model.train()
+    batch = _pack(rollouts, tok.pad_token_id)
+    assert len(batch.prompt_ids) == 4 and len(batch.prompt_of) == 12  # prompts stored once
+    # log-probs and values
+    logp, values = forward_policy(model, head, batch, with_values=True)
+    expected = plain(model, head, rollouts)
+    for i, (lp, v) in enumerate(expected):
+        m = len(lp)
+        assert torch.allclose(logp[i, :m], lp, atol=1e-5)
+        assert torch.allclose(values[i, :m], v, atol=1e-5)
+    # gradients of a masked loss on both
+    weights = torch.randn(logp.shape, generator=torch.Generator().manual_seed(0))
+    params = list(model.parameters()) + list(head.parameters())
+
+    def grads(loss):
+        for p in params:
+            p.grad = None
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    mask = batch.action_mask
+    ours = grads((torch.where(mask, logp * weights, 0) + torch.where(mask, values, 0) ** 2).sum())
+    expected = plain(model, head, rollouts)
+    ref = grads(sum((lp * weights[i, : len(lp)]).sum() + (v ** 2).sum() for i, (lp, v) in enumerate(expected)))
+    worst = max((a - b).abs().max().item() for a, b in zip(ours, ref))
+    scale = max(b.abs().max().item() for b in ref)
+    assert worst <= 1e-4 * max(1.0, scale)
+
+
+def test_select_keeps_only_used_prompts_and_trims_padding(setup):
+    model, head, tok, rollouts = setup
+    batch = _pack(rollouts, tok.pad_token_id)
+    part = batch.select(torch.tensor([4, 5]))  # two samples of the second prompt
+    assert len(part.prompt_ids) == 1 and part.prompt_of.tolist() == [0, 0]
+    assert part.prompt_mask.all()  # one prompt: no left padding left
+    assert part.completion_ids.shape[1] == max(len(rollouts[i].completion_ids) for i in (4, 5))
+    with torch.no_grad():
+        sub, _ = forward_policy(model, None, part, with_values=False)
+        full, _ = forward_policy(model, None, batch, with_values=False)
+    for j, i in enumerate((4, 5)):
+        m = len(rollouts[i].completion_ids)
+        assert torch.allclose(sub[j, :m], full[i, :m], atol=1e-5)
