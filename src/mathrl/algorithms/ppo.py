@@ -481,7 +481,7 @@ def train(cfg: Config) -> Path:
         record = {
             "iteration": it, "rollouts": rollouts_used, "reward": float(outcome_t.mean()),
             "kl": kl_seq, "kl_coef": kl_coef, "sample_seconds": round(t_sample, 1),
-            "iteration_seconds": round(time.time() - t0, 1),
+            "iteration_seconds": round(time.time() - t0, 3),
         }
         if not use_reference:
             del record["kl"]  # not measured (no reference model)
