@@ -41,7 +41,7 @@ def test_report_from_fabricated_runs(tmp_path):
     write_report(tmp_path, cfg, all_stages, wall_seconds=600)
     md = (tmp_path / "report.md").read_text()
     html = (tmp_path / "report.html").read_text()
-    assert "| EI (sparse, from sft) | 0.500 |" in md  # same numbers in both seeds: std 0 is not printed
+    assert "| EI (sparse, from sft) | 0.500 ± 0.000 |" in md  # same numbers in both seeds: the spread is still shown
     for f in ("F1", "F2", "F3", "F4", "F5", "F6"):
         assert f"**{f} " in md and "not measured" not in md.split(f"**{f} ")[1].split("\n")[0]
     assert "F1 EI >= PPO >= RCRL on maj@1 (from SFT, sparse reward): holds" in md

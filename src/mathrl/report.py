@@ -29,13 +29,18 @@ def _mean_std(xs):
     xs = [x for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
     if not xs:
         return None, None
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def _fmt(m, s):
+    """``m ± s`` whenever there is a spread over seeds (also when it is 0), ``m`` for one seed."""
     if m is None:
         return "–"
-    return f"{m:.3f}" if not s else f"{m:.3f} ± {s:.3f}"
+    return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
+
+
+def _auc(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
 def _load(path: Path):
@@ -282,10 +287,12 @@ def write_report(root: Path, cfg, all_stages: dict, wall_seconds: float) -> Path
     orm_lines = []
     for name, reps in data["orm"].items():
         r = reps[0]
-        line = (f"- {name.upper()}: held-out AUC {r.get('auc', float('nan')):.3f} (within a question's samples "
-                f"{r.get('auc_within_question', float('nan')):.3f})")
+        line = (f"- {name.upper()}: held-out AUC {_auc(r.get('auc'))} (within a question's samples "
+                f"{_auc(r.get('auc_within_question'))})")
         if "step_precision" in r:
             line += f", bad-step precision {r['step_precision']:.3f} / recall {r['step_recall']:.3f} vs the exact checker"
+        if "n/a" in line:
+            line += " (n/a: its held-out samples are all of one class, so the AUC is undefined)"
         orm_lines.append(line + f" (trained in {r.get('total_seconds', 0) / 60:.1f} min)")
     if orm_lines:
         md += ["", "## Reward models", ""] + orm_lines
