@@ -412,9 +412,8 @@ def train(cfg: Config) -> Path:
             zero_signal = zero_signal_fraction(seq_rewards, cfg.k)
             advantages = adv_seq.unsqueeze(-1).expand_as(old_logp) * action
             returns = None
-        batch.ref_logprobs, batch.old_values, batch.advantages, batch.returns = ref_logp, old_values, advantages, \
-            returns
-        batch.outcome = outcome_t
+        batch.ref_logprobs, batch.old_values, batch.outcome = ref_logp, old_values, outcome_t
+        batch.advantages, batch.returns = advantages, returns
         keep = torch.arange(len(rollouts))
         if cfg.skip_zero_signal:
             grouped = outcome_t.view(-1, cfg.k)
