@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +78,10 @@ def test_ei_round_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     # compared in test_sharded_rollouts_match_one_process
     assert states[0]["dataset"] == states[1]["dataset"]
     assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5
+    # the same round with the policy sharded by FSDP (retrained from the initial weights: this rank's shards)
+    fsdp = _mathrl(args + ["--fsdp", "--out", str(tmp_path / "fsdp")], ranks=2)
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert _max_diff(tmp_path / "one" / "model", tmp_path / "fsdp" / "model") <= 1e-5
 
 
 def test_missing_rank_ends_with_clear_error(tiny_model_dir, tmp_path):
@@ -133,3 +138,45 @@ def test_ppo_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-2000:]
     assert _max_diff(tmp_path / "one" / "model", tiny_model_dir) > 1e-6  # it learned something
     assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5
+
+
+def test_fsdp_sft_matches_one_process_and_resumes(tiny_model_dir, tmp_path):
+    # FSDP shards parameters, gradients and optimizer state; the update must still be one process's. Batch 7 over
+    # 2 ranks gives rank 1 a row less (it runs a blank row so both ranks run as many forward passes), and the dev
+    # evaluation samples different questions per rank (the model is gathered for sampling)
+    args = ["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--level", "2", "--train-size", "45",
+            "--epochs", "2", "--batch-size", "7", "--dev-size", "3", "--eval-k", "2", "--max-new-tokens", "16",
+            "--checkpoint-every", "5", "--threads", "1"]
+    one = _mathrl(args + ["--out", str(tmp_path / "one")])
+    two = _mathrl(args + ["--fsdp", "--out", str(tmp_path / "two")], ranks=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-2000:]
+    assert _max_diff(tmp_path / "one" / "model", tiny_model_dir) > 1e-4
+    assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5
+    # the checkpoints hold full tensors (written by rank 0): resume at step 10 under FSDP, and on one process
+    for name, ranks, extra in (("resumed-fsdp", 2, ["--fsdp"]), ("resumed-one", 1, [])):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "two", run)
+        shutil.rmtree(run / "model")
+        shutil.rmtree(run / "checkpoints" / "step-0000014")
+        r = _mathrl(args + extra + ["--resume", "--out", str(run)], ranks=ranks)
+        assert r.returncode == 0 and "resumed" in r.stdout, r.stderr[-2000:]
+        assert _max_diff(run / "model", tmp_path / "two" / "model") <= 1e-6
+
+
+def test_fsdp_ppo_matches_one_process(tiny_model_dir, tmp_path):
+    # PPO under FSDP: policy and reference sharded, value head whole; minibatches of 5 rollouts in micro-batches of
+    # 2 give the ranks different numbers of passes, which the shorter rank pads with zero-weight passes
+    args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_model_dir),
+            "--iterations", "2", "--prompts", "6", "-k", "2", "--minibatch-size", "5", "--microbatch-size", "2",
+            "--max-new-tokens", "16", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]
+    one = _mathrl(args + ["--out", str(tmp_path / "one")])
+    two = _mathrl(args + ["--fsdp", "--out", str(tmp_path / "two")], ranks=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-2000:]
+    assert _max_diff(tmp_path / "one" / "model", tiny_model_dir) > 1e-6
+    assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5
+    assert "returned a view tensor" not in two.stderr
+
+
+def test_fsdp_with_lora_is_refused(tiny_model_dir, tmp_path):
+    r = _mathrl(["ppo", "--model", str(tiny_model_dir), "--fsdp", "--lora-rank", "4", "--out", str(tmp_path / "x")])
+    assert r.returncode == 2 and "--fsdp with --lora-rank" in r.stderr and "Traceback" not in r.stderr

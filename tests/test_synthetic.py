@@ -120,3 +120,39 @@ def test_problem_generation_stays_in_range():
             assert all(0 <= n.value <= level.value_max for n in graph.nodes.values())
             assert level.n_ops[0] <= len(graph.needed) <= level.n_ops[1]
             assert len(order) == len(graph.nodes)
+
+
+def test_commuted_sum_values_are_right_but_not_for_other_operations():
+    """"C = A + B = b + a" is a true equation; "C = A - 3 = 3 - a" is not (and neither is "B * 2 = 2 * b")."""
+    task = load_task("synthetic", level=4)
+    checked = {"sum": 0, "other": 0}
+    for p in task.problems("test")[:300]:
+        graph = p.meta["graph"]
+        steps = [s.strip() for s in p.solution.split("\n####")[0].split(".") if s.strip()]
+        for j, name in enumerate(graph.needed):
+            node = graph.nodes[name]
+            x = graph.nodes[node.args[0]].value
+            y = graph.nodes[node.args[1]].value if node.op == "sum" else node.k
+            if x == y:
+                continue
+            sign = {"sum": "+", "add": "+", "sub": "-", "mul": "*"}[node.op]
+            operand2 = node.args[1] if node.op == "sum" else node.k
+            swapped = f"{name} = {node.args[0]} {sign} {operand2} = {y} {sign} {x} = {node.value}"
+            check = check_steps(graph, ". ".join(steps[:j] + [swapped] + steps[j + 1:]) + ".\n#### " + p.answer)
+            if node.op == "sum":
+                assert check.first_error is None, (swapped, check)
+                checked["sum"] += 1
+            elif node.op in ("sub", "mul"):
+                assert check.first_error == j and check.reason == "wrong values substituted", (swapped, check)
+                checked["other"] += 1
+    assert min(checked.values()) > 20
+
+
+def test_n_ops_weights_set_the_mix():
+    from mathrl.tasks.synthetic import Level
+
+    level = Level(n_ops=(1, 2), n_distract=(0, 1), n_ops_weights=(3, 1))
+    rng = random.Random(0)
+    ops = [len(generate_problem(rng, level)[1].needed) for _ in range(4000)]
+    assert set(ops) == {1, 2}
+    assert abs(ops.count(1) / len(ops) - 0.75) < 0.03  # binomial sd ~0.007

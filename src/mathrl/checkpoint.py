@@ -76,6 +76,7 @@ def write_atomic_text(path: Path, text: str) -> None:
 
 def save_model_dir(model, tokenizer, out: Path) -> None:
     """Write a Hugging Face model directory atomically (used for RUN/model). Rank 0 only under torchrun."""
+    weights = distributed.full_state_dict(model)  # FSDP: every rank takes part in gathering the weights
     if not distributed.is_main():
         distributed.barrier()  # the other ranks wait until the model is on disk
         return
@@ -84,7 +85,7 @@ def save_model_dir(model, tokenizer, out: Path) -> None:
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         _manifest(tmp)  # fsyncs every file
         if out.exists():
@@ -105,6 +106,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     torchrun (every rank holds the same weights and state)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step-{step:07d}"
+    weights = distributed.full_state_dict(model)
     if not distributed.is_main():
         distributed.barrier()
         return final
@@ -112,7 +114,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", state_dict=weights)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / "state.pt")
         manifest = {"step": step, "files": _manifest(tmp)}
@@ -189,7 +191,7 @@ def load_weights_into(model, path: Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = distributed.load_full_state_dict(model, state)
     # tied embeddings are saved once: a missing lm_head.weight is expected when it is tied
     missing = [m for m in missing if not (m == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False))]
     if missing or unexpected:

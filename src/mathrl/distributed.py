@@ -16,8 +16,16 @@ algorithm's loop as it reads on one process; three shared building blocks do the
   nothing to stdout.
 
 Gradients are summed with one flat ``all_reduce`` per optimizer step (what DistributedDataParallel does, without
-its bucketing and compute overlap, which would matter for large models only). FSDP is not wired in: a model that
-does not fit one device needs it (documented in docs/distributed.md).
+its bucketing and compute overlap, which would matter for large models only).
+
+``--fsdp`` (sft, ei, rcrl) shards the model instead (torch's FSDP2 ``fully_shard``: each transformer block, then
+the root): parameters, gradients and optimizer state live in 1/N shards, every forward pass all-gathers a block's
+weights and every backward pass reduce-scatters its gradients (summed, like ``all_reduce_grads``, because each
+rank's loss is already normalised by the whole batch). What FSDP changes for the loop is hidden in four helpers:
+``shard_model``; ``unsharded`` (sampling gathers the whole model once, since ranks sample different questions and
+so run different numbers of forward passes, which FSDP's per-forward all-gathers cannot follow);
+``full_state_dict`` and ``optimizer_state``/``load_optimizer_state`` (checkpoints hold full tensors, written by
+rank 0, so a run can resume with any number of ranks).
 
 Backends: gloo on CPU, NCCL on CUDA (each rank takes ``cuda:LOCAL_RANK``). A rank that cannot reach the others
 within ``MATHRL_DIST_TIMEOUT`` seconds (default 300) stops with a one-line error; torchrun ends the remaining
@@ -26,10 +34,12 @@ ranks when one exits with an error.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
-from typing import Sequence, TypeVar
+import warnings
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 
@@ -114,7 +124,10 @@ def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
     """Sum the gradients of ``params`` over ranks (a parameter without a gradient counts as zeros)."""
     if world_size() == 1:
         return
-    params = [p for p in params if p.requires_grad]
+    # FSDP-sharded parameters (DTensors) had their gradients reduce-scattered in the backward pass already
+    params = [p for p in params if p.requires_grad and not _is_dtensor(p)]
+    if not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     _collective(lambda: torch.distributed.all_reduce(flat), "summing gradients")
@@ -145,6 +158,149 @@ def _collective(fn, what: str):
     except RuntimeError as e:  # a peer died or timed out: say so in one line instead of a gloo traceback
         raise RunError(f"rank {rank()}: lost contact with the other ranks while {what} "
                        f"({str(e).splitlines()[0][:160]})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FSDP (--fsdp): sharded parameters, gradients and optimizer state
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _fsdp_modules(model) -> list:
+    if _dist() is None:
+        return []
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model) -> bool:
+    return bool(_fsdp_modules(model))
+
+
+def shard_model(model, what: str = "--fsdp") -> None:
+    """Shard ``model`` over the ranks with FSDP2: each transformer block (the classes a Hugging Face model lists in
+    ``_no_split_modules``), then the root (embeddings, final norm, head). A no-op on one process."""
+    if world_size() == 1:
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    block_types = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in block_types]
+    if not blocks:
+        raise UsageError(f"{what}: cannot find the transformer blocks of {type(model).__name__} "
+                         "(its _no_split_modules is empty)")
+    # FSDP warns when a forward returns a view (HF slices its logits); mathrl never edits model outputs in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    for m in _fsdp_modules(model):
+        # Sum, not average, the gradients over ranks: each rank's loss is normalised by the whole batch already
+        # (as for all_reduce_grads). Sum-only collectives also run on gloo, which has no pre-scaled reduction.
+        m.set_gradient_divide_factor(1.0)
+        m.set_force_sum_reduction_for_comms(True)
+
+
+@contextlib.contextmanager
+def unsharded(model) -> Iterator[None]:
+    """Hold the whole (unsharded) model on every rank inside the block: for sampling, where ranks run different
+    numbers of forward passes. Costs one all-gather of the parameters and full-model memory while it lasts."""
+    modules = _fsdp_modules(model)
+    if not modules:
+        yield
+        return
+    _collective(lambda: [m.unshard() for m in modules], "gathering the sharded model")
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.set_reshard_after_forward(m is not model, recurse=False)  # fully_shard's default: root False, blocks True
+            m.reshard()
+
+
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for parameters that may mix FSDP shards (DTensors) and whole tensors
+    (e.g. PPO's value head), which torch's version refuses to combine; the same as it otherwise."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(_is_dtensor(g) for g in grads) or all(_is_dtensor(g) for g in grads):
+        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+    squares = []
+    for g in grads:
+        norm = g.detach().norm(2)
+        squares.append((norm.full_tensor() if _is_dtensor(norm) else norm).float() ** 2)
+    total = torch.stack(squares).sum().sqrt()
+    coef = min(1.0, max_norm / (float(total) + 1e-6))
+    if coef < 1.0:
+        for g in grads:
+            g.detach().mul_(coef)
+    return total
+
+
+def full_state_dict(model) -> dict | None:
+    """Full (unsharded) CPU tensors of a sharded model, on rank 0 (None elsewhere); None for a model that is not
+    sharded (save it as it is). Every rank must call it (it gathers)."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = _collective(lambda: get_model_state_dict(model, options=options), "gathering the model")
+    if not is_main():
+        return None
+    # tied parameters (embeddings and head) come back as two copies: share one tensor again, so save_pretrained
+    # writes it once, as it does for the unsharded model
+    shared: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    for names in shared.values():
+        for name in names[1:]:
+            if names[0] in state and name in state:
+                state[name] = state[names[0]]
+    return state
+
+
+def load_full_state_dict(model, state: dict):
+    """Load full tensors into ``model``, sharded or not (strict=False); returns (missing, unexpected) keys."""
+    if not is_sharded(model):
+        return model.load_state_dict(state, strict=False)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    return set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state dict; for a sharded model the full one (on rank 0), so it loads at any world size.
+    Every rank must call it."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return _collective(lambda: get_optimizer_state_dict(model, optimizer, options=options), "gathering the optimizer")
+
+
+def load_optimizer_state(model, optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    groups = state.get("param_groups", [])
+    if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
+        # saved by an unsharded run (torch's format: parameters by position): name them, as FSDP's loader wants;
+        # the optimizer holds the parameters in the same order either way
+        names = {p: n for n, p in model.named_parameters()}
+        order = [names[p] for g in optimizer.param_groups for p in g["params"]]
+        state = {"state": {order[i]: v for i, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in groups]}
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def teardown() -> None:

@@ -379,8 +379,9 @@ def sample(model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, par
     if distributed.world_size() > 1:
         # under torchrun: this rank samples prompts r, r+N, ...; every rank gets all rollouts back. The random
         # stream is keyed by (seed, key, sample, step), so the samples do not depend on the number of ranks.
-        local = _sample_local(model, tokenizer, distributed.shard(prompts), k, params, distributed.shard(keys),
-                              progress)
+        with distributed.unsharded(model):  # FSDP: ranks run different numbers of forward passes
+            local = _sample_local(model, tokenizer, distributed.shard(prompts), k, params, distributed.shard(keys),
+                                  progress)
         groups = distributed.gather_shards([local[i : i + k] for i in range(0, len(local), k)], len(prompts))
         for i, group in enumerate(groups):
             for r in group:

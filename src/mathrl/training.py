@@ -22,12 +22,14 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from mathrl import distributed
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -185,9 +187,9 @@ def length_bucketed_batches(examples: Sequence[Example], batch_size: int, rng: r
     return batches
 
 
-def split_micro(indices: Sequence[int], micro_batch_size: int) -> Iterator[list[int]]:
-    for i in range(0, len(indices), micro_batch_size):
-        yield list(indices[i : i + micro_batch_size])
+def split_micro(items: Sequence[T], micro_batch_size: int) -> Iterator[list[T]]:
+    for i in range(0, len(items), micro_batch_size):
+        yield list(items[i : i + micro_batch_size])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,6 +277,7 @@ def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, d
         return
     grads = {"lm": sft_grads, "bce": bce_grads}[objective]
     per_epoch = math.ceil(len(examples) / batch_size)
+    sharded = distributed.is_sharded(model)
     step = start_step
     while step < total_steps:
         epoch, offset = divmod(step, per_epoch)
@@ -286,12 +289,19 @@ def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, d
             # targets of the whole batch and the gradients are summed over ranks, so the update is the same
             rows = distributed.shard(batches[b])
             total = sum(sum(examples[i].loss_mask) for i in batches[b])
-            micro = [collate([examples[i] for i in mb], pad_id) for mb in split_micro(rows, micro_batch_size)]
+            local = [examples[i] for i in rows]
+            n_tokens = sum(len(e.input_ids) for e in local)
+            if sharded:
+                # FSDP gathers weights in every forward pass, so all ranks must run the same number of passes: a
+                # rank with fewer rows than rank 0 adds a row without targets (it adds nothing to the gradient)
+                first = examples[batches[b][0]]
+                blank = Example(first.input_ids, (False,) * len(first.input_ids), first.labels)
+                local += [blank] * (math.ceil(len(batches[b]) / distributed.world_size()) - len(local))
+            micro = [collate(mb, pad_id) for mb in split_micro(local, micro_batch_size)]
             multiplier = lr_at(step, total_steps, warmup_steps, min_lr_ratio)
             set_lr(optimizer, lr, multiplier)
             loss, _ = grads(model, micro, device, total)
             distributed.all_reduce_grads(model.parameters())
-            n_tokens = sum(int(m.attention_mask.sum()) for m in micro)
             loss, n_tokens = distributed.all_reduce_sum([loss, n_tokens])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss}")

@@ -77,6 +77,8 @@ class Config:
     eval_k: int = field(16, "samples per test problem for maj@K / pass@K")
     eval_temperature: float = field(1.0, "sampling temperature for evaluation")
     eval_split: str = field("test", "split evaluated after each round")
+    fsdp: bool = field(False, "under torchrun: shard the policy over the ranks with FSDP (models too big for one "
+                              "device)")
     checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed (sampling and data order)")
@@ -116,7 +118,9 @@ def train(cfg: Config) -> Path:
     task = task_for_model(cfg.model, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
-    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    if cfg.fsdp:
+        distributed.shard_model(policy)
+    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP
     scorer = None
     if cfg.reward == "orm":
         from mathrl.reward_model import load_reward_model
@@ -147,7 +151,7 @@ def train(cfg: Config) -> Path:
         history, policy_is_start = state["history"], state["policy_is_start"]
         if state.get("optimizer") is not None:
             optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-            optimizer.load_state_dict(state["optimizer"])
+            distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
         print(f"resumed {run_dir}: round {round_ + 1}, phase {phase}, fine-tuning step {ft_step}")
     logger = RunLogger(run_dir, resume_step=round_ if last is not None else None)
 
@@ -156,7 +160,8 @@ def train(cfg: Config) -> Path:
             "round": round_, "phase": phase, "ft_step": ft_step, "dataset": [[list(k), v] for k, v in dataset.items()],
             "rollouts_used": rollouts_used, "best": best, "stale": stale, "history": history,
             "policy_is_start": policy_is_start, "rng": rng_state(),
-            "optimizer": optimizer.state_dict() if optimizer is not None and phase == "learn" else None})
+            "optimizer": distributed.optimizer_state(policy, optimizer) if optimizer is not None and phase == "learn"
+            else None})
 
     print(f"ei: {len(questions)} questions x K={cfg.k} per round, reward {cfg.reward}, retrain from "
           f"{cfg.retrain_from}, up to {cfg.rounds} rounds, {threads} threads, {device}")

@@ -57,6 +57,7 @@ class Config:
     warmup_steps: int = field(20, "linear warmup steps")
     weight_decay: float = field(0.1, "AdamW weight decay")
     grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    fsdp: bool = field(False, "under torchrun: shard the reward model over the ranks with FSDP while it trains")
     checkpoint_every: int = field(100, "optimizer steps between checkpoints")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed")
@@ -146,6 +147,8 @@ def train(cfg: Config) -> Path:
     # step 3: learn a per-token classifier initialised from the policy
     model = AutoModelForTokenClassification.from_pretrained(cfg.policy, num_labels=1).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.fsdp:
+        distributed.shard_model(model)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     total = math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
     step = 0
@@ -153,7 +156,7 @@ def train(cfg: Config) -> Path:
     if last is not None:
         ckpt.load_weights_into(model, last)
         state = ckpt.load_state(last)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
     logger = RunLogger(run_dir, resume_step=step if last is not None else None)
@@ -169,8 +172,8 @@ def train(cfg: Config) -> Path:
         if st.step % 20 == 0 or st.step == total:
             logger.log(st.step, loss=st.loss, lr=st.lr)
         if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < total:
-            ckpt.save_checkpoint(run_dir, st.step, model, tokenizer,
-                                 {"step": st.step, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+            state = {"step": st.step, "optimizer": distributed.optimizer_state(model, optimizer), "rng": rng_state()}
+            ckpt.save_checkpoint(run_dir, st.step, model, tokenizer, state)
     bar.close()
     train_seconds = time.time() - t_train
 

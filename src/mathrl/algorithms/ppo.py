@@ -94,6 +94,8 @@ class Config:
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
     skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same reward")
     lora_rank: int = field(0, "LoRA rank through PEFT (0: full fine-tuning); the reference is the frozen base")
+    fsdp: bool = field(False, "under torchrun: shard the policy and the reference over the ranks with FSDP (models "
+                              "too big for one device)")
     eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
     eval_size: int = field(500, "test problems per evaluation (0: none)")
     eval_k: int = field(16, "samples per test problem for maj@K / pass@K")
@@ -124,6 +126,9 @@ class Config:
         for name in ("iterations", "prompts", "k", "ppo_epochs", "minibatch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        if self.fsdp and self.lora_rank:
+            raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
+                             "anyway); use one or the other")
         if self.microbatch_size < 0:
             raise UsageError("microbatch_size must be >= 0 (0: the whole minibatch)")
         if self.lr <= 0 or self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
@@ -291,10 +296,16 @@ def train(cfg: Config) -> Path:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
+    if cfg.fsdp:  # before the optimizer sees the parameters; the small value head stays whole on every rank
+        distributed.shard_model(policy)
+        if reference is not None:
+            distributed.shard_model(reference)
+    sharded = distributed.is_sharded(policy)
     use_values = cfg.advantage == "gae"
     head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device) if use_values else None
     params = [p for p in policy.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    trained = torch.nn.ModuleDict({"policy": policy, **({"value_head": head} if head is not None else {})})
     scorer = None
     if cfg.reward == "orm":
         from mathrl.reward_model import load_reward_model
@@ -314,7 +325,7 @@ def train(cfg: Config) -> Path:
             ckpt.load_weights_into(policy, last)
         if head is not None:
             head.load_state_dict(state["value_head"])
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(trained, optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         it, kl_coef, history = state["iteration"], state["kl_coef"], state["history"]
         opt_steps, rollouts_used = state["opt_steps"], state["rollouts_used"]
@@ -323,8 +334,8 @@ def train(cfg: Config) -> Path:
 
     def save(iteration: int):
         state = {"iteration": iteration, "kl_coef": kl_coef, "history": history, "opt_steps": opt_steps,
-                 "rollouts_used": rollouts_used, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                 "value_head": head.state_dict() if head is not None else None}
+                 "rollouts_used": rollouts_used, "optimizer": distributed.optimizer_state(trained, optimizer),
+                 "rng": rng_state(), "value_head": head.state_dict() if head is not None else None}
         if cfg.lora_rank:
             state["lora"] = {k: v for k, v in policy.state_dict().items() if "lora_" in k}
         ckpt.save_checkpoint(run_dir, iteration, policy, tokenizer, state)
@@ -442,13 +453,19 @@ def train(cfg: Config) -> Path:
                     # a row whose advantage is 0 contributes exactly 0 to the loss and its gradient (no KL term):
                     # leave it out of the forward and backward passes (with GRPO often half the batch)
                     rows = mb.advantages.any(-1).nonzero().flatten()
-                rows = rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
+                all_rows, rows = rows, rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
                 # micro-batches of rows of similar length (less padding); the gradients accumulate
                 rows = rows[torch.argsort(mb.action_mask.index_select(0, rows).sum(-1), stable=True)]
+                chunks = _chunks(len(rows), cfg.microbatch_size) if len(rows) else []
+                if sharded:
+                    # FSDP gathers weights in every forward pass, so all ranks must run as many passes as rank 0
+                    # (which has the most rows); the extra ones forward a row with weight 0 in the loss
+                    n_passes = len(_chunks(math.ceil(len(all_rows) / distributed.world_size()), cfg.microbatch_size))
+                    chunks += [None] * (n_passes - len(chunks))
                 optimizer.zero_grad(set_to_none=True)
                 loss_value, parts = 0.0, []
-                for chunk in _chunks(len(rows), cfg.microbatch_size):
-                    part = mb.select(rows[chunk])
+                for chunk in chunks:
+                    part = mb.select(rows[chunk] if chunk is not None else all_rows[:1])
                     logp, values = forward_policy(policy, head, part, use_values, device)
                     lmask = part.loss_mask.to(device)
                     pg_loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device),
@@ -463,6 +480,9 @@ def train(cfg: Config) -> Path:
                     elif kl_coef > 0:
                         _, kl = kl_penalty_rewards(logp, part.ref_logprobs.to(device), lmask, 1.0, "k3")
                         loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
+                    if chunk is None:
+                        loss.mul(0.0).backward()
+                        continue
                     loss.backward()
                     loss_value += loss.item()
                     parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac)))
@@ -470,7 +490,7 @@ def train(cfg: Config) -> Path:
                 (loss_value,) = distributed.all_reduce_sum([loss_value])
                 if not math.isfinite(loss_value):
                     raise ckpt.divergence_error(run_dir, it, f"loss became {loss_value}")
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                norm = distributed.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 optimizer.step()
                 opt_steps += 1
                 stats.append((loss_value, *(_mean(p[j] for p in parts) for j in range(3)), float(norm)))

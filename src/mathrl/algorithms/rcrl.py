@@ -79,6 +79,8 @@ class Config:
     eval_size: int = field(500, "test problems evaluated after each round (0: none)")
     eval_k: int = field(16, "samples per test problem for maj@K / pass@K")
     eval_split: str = field("test", "split evaluated")
+    fsdp: bool = field(False, "under torchrun: shard the policy over the ranks with FSDP (models too big for one "
+                              "device)")
     checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed")
@@ -158,7 +160,9 @@ def train(cfg: Config) -> Path:
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
     good, bad = add_return_tokens(policy, tokenizer)
-    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    if cfg.fsdp:
+        distributed.shard_model(policy)  # after the return tokens resized the embeddings
+    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP
     how = cfg.step_labels
     if how == "auto":
         how = "exact" if task.name == "synthetic" else "reference"
@@ -185,7 +189,7 @@ def train(cfg: Config) -> Path:
         rollouts_used, conditioned, data = state["rollouts_used"], state["conditioned"], state["data"]
         if state.get("optimizer") is not None:
             optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-            optimizer.load_state_dict(state["optimizer"])
+            distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
         print(f"resumed {run_dir}: round {round_ + 1}, phase {phase}")
     logger = RunLogger(run_dir, resume_step=round_ if last is not None else None)
 
@@ -193,7 +197,8 @@ def train(cfg: Config) -> Path:
         ckpt.save_checkpoint(run_dir, tag, policy, tokenizer, {
             "round": round_, "phase": phase, "ft_step": ft_step, "history": history, "data": data,
             "rollouts_used": rollouts_used, "conditioned": conditioned, "rng": rng_state(),
-            "optimizer": optimizer.state_dict() if optimizer is not None and phase == "learn" else None})
+            "optimizer": distributed.optimizer_state(policy, optimizer) if optimizer is not None and phase == "learn"
+            else None})
 
     print(f"rcrl: {cfg.returns} returns ({how} step labels)" if dense else "rcrl: sparse returns",
           f"{len(questions)} questions x K={cfg.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "

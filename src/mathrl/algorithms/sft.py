@@ -51,6 +51,8 @@ class Config:
     eval_k: int = field(32, "samples per dev problem for maj@K / pass@K")
     eval_temperature: float = field(1.0, "sampling temperature for the K dev samples")
     max_new_tokens: int = field(128, "completion length limit when evaluating")
+    fsdp: bool = field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one "
+                              "device)")
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     log_every: int = field(20, "optimizer steps between log lines")
     seed: int = field(0, "random seed")
@@ -105,13 +107,16 @@ def train(cfg: Config) -> Path:
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     step = 0
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
         ckpt.load_weights_into(model, last)
+    if cfg.fsdp:
+        distributed.shard_model(model)  # after loading full weights, before the optimizer sees the parameters
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    if last is not None:
         state = ckpt.load_state(last)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
         print(f"resumed {run_dir} at step {step}")
@@ -121,7 +126,8 @@ def train(cfg: Config) -> Path:
 
     def save(step):
         ckpt.save_checkpoint(run_dir, step, model, tokenizer,
-                             {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()})
+                             {"step": step, "optimizer": distributed.optimizer_state(model, optimizer),
+                              "rng": rng_state()})
 
     bar = progress(total_steps, "sft", "step", initial=step)
     tokens, t0 = 0, time.time()

@@ -61,11 +61,12 @@ class Level:
     value_max: int = 99
     k_max: int = 20  # constants in "k more/fewer"
     derived_distractors: float = 0.5  # probability that a distractor is "k more than" a quantity (else a leaf)
+    n_ops_weights: tuple[float, ...] = ()  # relative frequency of n_ops[0], n_ops[0]+1, ...; empty: uniform
 
 
 # One integer picks a preset. Level 3 ~ the pilot's "G-long", level 4 ~ its "P5" (shared/notes/synthetic-task.md).
 LEVELS: dict[int, Level] = {
-    1: Level(n_ops=(1, 2), n_distract=(0, 1)),
+    1: Level(n_ops=(1, 2), n_distract=(0, 1), n_ops_weights=(2, 1)),
     2: Level(n_ops=(1, 3), n_distract=(0, 2)),
     3: Level(n_ops=(1, 4), n_distract=(0, 2)),
     4: Level(n_ops=(1, 5), n_distract=(0, 3)),
@@ -74,7 +75,9 @@ LEVELS: dict[int, Level] = {
 }
 
 # The embedded default: calibrated so that pretrain + SFT of the tiny model take ~7 minutes on 2 CPU cores and
-# land in the paper's regime (maj@1 ~0.5, pass@32 ~0.9, verified pass@32 well above verified maj@1; docs/results.md).
+# land in the paper's regime (maj@1 ~0.5, pass@32 ~0.9, verified pass@32 15+ points above maj@1; docs/results.md).
+# Level 1 draws one-step problems twice as often as two-step ones: with the uniform mix the SFT model reached the
+# answers of two-step problems mostly through wrong steps (verified pass@32 only ~10 points above maj@1).
 DEFAULT_LEVEL = 1
 
 TEST_BUCKETS = 10  # one hash bucket in TEST_BUCKETS is the test pool
@@ -160,7 +163,10 @@ def _derive(rng: random.Random, level: Level, name: str, prev: Node, earlier: li
 
 def generate_problem(rng: random.Random, level: Level) -> tuple[str, Graph, list[Node]]:
     """One random problem: (question text, graph, statements in the order they are written)."""
-    n_ops = rng.randint(*level.n_ops)
+    if level.n_ops_weights:
+        n_ops = rng.choices(range(level.n_ops[0], level.n_ops[1] + 1), weights=level.n_ops_weights)[0]
+    else:
+        n_ops = rng.randint(*level.n_ops)
     n_distract = rng.randint(*level.n_distract)
     names = iter(rng.sample(NAMES, len(NAMES)))
     fresh = lambda: next(names)  # noqa: E731 - a name generator shared with _derive
@@ -278,7 +284,7 @@ def check_steps(graph: Graph, completion: str) -> StepCheck:
 
     A step ``X = A op B = a op b = v.`` is right when X is a needed quantity not computed before, ``A op B``
     are X's true operation and operands (a sum in either order), every derived operand was computed on an
-    earlier line, ``a`` and ``b`` are the true values, and ``v`` is X's true value.
+    earlier line, ``a`` and ``b`` are the true values (for a sum, in either order), and ``v`` is X's true value.
     """
     verdicts: list[StepVerdict] = []
     done: set[str] = set()
@@ -319,7 +325,11 @@ def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[s
         if name in needed and name not in done - {x}:
             return StepVerdict(line, False, f"uses {name} before computing it")
     true_vals = [nodes[o].value if o in nodes else int(o) for o in operands]
-    if sign2 != sign or [int(va), int(vb)] != true_vals:
+    values = [int(va), int(vb)]
+    # "C = A + B = b + a" is a true chain of equalities (a sum commutes), so it counts as right; for - and * the
+    # values must follow the written operands (b * 2 for "B * 2" only: the constant is not a quantity)
+    commuted = node.op == "sum" and values == true_vals[::-1]
+    if sign2 != sign or (values != true_vals and not commuted):
         return StepVerdict(line, False, "wrong values substituted")
     if int(v) != _apply(sign, true_vals[0], true_vals[1]):
         return StepVerdict(line, False, "wrong arithmetic")
