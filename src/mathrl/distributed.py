@@ -18,14 +18,16 @@ algorithm's loop as it reads on one process; three shared building blocks do the
 Gradients are summed with one flat ``all_reduce`` per optimizer step (what DistributedDataParallel does, without
 its bucketing and compute overlap, which would matter for large models only).
 
-``--fsdp`` (sft, ei, rcrl) shards the model instead (torch's FSDP2 ``fully_shard``: each transformer block, then
-the root): parameters, gradients and optimizer state live in 1/N shards, every forward pass all-gathers a block's
-weights and every backward pass reduce-scatters its gradients (summed, like ``all_reduce_grads``, because each
-rank's loss is already normalised by the whole batch). What FSDP changes for the loop is hidden in four helpers:
-``shard_model``; ``unsharded`` (sampling gathers the whole model once, since ranks sample different questions and
-so run different numbers of forward passes, which FSDP's per-forward all-gathers cannot follow);
-``full_state_dict`` and ``optimizer_state``/``load_optimizer_state`` (checkpoints hold full tensors, written by
-rank 0, so a run can resume with any number of ranks).
+``--fsdp`` (sft, ei, rcrl, ppo/grpo, orm train) shards the model instead (torch's FSDP2 ``fully_shard``: each
+transformer block, then the root): parameters, gradients and optimizer state live in 1/N shards, every forward
+pass all-gathers a block's weights and every backward pass reduce-scatters its gradients (summed, like
+``all_reduce_grads``, because each rank's loss is already normalised by the whole batch). What FSDP changes for
+the loops is kept in the helpers below: ``shard_model``; ``unsharded`` (sampling gathers the whole model once,
+since ranks sample different questions and so run different numbers of forward passes, which FSDP's per-forward
+all-gathers cannot follow); ``clip_grad_norm`` (global norm over shards and whole tensors); ``full_state_dict``,
+``load_full_state_dict`` and ``optimizer_state``/``load_optimizer_state`` (checkpoints hold full tensors, written
+by rank 0, so a run can resume with any number of ranks, with or without FSDP). The loops themselves only make
+every rank run the same number of forward/backward passes per step.
 
 Backends: gloo on CPU, NCCL on CUDA (each rank takes ``cuda:LOCAL_RANK``). A rank that cannot reach the others
 within ``MATHRL_DIST_TIMEOUT`` seconds (default 300) stops with a one-line error; torchrun ends the remaining
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import sys
 import warnings
@@ -76,9 +79,10 @@ def setup(device: str) -> str:
     for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise UsageError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun")
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    # on GPUs: NCCL for CUDA tensors, gloo for the few CPU tensors (statistics in all_reduce_sum)
+    backend = "cuda:nccl,cpu:gloo" if device.startswith("cuda") else "gloo"
     timeout = datetime.timedelta(seconds=float(os.environ.get("MATHRL_DIST_TIMEOUT", "300")))
-    if backend == "nccl":
+    if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
         torch.distributed.init_process_group(backend=backend, timeout=timeout)
@@ -225,21 +229,24 @@ def unsharded(model) -> Iterator[None]:
             m.reshard()
 
 
-def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` for parameters that may mix FSDP shards (DTensors) and whole tensors
-    (e.g. PPO's value head), which torch's version refuses to combine; the same as it otherwise."""
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm of ``params`` to ``max_norm``; returns the norm before clipping (as
+    ``torch.nn.utils.clip_grad_norm_``). Parameters may be FSDP shards (DTensors), whole tensors, or a mix
+    (PPO's value head beside a sharded policy): the squares of the local shards are summed over ranks in one
+    all-reduce, those of whole tensors (the same on every rank) are added once."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not any(_is_dtensor(g) for g in grads) or all(_is_dtensor(g) for g in grads):
-        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
-    squares = []
-    for g in grads:
-        norm = g.detach().norm(2)
-        squares.append((norm.full_tensor() if _is_dtensor(norm) else norm).float() ** 2)
-    total = torch.stack(squares).sum().sqrt()
-    coef = min(1.0, max_norm / (float(total) + 1e-6))
-    if coef < 1.0:
+    if not any(_is_dtensor(g) for g in grads):
+        return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
+    zero = torch.zeros((), dtype=torch.float32, device=grads[0].to_local().device if _is_dtensor(grads[0])
+                       else grads[0].device)
+    sharded = sum((g.to_local().detach().float().norm(2) ** 2 for g in grads if _is_dtensor(g)), zero)
+    _collective(lambda: torch.distributed.all_reduce(sharded), "summing gradient norms")
+    whole = sum((g.detach().float().norm(2) ** 2 for g in grads if not _is_dtensor(g)), zero.to(sharded.device))
+    total = float((sharded + whole.to(sharded.device)).sqrt())
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0 or not math.isfinite(total):  # a non-finite norm makes the gradients non-finite, as torch does
         for g in grads:
-            g.detach().mul_(coef)
+            (g.to_local() if _is_dtensor(g) else g).detach().mul_(coef)
     return total
 
 
@@ -278,7 +285,9 @@ def load_full_state_dict(model, state: dict):
 def optimizer_state(model, optimizer) -> dict:
     """The optimizer's state dict; for a sharded model the full one (on rank 0), so it loads at any world size.
     Every rank must call it."""
-    if not is_sharded(model):
+    if not is_sharded(model) or not optimizer.state:
+        # (an optimizer that has not stepped yet has no sharded state; FSDP's gatherer would initialise it by a
+        # hidden step, which changes Adam's step count)
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -287,19 +296,19 @@ def optimizer_state(model, optimizer) -> dict:
 
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
-    if not is_sharded(model):
-        optimizer.load_state_dict(state)
+    if not is_sharded(model) or not state.get("state"):
+        optimizer.load_state_dict(state)  # (torch matches parameters by position, whatever their saved names)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    groups = state.get("param_groups", [])
-    if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
+    saved = [p for g in state.get("param_groups", []) for p in g["params"]]
+    if saved and isinstance(saved[0], int):
         # saved by an unsharded run (torch's format: parameters by position): name them, as FSDP's loader wants;
         # the optimizer holds the parameters in the same order either way
         names = {p: n for n, p in model.named_parameters()}
         order = [names[p] for g in optimizer.param_groups for p in g["params"]]
         state = {"state": {order[i]: v for i, v in state["state"].items()},
-                 "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in groups]}
+                 "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -162,11 +162,10 @@ def set_lr(optimizer, base_lr: float, multiplier: float) -> None:
 
 def clip_and_step(model, optimizer, grad_clip: float) -> float:
     """Clip the global gradient norm (if ``grad_clip`` > 0), step, zero the gradients; returns the norm."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    norm = distributed.clip_grad_norm(list(model.parameters()), grad_clip if grad_clip > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 def length_bucketed_batches(examples: Sequence[Example], batch_size: int, rng: random.Random,

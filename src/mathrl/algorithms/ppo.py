@@ -300,6 +300,8 @@ def train(cfg: Config) -> Path:
         distributed.shard_model(policy)
         if reference is not None:
             distributed.shard_model(reference)
+            # the frozen reference has no backward pass, where FSDP would reshard its root (embeddings, head)
+            reference.set_reshard_after_forward(True, recurse=False)
     sharded = distributed.is_sharded(policy)
     use_values = cfg.advantage == "gae"
     head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device) if use_values else None
@@ -492,6 +494,7 @@ def train(cfg: Config) -> Path:
                     raise ckpt.divergence_error(run_dir, it, f"loss became {loss_value}")
                 norm = distributed.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # free the gradients before the next sampling
                 opt_steps += 1
                 stats.append((loss_value, *(_mean(p[j] for p in parts) for j in range(3)), float(norm)))
 

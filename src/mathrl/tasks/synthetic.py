@@ -284,7 +284,7 @@ def check_steps(graph: Graph, completion: str) -> StepCheck:
 
     A step ``X = A op B = a op b = v.`` is right when X is a needed quantity not computed before, ``A op B``
     are X's true operation and operands (a sum in either order), every derived operand was computed on an
-    earlier line, ``a`` and ``b`` are the true values (for a sum, in either order), and ``v`` is X's true value.
+    earlier line, ``a`` and ``b`` are the true values (for + and *, in either order), and ``v`` is X's true value.
     """
     verdicts: list[StepVerdict] = []
     done: set[str] = set()
@@ -326,9 +326,9 @@ def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[s
             return StepVerdict(line, False, f"uses {name} before computing it")
     true_vals = [nodes[o].value if o in nodes else int(o) for o in operands]
     values = [int(va), int(vb)]
-    # "C = A + B = b + a" is a true chain of equalities (a sum commutes), so it counts as right; for - and * the
-    # values must follow the written operands (b * 2 for "B * 2" only: the constant is not a quantity)
-    commuted = node.op == "sum" and values == true_vals[::-1]
+    # "C = A + B = b + a" and "C = A * 2 = 2 * a" are true chains of equalities (+ and * commute), so they count
+    # as right; for - the values must follow the written operands ("A - 3 = 3 - a" is false)
+    commuted = sign in "+*" and values == true_vals[::-1]
     if sign2 != sign or (values != true_vals and not commuted):
         return StepVerdict(line, False, "wrong values substituted")
     if int(v) != _apply(sign, true_vals[0], true_vals[1]):
