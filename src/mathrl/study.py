@@ -79,8 +79,8 @@ BUDGETS = {
                  pretrained_questions=500, pretrained_iterations=6, max_new_tokens=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
                   orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
-                  ppo_prompts=16, grpo_prompts=8, rcrl_questions=300, run_eval_size=30, run_eval_k=4,
-                  pretrained_questions=100, pretrained_iterations=2, max_new_tokens=64),
+                  ppo_prompts=16, grpo_prompts=8, rcrl_questions=150, run_eval_size=30, run_eval_k=4,
+                  pretrained_questions=60, pretrained_iterations=2, max_new_tokens=64),
 }
 
 
@@ -88,7 +88,7 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
     """The stages of one seed, in dependency order."""
     b = BUDGETS["quick" if cfg.quick else "full"]
     k = cfg.k or (16 if cfg.quick else 96)
-    n_eval = cfg.eval_problems or (60 if cfg.quick else 120)
+    n_eval = cfg.eval_problems or (40 if cfg.quick else 120)
     d = lambda name: str(root / name)  # noqa: E731
     common = ["--seed", str(seed), "--device", cfg.device]
     task_args = ["--task", cfg.task] + (["--data-dir", cfg.data_dir] if cfg.data_dir else [])
