@@ -234,15 +234,15 @@ def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> flo
     ``torch.nn.utils.clip_grad_norm_``). Parameters may be FSDP shards (DTensors), whole tensors, or a mix
     (PPO's value head beside a sharded policy): the squares of the local shards are summed over ranks in one
     all-reduce, those of whole tensors (the same on every rank) are added once."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not any(_is_dtensor(g) for g in grads):
-        return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
-    zero = torch.zeros((), dtype=torch.float32, device=grads[0].to_local().device if _is_dtensor(grads[0])
-                       else grads[0].device)
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    if world_size() == 1 or not any(_is_dtensor(g) for g in grads):
+        return float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
+    zero = torch.zeros((), dtype=torch.float32, device=grads[0].device)  # (a DTensor's device is its shard's)
     sharded = sum((g.to_local().detach().float().norm(2) ** 2 for g in grads if _is_dtensor(g)), zero)
     _collective(lambda: torch.distributed.all_reduce(sharded), "summing gradient norms")
-    whole = sum((g.detach().float().norm(2) ** 2 for g in grads if not _is_dtensor(g)), zero.to(sharded.device))
-    total = float((sharded + whole.to(sharded.device)).sqrt())
+    whole = sum((g.detach().float().norm(2) ** 2 for g in grads if not _is_dtensor(g)), zero)
+    total = float((sharded + whole).sqrt())
     coef = max_norm / (total + 1e-6)
     if coef < 1.0 or not math.isfinite(total):  # a non-finite norm makes the gradients non-finite, as torch does
         for g in grads:
