@@ -27,3 +27,16 @@ def test_plan_has_the_paper_grid_and_quick_budgets(tmp_path):
         assert name in names
     by = {s.name: s for s in plan(Config(quick=True), 0, tmp_path)}
     assert "sft" in by["ei-sparse-sft"].needs and "orm" in by["ei-orm-sft"].needs
+
+
+def test_stage_process_runs_the_command_and_returns_its_status(tmp_path):
+    # the stage runs in a process forked from the preloading server, its output appended to the log
+    from mathrl.study import _launch
+
+    log = tmp_path / "log.txt"
+    log.write_text("$ header\n")
+    assert _launch(["data", "show", "--task", "synthetic", "-n", "1"], log) == 0
+    text = log.read_text()
+    assert text.startswith("$ header\n") and "answer" in text.lower()
+    assert _launch(["data", "show", "--task", "nosuchtask"], log) == 2  # a usage error: one line, exit 2
+    assert log.read_text().strip().splitlines()[-1].startswith("error:")

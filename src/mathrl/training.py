@@ -132,6 +132,21 @@ def bce_grads(model, micro_batches: Sequence[Batch], device, total: int | None =
     return loss_value, total
 
 
+def compiled(model):
+    """``model`` with its forward (and so its backward) pass compiled by ``torch.compile`` for training; shares
+    the parameters, so the optimizer, checkpoints and the sampler keep using ``model`` itself (the sampler's
+    KV-cache calls stay eager: compiling them would mean recompiling for every cache length).
+
+    Dynamic shapes: batches vary in length, and one graph for all lengths avoids a recompile per length. If
+    compiling fails (say, no C++ compiler), the forward runs eagerly with a warning instead of failing the run.
+    On the embedded default (2 CPU cores) an SFT step takes ~15-25% less time after ~1 minute of compiling
+    (~15 s when torch's compile cache already holds it); docs/results.md."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model, dynamic=True)
+
+
 def make_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.98)) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (not on norms or biases), as in nanoGPT."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -25,7 +25,7 @@ from mathrl.models import SIZES, count_parameters, init_model, load_model
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import task_from_options, task_options
-from mathrl.training import completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
+from mathrl.training import compiled, completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
     setup_threads, train_steps
 
 
@@ -51,6 +51,8 @@ class Config:
     eval_k: int = field(32, "samples per dev problem for maj@K / pass@K")
     eval_temperature: float = field(1.0, "sampling temperature for the K dev samples")
     max_new_tokens: int = field(128, "completion length limit when evaluating")
+    compile: bool = field(False, "torch.compile the training forward and backward passes (dynamic shapes; ~1 min "
+                                 "to compile on 2 CPU cores, cached after; falls back to eager if it fails)")
     fsdp: bool = field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one "
                               "device)")
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
@@ -72,6 +74,8 @@ class Config:
             raise UsageError("dev_size, eval_k and checkpoint_every must be >= 0")
         if self.lr <= 0:
             raise UsageError("lr must be > 0")
+        if self.compile and self.fsdp:
+            raise UsageError("--compile with --fsdp is not supported yet; use one of them")
 
 
 def build_examples(task, tokenizer, problems, whole_sequence: bool):
@@ -131,7 +135,7 @@ def train(cfg: Config) -> Path:
 
     bar = progress(total_steps, "sft", "step", initial=step)
     tokens, t0 = 0, time.time()
-    steps = train_steps(model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
+    steps = train_steps(compiled(model) if cfg.compile else model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
                         batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size or cfg.batch_size, total_steps=total_steps,
                         lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
                         grad_clip=cfg.grad_clip, seed=cfg.seed, start_step=step)
