@@ -132,7 +132,7 @@ def test_expert_iteration_smoke(runs, tmp_path):
                  "--max-new-tokens", "12", "--eval-size", "3", "--eval-k", "2", "--include-references",
                  "--patience", "0", "--threads", "1"]) == 0
     history = json.loads((out / "history.json").read_text())
-    assert [h["round"] for h in history] == [1, 2]
+    assert [h["round"] for h in history] == [0, 1, 2] and history[0]["rollouts"] == 0  # round 0: the start
     assert history[-1]["rollouts"] == 2 * 6 * 2 and "maj@1" in history[-1]
     assert (out / "sample_complexity.png").is_file() and (out / "model" / "config.json").is_file()
 
@@ -212,6 +212,8 @@ def test_rcrl_smoke_and_conditioned_eval(runs, tmp_path, returns):
                  "-k", "2", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]) == 0
     meta = json.loads((out / "model" / "mathrl.json").read_text())
     assert meta["condition"] == {"token": "[GOOD]", "dense": returns == "dense"}
+    history = json.loads((out / "history.json").read_text())
+    assert [(h["round"], h["rollouts"]) for h in history] == [(0, 0), (1, 8)] and "maj@1" in history[0]
     assert main(["eval", "--model", str(out / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "12",
                  "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
     row = json.loads((tmp_path / "e" / "samples.jsonl").read_text().splitlines()[0])
