@@ -235,3 +235,11 @@ def test_return_conditioned_examples_mask_the_return_tokens():
     assert ex.loss_mask == (False, False, False, True, True, True, False, True, True, True, True)
     sparse = labelled_example(Tok(), [1], text, [], [], final_good=True, good=7, bad=8, eos=9, dense=False)
     assert sparse.input_ids[:2] == (1, 7) and sparse.loss_mask[:2] == (False, False)
+
+
+@pytest.mark.parametrize("command", ["study", "pretrain", "sft", "ei", "orm train", "ppo", "grpo", "rcrl", "eval",
+                                     "score", "data show", "data stats", "model init"])
+def test_every_command_has_help(command, capsys):
+    # argparse formats help texts with %: a stray "%" in a flag's help breaks --help
+    assert main([*command.split(), "--help"]) == 0
+    assert "--" in capsys.readouterr().out

@@ -40,3 +40,9 @@ def test_stage_process_runs_the_command_and_returns_its_status(tmp_path):
     assert text.startswith("$ header\n") and "answer" in text.lower()
     assert _launch(["data", "show", "--task", "nosuchtask"], log) == 2  # a usage error: one line, exit 2
     assert log.read_text().strip().splitlines()[-1].startswith("error:")
+
+
+def test_sft_compile_defaults_to_the_budget_and_can_be_set(tmp_path):
+    sft = lambda cfg: next(s for s in plan(cfg, 0, tmp_path) if s.name == "sft").command  # noqa: E731
+    assert "--compile" in sft(Config()) and "--compile" not in sft(Config(quick=True))
+    assert "--compile" not in sft(Config(sft_compile=False)) and "--compile" in sft(Config(quick=True, sft_compile=True))

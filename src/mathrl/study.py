@@ -8,9 +8,10 @@ with maj@1, maj@K, rerank@K (the ORM) and pass@K -> ``report.md`` and a self-con
 
 Every stage is one ``mathrl`` command run in its own process with its own run directory under OUT/seed-N/, its
 log in ``log.txt``. The processes are forked from a server that has imported torch and transformers once (their
-import costs ~7 s of CPU per process, a fifth of a --quick study's stages). A finished stage leaves ``stage.json`` (its command and wall time) and is skipped when the
-study runs again; an interrupted one is resumed from its last checkpoint. Stages that do not depend on each
-other run two at a time with one thread each (on 2 cores that is ~1.5x the throughput of one 2-thread process).
+import costs ~7 s of CPU per process: --quick took 5.3 minutes with fresh processes, 3.1 forked). A finished
+stage leaves ``stage.json`` (its command and wall time) and is skipped when the study runs again; an
+interrupted one is resumed from its last checkpoint. Stages that do not depend on each other run two at a time
+with one thread each (on 2 cores that is ~1.5x the throughput of one 2-thread process).
 
 With ``--task gsm8k --model DIR`` (a real pretrained HF model; typically with ``--device cuda``) the pretrain
 stage is skipped, DIR is the pretrained start (few-shot prompted), and the same grid runs on GSM8K.
@@ -46,6 +47,9 @@ class Config:
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
     eval_problems: int = field(0, "test problems in the final evaluation (0: 120, or 60 with --quick)")
+    sft_compile: bool | None = field(None, "torch.compile the SFT stage's training pass (steps about a quarter "
+                                           "faster after ~1 min of compiling; not bitwise reproducible run to run). "
+                                           "Default: on with the full budgets, off with --quick (too few steps)")
     workers: int = field(2, "stages run at once (each with threads = free cores / workers)")
     only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft")
 
@@ -76,11 +80,11 @@ class Stage:
 # The pretrained start gets small budgets: at this scale its few-shot pass@K is ~0 (docs/results.md), so RL from it
 # has nothing to reinforce; the runs are kept to show that (the paper's F5 needs a stronger pretrained model).
 BUDGETS = {
-    "full": dict(pretrain_steps=60, sft_epochs=3, train_size=20000, sft_compile=True, dev_size=200, dev_k=16,
+    "full": dict(pretrain_steps=60, sft_epochs=3, train_size=20000, dev_size=200, dev_k=16,
                  orm_questions=1500, sorm_samples=400, ei_rounds=2, ei_questions=2000, ppo_iterations=20,
                  ppo_prompts=64, grpo_prompts=32, rcrl_questions=2000, run_eval_size=100, run_eval_k=8,
                  pretrained_questions=500, pretrained_iterations=6, max_new_tokens=96),
-    "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, sft_compile=False, dev_size=30, dev_k=4,
+    "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
                   orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
                   ppo_prompts=16, grpo_prompts=8, rcrl_questions=150, run_eval_size=30, run_eval_k=4,
                   pretrained_questions=60, pretrained_iterations=2, max_new_tokens=64),
@@ -97,6 +101,7 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
     task_args = ["--task", cfg.task] + (["--data-dir", cfg.data_dir] if cfg.data_dir else [])
     level_args = ["--level", str(cfg.level)] if cfg.level is not None else []
     mnt = ["--max-new-tokens", str(b["max_new_tokens"])]
+    sft_compile = cfg.sft_compile if cfg.sft_compile is not None else not cfg.quick
     run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
     stages: list[Stage] = []
     if cfg.task == "synthetic":
@@ -110,7 +115,7 @@ def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
         sft_task = task_args
     stages.append(Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
                                 "--whole-sequence-loss", "--dev-size", str(b["dev_size"]),
-                                "--eval-k", str(b["dev_k"]), *(["--compile"] if b["sft_compile"] else []), *mnt,
+                                "--eval-k", str(b["dev_k"]), *(["--compile"] if sft_compile else []), *mnt,
                                 *common],
                         needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft"))
     sft = d("sft") + "/model"

@@ -135,7 +135,9 @@ def train(cfg: Config) -> Path:
 
     bar = progress(total_steps, "sft", "step", initial=step)
     tokens, t0 = 0, time.time()
-    steps = train_steps(compiled(model) if cfg.compile else model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
+    # --compile: the training passes go through a compiled wrapper sharing the parameters (sampling stays eager)
+    steps = train_steps(compiled(model) if cfg.compile else model, optimizer, examples,
+                        pad_id=tokenizer.pad_token_id, device=device,
                         batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size or cfg.batch_size, total_steps=total_steps,
                         lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
                         grad_clip=cfg.grad_clip, seed=cfg.seed, start_step=step)
