@@ -139,8 +139,9 @@ def compiled(model):
 
     Dynamic shapes: batches vary in length, and one graph for all lengths avoids a recompile per length. If
     compiling fails (say, no C++ compiler), the forward runs eagerly with a warning instead of failing the run.
-    On the embedded default (2 CPU cores) an SFT step takes ~15-25% less time after ~1 minute of compiling
-    (~15 s when torch's compile cache already holds it); docs/results.md."""
+    On the embedded default (2 CPU cores) an SFT step takes ~15-30% less time after ~1 minute of compiling
+    (~15 s when torch's compile cache already holds it); docs/results.md. Not bitwise reproducible run to run:
+    the compiled step's rounding varies, and training amplifies it (docs/algorithms.md)."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True

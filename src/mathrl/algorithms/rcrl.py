@@ -203,6 +203,7 @@ def train(cfg: Config) -> Path:
     print(f"rcrl: {cfg.returns} returns ({how} step labels)" if dense else "rcrl: sparse returns",
           f"{len(questions)} questions x K={cfg.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "
           f"{threads} threads, {device}")
+
     def run_eval(condition_on) -> dict:
         policy.eval()
         return summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
