@@ -163,22 +163,23 @@ def train(cfg: Config) -> Path:
             "optimizer": distributed.optimizer_state(policy, optimizer) if optimizer is not None and phase == "learn"
             else None})
 
-    def run_eval() -> dict:
+    def run_eval(when: str) -> dict:
+        """Evaluate the policy, print its headline, return the float metrics (as PPO's ``run_eval``)."""
         policy.eval()
-        results = evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                           max_new_tokens=cfg.max_new_tokens, shots=start_shots if policy_is_start else [],
-                           seed=cfg.seed, token_budget=cfg.token_budget)
-        return summarize(results)
+        metrics = summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
+                                     temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                                     shots=start_shots if policy_is_start else [], seed=cfg.seed,
+                                     token_budget=cfg.token_budget))
+        print(f"  eval {when}: {headline(metrics)}", flush=True)
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     print(f"ei: {len(questions)} questions x K={cfg.k} per round, reward {cfg.reward}, retrain from "
           f"{cfg.retrain_from}, up to {cfg.rounds} rounds, {threads} threads, {device}")
     if not history and eval_problems:
         # round 0: the starting policy at 0 rollouts, so metrics-vs-rollouts curves and the rollouts needed for a
         # gain are measured from where training starts (PPO evaluates its iteration 0 the same way)
-        metrics = run_eval()
-        history.append({"round": 0, "rollouts": 0, **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+        history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)")})
         logger.log(0, **history[-1])
-        print(f"  eval before round 1 (0 rollouts): {headline(metrics)}", flush=True)
     while round_ < cfg.rounds:
         tag = (round_ + 1) * 100_000  # checkpoint step numbers: round * 100000 + fine-tuning step
         if phase == "collect":
@@ -269,9 +270,7 @@ def train(cfg: Config) -> Path:
             # step 5: evaluate on the test split; log against rollouts consumed
             record = history[-1]
             if eval_problems:
-                metrics = run_eval()
-                record.update({k: v for k, v in metrics.items() if isinstance(v, float)})
-                print(f"  eval after round {round_ + 1} ({rollouts_used} rollouts): {headline(metrics)}", flush=True)
+                record.update(run_eval(f"after round {round_ + 1} ({rollouts_used} rollouts)"))
             logger.log(round_ + 1, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
             # step 6: early stopping on maj@1
             score = record.get("maj@1", -1.0)

@@ -204,19 +204,20 @@ def train(cfg: Config) -> Path:
           f"{len(questions)} questions x K={cfg.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "
           f"{threads} threads, {device}")
 
-    def run_eval(condition_on) -> dict:
+    def run_eval(when: str, condition_on) -> dict:
+        """Evaluate the policy, print its headline, return the float metrics (as PPO's ``run_eval``)."""
         policy.eval()
-        return summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
-                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, token_budget=cfg.token_budget,
-                                  condition=condition_on))
+        metrics = summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, token_budget=cfg.token_budget,
+                                     condition=condition_on))
+        print(f"  eval {when}: {headline(metrics)}", flush=True)
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     if not history and eval_problems:
         # round 0: the starting policy (unconditioned: it has not seen a return token yet) at 0 rollouts, so the
         # metrics-vs-rollouts curve starts where training starts
-        metrics = run_eval(None)
-        history.append({"round": 0, "rollouts": 0, **{k: v for k, v in metrics.items() if isinstance(v, float)}})
+        history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)", None)})
         logger.log(0, **history[-1])
-        print(f"  eval before round 1 (0 rollouts): {headline(metrics)}", flush=True)
     while round_ < cfg.rounds:
         tag = (round_ + 1) * 100_000
         if phase == "collect":
@@ -299,9 +300,7 @@ def train(cfg: Config) -> Path:
             # step 5: evaluate conditioned on the good return
             record = history[-1]
             if eval_problems:
-                metrics = run_eval(condition)
-                record.update({k: v for k, v in metrics.items() if isinstance(v, float)})
-                print(f"  eval after round {round_ + 1}: {headline(metrics)}", flush=True)
+                record.update(run_eval(f"after round {round_ + 1}", condition))
             logger.log(round_ + 1, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
             round_, phase, ft_step = round_ + 1, "collect", 0
             save((round_ + 1) * 100_000 - 1)
