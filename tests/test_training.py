@@ -105,3 +105,6 @@ def test_compiled_training_pass_matches_eager():
             assert torch.allclose(a.grad, b.grad, atol=1e-5), n
             a.grad, b.grad = None, None
     assert counters["stats"]["unique_graphs"] >= 1  # it was compiled (not the eager fallback)
+    # the blocks are swapped in for the call only: the model the sampler and checkpoints use is left as it was
+    assert all(type(layer).__name__ == "LlamaDecoderLayer" for layer in model.model.layers)
+    assert model.config._attn_implementation == eager.config._attn_implementation

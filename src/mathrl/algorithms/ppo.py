@@ -52,7 +52,7 @@ from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
-from mathrl.training import rng_state, seed_everything, set_rng_state, setup_threads
+from mathrl.training import make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Config:
                                     "minibatch)")
     lr: float = field(1e-4, "learning rate (constant after warmup)")
     warmup_steps: int = field(5, "linear warmup steps")
-    weight_decay: float = field(0.0, "AdamW weight decay")
+    weight_decay: float = field(0.0, "AdamW weight decay (matrices only)")
     grad_clip: float = field(1.0, "gradient norm clip (0: off)")
     clip: float = field(0.2, "PPO ratio clip")
     value_clip: float = field(0.2, "value-loss clip (gae)")
@@ -306,8 +306,8 @@ def train(cfg: Config) -> Path:
     use_values = cfg.advantage == "gae"
     head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device) if use_values else None
     params = [p for p in policy.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     trained = torch.nn.ModuleDict({"policy": policy, **({"value_head": head} if head is not None else {})})
+    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
     scorer = None
     if cfg.reward == "orm":
         from mathrl.reward_model import load_reward_model

@@ -51,8 +51,8 @@ class Config:
     eval_k: int = field(32, "samples per dev problem for maj@K / pass@K")
     eval_temperature: float = field(1.0, "sampling temperature for the K dev samples")
     max_new_tokens: int = field(128, "completion length limit when evaluating")
-    compile: bool = field(False, "torch.compile the training forward and backward passes (dynamic shapes; ~1 min "
-                                 "to compile on 2 CPU cores, cached after; falls back to eager if it fails)")
+    compile: bool = field(False, "torch.compile the transformer blocks for training (dynamic shapes; ~30 s to "
+                                 "compile on 2 CPU cores, cached after; falls back to eager if it fails)")
     fsdp: bool = field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one "
                               "device)")
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
