@@ -47,6 +47,7 @@ from typing import Iterator, Sequence, TypeVar
 import torch
 
 from mathrl.errors import RunError, UsageError
+from mathrl.models import block_class_names
 
 T = TypeVar("T")
 
@@ -193,7 +194,7 @@ def shard_model(model, what: str = "--fsdp") -> None:
         return
     from torch.distributed.fsdp import fully_shard
 
-    block_types = set(getattr(model, "_no_split_modules", None) or ())
+    block_types = block_class_names(model)
     blocks = [m for m in model.modules() if type(m).__name__ in block_types]
     if not blocks:
         raise UsageError(f"{what}: cannot find the transformer blocks of {type(model).__name__} "

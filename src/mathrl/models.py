@@ -178,6 +178,12 @@ def _looks_like_hub_id(path) -> bool:
     return len(parts) <= 2 and all(parts) and not str(path).startswith((".", "~"))
 
 
+def block_class_names(model) -> set[str]:
+    """The class names of a Hugging Face model's transformer blocks (what it lists in ``_no_split_modules``), the
+    unit that FSDP shards and ``sft --compile`` compiles."""
+    return set(getattr(model, "_no_split_modules", None) or ())
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mathrl import distributed
+from mathrl.models import block_class_names
 
 T = TypeVar("T")
 
@@ -154,7 +155,7 @@ def compiled(model):
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    block_types = set(getattr(model, "_no_split_modules", None) or ())
+    block_types = block_class_names(model)
     slots = [(parent, i) for parent in model.modules() if isinstance(parent, torch.nn.ModuleList)
              for i, child in enumerate(parent) if type(child).__name__ in block_types]
     if not slots:
