@@ -2,6 +2,8 @@
 its completions, the vocabulary projection only at completion positions) equals one plain forward pass per rollout
 over prompt + completion: log-probs, values and the gradients of both."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -79,3 +81,17 @@ def test_select_keeps_only_used_prompts_and_trims_padding(setup):
     for j, i in enumerate((4, 5)):
         m = len(rollouts[i].completion_ids)
         assert torch.allclose(sub[j, :m], full[i, :m], atol=1e-5)
+
+
+def test_no_deprecated_transformers_arguments(setup):
+    # transformers 5.x renamed the KV-cache argument past_key_values -> cache and removes the old name in 5.40
+    # (pyproject allows <6): the sampler (both attention paths) and this forward pass must use the current name.
+    model, head, tok, rollouts = setup
+    task = load_task("synthetic", level=2)
+    prompts = [task.prompt(p) for p in task.problems("test")[:2]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        for shared in (True, False):
+            sample(model, tok, prompts, 2, SamplingParams(max_new_tokens=6, seed=0, shared_prefix_attention=shared))
+        forward_policy(model, head, _pack(rollouts, tok.pad_token_id), with_values=True)

@@ -11,6 +11,7 @@ vocabulary + single digits" tokenizer; on GSM8K text it is an ordinary small BPE
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -182,6 +183,27 @@ def block_class_names(model) -> set[str]:
     """The class names of a Hugging Face model's transformer blocks (what it lists in ``_no_split_modules``), the
     unit that FSDP shards and ``sft --compile`` compiles."""
     return set(getattr(model, "_no_split_modules", None) or ())
+
+
+@functools.cache
+def _kv_cache_name() -> str:
+    from dataclasses import fields
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def kv_cache_arg(cache) -> dict:
+    """``{name: cache}`` to pass a KV cache to a transformers model's forward. transformers 5.x renamed the
+    argument (and the output field) ``past_key_values`` to ``cache``, with the old name removed in 5.40; earlier
+    versions know only the old name. We support both (pyproject: transformers>=4.56,<6)."""
+    return {_kv_cache_name(): cache}
+
+
+def kv_cache_of(output):
+    """The KV cache a forward pass returned (see ``kv_cache_arg``)."""
+    return getattr(output, _kv_cache_name())
 
 
 def count_parameters(model) -> int:

@@ -46,6 +46,7 @@ import torch
 
 from mathrl import distributed
 from mathrl.errors import UsageError
+from mathrl.models import kv_cache_arg, kv_cache_of
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 
 
@@ -452,8 +453,8 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         mask[s, p_len - n :] = 1
     ids, mask = ids.to(device), mask.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_(min=0),
-                past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+                **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1)
+    cache = kv_cache_of(out)
 
     # step 2: the grid of rows. row_of: slot of each row; holes (missing samples) start dead.
     b = n_slots * g
@@ -570,7 +571,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
             _Cascade.cache, _Cascade.prefix_bias, _Cascade.calls = cache, prefix_bias, 0
             model.config._attn_implementation = "mathrl_cascade"
             try:
-                out = model(input_ids=step_ids, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = model(input_ids=step_ids, position_ids=positions, **kv_cache_arg(cache), use_cache=True)
             finally:
                 model.config._attn_implementation = attn_impl
                 _Cascade.cache = _Cascade.prefix_bias = None
@@ -579,7 +580,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
                                    "attention interface; sample with shared_prefix_attention=False")
         else:
             out = model(input_ids=step_ids, attention_mask=full_mask[:, : p_len + t + 1], position_ids=positions,
-                        past_key_values=cache, use_cache=True)
+                        **kv_cache_arg(cache), use_cache=True)
         logits = out.logits[:, -1, :].float()
 
     rollouts = []

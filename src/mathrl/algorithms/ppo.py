@@ -45,7 +45,7 @@ from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate, headline, summarize
 from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
-from mathrl.models import load_model
+from mathrl.models import kv_cache_arg, kv_cache_of, load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards, outcome_rewards
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
@@ -170,14 +170,14 @@ def forward_policy(model, head, batch: "RolloutBatch", with_values: bool, device
     cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
     rows = batch.prompt_of.to(device)
     out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
-                  past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1,
+                  **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
                   output_hidden_states=with_values)
-    cache = out_p.past_key_values
+    cache = kv_cache_of(out_p)
     for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
         layer.batch_select_indices(rows)
     attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
     positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
-    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, **kv_cache_arg(cache),
                   use_cache=True, output_hidden_states=with_values)
     # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
     logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
