@@ -143,8 +143,9 @@ def compiled(model):
     Why blocks and not the whole model: the blocks are identical, so one block is traced and compiled once for all
     of them. On the embedded default (2 CPU cores) a cold compile takes ~30 s instead of 50-60 s for the whole
     model, and an SFT step runs at ~0.8 of eager time, as with the whole model compiled (benchmarks/sft_step.py).
-    Dynamic shapes: batches vary in length, and one graph for all lengths avoids a recompile per length. On CPU the compiled blocks use the plain matmul-softmax attention ("eager" in Hugging Face's terms),
-    which inductor fuses; the SDPA kernel inside a compiled CPU graph ran at about half that speed. Same math; on
+    Dynamic shapes: batches vary in length, and one graph for all lengths avoids a recompile per length. On CPU
+    the compiled blocks use the plain matmul-softmax attention ("eager" in Hugging Face's terms), which inductor
+    fuses; the SDPA kernel inside a compiled CPU graph ran at about half that speed. Same math; on
     CUDA the model's own attention is kept.
 
     Reproducible: two same-seed SFT runs, each compiling from an empty cache, ended with bit-identical weights. A
