@@ -38,8 +38,8 @@ def test_format_and_consistency():
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=300))
 def test_never_raises_anything_else(text):
-    # Its speed on hostile input (no call over 50 ms) is measured by benchmarks/fuzz_grader.py, not timed here:
-    # a wall-clock bound fails whenever the shared machine stalls the test process.
+    # No wall-clock bound here (a stall of the shared machine failed a 10 ms one): hangs on hostile input are
+    # caught by tests/test_fuzz.py's generous 200 ms bound and measured by benchmarks/fuzz_grader.py (50 ms).
     try:
         evaluate(text)
     except CalculatorError:

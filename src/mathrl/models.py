@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -187,8 +187,6 @@ def block_class_names(model) -> set[str]:
 
 @functools.cache
 def _kv_cache_name() -> str:
-    from dataclasses import fields
-
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     return "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
