@@ -150,11 +150,22 @@ def test_reward_models_and_rerank_smoke(runs, tmp_path):
         assert main(args) == 0
         report = json.loads((out / "report.json").read_text())
         assert report["kind"] == ("sorm" if stepwise else "orm") and "auc" in report
+        if stepwise:  # the SORM trains only on the samples it labelled step by step
+            assert report["n_train_samples"] == report["n_train_step_labelled"] == 6
         assert json.loads((out / "model" / "mathrl.json").read_text())["kind"] == report["kind"]
     ev = tmp_path / "eval"
     assert main(["eval", "--model", str(sft_model), "-n", "3", "-k", "2", "--max-new-tokens", "12", "--orm",
                  str(tmp_path / "orm" / "model"), "--out", str(ev), "--threads", "1"]) == 0
     assert "rerank@2" in json.loads((ev / "metrics.json").read_text())
+    # --k-problems: greedy on all 3 problems, the K samples on the first 2 only
+    ev2 = tmp_path / "eval-k"
+    assert main(["eval", "--model", str(sft_model), "-n", "3", "-k", "2", "--k-problems", "2", "--max-new-tokens",
+                 "12", "--out", str(ev2), "--threads", "1"]) == 0
+    m = json.loads((ev2 / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (ev2 / "samples.jsonl").read_text().splitlines()]
+    assert m["n_questions"] == 3 and m["n_sampled_questions"] == 2 and [r["n"] for r in rows] == [2, 2, 0]
+    full = [json.loads(line) for line in (ev / "samples.jsonl").read_text().splitlines()]
+    assert [r["completions"] for r in rows[:2]] == [r["completions"] for r in full[:2]]  # same per-question streams
 
 
 def test_reward_model_with_another_tokenizer_is_refused(runs, tmp_path, data_dir, capsys):

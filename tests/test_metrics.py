@@ -69,3 +69,29 @@ def test_auc_and_diversity():
     assert auc([0.3, 0.7, 0.5], [True, True, False]) == 0.5
     assert math.isnan(auc([0.1], [True]))
     assert distinct_count(["1", "1", None, "2"]) == 2
+
+
+def test_summarize_k_problems_and_verified_diversity():
+    # 3 problems, greedy on all, K=2 samples on the first 2 only (evaluate(..., k_problems=2))
+    from mathrl.evaluate import QuestionResult, question_record, summarize
+    from mathrl.tasks.base import Grade, Problem, StepCheck
+
+    ok, bad_step = StepCheck((), 1, None), StepCheck((), 1, 0)
+    probs = [Problem(id=f"p{i}", question="q", solution="s", answer=str(i), difficulty=1) for i in range(3)]
+    right, lucky, wrong = Grade("0", True, ok), Grade("0", True, bad_step), Grade("9", False, ok)
+    results = [
+        # p0: two different texts, both answer-correct, one step-verified
+        QuestionResult(probs[0], [right, lucky], ["a = 1.", "a = 2."], greedy=right, greedy_text="a = 1."),
+        # p1: the same verified text twice
+        QuestionResult(probs[1], [right, right], ["b = 1.", "b  =  1."], greedy=wrong, greedy_text="x"),
+        QuestionResult(probs[2], [], [], greedy=right, greedy_text="c"),  # greedy only
+    ]
+    m = summarize(results)
+    assert m["maj@1"] == 2 / 3 and m["n_sampled_questions"] == 2 and m["n_samples"] == 2
+    assert m["pass@2"] == 1.0 and m["pass@2_verified"] == 1.0  # over the 2 sampled problems
+    # distinct texts: p0 2, p1 1 (whitespace-normalised) -> 1.5; verified-correct texts: p0 1, p1 1 -> 1.0
+    assert m["distinct_solutions"] == 1.5 and m["distinct_correct_solutions"] == 1.5
+    assert m["distinct_verified_solutions"] == 1.0
+    assert question_record(results[0]) == {"id": "p0", "difficulty": 1, "greedy_correct": True,
+                                           "greedy_verified": True, "n": 2, "c": 2, "c_verified": 1}
+    assert question_record(results[2])["n"] == 0

@@ -2,16 +2,18 @@
 
 import json
 
+import pytest
+
 from mathrl.study import Config, Stage, _comparable, _finished, plan
 
 
 def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     stage = Stage("sft", ["sft", "--epochs", "3", "--seed", "0"])
     assert not _finished(stage, tmp_path)
-    (tmp_path / "sft").mkdir()
+    (tmp_path / "shared" / "sft").mkdir(parents=True)
     record = {"command": ["mathrl", "sft", "--epochs", "3", "--seed", "0", "--out", "x", "--resume", "--threads", "2"],
               "seconds": 1.0}
-    (tmp_path / "sft" / "stage.json").write_text(json.dumps(record))
+    (tmp_path / "shared" / "sft" / "stage.json").write_text(json.dumps(record))
     assert _finished(stage, tmp_path)  # threads, out and resume do not change a result
     assert not _finished(Stage("sft", ["sft", "--epochs", "2", "--seed", "0"]), tmp_path)
 
@@ -20,13 +22,45 @@ def test_comparable_drops_only_run_mechanics():
     assert _comparable(["ei", "--threads", "1", "--rounds", "2", "--out", "d", "--resume"]) == ["ei", "--rounds", "2"]
 
 
-def test_plan_has_the_paper_grid_and_quick_budgets(tmp_path):
-    names = [s.name for s in plan(Config(quick=True), 0, tmp_path)]
-    for name in ("pretrain", "sft", "orm", "sorm", "ei-sparse-sft", "ppo-dense-sft", "rcrl-dense-sft",
-                 "grpo-sparse-sft", "ei-sparse-pretrained", "eval-sft", "eval-ppo-orm-sft"):
+def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
+    stages = plan(Config(), tmp_path)
+    names = [s.name for s in stages]
+    for name in ("pretrain", "sft", "orm", "sorm", "ei-sparse-sft@2", "ppo-dense-sft@0", "rcrl-dense-sft@0",
+                 "grpo-sparse-sft@1", "ei-sparse-pretrained@0", "eval-sft", "eval-ppo-orm-sft@0", "eval-pretrain"):
         assert name in names
-    by = {s.name: s for s in plan(Config(quick=True), 0, tmp_path)}
-    assert "sft" in by["ei-sparse-sft"].needs and "orm" in by["ei-orm-sft"].needs
+    assert "ppo-dense-sft@1" not in names  # the reward variants run variant_seeds (1) seeds
+    by = {s.name: s for s in stages}
+    assert "sft" in by["ei-sparse-sft@1"].needs and "orm" in by["ei-orm-sft@0"].needs
+    assert by["ei-sparse-sft@1"].dir(tmp_path) == tmp_path / "seed-1" / "ei-sparse-sft"
+    assert by["sft"].dir(tmp_path) == tmp_path / "shared" / "sft"
+
+    def arg(stage, flag):
+        return int(stage.command[stage.command.index(flag) + 1])
+
+    # the same rollout budget for every RL run from either start: EI 2 rounds x questions x K=4, PPO/GRPO
+    # iterations x 256, RCRL questions x 4
+    for s in stages:
+        if s.group != "rl":
+            continue
+        if s.command[0] == "ei":
+            assert 2 * arg(s, "--questions") * 4 == 4096, s.name
+        elif s.command[0] == "rcrl":
+            assert arg(s, "--questions") * 4 == 4096, s.name
+        else:
+            assert arg(s, "--iterations") * 256 == 4096, s.name
+    # every final evaluation: the same problems and sampling seed
+    evals = [s for s in stages if s.group == "eval"]
+    assert {(arg(s, "-n"), arg(s, "--k-problems"), arg(s, "--seed")) for s in evals} == {(1000, 120, 0)}
+    # the SORM labels every sample it trains on: 1,000 training questions x K=4 = 4,000 labelled samples (the
+    # ORM's 10% held-out share comes on top: 1,111 questions)
+    assert arg(by["sorm"], "--sorm-samples") == 4 * 1000 and arg(by["sorm"], "--questions") == 1111
+
+
+def test_variant_seeds_cannot_exceed_seeds():
+    from mathrl.errors import UsageError
+
+    with pytest.raises(UsageError, match="variant_seeds"):
+        Config(seeds=1, variant_seeds=2).validate()
 
 
 def test_stage_process_runs_the_command_and_returns_its_status(tmp_path):
@@ -43,6 +77,6 @@ def test_stage_process_runs_the_command_and_returns_its_status(tmp_path):
 
 
 def test_sft_compile_defaults_to_the_budget_and_can_be_set(tmp_path):
-    sft = lambda cfg: next(s for s in plan(cfg, 0, tmp_path) if s.name == "sft").command  # noqa: E731
+    sft = lambda cfg: next(s for s in plan(cfg, tmp_path) if s.name == "sft").command  # noqa: E731
     assert "--compile" in sft(Config()) and "--compile" not in sft(Config(quick=True))
     assert "--compile" not in sft(Config(sft_compile=False)) and "--compile" in sft(Config(quick=True, sft_compile=True))

@@ -146,3 +146,44 @@ def test_n_ops_weights_set_the_mix():
     ops = [len(generate_problem(rng, level)[1].needed) for _ in range(4000)]
     assert set(ops) == {1, 2}
     assert abs(ops.count(1) / len(ops) - 0.75) < 0.03  # binomial sd ~0.007
+
+
+def test_prose_surface_grades_the_corpus_format():
+    # the pretrained start is prompted and graded in the pretraining corpus's own format (SyntheticTask docstring)
+    task = load_task("synthetic", surface="prose")
+    qa = load_task("synthetic")
+    for p in task.problems("test")[:200]:
+        assert task.prompt(p) == p.question  # zero-shot, the bare question
+        ref = task.target(p)
+        g = task.grade(p, ref)
+        assert g.correct and g.verified, (p.question, ref)
+        assert task.step_results(ref) == qa.step_results(p.solution)  # the same step values as the qa reference
+        assert task.extract_answer(ref + " Then Bob has 5 pens.") == p.answer  # the first So-sentence counts
+    # hand-made problem: Ann 7, Bob = Ann + 3 = 10, Eve = Bob * 2 = 20
+    p = next(p for p in task.problems("test") if len(p.meta["graph"].needed) == 2)
+    nodes, (x, y) = p.meta["graph"].nodes, p.meta["graph"].needed
+    item = p.question.rsplit("How many ", 1)[1].split(" ", 1)[0]
+    steps = task.target(p).strip().split(". ")
+    wrong_value = steps[0].rsplit("=", 1)[0] + f"= {nodes[x].value + 1} {item}"
+    g = task.grade(p, " " + ". ".join([wrong_value] + steps[1:]))
+    assert g.correct and not g.verified and g.steps.first_error == 0 and g.steps.steps[0].reason == "wrong arithmetic"
+    g = task.grade(p, f" So {y} has {nodes[y].value} {item}.")  # the answer alone: right, but no steps
+    assert g.correct and not g.verified and "missing step" in g.steps.reason
+    assert task.grade(p, " Bob likes pens.").answer is None
+    with pytest.raises(Exception, match="surface"):
+        load_task("synthetic", surface="latex")
+
+
+def test_default_level_makes_guessing_pay_little():
+    # the guesser's pass@96 over the default level's answers (docs/results.md: ~0.14); level 0 (answers <= 99): 0.82
+    from mathrl.metrics import guesser_pass_at_k
+
+    task = load_task("synthetic", train_size=20000)
+    train = [p.answer for p in task.problems("train")]
+    test = [p.answer for p in task.problems("test")]
+    assert guesser_pass_at_k(train, test, 96) < 0.2
+    old = load_task("synthetic", level=0, train_size=20000)
+    assert guesser_pass_at_k([p.answer for p in old.problems("train")], [p.answer for p in old.problems("test")], 96) > 0.6
+    # one- and two-step problems about equally often: the dense reward differs from the sparse one on half of them
+    two = sum(p.difficulty == 2 for p in task.problems("test")) / len(test)
+    assert 0.4 < two < 0.6

@@ -108,3 +108,13 @@ def test_compiled_training_pass_matches_eager():
     # the blocks are swapped in for the call only: the model the sampler and checkpoints use is left as it was
     assert all(type(layer).__name__ == "LlamaDecoderLayer" for layer in model.model.layers)
     assert model.config._attn_implementation == eager.config._attn_implementation
+
+
+def test_default_threads_are_the_cores_this_process_may_use(monkeypatch):
+    # the affinity mask, not a sample of idle time (a background download once made a study run on 1 thread)
+    import os
+
+    from mathrl.training import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert default_threads() == 3

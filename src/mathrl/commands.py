@@ -106,6 +106,7 @@ class EvalConfig:
     split: str = field("test", "split to evaluate")
     n: int = field(0, "evaluate the first N problems (0: all)")
     k: int = field(96, "samples per problem for maj@K, pass@K and rerank@K")
+    k_problems: int = field(0, "draw the K samples for the first N problems only, greedy maj@1 for all (0: all)")
     temperature: float = field(1.0, "sampling temperature for the K samples")
     max_new_tokens: int = field(128, "completion length limit")
     shots: int = field(-1, "few-shot examples in the prompt (-1: as recorded with the model, else 0)")
@@ -113,15 +114,15 @@ class EvalConfig:
     orm: str = field("", "reward-model directory for rerank@K")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens (bounds memory)")
     seed: int = field(0, "sampling seed")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     out: str = field("", "directory for metrics.json, metrics.md and samples.jsonl (default: MODEL/../eval-SPLIT)")
 
     def validate(self) -> None:
         if not self.model:
             raise UsageError("--model is required")
-        if self.k < 0 or self.n < 0:
-            raise UsageError("k and n must be >= 0")
+        if self.k < 0 or self.n < 0 or self.k_problems < 0:
+            raise UsageError("k, n and k_problems must be >= 0")
         if self.max_new_tokens < 1:
             raise UsageError("max_new_tokens must be >= 1")
 
@@ -138,7 +139,9 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract):
         level = meta.get("level")
     if name != "synthetic" and extract is None and meta.get("name") == name:
         extract = meta.get("extract")
-    return task_from_options(name, level=level, data_dir=data_dir, extract=extract)
+    # the surface (synthetic: qa or prose) a model was trained to write is part of its task
+    surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
+    return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface)
 
 
 def few_shot_examples(task, model_dir: str, shots: int):
@@ -163,12 +166,12 @@ def run_eval(cfg: EvalConfig) -> dict:
 
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     shots = few_shot_examples(task, cfg.model, cfg.shots)
-    total = len(problems) * (cfg.k + 1)
+    total = len(problems) + cfg.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
     bar = progress(total, "eval", "sample")
     results = evaluate(model, tokenizer, task, problems, k=cfg.k, temperature=cfg.temperature,
                        max_new_tokens=cfg.max_new_tokens, shots=shots, seed=cfg.seed, calculator=cfg.calculator,
                        token_budget=cfg.token_budget, scorer=scorer, progress=bar.update,
-                       condition=read_meta(cfg.model).get("condition"))
+                       condition=read_meta(cfg.model).get("condition"), k_problems=cfg.k_problems)
     bar.close()
     metrics = summarize(results)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"

@@ -9,8 +9,13 @@ completion with the task, and ``summarize`` turns the graded results into metric
 - ``sample_accuracy`` (mean over all K samples), ``step_accuracy`` (fraction of written steps that are right),
   ``first_error_step`` (mean index of the first wrong step among process-wrong samples),
   ``lucky_fraction`` (answer-correct samples with a wrong step, over answer-correct samples);
-- diversity: ``distinct_answers`` and ``distinct_solutions`` per question (among the K samples);
+- diversity per question among the K samples: ``distinct_answers``, ``distinct_solutions`` (any text, garbled
+  ones included), ``distinct_correct_solutions`` (answer-correct texts) and ``distinct_verified_solutions``
+  (answer and every step correct), the last two the diversity that counts;
 - ``by_difficulty``: maj@1 / pass@K / counts per difficulty level.
+
+With ``k_problems`` the K samples are drawn for the first ``k_problems`` problems only (greedy maj@1 on all of
+them): the K-sample metrics are then over those problems, and ``n_sampled_questions`` says how many.
 
 ``score_samples`` computes the same metrics for completions produced elsewhere (``mathrl score``).
 """
@@ -53,12 +58,15 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
     """Metrics over graded results (see the module docstring). ``k`` defaults to the samples per question."""
     if not results:
         return {"n_questions": 0}
-    n = min(len(r.samples) for r in results)
+    all_results = results
+    sampled = [r for r in results if r.samples]
+    n = min((len(r.samples) for r in sampled), default=0)
     k = k or n
-    m: dict = {"n_questions": len(results), "k": k, "n_samples": n}
+    m: dict = {"n_questions": len(results), "k": k, "n_samples": n, "n_sampled_questions": len(sampled)}
     has_greedy = all(r.greedy is not None for r in results)
-    has_steps = all(g.steps is not None for r in results for g in r.samples[:1])
-    has_scores = n > 0 and all(r.scores is not None for r in results)
+    first = sampled[0].samples[0] if sampled else results[0].greedy
+    has_steps = first is not None and first.steps is not None
+    has_scores = n > 0 and all(r.scores is not None for r in sampled)
 
     def mean(xs):
         xs = list(xs)
@@ -68,6 +76,7 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
         m["maj@1"] = mean(r.greedy.correct for r in results)
         if has_steps:
             m["maj@1_verified"] = mean(r.greedy.verified for r in results)
+    results = sampled  # the K-sample metrics are over the problems that have K samples
     if n:
         for kk in ks_up_to(k):
             if kk > n:
@@ -102,17 +111,28 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
             m["lucky_fraction"] = mean(not g.verified for g in right) if right else 0.0
         m["distinct_answers"] = mean(distinct_count([g.answer for g in r.samples[:n]]) for r in results)
         m["distinct_solutions"] = mean(distinct_count([normalize_solution(t) for t in r.texts[:n]]) for r in results)
+        m["distinct_correct_solutions"] = mean(distinct_count(
+            [normalize_solution(t) for t, g in zip(r.texts[:n], r.samples[:n]) if g.correct]) for r in results)
+        if has_steps:
+            m["distinct_verified_solutions"] = mean(distinct_count(
+                [normalize_solution(t) for t, g in zip(r.texts[:n], r.samples[:n]) if g.verified]) for r in results)
 
     by: dict = {}
-    for d in sorted({r.problem.difficulty for r in results}):
-        group = [r for r in results if r.problem.difficulty == d]
+    for d in sorted({r.problem.difficulty for r in all_results}):
+        group = [r for r in all_results if r.problem.difficulty == d]
         entry = {"n": len(group)}
         if has_greedy:
             entry["maj@1"] = mean(r.greedy.correct for r in group)
-        if n:
+            if has_steps:
+                entry["maj@1_verified"] = mean(r.greedy.verified for r in group)
+        group = [r for r in group if r.samples]
+        if n and group:
             entry[f"pass@{min(k, n)}"] = mean(pass_at_k(n, sum(g.correct for g in r.samples[:n]), min(k, n))
                                               for r in group)
             entry["sample_accuracy"] = mean(g.correct for r in group for g in r.samples[:n])
+            if has_steps:
+                entry[f"pass@{min(k, n)}_verified"] = mean(
+                    pass_at_k(n, sum(g.verified for g in r.samples[:n]), min(k, n)) for r in group)
         by[str(d)] = entry
     m["by_difficulty"] = by
     return m
@@ -121,8 +141,9 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
 def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temperature: float = 1.0,
              max_new_tokens: int = 128, shots: Sequence[Problem] = (), seed: int = 0, greedy: bool = True,
              calculator: bool = False, token_budget: int = 1 << 17, scorer: Callable | None = None,
-             progress=None, condition: dict | None = None) -> list[QuestionResult]:
+             progress=None, condition: dict | None = None, k_problems: int = 0) -> list[QuestionResult]:
     """Sample and grade; ``scorer(prompts, texts) -> scores`` (a reward model) adds rerank scores.
+    ``k_problems`` > 0: the K samples for the first ``k_problems`` problems only (the greedy one for all).
 
     ``condition`` (return-conditioned models): ``{"token": "[GOOD]", "dense": bool}`` appends the good-return
     token to each prompt and, when dense, forces it after every step too."""
@@ -138,19 +159,22 @@ def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temper
             base.update(step_end=task.step_end, step_marker=(good,))
     greedy_rollouts = sample(model, tokenizer, sample_prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
                              progress=progress) if greedy else None
-    rollouts = sample(model, tokenizer, sample_prompts, k, SamplingParams(temperature=temperature, **base), keys=keys,
-                      progress=progress) if k > 0 else []
+    n_k = min(k_problems, len(problems)) if k_problems > 0 else len(problems)
+    # per-question sampling streams are keyed by the problem id, so the K samples of a problem are the same
+    # whichever subset is sampled
+    rollouts = sample(model, tokenizer, sample_prompts[:n_k], k, SamplingParams(temperature=temperature, **base),
+                      keys=keys[:n_k], progress=progress) if k > 0 and n_k > 0 else []
     results = []
     for i, p in enumerate(problems):
-        texts = [r.text for r in rollouts[i * k : (i + 1) * k]]
+        texts = [r.text for r in rollouts[i * k : (i + 1) * k]] if i < n_k else []
         res = QuestionResult(problem=p, samples=[task.grade(p, t) for t in texts], texts=texts)
         if greedy_rollouts is not None:
             res.greedy_text = greedy_rollouts[i].text
             res.greedy = task.grade(p, res.greedy_text)
         results.append(res)
-    if scorer is not None and k > 0:
-        scores = scorer([prompts[i] for i in range(len(problems)) for _ in range(k)], [t for r in results for t in r.texts])
-        for i, r in enumerate(results):
+    if scorer is not None and k > 0 and n_k > 0:
+        scores = scorer([prompts[i] for i in range(n_k) for _ in range(k)], [t for r in results[:n_k] for t in r.texts])
+        for i, r in enumerate(results[:n_k]):
             r.scores = list(scores[i * k : (i + 1) * k])
     return results
 
@@ -163,19 +187,33 @@ def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, ti
     (out / "metrics.md").write_text(format_table(metrics, title))
     with open(out / "samples.jsonl", "w") as f:
         for r in results:
-            row = {
-                "id": r.problem.id, "difficulty": r.problem.difficulty, "answer": r.problem.answer,
-                "greedy": r.greedy_text, "greedy_answer": r.greedy.answer if r.greedy else None,
-                "greedy_correct": r.greedy.correct if r.greedy else None,
-                "completions": r.texts, "answers": [g.answer for g in r.samples],
-                "correct": [g.correct for g in r.samples],
-            }
+            row = {**question_record(r), "question": r.problem.question, "answer": r.problem.answer,
+                   "greedy": r.greedy_text, "greedy_answer": r.greedy.answer if r.greedy else None, "completions": r.texts,
+                   "answers": [g.answer for g in r.samples], "correct": [g.correct for g in r.samples]}
             if r.samples and r.samples[0].steps is not None:
                 row["verified"] = [g.verified for g in r.samples]
                 row["first_error"] = [g.steps.first_error for g in r.samples]
             if r.scores is not None:
                 row["scores"] = r.scores
             f.write(json.dumps(row) + "\n")
+
+
+def question_record(r: QuestionResult) -> dict:
+    """What the study's statistics need of one graded question: greedy correctness and the counts behind
+    pass@k (n samples, c answer-correct, c_verified step-verified; None where not measured)."""
+    verified = r.samples[0].steps is not None if r.samples else (r.greedy is not None and r.greedy.steps is not None)
+    return {"id": r.problem.id, "difficulty": r.problem.difficulty,
+            "greedy_correct": r.greedy.correct if r.greedy else None,
+            "greedy_verified": r.greedy.verified if r.greedy and verified else None,
+            "n": len(r.samples), "c": sum(g.correct for g in r.samples),
+            "c_verified": sum(g.verified for g in r.samples) if verified else None}
+
+
+def append_question_records(results: Sequence[QuestionResult], path: Path, **tags) -> None:
+    """Append one JSON line ``{**tags, "questions": [question_record, ...]}`` (an evaluation during training,
+    tagged e.g. with the rollouts consumed), for the study's paired intervals over learning curves."""
+    with open(path, "a") as f:
+        f.write(json.dumps({**tags, "questions": [question_record(r) for r in results]}) + "\n")
 
 
 def format_table(metrics: dict, title: str = "evaluation") -> str:

@@ -115,3 +115,18 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
         i = j + 1
     rank_sum = sum(r for r, y in zip(ranks, labels) if y)
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def guesser_pass_at_k(train_answers: Sequence[str], test_answers: Sequence[str], k: int) -> float:
+    """pass@k of a question-blind guesser that draws k answers i.i.d. from the train answers' empirical
+    distribution p: the mean over test questions of 1 - (1 - p(answer))^k. The floor that answer-only pass@k
+    must clear to say anything about reasoning (its step-verified pass@k is 0: it writes no steps).
+
+    >>> guesser_pass_at_k(["1", "1", "2", "3"], ["1", "4"], 2)  # (1 - 0.5^2 + 1 - 1^2) / 2
+    0.375
+    """
+    if not train_answers or not test_answers or k < 1:
+        raise ValueError("need train answers, test answers and k >= 1")
+    counts = Counter(train_answers)
+    n = len(train_answers)
+    return sum(1.0 - (1.0 - counts.get(a, 0) / n) ** k for a in test_answers) / len(test_answers)

@@ -9,7 +9,7 @@ from typing import Sequence
 from mathrl import distributed
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +27,7 @@ def metrics_vs_x(history: Sequence[dict], x_key: str, metric_keys: Sequence[str]
         return
     out_png.with_suffix(".json").write_text(json.dumps(
         {"x": x_key, "series": {k: [[h[x_key], h[k]] for h in points if k in h] for k in metric_keys}}, indent=1))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for key in metric_keys:
         xs = [h[x_key] for h in points if key in h]

@@ -110,6 +110,18 @@ _M2 = 0x94D049BB133111EB - (1 << 64)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
+def completion_stats(rollouts: Sequence[Rollout]) -> dict:
+    """Training-curve statistics of a batch of rollouts: ``completion_tokens`` (mean length) and
+    ``entropy_estimate``, the mean -log pi of the sampled tokens (a Monte-Carlo estimate of the per-token entropy of
+    the sampling distribution; calculator-inserted tokens excluded). Temperature-1 sampling is assumed for the
+    entropy reading."""
+    if not rollouts:
+        return {}
+    sampled = [-lp for r in rollouts for lp, m in zip(r.logprobs, r.sampled_mask) if m]
+    return {"completion_tokens": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
+            "entropy_estimate": sum(sampled) / len(sampled) if sampled else float("nan")}
+
+
 def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
     """Logical right shift of int64 (torch's >> is arithmetic)."""
     return (x >> n) & ((1 << (64 - n)) - 1)

@@ -1,17 +1,23 @@
 """The study: one command that re-tests Havrilla et al. 2024 end to end and writes a report.
 
-Grid per seed (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-off) -> ORM and SORM on the
-SFT policy -> from the SFT model: EI (sparse, ORM), PPO (sparse, dense, ORM), RCRL (sparse, dense), GRPO
-(sparse); from the pretrained model (few-shot prompted): EI and PPO (sparse) -> evaluation of every model
-with maj@1, maj@K, rerank@K (the ORM) and pass@K -> ``report.md`` and a self-contained ``report.html``
-(``report.py``).
+The grid (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-off on a dev split) -> ORM and
+SORM on the SFT policy, all trained once and shared (OUT/shared/) -> from the SFT model, for each of ``seeds``
+RL seeds (OUT/seed-N/): EI, PPO, GRPO and RCRL with the sparse reward (findings F1, F2, F3, F6); for
+``variant_seeds`` seeds: EI (ORM), PPO (dense, ORM), RCRL (dense) (F4) and EI and PPO from the pretrained
+model, few-shot prompted (F5) -> the final evaluation of every model on the same test problems with the same
+per-question sampling streams -> ``report.md`` and a self-contained ``report.html`` (``report.py``), whose
+findings carry paired 95% intervals (``stats.py``).
 
-Every stage is one ``mathrl`` command run in its own process with its own run directory under OUT/seed-N/, its
-log in ``log.txt``. The processes are forked from a server that has imported torch and transformers once (their
-import costs ~7 s of CPU per process: --quick took 5.3 minutes with fresh processes, 3.1 forked). A finished
-stage leaves ``stage.json`` (its command and wall time) and is skipped when the study runs again; an
-interrupted one is resumed from its last checkpoint. Stages that do not depend on each other run two at a time
-with one thread each (on 2 cores that is ~1.5x the throughput of one 2-thread process).
+Every RL run gets the same rollout budget (``--rollouts``, from either start; BUDGETS below says how each
+algorithm spends it). One SFT checkpoint is shared by the RL seeds: the seed intervals measure RL's variance,
+not SFT's.
+
+Every stage is one ``mathrl`` command run in its own process with its own run directory, its log in
+``log.txt``. The processes are forked from a server that has imported torch and transformers once (their
+import costs ~7 s of CPU per process). A finished stage leaves ``stage.json`` (its command and wall time) and is
+skipped when the study runs again; an interrupted one is resumed from its last checkpoint. Stages that do not
+depend on each other run ``workers`` at a time, sharing ``threads`` (on 2 cores two 1-thread processes give
+~1.5x the throughput of one 2-thread process).
 
 With ``--task gsm8k --model DIR`` (a real pretrained HF model; typically with ``--device cuda``) the pretrain
 stage is skipped, DIR is the pretrained start (few-shot prompted), and the same grid runs on GSM8K.
@@ -37,25 +43,39 @@ from mathrl.run import remove_tree
 
 @dataclass
 class Config:
-    out: str = field("runs/study", "study directory (one folder per seed, report.md and report.html)")
-    quick: bool = field(False, "a small, fast version of the whole grid (minutes; results are only indicative)")
-    seeds: int = field(1, "number of seeds (the table reports mean ± std)")
+    out: str = field("runs/study", "study directory (shared/ and seed-N/ run directories, report.md and report.html)")
+    quick: bool = field(False, "a small, fast version of the whole grid: a pipeline check, not results")
+    seeds: int = field(3, "RL seeds for the algorithms of F1/F2/F3/F6 (EI, PPO, GRPO, RCRL with the sparse reward "
+                          "from SFT); pretrain, SFT and the reward models are trained once and shared")
+    variant_seeds: int = field(1, "RL seeds for the reward variants (F4) and the pretrained start (F5); <= seeds")
     task: str = field("synthetic", "synthetic, gsm8k or svamp")
     level: int | None = field(None, "synthetic task level (default: the task's default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
     model: str = field("", "gsm8k/svamp: a pretrained HF model directory (the 'pretrained' start)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    rollouts: int = field(0, "rollout budget of every RL run, from either start (0: 4096, or 512 with --quick)")
     k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
-    eval_problems: int = field(0, "test problems in the final evaluation (0: 120, or 60 with --quick)")
+    eval_problems: int = field(0, "test problems in the final evaluation, greedy maj@1 on all (0: 1000, or 100 "
+                                  "with --quick)")
+    k_problems: int = field(0, "of those, how many get the K samples (0: 120, or 40 with --quick)")
     sft_compile: bool | None = field(None, "torch.compile the SFT stage's training pass (a step takes ~0.8 of "
                                            "the eager time after ~30 s of compiling). "
                                            "Default: on with the full budgets, off with --quick (too few steps)")
-    workers: int = field(2, "stages run at once (each with threads = free cores / workers)")
-    only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft")
+    workers: int = field(2, "stages run at once (each with threads / workers threads)")
+    threads: int = field(0, "torch threads shared by the running stages (0: the cores this process may use)")
+    only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft@1")
 
     def validate(self) -> None:
-        if self.seeds < 1 or self.workers < 1:
-            raise UsageError("seeds and workers must be >= 1")
+        if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
+            raise UsageError("seeds, variant_seeds and workers must be >= 1")
+        if self.variant_seeds > self.seeds:
+            raise UsageError(f"variant_seeds ({self.variant_seeds}) must be <= seeds ({self.seeds}): a variant "
+                             "is compared with the sparse run of the same seed")
+        if min(self.rollouts, self.k, self.eval_problems, self.k_problems, self.threads) < 0:
+            raise UsageError("rollouts, k, eval_problems, k_problems and threads must be >= 0")
+        if self.rollouts and self.rollouts % 512:
+            raise UsageError(f"--rollouts {self.rollouts}: use a multiple of 512, so that every algorithm spends "
+                             "exactly the budget and EI and PPO are evaluated at the same rollout points")
         if self.task != "synthetic" and not self.model:
             raise UsageError(f"--task {self.task} needs --model DIR (a pretrained model; the embedded pretraining "
                              "only exists for the synthetic task)")
@@ -65,123 +85,139 @@ class Config:
 
 @dataclass
 class Stage:
-    """One command of the study. ``model_from`` names the stage whose OUT/model this one starts from."""
+    """One command of the study. ``seed`` None: a shared stage (OUT/shared/BASE), else OUT/seed-N/BASE; its
+    name is BASE or BASE@N. ``needs`` and ``after`` name stages."""
 
-    name: str
+    base: str
     command: list[str]
+    seed: int | None = None
     needs: list[str] = dc_field(default_factory=list)
     after: list[str] = dc_field(default_factory=list)  # order only: start after these if they are in the plan
     group: str = ""  # report grouping: pretrain, sft, orm, rl, eval
     meta: dict = dc_field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        return self.base if self.seed is None else f"{self.base}@{self.seed}"
 
-# Budgets: full (the report's default) and quick. Tuned so that one seed of the full grid takes ~40 minutes on
-# 2 CPU cores with the embedded default (docs/results.md has the measured times).
-# The pretrained start gets small budgets: at this scale its few-shot pass@K is ~0 (docs/results.md), so RL from it
-# has nothing to reinforce; the runs are kept to show that (the paper's F5 needs a stronger pretrained model).
+    def dir(self, root: Path) -> Path:
+        return root / ("shared" if self.seed is None else f"seed-{self.seed}") / self.base
+
+
+# Budgets: full (the report's default) and quick. Pretrain + SFT (240 steps; 20,000 problems x 6 epochs) is
+# calibrated for the three-digit default task (docs/results.md, issue 22: 3 epochs left dev maj@1 at 0.14).
+# Every RL run gets the same rollout budget from either start (rollouts = samples drawn for training; in-run
+# evaluations are not counted): EI 2 rounds x rollouts/8 questions x K=4, PPO and GRPO rollouts/256 iterations of
+# 256 samples (64 prompts x 4, 32 x 8), RCRL one round of rollouts/4 questions x 4. EI and PPO are evaluated at 0,
+# 1/2 and all of the budget (F3, F6).
 BUDGETS = {
-    "full": dict(pretrain_steps=60, sft_epochs=3, train_size=20000, dev_size=200, dev_k=16,
-                 orm_questions=1500, sorm_samples=400, ei_rounds=2, ei_questions=2000, ppo_iterations=20,
-                 ppo_prompts=64, grpo_prompts=32, rcrl_questions=2000, run_eval_size=100, run_eval_k=8,
-                 pretrained_questions=500, pretrained_iterations=6, max_new_tokens=96),
+    "full": dict(pretrain_steps=240, sft_epochs=6, train_size=20000, dev_size=200, dev_k=16,
+                 orm_questions=1500, sorm_questions=1000, rollouts=4096, run_eval_size=200, run_eval_k=16,
+                 max_new_tokens=96, eval_problems=1000, k_problems=120, k=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
-                  orm_questions=150, sorm_samples=40, ei_rounds=1, ei_questions=300, ppo_iterations=3,
-                  ppo_prompts=16, grpo_prompts=8, rcrl_questions=150, run_eval_size=30, run_eval_k=4,
-                  pretrained_questions=60, pretrained_iterations=2, max_new_tokens=64),
+                  orm_questions=150, sorm_questions=10, rollouts=512, run_eval_size=30, run_eval_k=4,
+                  max_new_tokens=64, eval_problems=100, k_problems=40, k=16),
 }
+EVAL_SEED = 0  # every final evaluation samples with the same per-question streams (paired comparisons)
 
 
-def plan(cfg: Config, seed: int, root: Path) -> list[Stage]:
-    """The stages of one seed, in dependency order."""
+def plan(cfg: Config, root: Path) -> list[Stage]:
+    """Every stage of the study, in dependency order."""
     b = BUDGETS["quick" if cfg.quick else "full"]
-    k = cfg.k or (16 if cfg.quick else 96)
-    n_eval = cfg.eval_problems or (40 if cfg.quick else 120)
-    d = lambda name: str(root / name)  # noqa: E731
-    common = ["--seed", str(seed), "--device", cfg.device]
+    budget = cfg.rollouts or b["rollouts"]
+    k = cfg.k or b["k"]
+    n_eval = cfg.eval_problems or b["eval_problems"]
+    k_problems = min(cfg.k_problems or b["k_problems"], n_eval)
+    d = lambda st: str(st.dir(root))  # noqa: E731
+    device = ["--device", cfg.device]
     task_args = ["--task", cfg.task] + (["--data-dir", cfg.data_dir] if cfg.data_dir else [])
     level_args = ["--level", str(cfg.level)] if cfg.level is not None else []
     mnt = ["--max-new-tokens", str(b["max_new_tokens"])]
     sft_compile = cfg.sft_compile if cfg.sft_compile is not None else not cfg.quick
     run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
+    shared_seed = ["--seed", "0", *device]
     stages: list[Stage] = []
     if cfg.task == "synthetic":
-        stages.append(Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), "--warmup-steps", "15",
-                                         "--recall-fraction", "0.2", "--drill-fraction", "0.3", *level_args,
-                                         *common], group="pretrain"))
-        pretrained = d("pretrain") + "/model"
+        pre = Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), "--warmup-steps", "15",
+                                 "--recall-fraction", "0.2", "--drill-fraction", "0.3", "--solution-fraction", "0.05",
+                                 *level_args, *shared_seed],
+                    group="pretrain")
+        stages.append(pre)
+        pretrained, start_pt = d(pre) + "/model", "pretrain"
         sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
     else:
-        pretrained = cfg.model
+        pretrained, start_pt = cfg.model, "pretrained"
         sft_task = task_args
-    stages.append(Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
-                                "--whole-sequence-loss", "--dev-size", str(b["dev_size"]),
-                                "--eval-k", str(b["dev_k"]), *(["--compile"] if sft_compile else []), *mnt,
-                                *common],
-                        needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft"))
-    sft = d("sft") + "/model"
-    stages.append(Stage("orm", ["orm", "train", "--policy", sft, "--questions", str(b["orm_questions"]), *mnt,
-                                *common], needs=["sft"], group="orm"))
-    stages.append(Stage("sorm", ["orm", "train", "--stepwise", "--policy", sft, "--questions",
-                                 str(b["orm_questions"] // 2), "--sorm-samples", str(b["sorm_samples"]), *mnt,
-                                 *common], needs=["sft"], group="orm"))
-    orm = d("orm") + "/model"
-    sorm = d("sorm") + "/model"
+    sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
+                        "--whole-sequence-loss", "--dev-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
+                        *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
+                needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft")
+    orm = Stage("orm", ["orm", "train", "--policy", d(sft) + "/model", "--questions", str(b["orm_questions"]), *mnt,
+                        *shared_seed], needs=["sft"], group="orm")
+    # the SORM labels the steps of every sample it trains on: questions x K=4 training samples, all labelled
+    n_sorm = b["sorm_questions"]
+    sorm = Stage("sorm", ["orm", "train", "--stepwise", "--policy", d(sft) + "/model", "--questions",
+                          str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *mnt, *shared_seed],
+                 needs=["sft"], group="orm")
+    stages += [sft, orm, sorm]
+    sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
+    starts = {"sft": (sft_model, "sft"), "pretrained": (pretrained, start_pt)}
 
-    def ei(name, start, start_stage, extra, reward, questions=b["ei_questions"], rounds=b["ei_rounds"]):
-        stages.append(Stage(name, ["ei", "--model", start, "--rounds", str(rounds), "--questions",
-                                   str(questions), "--patience", "0", *extra, *run_eval, *mnt, *common],
-                            needs=[start_stage] + (["orm"] if reward == "orm" else []), group="rl",
-                            meta={"algorithm": "EI", "reward": reward, "start": start_stage}))
+    def rl(base, algorithm, reward, start, seed, extra):
+        model, start_stage = starts[start]
+        needs = [start_stage] if start_stage != "pretrained" else []
+        needs += ["orm"] if reward == "orm" else []
+        needs += ["sorm"] if "--sorm" in extra else []
+        common = [*run_eval, *mnt, "--seed", str(seed), *device]
+        if algorithm == "EI":
+            cmd = ["ei", "--model", model, "--rounds", "2", "--questions", str(max(1, budget // 8)),
+                   "--patience", "0", *extra, *common]
+        elif algorithm == "RCRL":
+            cmd = ["rcrl", "--model", model, "--questions", str(max(1, budget // 4)), *extra, *common]
+        else:
+            iterations = max(1, budget // 256)
+            prompts = ["--prompts", "32", "-k", "8"] if algorithm == "GRPO" else ["--prompts", "64", "-k", "4"]
+            if algorithm == "PPO":
+                # GAE lambda 1 (Monte-Carlo return minus the value baseline) instead of the 0.95 default: with a
+                # sparse terminal reward and a value head that starts at zero, lambda 0.95 passes 0.95^40 ~ 0.13 of
+                # the credit to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
+                extra = ["--lam", "1.0", *extra]
+            cmd = ["grpo" if algorithm == "GRPO" else "ppo", "--model", model, "--iterations", str(iterations),
+                   *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
+        stages.append(Stage(base, cmd, seed=seed, needs=needs, group="rl",
+                            meta={"algorithm": algorithm, "reward": reward, "start": start, "rollouts": budget,
+                                  "references": algorithm == "RCRL"}))
 
-    def pg(name, start, start_stage, command, reward, extra, iterations=b["ppo_iterations"]):
-        prompts = b["grpo_prompts"] if command == "grpo" else b["ppo_prompts"]
-        if command == "ppo":
-            # GAE lambda 1 (Monte-Carlo return minus the value baseline) instead of the 0.95 default: with a sparse
-            # terminal reward and a value head that starts at zero, lambda 0.95 passes 0.95^40 ~ 0.13 of the credit
-            # to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
-            extra = ["--lam", "1.0", *extra]
-        stages.append(Stage(name, [command, "--model", start, "--iterations", str(iterations), "--prompts",
-                                   str(prompts), "--eval-every", str(max(1, iterations // 3)), *extra,
-                                   *run_eval, *mnt, *common],
-                            needs=[start_stage] + (["orm"] if reward == "orm" else []), group="rl",
-                            meta={"algorithm": "GRPO" if command == "grpo" else "PPO", "reward": reward,
-                                  "start": start_stage}))
-
-    def rc(name, returns, extra):
-        stages.append(Stage(name, ["rcrl", "--model", sft, "--returns", returns, "--questions",
-                                   str(b["rcrl_questions"]), *extra, *run_eval, *mnt, *common],
-                            needs=["sft"] + (["sorm"] if "--sorm" in extra else []), group="rl",
-                            meta={"algorithm": "RCRL", "reward": returns, "start": "sft"}))
-
-    ei("ei-sparse-sft", sft, "sft", [], "sparse")
-    ei("ei-orm-sft", sft, "sft", ["--reward", "orm", "--orm", orm], "orm")
-    pg("ppo-sparse-sft", sft, "sft", "ppo", "sparse", [])
-    pg("ppo-dense-sft", sft, "sft", "ppo", "dense", ["--reward", "dense"])
-    pg("ppo-orm-sft", sft, "sft", "ppo", "orm", ["--reward", "orm", "--orm", orm])
-    pg("grpo-sparse-sft", sft, "sft", "grpo", "sparse", ["-k", "8"])
-    rc("rcrl-sparse-sft", "sparse", [])
-    rc("rcrl-dense-sft", "dense", [] if cfg.task == "synthetic" else ["--step-labels", "sorm", "--sorm", sorm])
-    start_pt = "pretrain" if cfg.task == "synthetic" else "pretrained"
-    small = cfg.task == "synthetic"  # a real pretrained model (gsm8k/svamp) gets the full budgets
-    ei("ei-sparse-pretrained", pretrained, start_pt, [], "sparse",
-       **(dict(questions=b["pretrained_questions"], rounds=1) if small else {}))
-    pg("ppo-sparse-pretrained", pretrained, start_pt, "ppo", "sparse", [],
-       **(dict(iterations=b["pretrained_iterations"]) if small else {}))
+    for seed in range(cfg.seeds):
+        rl("ei-sparse-sft", "EI", "sparse", "sft", seed, [])
+        rl("ppo-sparse-sft", "PPO", "sparse", "sft", seed, [])
+        rl("grpo-sparse-sft", "GRPO", "sparse", "sft", seed, [])
+        rl("rcrl-sparse-sft", "RCRL", "sparse", "sft", seed, [])
+    for seed in range(cfg.variant_seeds):
+        rl("ei-orm-sft", "EI", "orm", "sft", seed, ["--reward", "orm", "--orm", orm_model])
+        rl("ppo-dense-sft", "PPO", "dense", "sft", seed, ["--reward", "dense"])
+        rl("ppo-orm-sft", "PPO", "orm", "sft", seed, ["--reward", "orm", "--orm", orm_model])
+        rl("rcrl-dense-sft", "RCRL", "dense", "sft", seed,
+           ["--returns", "dense"] + ([] if cfg.task == "synthetic" else
+                                     ["--step-labels", "sorm", "--sorm", d(sorm) + "/model"]))
+        rl("ei-sparse-pretrained", "EI", "sparse", "pretrained", seed, [])
+        rl("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", seed, [])
     for s in stages:
-        if s.name.endswith("-pretrained"):
+        if s.base.endswith("-pretrained"):
             s.after = ["sft"]  # SFT is the critical path: let it have every core while it runs
-    if cfg.task != "synthetic":
-        for s in stages:
-            s.needs = [n for n in s.needs if n != "pretrained"]
 
-    # final evaluation of every model: maj@1, maj@K, rerank@K (the ORM), pass@K
-    models = {"sft": sft, start_pt: pretrained}
-    models.update({s.name: d(s.name) + "/model" for s in stages if s.group == "rl"})
-    for name, path in models.items():
-        stages.append(Stage(f"eval-{name}", ["eval", "--model", path, "-n", str(n_eval), "-k", str(k), "--orm",
-                                             orm, *mnt, *common],
-                            needs=[n for n in (name, "orm") if n != "pretrained"], group="eval",
-                            meta={"model": name}))
+    # final evaluation of every model on the same test problems with the same sampling streams (EVAL_SEED):
+    # greedy maj@1 on n_eval problems, K samples on the first k_problems (maj@K, rerank@K with the ORM, pass@K)
+    def ev(base, model, seed, needs, model_name):
+        stages.append(Stage(base, ["eval", "--model", model, "-n", str(n_eval), "-k", str(k), "--k-problems",
+                                   str(k_problems), "--orm", orm_model, *mnt, "--seed", str(EVAL_SEED), *device],
+                            seed=seed, needs=needs + ["orm"], group="eval",
+                            meta={"model": model_name, "seed": seed}))
+
+    ev("eval-sft", sft_model, None, ["sft"], "sft")
+    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt)
+    for s in [s for s in stages if s.group == "rl"]:
+        ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base)
     return stages
 
 
@@ -203,14 +239,14 @@ def _with_needs(stages: list[Stage], only: list[str]) -> list[Stage]:
 
 def _run_stage(stage: Stage, root: Path, threads: int) -> float:
     """Run one stage (resuming it if it was interrupted); returns its wall time."""
-    out = root / stage.name
+    out = stage.dir(root)
     done = out / "stage.json"
     if _finished(stage, root):
         return json.loads(done.read_text())["seconds"]
     started = out / "command.json"
     if done.is_file() or (started.is_file() and json.loads(started.read_text()) != _comparable(stage.command)):
         # the study's settings changed since this stage ran (or started): its result is stale; start it afresh
-        print(f"[study] {root.name}: {stage.name} ran with other settings; running it again", flush=True)
+        print(f"[study] {stage.name} ran with other settings; running it again", flush=True)
         remove_tree(out)
     args = list(stage.command) + ["--out", str(out)]
     if stage.command[0] != "eval" and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
@@ -267,7 +303,7 @@ def _stage_main(args: list[str], log: str, env: dict) -> None:
 
 def _finished(stage: Stage, root: Path) -> bool:
     """True when the stage ran to the end with the same command (stage.json records it)."""
-    done = root / stage.name / "stage.json"
+    done = stage.dir(root) / "stage.json"
     if not done.is_file():
         return False
     try:
@@ -304,7 +340,7 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                      if all(n in finished or n not in known for n in s.needs + s.after)]
             for s in ready[: workers - len(running)]:
                 pending.pop(s.name)
-                print(f"[study] {root.name}: start {s.name}", flush=True)
+                print(f"[study] start {s.name}", flush=True)
                 # a stage that runs alone (pretrain, then SFT, wait on each other) gets every core
                 alone = workers == 1 or (not running and len(ready) == 1)
                 running[pool.submit(_run_stage, s, root, total_threads if alone else threads)] = s
@@ -315,7 +351,7 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 s = running.pop(fut)
                 seconds = fut.result()  # re-raises a stage failure
                 finished.add(s.name)
-                print(f"[study] {root.name}: done {s.name} ({seconds / 60:.1f} min)", flush=True)
+                print(f"[study] done {s.name} ({seconds / 60:.1f} min)", flush=True)
 
 
 def main(cfg: Config) -> None:
@@ -328,19 +364,16 @@ def main(cfg: Config) -> None:
     except OSError as e:
         raise UsageError(f"cannot create {cfg.out}: {e.strerror or e}") from None
     save_config(cfg, root / "study.yaml")
-    total_threads = default_threads()
+    total_threads = cfg.threads or default_threads()
     t0 = time.time()
-    all_stages = {}
-    for seed in range(cfg.seeds):
-        seed_root = root / f"seed-{seed}"
-        stages = _with_needs(plan(cfg, seed, seed_root), cfg.only)
-        all_stages[seed] = stages
-        run_stages(stages, seed_root, cfg.workers, total_threads)
+    stages = _with_needs(plan(cfg, root), cfg.only)
+    print(f"[study] {len(stages)} stages, {cfg.workers} at a time, {total_threads} threads", flush=True)
+    run_stages(stages, root, cfg.workers, total_threads)
     # wall time over every invocation (an interrupted study that was resumed counts each part)
     timing = root / "wall_time.json"
     earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
     wall = earlier + time.time() - t0
     timing.write_text(json.dumps({"seconds": round(wall, 1)}))
-    report = write_report(root, cfg, all_stages, wall_seconds=wall)
+    report = write_report(root, cfg, stages, wall_seconds=wall)
     print(f"[study] finished in {(time.time() - t0) / 60:.1f} min ({wall / 60:.1f} min over all invocations): "
           f"{report}.md and {report}.html")

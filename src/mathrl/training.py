@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
 
@@ -259,27 +258,15 @@ def split_micro(items: Sequence[T], micro_batch_size: int) -> Iterator[list[T]]:
 
 
 def default_threads() -> int:
-    """The number of free cores: cores available to this process minus those other processes keep busy,
-    measured from /proc/stat over 0.3 s (the load average lags by a minute and counts finished jobs)."""
+    """The cores this process may use (its CPU affinity mask, as a scheduler or ``taskset`` sets it).
+
+    Not a sample of idle time: measured over a moment, a package download in the background made a whole study
+    run on one thread (docs/results.md, 2026-12-01). A busy neighbour slows the run; it does not change the
+    plan of the run."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-    try:
-        def snapshot():
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-            return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-        total0, idle0 = snapshot()
-        time.sleep(0.3)
-        total1, idle1 = snapshot()
-        busy_fraction = 1 - (idle1 - idle0) / max(1, total1 - total0)
-        machine_cores = os.cpu_count() or cores
-        busy = busy_fraction * machine_cores
-    except (OSError, ValueError, IndexError):
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def setup_threads(threads: int) -> int:

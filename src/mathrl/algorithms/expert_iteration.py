@@ -31,14 +31,14 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import evaluate, headline, summarize
+from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.metrics import normalize_solution
 from mathrl.models import load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import OUTCOME_REWARDS, outcome_rewards
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams, completion_stats, sample
 from mathrl.tasks import task_options
 from mathrl.training import completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
     setup_threads, train_steps
@@ -82,7 +82,7 @@ class Config:
     checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed (sampling and data order)")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -166,10 +166,12 @@ def train(cfg: Config) -> Path:
     def run_eval(when: str) -> dict:
         """Evaluate the policy, print its headline, return the float metrics (as PPO's ``run_eval``)."""
         policy.eval()
-        metrics = summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
-                                     temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                                     shots=start_shots if policy_is_start else [], seed=cfg.seed,
-                                     token_budget=cfg.token_budget))
+        results = evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k, temperature=cfg.eval_temperature,
+                           max_new_tokens=cfg.max_new_tokens, shots=start_shots if policy_is_start else [],
+                           seed=cfg.seed, token_budget=cfg.token_budget)
+        metrics = summarize(results)
+        if distributed.is_main():
+            append_question_records(results, run_dir / "eval_questions.jsonl", rollouts=rollouts_used)
         print(f"  eval {when}: {headline(metrics)}", flush=True)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
@@ -213,7 +215,7 @@ def train(cfg: Config) -> Path:
                 "round": round_ + 1, "rollouts": rollouts_used, "sample_seconds": round(sample_time, 1),
                 "sample_accuracy": sum(g.correct for g in grades) / len(grades),
                 "questions_solved": len(solved) / len(questions), "kept": len(kept),
-                "new_unique": len(dataset) - before, "dataset_size": len(dataset),
+                "new_unique": len(dataset) - before, "dataset_size": len(dataset), **completion_stats(rollouts),
             }
             if grades and grades[0].steps is not None:
                 correct = [g for g in grades if g.correct]

@@ -46,7 +46,8 @@ class Config:
     questions: int = field(2000, "training questions to sample from")
     k: int = field(4, "samples per question")
     m: int = field(4, "SORM: continuations sampled from each step prefix")
-    sorm_samples: int = field(1500, "SORM: how many of the samples get rollout step labels")
+    sorm_samples: int = field(1500, "SORM: training samples that get rollout step labels (the SORM trains on "
+                                        "those only)")
     temperature: float = field(1.0, "sampling temperature")
     max_new_tokens: int = field(128, "completion length limit")
     balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
@@ -61,7 +62,7 @@ class Config:
     checkpoint_every: int = field(100, "optimizer steps between checkpoints")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -121,7 +122,7 @@ def train(cfg: Config) -> Path:
                             "n_steps": len(task.step_spans(r.text))})
         # step 2 (SORM): label each step by whether the policy can still finish correctly from it
         if cfg.stepwise:
-            _label_steps(task, policy, tokenizer, questions, prompts, records, cfg)
+            _label_steps(task, policy, tokenizer, questions, prompts, records, cfg, held_ids)
         if distributed.is_main():
             data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
         distributed.barrier()
@@ -133,6 +134,10 @@ def train(cfg: Config) -> Path:
 
     train_records = [r for r in records if r["id"] not in held_ids]
     held_records = [r for r in records if r["id"] in held_ids]
+    if cfg.stepwise:
+        # the SORM trains only on samples with rollout step labels (the paper's SORM, section 3.2): the others
+        # would carry their outcome on every step, an ORM's labels
+        train_records = [r for r in train_records if "step_labels" in r]
     if cfg.balance:
         pos = [r for r in train_records if r["correct"]]
         neg = [r for r in train_records if not r["correct"]]
@@ -182,6 +187,8 @@ def train(cfg: Config) -> Path:
 
     rm = RewardModel(model, tokenizer, kind="sorm" if cfg.stepwise else "orm")
     report = evaluate_reward_model(rm, task, [by_id[r["id"]] for r in held_records], held_records, shots)
+    if cfg.stepwise:
+        report["n_train_step_labelled"] = sum("step_labels" in r for r in train_records)
     report.update({"kind": rm.kind, "n_train_samples": len(examples), "train_positive_fraction":
                    sum(r["correct"] for r in train_records) / len(train_records),
                    "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1)})
@@ -211,10 +218,12 @@ def _example(task, tokenizer, problem, record, shots) -> Example:
     return Example(ids, mask, labels=(0.0,) * len(prompt_ids) + tuple(labels))
 
 
-def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Config) -> None:
-    """SORM labels: for each step prefix of a sample, sample M continuations; good if any is correct."""
+def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Config, held_ids=frozenset()) -> None:
+    """SORM labels: for each step prefix of a training sample (not a held-out one), sample M continuations; good
+    if any is correct."""
     rng = random.Random(cfg.seed + 1)
-    chosen = rng.sample(range(len(records)), min(cfg.sorm_samples, len(records)))
+    pool = [i for i, r in enumerate(records) if r["id"] not in held_ids]
+    chosen = rng.sample(pool, min(cfg.sorm_samples, len(pool)))
     prefix_prompts, owners = [], []
     for i in chosen:
         r = records[i]

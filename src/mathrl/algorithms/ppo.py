@@ -43,14 +43,14 @@ from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalt
     zero_signal_fraction
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import evaluate, headline, summarize
+from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import kv_cache_arg, kv_cache_of, load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards, outcome_rewards
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams, completion_stats, sample
 from mathrl.tasks import task_options
 from mathrl.training import make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads
 
@@ -103,7 +103,7 @@ class Config:
     checkpoint_every: int = field(5, "iterations between checkpoints")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -348,6 +348,8 @@ def train(cfg: Config) -> Path:
                            max_new_tokens=cfg.max_new_tokens, shots=shots, seed=cfg.seed,
                            token_budget=cfg.token_budget)
         metrics = summarize(results)
+        if distributed.is_main():
+            append_question_records(results, run_dir / "eval_questions.jsonl", rollouts=rollouts_used)
         print(f"  eval at iteration {iteration} ({rollouts_used} rollouts): {headline(metrics)}", flush=True)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
@@ -502,6 +504,7 @@ def train(cfg: Config) -> Path:
         it += 1
         record = {
             "iteration": it, "rollouts": rollouts_used, "reward": float(outcome_t.mean()),
+            **completion_stats(rollouts),
             "kl": kl_seq, "kl_coef": kl_coef, "sample_seconds": round(t_sample, 1),
             "iteration_seconds": round(time.time() - t0, 3),
         }

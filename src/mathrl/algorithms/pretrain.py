@@ -32,7 +32,7 @@ from mathrl.models import SIZES, count_parameters, init_model, load_model
 from mathrl.run import prepare_run_dir, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import task_from_options, task_options
-from mathrl.tasks.synthetic import web_documents
+from mathrl.tasks.synthetic import SURFACES, web_documents
 from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, rng_state, seed_everything, set_lr, \
     set_rng_state, setup_threads, sft_grads
 
@@ -55,11 +55,13 @@ class Config:
     solution_fraction: float = field(0.03, "fraction of documents that are worked solutions (prose format)")
     drill_fraction: float = field(0.3, "fraction of documents that are arithmetic drill lines")
     recall_fraction: float = field(0.2, "fraction of documents that are ledger lists repeating their statements")
-    shots: int = field(2, "few-shot examples that prompts for this model should carry (recorded in mathrl.json)")
+    surface: str = field("prose", "the format this model is prompted in, recorded in mathrl.json: prose (the "
+                                  "corpus's own: the bare question, zero-shot) or qa (Question:/Answer:, few-shot)")
+    shots: int = field(0, "few-shot examples that prompts for this model should carry (recorded in mathrl.json)")
     checkpoint_every: int = field(30, "steps between checkpoints")
     log_every: int = field(20, "steps between log lines")
     seed: int = field(0, "random seed (initialisation and data)")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -74,6 +76,8 @@ class Config:
                 raise UsageError(f"{name} must be >= 1")
         if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
             raise UsageError("batch_size must be a multiple of micro_batch_size")
+        if self.surface not in SURFACES:
+            raise UsageError(f"unknown surface {self.surface!r} (known: {', '.join(SURFACES)})")
         fractions = (self.solution_fraction, self.drill_fraction, self.recall_fraction)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise UsageError("solution_fraction + drill_fraction + recall_fraction must lie in [0, 1]")
@@ -151,7 +155,8 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(model, tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage="pretrained", shots=cfg.shots, size=cfg.size)
+    task_meta = {**task_options(task), **({"surface": cfg.surface} if cfg.surface != "qa" else {})}
+    write_meta(model_dir, task=task_meta, stage="pretrained", shots=cfg.shots, size=cfg.size)
     print(f"pretrained model written to {model_dir}")
     return model_dir
 

@@ -35,7 +35,7 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import evaluate, headline, summarize
+from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.models import load_model
 from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards
@@ -84,7 +84,7 @@ class Config:
     checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     token_budget: int = field(1 << 17, "sampler cache budget in tokens")
     seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -207,9 +207,11 @@ def train(cfg: Config) -> Path:
     def run_eval(when: str, condition_on) -> dict:
         """Evaluate the policy, print its headline, return the float metrics (as PPO's ``run_eval``)."""
         policy.eval()
-        metrics = summarize(evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, token_budget=cfg.token_budget,
-                                     condition=condition_on))
+        results = evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
+                           seed=cfg.seed, token_budget=cfg.token_budget, condition=condition_on)
+        metrics = summarize(results)
+        if distributed.is_main():
+            append_question_records(results, run_dir / "eval_questions.jsonl", rollouts=rollouts_used)
         print(f"  eval {when}: {headline(metrics)}", flush=True)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 

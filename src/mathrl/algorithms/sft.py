@@ -20,7 +20,7 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import evaluate, headline, summarize
+from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.models import SIZES, count_parameters, init_model, load_model
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
@@ -58,7 +58,7 @@ class Config:
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     log_every: int = field(20, "optimizer steps between log lines")
     seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the number of free cores)")
+    threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = field(False, "continue the run in --out from its last good checkpoint")
 
@@ -163,6 +163,9 @@ def train(cfg: Config) -> Path:
                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
                     model.train()
                     metrics = summarize(results)
+                    if distributed.is_main():
+                        # per-question records: the study's paired interval on the epoch-to-epoch trade-off
+                        append_question_records(results, run_dir / "dev_questions.jsonl", epoch=epoch)
                     logger.log(stats.step, epoch=epoch,
                                **{f"dev/{k}": v for k, v in metrics.items() if isinstance(v, float)})
                     print(f"  dev: {headline(metrics)}", flush=True)

@@ -27,19 +27,21 @@ def load_task(name: str, **options) -> Task:
 
 
 def task_from_options(name: str, level: int | None = None, data_dir: str | None = None,
-                      extract: str | None = None, train_size: int | None = None) -> Task:
+                      extract: str | None = None, train_size: int | None = None, surface: str | None = None) -> Task:
     """Build a task from the flat options every command shares; options that do not apply are errors."""
     options: dict = {}
     if name == "synthetic":
         if data_dir is not None or extract is not None:
             raise UsageError("data_dir and extract apply to gsm8k and svamp, not to the synthetic task")
+        if surface is not None:
+            options["surface"] = surface
         if level is not None:
             options["level"] = level
         if train_size is not None:
             options["train_size"] = train_size
     else:
-        if level is not None or train_size is not None:
-            raise UsageError(f"level and train_size apply to the synthetic task, not to {name}")
+        if level is not None or train_size is not None or surface is not None:
+            raise UsageError(f"level, train_size and surface apply to the synthetic task, not to {name}")
         if data_dir is not None:
             options["data_dir"] = data_dir
         if extract is not None:
@@ -50,5 +52,6 @@ def task_from_options(name: str, level: int | None = None, data_dir: str | None 
 def task_options(task) -> dict:
     """The options that rebuild ``task`` with ``task_from_options`` (stored beside models)."""
     if task.name == "synthetic":
-        return {"name": "synthetic", "level": task.level}
+        # the surface only when it is not the default, so that models written before it existed read the same
+        return {"name": "synthetic", "level": task.level, **({"surface": task.surface} if task.surface != "qa" else {})}
     return {"name": task.name, "extract": task.extract}

@@ -12,7 +12,7 @@ and its reference solution has one step per derived quantity, in topological ord
 
 The design follows iGSM (Ye et al. 2024, arXiv 2407.20311) at toy scale, as calibrated in
 shared/notes/synthetic-task.md: a closed vocabulary (template words, ~30 names, digits) keeps problems at
-~60-130 tokens; answers have two digits so that lucky guesses are rare; and because every problem keeps its
+~60-130 tokens; answers have up to three digits so that lucky guesses are rare (``DEFAULT_LEVEL``); and because every problem keeps its
 graph, ``check_steps`` verifies a solution step by step exactly (which step is the first wrong one, and why),
 which no GSM8K grader can do.
 
@@ -66,7 +66,8 @@ class Level:
 
 # One integer picks a preset. Level 3 ~ the pilot's "G-long", level 4 ~ its "P5" (shared/notes/synthetic-task.md).
 LEVELS: dict[int, Level] = {
-    1: Level(n_ops=(1, 2), n_distract=(0, 1), n_ops_weights=(2, 1)),
+    0: Level(n_ops=(1, 2), n_distract=(0, 1), n_ops_weights=(2, 1)),
+    1: Level(n_ops=(1, 2), n_distract=(0, 1), leaf_max=300, k_max=50, value_max=999),
     2: Level(n_ops=(1, 3), n_distract=(0, 2)),
     3: Level(n_ops=(1, 4), n_distract=(0, 2)),
     4: Level(n_ops=(1, 5), n_distract=(0, 3)),
@@ -74,10 +75,12 @@ LEVELS: dict[int, Level] = {
     6: Level(n_ops=(3, 8), n_distract=(2, 5), shuffle=1.0),
 }
 
-# The embedded default: calibrated so that pretrain + SFT of the tiny model take ~7 minutes on 2 CPU cores and
-# land in the paper's regime (maj@1 ~0.5, pass@32 ~0.9, verified pass@32 15+ points above maj@1; docs/results.md).
-# Level 1 draws one-step problems twice as often as two-step ones: with the uniform mix the SFT model reached the
-# answers of two-step problems mostly through wrong steps (verified pass@32 only ~10 points above maj@1).
+# The embedded default, level 1 since 2026-12-01 (issue 22): three-digit answers (leaves <= 300, constants <= 50,
+# values <= 999) so that guessing pays little: a question-blind guesser drawing from the train answers' frequencies
+# reaches pass@96 ~0.14 (with values <= 99 it reached 0.82, above any model's answer-only pass@96 was worth), and
+# one- and two-step problems equally often, so that the dense reward (steps matched to the reference) differs from
+# the sparse one on half of the problems. Level 0 is the former default (values <= 99, one-step problems twice as
+# often), kept to reproduce results measured before; docs/results.md has both calibrations.
 DEFAULT_LEVEL = 1
 
 TEST_BUCKETS = 10  # one hash bucket in TEST_BUCKETS is the test pool
@@ -336,18 +339,109 @@ def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[s
     return StepVerdict(line, True)
 
 
+# Prose solutions (the pretraining corpus's format): "Bob has 7 + 3 = 10 pens. ... So Eve has 25 pens."
+SURFACES = ("qa", "prose")
+PROSE_STOP_STRINGS = ("\n",)  # a corpus document is one line
+_PROSE_STEP = re.compile(rf"\s*({_NAME}) has (\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+) [a-z]+\s*")
+_PROSE_ANSWER = re.compile(rf"So ({_NAME}) has (\d+) [a-z]+\.")
+
+
+def _item_of(question: str) -> str:
+    return question.rsplit("How many ", 1)[1].split(" ", 1)[0]
+
+
+def _prose_body(completion: str) -> tuple[str, re.Match | None]:
+    """The text up to the end of the first 'So X has N item.' sentence, and that match."""
+    m = _PROSE_ANSWER.search(completion[:MAX_STEPS * MAX_STEP_CHARS])
+    return (completion[: m.end()] if m else completion), m
+
+
+def extract_prose(text: str) -> str | None:
+    """The answer of a prose solution: N in its first 'So X has N item.' sentence (None without one)."""
+    _, m = _prose_body(text)
+    return str(int(m.group(2))) if m and len(m.group(2)) <= 6 else None
+
+
+def prose_step_spans(completion: str) -> list[tuple[int, int]]:
+    """Sentence spans of a prose solution up to and including its 'So ...' sentence."""
+    body, _ = _prose_body(completion)
+    return step_spans(body)
+
+
+def check_prose_steps(graph: Graph, completion: str) -> StepCheck:
+    """Check a prose solution's steps (the sentences before 'So X has N ...') against the graph.
+
+    A step ``X has a op b = v item.`` is right when X is a needed quantity not computed before, op is X's
+    operation, a and b are the true values of its operands (for + and *, in either order) and v is X's value.
+    Prose names no operands, so the check is by value; a sentence of another shape is a malformed step."""
+    body, answer = _prose_body(completion)
+    sentences = [x.strip() for x in body[: answer.start() if answer else len(body)].split(".")[:MAX_STEPS]]
+    verdicts: list[StepVerdict] = []
+    done: set[str] = set()
+    needed = set(graph.needed)
+    for line in (x for x in sentences if x):
+        verdicts.append(_check_prose_step(line[:MAX_STEP_CHARS], graph.nodes, needed, done))
+    first_error = next((i for i, v in enumerate(verdicts) if not v.ok), None)
+    reason = verdicts[first_error].reason if first_error is not None else ""
+    if first_error is None:
+        missing = [n for n in graph.needed if n not in done]
+        if missing:
+            first_error, reason = len(verdicts), f"missing step for {missing[0]}"
+        elif answer is None or answer.group(1) != graph.query:
+            first_error, reason = len(verdicts), "no 'So <query> has N' sentence"
+    return StepCheck(steps=tuple(verdicts), n_needed=len(graph.needed), first_error=first_error, reason=reason)
+
+
+def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict:
+    m = _PROSE_STEP.fullmatch(line)
+    if m is None:
+        return StepVerdict(line, False, "malformed step")
+    x, va, sign, vb, v = m.groups()
+    node = nodes.get(x)
+    if node is None:
+        return StepVerdict(line, False, f"unknown quantity {x}")
+    if x not in needed:
+        return StepVerdict(line, False, f"unneeded quantity {x}")
+    if x in done:
+        return StepVerdict(line, False, f"{x} computed twice")
+    done.add(x)
+    if sign != _SIGN[node.op]:
+        return StepVerdict(line, False, f"wrong operation for {x}")
+    if node.op == "sum":
+        true_vals = [nodes[a].value for a in node.args]
+    else:
+        true_vals = [nodes[node.args[0]].value, node.k]
+    values = [int(va), int(vb)]
+    if values != true_vals and not (sign in "+*" and values == true_vals[::-1]):
+        return StepVerdict(line, False, "wrong values substituted")
+    if int(v) != node.value:
+        return StepVerdict(line, False, "wrong arithmetic")
+    return StepVerdict(line, True)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The task
 
 
 class SyntheticTask:
-    """The synthetic GSM-like task family (see the module docstring). ``level`` picks a ``LEVELS`` preset."""
+    """The synthetic GSM-like task family (see the module docstring). ``level`` picks a ``LEVELS`` preset.
 
-    stop_strings = QA_STOP_STRINGS
+    ``surface`` is the format a model is prompted in and writes: ``qa`` (the default: ``Question:/Answer:``
+    prompts, steps ``X = A op B = a op b = v.``, ``#### N``) or ``prose``, the pretraining corpus's own format
+    (``web_documents``): the prompt is the bare question, zero-shot, and a solution reads ``Bob has 7 + 3 = 10
+    pens. ... So Eve has 25 pens.``; its answer is the number of the first ``So X has N`` sentence and its steps
+    are checked against the graph by value (prose names no operands). The pretrained start is evaluated in
+    prose (Havrilla et al. prompt their pretrained models in a format they can follow; ours never saw
+    ``Question:/Answer:``)."""
+
     step_end = "."  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, level: int = DEFAULT_LEVEL, seed: int = 0, train_size: int = 20000, test_size: int = 1000,
-                 dev_size: int = 500):
+                 dev_size: int = 500, surface: str = "qa"):
+        if surface not in SURFACES:
+            raise ValueError(f"unknown synthetic surface {surface!r} (known: {', '.join(SURFACES)})")
+        self.surface = surface
+        self.stop_strings = QA_STOP_STRINGS if surface == "qa" else PROSE_STOP_STRINGS
         if level not in LEVELS:
             raise ValueError(f"unknown synthetic level {level} (known: {sorted(LEVELS)})")
         if min(train_size, test_size, dev_size) < 1:
@@ -382,27 +476,38 @@ class SyntheticTask:
         return iter_problems(self.level, self.seed if seed is None else seed, split, id_prefix="synthetic-stream")
 
     def prompt(self, problem: Problem, shots: Sequence[Problem] = ()) -> str:
+        if self.surface == "prose":
+            # the corpus's documents: a question, then (in a few of them) its worked solution
+            return "".join(f"{s.question}{self.target(s)}\n" for s in shots) + problem.question
         return qa_prompt(problem.question, [(s.question, self.target(s).strip()) for s in shots])
 
     def target(self, problem: Problem) -> str:
+        if self.surface == "prose":
+            return " " + _prose_solution(problem.meta["graph"], _item_of(problem.question))
         return " " + problem.solution
 
     def extract_answer(self, text: str) -> str | None:
-        return extract_strict(text)
+        return extract_prose(text) if self.surface == "prose" else extract_strict(text)
 
     def grade(self, problem: Problem, completion: str) -> Grade:
-        answer = extract_strict(completion)
-        steps = check_steps(problem.meta["graph"], completion) if "graph" in problem.meta else None
+        answer = self.extract_answer(completion)
+        check = check_prose_steps if self.surface == "prose" else check_steps
+        steps = check(problem.meta["graph"], completion) if "graph" in problem.meta else None
         return Grade(answer=answer, correct=answers_equal(answer, problem.answer), steps=steps)
 
     def step_spans(self, text: str) -> list[tuple[int, int]]:
-        return step_spans(text)
+        return prose_step_spans(text) if self.surface == "prose" else step_spans(text)
 
     def step_results(self, text: str) -> list[str]:
-        """The value each step states (the number after its last '='), in order."""
+        """The value each step states (the number after its last '='), in order. In prose the number is followed
+        by the item ('= 10 pens'); a reference solution (``Problem.solution``) is always in the qa format."""
         out = []
         for line in solution_steps(text):
             tail = line.rsplit("=", 1)[-1].strip().rstrip(".").strip()
+            if self.surface == "prose":
+                # '... = 10 pens' -> '10'; 'So Eve has 25 pens' (no '=') is the answer, not a step
+                m = re.fullmatch(r"(\d+) [a-z]+", tail) if "=" in line else None
+                tail = m.group(1) if m else tail if "=" in line else ""
             # isdecimal, not isdigit: superscripts like "²" are digits to isdigit() but int() rejects them.
             if tail.isdecimal() and len(tail) <= 6:
                 out.append(str(int(tail)))
@@ -488,7 +593,7 @@ def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03
         if is_test_text(question):
             continue
         if u < drill_fraction + solution_fraction:
-            item = question.rsplit("How many ", 1)[1].split(" ", 1)[0]
+            item = _item_of(question)
             yield question + " " + _prose_solution(graph, item)
         elif rng.random() < 0.5:
             yield question
