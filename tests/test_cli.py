@@ -40,7 +40,9 @@ def test_pretrain_sft_eval_pipeline(runs, capsys):
     assert main(["pretrain", "--out", str(pt), "--steps", "4", "--batch-size", "4", "--seq-len", "64",
                  "--checkpoint-every", "2", "--log-every", "2", "--threads", "1"]) == 0
     assert (pt / "model" / "config.json").is_file()
-    assert json.loads((pt / "model" / "mathrl.json").read_text())["shots"] == 2
+    meta = json.loads((pt / "model" / "mathrl.json").read_text())
+    # prompted zero-shot in the corpus's own prose format (SyntheticTask surface "prose")
+    assert meta["shots"] == 0 and meta["task"]["surface"] == "prose"
     init, trained = _weights(pt / "init"), _weights(pt / "model")
     assert any(not torch.equal(init[k], trained[k]) for k in init)  # the parameters changed
     sft = runs / "sft"
@@ -56,6 +58,16 @@ def test_pretrain_sft_eval_pipeline(runs, capsys):
     for key in ("maj@1", "maj@4", "pass@4", "pass@4_verified", "distinct_solutions", "by_difficulty"):
         assert key in metrics
     assert len((ev / "samples.jsonl").read_text().splitlines()) == 3
+    # the pretrained model is evaluated in its own surface: bare question prompts, prose grading
+    ev_pt = runs / "eval-pretrain"
+    assert main(["eval", "--model", str(pt / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "8",
+                 "--out", str(ev_pt), "--threads", "1"]) == 0
+    assert "pass@2_verified" in json.loads((ev_pt / "metrics.json").read_text())
+    from mathrl.commands import task_for_model
+
+    task = task_for_model(str(pt / "model"), "", None, None, None)
+    p = task.problems("test")[0]
+    assert task.surface == "prose" and task.prompt(p) == p.question
 
 
 def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):

@@ -157,7 +157,8 @@ def test_prose_surface_grades_the_corpus_format():
         ref = task.target(p)
         g = task.grade(p, ref)
         assert g.correct and g.verified, (p.question, ref)
-        assert task.step_results(ref) == qa.step_results(p.solution)  # the same step values as the qa reference
+        # the same step values as the qa reference; the answer sentence is a span without a result
+        assert task.step_results(ref) == qa.step_results(p.solution) + [""]
         assert task.extract_answer(ref + " Then Bob has 5 pens.") == p.answer  # the first So-sentence counts
     # hand-made problem: Ann 7, Bob = Ann + 3 = 10, Eve = Bob * 2 = 20
     p = next(p for p in task.problems("test") if len(p.meta["graph"].needed) == 2)
@@ -187,3 +188,29 @@ def test_default_level_makes_guessing_pay_little():
     # one- and two-step problems about equally often: the dense reward differs from the sparse one on half of them
     two = sum(p.difficulty == 2 for p in task.problems("test")) / len(test)
     assert 0.4 < two < 0.6
+
+
+def test_prose_steps_in_order_and_dense_rewards_per_span():
+    from mathrl.rewards import dense_step_rewards
+
+    task = load_task("synthetic", surface="prose")
+    p = next(p for p in task.problems("test") if len(p.meta["graph"].needed) == 2)
+    first, second, answer = task.target(p).strip().split(". ")
+    # the second step before the first: its operand is used before it is computed (as in the qa check)
+    g = task.grade(p, f" {second}. {first}. {answer}")
+    assert g.correct and not g.verified and "before computing" in g.steps.reason
+    # a restated fact is a span without a result: the rewards stay one per span, paid where the steps are
+    leaf = next(n for n in p.meta["graph"].nodes.values() if n.op == "leaf")
+    item = p.question.rsplit("How many ", 1)[1].split(" ", 1)[0]
+    text = f" {leaf.name} has {leaf.value} {item}. {first}. {second}. {answer}"
+    assert task.step_results(text)[0] == "" and len(task.step_results(text)) == len(task.step_spans(text)) == 4
+    assert dense_step_rewards(task, p, text) == [0.0, 0.5, 0.5, 0.0]
+
+
+def test_models_recorded_before_the_level_scheme_keep_their_level():
+    # level 1 meant today's level 0 before 2026-12-01 (LEVEL_SCHEME 2); models record the scheme since
+    from mathrl.tasks import recorded_level, task_options
+
+    assert recorded_level({"name": "synthetic", "level": 1}) == 0
+    assert recorded_level(task_options(load_task("synthetic"))) == 1
+    assert recorded_level({"name": "synthetic", "level": 3}) == 3

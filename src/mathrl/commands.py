@@ -13,7 +13,7 @@ from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, su
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
 from mathrl.run import read_meta, resolve_device
 from mathrl.runlog import progress
-from mathrl.tasks import task_from_options
+from mathrl.tasks import recorded_level, task_from_options
 from mathrl.training import setup_threads
 
 
@@ -136,7 +136,7 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract):
     if not name:
         raise UsageError(f"{model_dir} records no task; pass --task")
     if name == "synthetic" and level is None:
-        level = meta.get("level")
+        level = recorded_level(meta)
     if name != "synthetic" and extract is None and meta.get("name") == name:
         extract = meta.get("extract")
     # the surface (synthetic: qa or prose) a model was trained to write is part of its task
@@ -192,6 +192,7 @@ class ScoreConfig:
     level: int | None = field(None, "synthetic task level")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
     extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    surface: str | None = field(None, "synthetic: the format the completions are in, qa (default) or prose")
     split: str = field("test", "split the questions come from")
     k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")
     orm: str = field("", "reward-model directory for rerank@k")
@@ -204,7 +205,8 @@ class ScoreConfig:
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir, extract=cfg.extract)
+    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir, extract=cfg.extract,
+                             surface=cfg.surface)
     problems = task.problems(cfg.split)
     by_id = {p.id: p for p in problems}
     by_question = {" ".join(p.question.split()): p for p in problems}

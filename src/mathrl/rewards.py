@@ -38,7 +38,8 @@ def outcome_rewards(task, problems: Sequence[Problem], texts: Sequence[str], kin
 def dense_step_rewards(task, problem: Problem, text: str) -> list[float]:
     """Reward per step of ``text``: 1/n_ref for each step whose result appears among the reference's
     intermediate results (each reference result can be matched once), in step order."""
-    reference = list(task.step_results(problem.solution))
+    # the reference in the surface the policy writes (qa: the task's solution; prose: its prose rendering)
+    reference = [v for v in task.step_results(task.target(problem)) if v]
     if not reference:
         return [0.0] * len(task.step_results(text))
     remaining = list(reference)

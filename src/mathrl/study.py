@@ -4,9 +4,10 @@ The grid (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-o
 SORM on the SFT policy, all trained once and shared (OUT/shared/) -> from the SFT model, for each of ``seeds``
 RL seeds (OUT/seed-N/): EI, PPO, GRPO and RCRL with the sparse reward (findings F1, F2, F3, F6); for
 ``variant_seeds`` seeds: EI (ORM), PPO (dense, ORM), RCRL (dense) (F4) and EI and PPO from the pretrained
-model, few-shot prompted (F5) -> the final evaluation of every model on the same test problems with the same
-per-question sampling streams -> ``report.md`` and a self-contained ``report.html`` (``report.py``), whose
-findings carry paired 95% intervals (``stats.py``).
+model, prompted as it records (the embedded one: zero-shot in its corpus's prose format) (F5) -> the final
+evaluation of every model on the same test problems with the same per-question sampling streams ->
+``report.md`` and a self-contained ``report.html`` (``report.py``), whose findings carry paired 95% intervals
+(``stats.py``).
 
 Every RL run gets the same rollout budget (``--rollouts``, from either start; BUDGETS below says how each
 algorithm spends it). One SFT checkpoint is shared by the RL seeds: the seed intervals measure RL's variance,
@@ -208,16 +209,21 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
 
     # final evaluation of every model on the same test problems with the same sampling streams (EVAL_SEED):
     # greedy maj@1 on n_eval problems, K samples on the first k_problems (maj@K, rerank@K with the ORM, pass@K)
-    def ev(base, model, seed, needs, model_name):
+    def ev(base, model, seed, needs, model_name, rerank=True):
+        orm_args = ["--orm", orm_model] if rerank else []
         stages.append(Stage(base, ["eval", "--model", model, "-n", str(n_eval), "-k", str(k), "--k-problems",
-                                   str(k_problems), "--orm", orm_model, *mnt, "--seed", str(EVAL_SEED), *device],
-                            seed=seed, needs=needs + ["orm"], group="eval",
+                                   str(k_problems), *orm_args, *mnt, "--seed", str(EVAL_SEED), *device],
+                            seed=seed, needs=needs + (["orm"] if rerank else []), group="eval",
                             meta={"model": model_name, "seed": seed}))
 
     ev("eval-sft", sft_model, None, ["sft"], "sft")
-    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt)
+    # the synthetic pretrained start writes prose; the ORM was trained on the SFT policy's qa samples, so its
+    # rerank@K of prose samples would mean nothing (rerank is shown for the SFT side only)
+    prose = cfg.task == "synthetic"
+    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt, not prose)
     for s in [s for s in stages if s.group == "rl"]:
-        ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base)
+        ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
+           not (prose and s.meta["start"] == "pretrained"))
     return stages
 
 

@@ -2,12 +2,14 @@
 
 Havrilla et al. start RL from pretrained Llama-2 checkpoints prompted few-shot, and from SFT checkpoints. Our
 pretrained checkpoint is a tiny Llama trained from scratch as a language model on a web-like synthetic corpus
-(``tasks.synthetic.web_documents``): problem texts without solutions, arithmetic drill lines, and ~3% worked
-solutions in a prose format (never the task's step format). It knows the language of the problems and the
-arithmetic, but has never seen the solution format it is asked for. Deviation from the paper, measured (docs/
-results.md): prompted with 2 solved examples, the paper's pretrained models get low maj@1 and non-trivial pass@K;
-this one solves nothing (pass@32 = 0 after 60 steps, and after 300), because following a format shown only in
-context is an ability a model of under 1M parameters does not acquire in minutes of training.
+(``tasks.synthetic.web_documents``): problem texts without solutions, arithmetic drill lines, ledger lists, and a
+small fraction (``solution_fraction``) of worked solutions in a prose format (never the task's step format).
+It is prompted in that prose format (``surface``: the bare question, zero-shot; recorded in mathrl.json), which
+is how the paper's pretrained models are used, in a format they can follow: prompted 2-shot in the task's
+``Question:/Answer:`` format, the 60- and 300-step models solved nothing and ignored the examples, since
+following a format shown only in context does not form in a sub-1M-parameter model within minutes (docs/
+results.md). Deviation from the paper, measured there: this start still solves next to nothing, so F5 cannot be
+tested at this scale.
 
 Loop: documents are packed into rows of ``seq_len`` tokens separated by EOS (no padding), loss on every token;
 AdamW with warmup and cosine decay; checkpoint every ``checkpoint_every`` steps; resume exact. The data of step s
@@ -57,7 +59,8 @@ class Config:
     recall_fraction: float = field(0.2, "fraction of documents that are ledger lists repeating their statements")
     surface: str = field("prose", "the format this model is prompted in, recorded in mathrl.json: prose (the "
                                   "corpus's own: the bare question, zero-shot) or qa (Question:/Answer:, few-shot)")
-    shots: int = field(0, "few-shot examples that prompts for this model should carry (recorded in mathrl.json)")
+    shots: int = field(-1, "few-shot examples that prompts for this model should carry (recorded in mathrl.json; "
+                           "-1: 0 for prose, 2 for qa)")
     checkpoint_every: int = field(30, "steps between checkpoints")
     log_every: int = field(20, "steps between log lines")
     seed: int = field(0, "random seed (initialisation and data)")
@@ -156,7 +159,8 @@ def train(cfg: Config) -> Path:
     model_dir = run_dir / "model"
     ckpt.save_model_dir(model, tokenizer, model_dir)
     task_meta = {**task_options(task), **({"surface": cfg.surface} if cfg.surface != "qa" else {})}
-    write_meta(model_dir, task=task_meta, stage="pretrained", shots=cfg.shots, size=cfg.size)
+    shots = cfg.shots if cfg.shots >= 0 else (0 if cfg.surface == "prose" else 2)
+    write_meta(model_dir, task=task_meta, stage="pretrained", shots=shots, size=cfg.size)
     print(f"pretrained model written to {model_dir}")
     return model_dir
 

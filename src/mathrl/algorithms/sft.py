@@ -24,7 +24,7 @@ from mathrl.evaluate import append_question_records, evaluate, headline, summari
 from mathrl.models import SIZES, count_parameters, init_model, load_model
 from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
 from mathrl.runlog import RunLogger, progress
-from mathrl.tasks import task_from_options, task_options
+from mathrl.tasks import recorded_level, task_from_options, task_options
 from mathrl.training import compiled, completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
     setup_threads, train_steps
 
@@ -92,7 +92,8 @@ def train(cfg: Config) -> Path:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     meta = read_meta(cfg.model) if cfg.model else {}
-    level = cfg.level if cfg.level is not None else (meta.get("task", {}).get("level") if cfg.task == "synthetic" else None)
+    level = cfg.level if cfg.level is not None else (
+        recorded_level(meta.get("task", {})) if cfg.task == "synthetic" else None)
     task = task_from_options(cfg.task, level=level, data_dir=cfg.data_dir, train_size=cfg.train_size)
     save_config(cfg, run_dir / "config.yaml")
 

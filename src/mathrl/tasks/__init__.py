@@ -49,9 +49,24 @@ def task_from_options(name: str, level: int | None = None, data_dir: str | None 
     return load_task(name, **options)
 
 
+# The synthetic levels' numbering, recorded with every model: since scheme 2 (2026-12-01) level 1 has three-digit
+# answers and the former level 1 is level 0.
+LEVEL_SCHEME = 2
+
+
+def recorded_level(task_meta: dict) -> int | None:
+    """The synthetic level a model's recorded task (``task_options``) means today: a model recorded before scheme
+    2 (no ``levels`` key) with level 1 was trained on today's level 0."""
+    level = task_meta.get("level")
+    if level == 1 and task_meta.get("levels") is None:
+        return 0
+    return level
+
+
 def task_options(task) -> dict:
     """The options that rebuild ``task`` with ``task_from_options`` (stored beside models)."""
     if task.name == "synthetic":
         # the surface only when it is not the default, so that models written before it existed read the same
-        return {"name": "synthetic", "level": task.level, **({"surface": task.surface} if task.surface != "qa" else {})}
+        return {"name": "synthetic", "level": task.level, "levels": LEVEL_SCHEME,
+                **({"surface": task.surface} if task.surface != "qa" else {})}
     return {"name": task.name, "extract": task.extract}

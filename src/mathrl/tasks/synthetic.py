@@ -344,6 +344,7 @@ SURFACES = ("qa", "prose")
 PROSE_STOP_STRINGS = ("\n",)  # a corpus document is one line
 _PROSE_STEP = re.compile(rf"\s*({_NAME}) has (\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+) [a-z]+\s*")
 _PROSE_ANSWER = re.compile(rf"So ({_NAME}) has (\d+) [a-z]+\.")
+_PROSE_RESULT = re.compile(r"=\s*(\d{1,6}) [a-z]+\.?\s*$")
 
 
 def _item_of(question: str) -> str:
@@ -407,6 +408,9 @@ def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done:
     done.add(x)
     if sign != _SIGN[node.op]:
         return StepVerdict(line, False, f"wrong operation for {x}")
+    for name in node.args:
+        if name in needed and name not in done - {x}:
+            return StepVerdict(line, False, f"uses {name} before computing it")
     if node.op == "sum":
         true_vals = [nodes[a].value for a in node.args]
     else:
@@ -500,14 +504,19 @@ class SyntheticTask:
 
     def step_results(self, text: str) -> list[str]:
         """The value each step states (the number after its last '='), in order. In prose the number is followed
-        by the item ('= 10 pens'); a reference solution (``Problem.solution``) is always in the qa format."""
+        by the item ('= 10 pens'); compare with ``step_results(target(problem))``, the reference in the same
+        surface."""
+        if self.surface == "prose":
+            # one entry per step span (what step_spans returns), "" where a sentence states no result ('Ivy has
+            # 110 hats.', the 'So ...' answer): rewards per step stay aligned with the spans they are paid at
+            out = []
+            for start, end in prose_step_spans(text):
+                m = _PROSE_RESULT.search(text[start:end])
+                out.append(str(int(m.group(1))) if m else "")
+            return out
         out = []
         for line in solution_steps(text):
             tail = line.rsplit("=", 1)[-1].strip().rstrip(".").strip()
-            if self.surface == "prose":
-                # '... = 10 pens' -> '10'; 'So Eve has 25 pens' (no '=') is the answer, not a step
-                m = re.fullmatch(r"(\d+) [a-z]+", tail) if "=" in line else None
-                tail = m.group(1) if m else tail if "=" in line else ""
             # isdecimal, not isdigit: superscripts like "²" are digits to isdigit() but int() rejects them.
             if tail.isdecimal() and len(tail) <= 6:
                 out.append(str(int(tail)))
