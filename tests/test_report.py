@@ -173,6 +173,7 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "rule at_least, m = 0.02; 2 seed(s) x 40 questions" in md  # F1's parts: rule, margin, seeds
     assert "EI (sparse, from sft) - sft" in md and "[" in md.split("## Differences")[1]
     for section in ("## Power", "## Per difficulty", "## Budgets", "## Three test questions", "## Provenance",
+                    "Room above maj@1",
                     "Question-blind guesser", "## Reward models", "with rollout step labels"):
         assert section in md, section
     assert "torch " in md and "mathrl eval" in md  # versions and the stage commands

@@ -445,11 +445,18 @@ def guesser(cfg, data: StudyData) -> dict | None:
         train = [p.answer for p in task.problems("train")]
     except Exception:  # noqa: BLE001 - the report is still written without the guesser row
         return None
-    answers = [r["answer"] for r in sft if r.get("n", 0) >= data.k and r.get("answer") is not None]
-    if not answers:
+    sampled = [r for r in sft if r.get("n", 0) >= data.k and r.get("answer") is not None]
+    if not sampled:
         return None
-    return {"pass@1": guesser_pass_at_k(train, answers, 1), f"pass@{data.k}": guesser_pass_at_k(train, answers, data.k),
-            "n": len(answers), "distinct_train_answers": len(set(train))}
+    answers = [r["answer"] for r in sampled]
+    out = {"pass@1": guesser_pass_at_k(train, answers, 1), f"pass@{data.k}": guesser_pass_at_k(train, answers, data.k),
+           "n": len(answers), "distinct_train_answers": len(set(train))}
+    # the room SFT leaves above maj@1 on the same questions: what RL could reach by sharpening what SFT can sample
+    pk = scores(sampled, pass_metric(data, data.k))
+    greedy = scores(sampled, "maj@1")
+    if pk and greedy:
+        out["room"] = (sum(pk) - sum(greedy)) / len(sampled)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -665,6 +672,9 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
                f"their frequency), on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, pass@{k} "
                f"{guess[f'pass@{k}']:.3f}; its verified pass@{k} is 0. Answer-only pass@{k} at or below this floor "
                "says nothing about reasoning."]
+        if "room" in guess:
+            md += ["", f"Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
+                   f"{guess['room']:+.3f}."]
     md += ["", "## Differences (paired, 95% CI)", ""] + _md_table(*tables["diff"])
     md += ["", "## Power", ""]
     power = []
