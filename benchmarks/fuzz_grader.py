@@ -6,7 +6,7 @@ numbers, 10,000 nested parentheses, ``####`` garbage, calculator-annotation bomb
 marks, mutated reference solutions, ...; one generator drawn at random per input) to
 
 - ``task.grade(problem, text)``, ``task.extract_answer(text)`` and ``task.step_results(text)`` of every task:
-  synthetic (level 3), GSM8K and SVAMP (each with strict and with flexible extraction; skipped with a note when
+  synthetic (level 3, in the qa and the prose surface), GSM8K and SVAMP (each with strict and with flexible extraction; skipped with a note when
   their data is missing), graded against a handful of their test problems;
 - ``answers.extract_answer(text, mode)`` in both modes;
 - ``calculator.evaluate(text)``, ``calculator.annotations(text)``, and ``calculator.consistent(expr, result)``
@@ -308,7 +308,8 @@ def _is_grade(g) -> bool:
 
 
 def _is_results(xs) -> bool:
-    return isinstance(xs, list) and all(isinstance(x, str) and NORMALISED.fullmatch(x) for x in xs)
+    # "" is a step that states no result (the synthetic prose surface keeps one entry per step span)
+    return isinstance(xs, list) and all(isinstance(x, str) and (x == "" or NORMALISED.fullmatch(x)) for x in xs)
 
 
 def _is_pairs(xs) -> bool:
@@ -334,7 +335,8 @@ class Target:
 
 def build_targets(data_dir: Path | None) -> tuple[list[Target], Target, list[str], list[str]]:
     """(per-text targets, the consistent() target, reference solutions for mutation, notes on skipped tasks)."""
-    tasks = [("synthetic", load_task("synthetic", level=3))]
+    tasks = [("synthetic", load_task("synthetic", level=3)),
+             ("synthetic-prose", load_task("synthetic", level=3, surface="prose"))]
     notes = []
     for name, must_contain in (("gsm8k", "test.jsonl"), ("svamp", "SVAMP.json")):
         directory = Path(data_dir) / name if data_dir is not None else None

@@ -57,7 +57,8 @@ def _assert_clean(report, expected_targets):
 def test_fuzz_synthetic_and_calculator():
     report = fuzz_grader.fuzz(n=1000, seed=0, timeout_ms=HANG_MS, data_dir=None)
     assert any("gsm8k skipped" in note for note in report.notes)
-    _assert_clean(report, {"synthetic.grade", "synthetic.step_results", "calculator.evaluate",
+    _assert_clean(report, {"synthetic.grade", "synthetic.step_results", "synthetic-prose.grade",
+                           "synthetic-prose.step_results", "calculator.evaluate",
                            "calculator.annotations", "calculator.consistent", "answers.extract_answer[flexible]"})
 
 

@@ -7,7 +7,8 @@ itself (nanochat's ``tasks/gsm8k.py`` owns its reward the same way). A task prov
 - ``prompt(problem, shots)``: the text the model continues (zero-shot, or few-shot with solved examples);
 - ``target(problem)``: the completion a perfect model writes (what SFT trains on);
 - ``grade(problem, completion)``: extracted answer, correctness and, where the task can, a step check;
-- ``step_results(text)``: the intermediate results a solution states, in order (for dense rewards);
+- ``step_results(text)``: the intermediate results a solution states, in order (for dense rewards); a task
+  whose steps need not state a result (synthetic prose) gives "" for those, one entry per ``step_spans`` span;
 - ``step_spans(text)``: the character spans of a solution's steps (for step-level rewards and labels).
 
 Tasks are plain classes that satisfy the ``Task`` protocol; they share functions (``answers.py``,

@@ -295,13 +295,34 @@ def check_steps(graph: Graph, completion: str) -> StepCheck:
     nodes = graph.nodes
     for step in solution_steps(completion):
         verdicts.append(_check_step(step[:MAX_STEP_CHARS], nodes, needed, done))
+    return _step_check(verdicts, graph, done)
+
+
+def _step_check(verdicts: list[StepVerdict], graph: Graph, done: set[str], final_error: str = "") -> StepCheck:
+    """The first wrong step, else the first needed quantity no step computed, else ``final_error`` (a reason
+    found after the steps), as a StepCheck."""
     first_error = next((i for i, v in enumerate(verdicts) if not v.ok), None)
     reason = verdicts[first_error].reason if first_error is not None else ""
     if first_error is None:
         missing = [n for n in graph.needed if n not in done]
         if missing:
             first_error, reason = len(verdicts), f"missing step for {missing[0]}"
+        elif final_error:
+            first_error, reason = len(verdicts), final_error
     return StepCheck(steps=tuple(verdicts), n_needed=len(graph.needed), first_error=first_error, reason=reason)
+
+
+def _claim(line: str, x: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict | None:
+    """A step computing quantity ``x``: wrong (a verdict) if x is unknown, unneeded or computed before; else None,
+    and x is marked done."""
+    if x not in nodes:
+        return StepVerdict(line, False, f"unknown quantity {x}")
+    if x not in needed:
+        return StepVerdict(line, False, f"unneeded quantity {x}")
+    if x in done:
+        return StepVerdict(line, False, f"{x} computed twice")
+    done.add(x)
+    return None
 
 
 def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict:
@@ -309,14 +330,10 @@ def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[s
     if m is None:
         return StepVerdict(line, False, "malformed step")
     x, a, sign, b, va, sign2, vb, v = m.groups()
-    node = nodes.get(x)
-    if node is None:
-        return StepVerdict(line, False, f"unknown quantity {x}")
-    if x not in needed:
-        return StepVerdict(line, False, f"unneeded quantity {x}")
-    if x in done:
-        return StepVerdict(line, False, f"{x} computed twice")
-    done.add(x)
+    wrong = _claim(line, x, nodes, needed, done)
+    if wrong is not None:
+        return wrong
+    node = nodes[x]
     operands = (a, b)
     if node.op == "sum":
         right = sign == "+" and set(operands) == set(node.args) and len(set(operands)) == 2
@@ -382,15 +399,8 @@ def check_prose_steps(graph: Graph, completion: str) -> StepCheck:
     needed = set(graph.needed)
     for line in (x for x in sentences if x):
         verdicts.append(_check_prose_step(line[:MAX_STEP_CHARS], graph.nodes, needed, done))
-    first_error = next((i for i, v in enumerate(verdicts) if not v.ok), None)
-    reason = verdicts[first_error].reason if first_error is not None else ""
-    if first_error is None:
-        missing = [n for n in graph.needed if n not in done]
-        if missing:
-            first_error, reason = len(verdicts), f"missing step for {missing[0]}"
-        elif answer is None or answer.group(1) != graph.query:
-            first_error, reason = len(verdicts), "no 'So <query> has N' sentence"
-    return StepCheck(steps=tuple(verdicts), n_needed=len(graph.needed), first_error=first_error, reason=reason)
+    no_answer = "" if answer is not None and answer.group(1) == graph.query else "no 'So <query> has N' sentence"
+    return _step_check(verdicts, graph, done, no_answer)
 
 
 def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict:
@@ -398,14 +408,10 @@ def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done:
     if m is None:
         return StepVerdict(line, False, "malformed step")
     x, va, sign, vb, v = m.groups()
-    node = nodes.get(x)
-    if node is None:
-        return StepVerdict(line, False, f"unknown quantity {x}")
-    if x not in needed:
-        return StepVerdict(line, False, f"unneeded quantity {x}")
-    if x in done:
-        return StepVerdict(line, False, f"{x} computed twice")
-    done.add(x)
+    wrong = _claim(line, x, nodes, needed, done)
+    if wrong is not None:
+        return wrong
+    node = nodes[x]
     if sign != _SIGN[node.op]:
         return StepVerdict(line, False, f"wrong operation for {x}")
     for name in node.args:
