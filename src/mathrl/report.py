@@ -141,28 +141,34 @@ def collect(root: Path, stages) -> StudyData:
 # per-question scores and paired comparisons
 
 
+def _measured(records: list, metric: str) -> list:
+    """The records a metric is measured on: every question for maj@1, those with >= K samples for pass@K."""
+    if metric.startswith("pass@"):
+        k = int(metric.split("@")[1].split("_")[0])
+        return [r for r in records if r.get("n", 0) >= k]
+    return records
+
+
+def samples_per_question(*record_lists: list) -> int:
+    """K of the evaluations behind these records: the fewest samples of a question that has any (0: greedy only)."""
+    return min((r["n"] for records in record_lists for r in records if r.get("n")), default=0)
+
+
 def scores(records: list, metric: str) -> list[float] | None:
     """Per-question scores of one evaluation: maj@1 (greedy), maj@1_verified, pass@K, pass@K_verified (the
     unbiased estimate per question, over the questions with >= K samples); None when not measured."""
+    rows = _measured(records, metric)
     if metric in ("maj@1", "maj@1_verified"):
         key = "greedy_correct" if metric == "maj@1" else "greedy_verified"
-        xs = [r.get(key) for r in records]
+        xs = [r.get(key) for r in rows]
         return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
     if metric.startswith("pass@"):
         k = int(metric.split("@")[1].split("_")[0])
         key = "c_verified" if metric.endswith("_verified") else "c"
-        rows = [r for r in records if r.get("n", 0) >= k]
         if not rows or any(r.get(key) is None for r in rows):
             return None
         return [pass_at_k(r["n"], r[key], k) for r in rows]
     raise ValueError(f"no per-question scores for {metric!r}")
-
-
-def _ids(records: list, metric: str) -> list:
-    if metric.startswith("pass@"):
-        k = int(metric.split("@")[1].split("_")[0])
-        return [r["id"] for r in records if r.get("n", 0) >= k]
-    return [r["id"] for r in records]
 
 
 def _cell(by_seed: dict, metric: str, seeds: list) -> tuple[np.ndarray, list] | None:
@@ -173,7 +179,7 @@ def _cell(by_seed: dict, metric: str, seeds: list) -> tuple[np.ndarray, list] | 
     if not picked or (None not in by_seed and len(picked) != len(seeds)):
         return None
     rows = [scores(r, metric) for r in picked]
-    ids = [_ids(r, metric) for r in picked]
+    ids = [[r["id"] for r in _measured(recs, metric)] for recs in picked]
     if any(x is None for x in rows) or any(i != ids[0] for i in ids):
         return None
     return np.array(rows), ids[0]
@@ -250,9 +256,9 @@ def findings(data: StudyData) -> dict[str, Finding]:
     sft_half = []
     if len(epochs) >= 2:
         e1, e2 = epochs[-2], epochs[-1]
-        dev_k = min((r["n"] for e in (e1, e2) for r in data.sft_dev[e] if r.get("n")), default=0)
+        dev_k = samples_per_question(data.sft_dev[e1], data.sft_dev[e2])
         src = {f"epoch{e2}": {None: data.sft_dev[e2]}, f"epoch{e1}": {None: data.sft_dev[e1]}}
-        dev_pk = f"pass@{dev_k}_verified" if data.verified else f"pass@{dev_k}"
+        dev_pk = pass_metric(data, dev_k)
         sft_half.append(_part(f"SFT epoch {e2} - epoch {e1}, dev maj@1", src, "maj@1",
                               _diff(f"epoch{e2}", f"epoch{e1}"), "raises", m))
         if dev_k:
@@ -327,10 +333,9 @@ def findings(data: StudyData) -> dict[str, Finding]:
         if len(pts) >= 3:
             rs = sorted(pts)
             rmid, rend = rs[len(rs) // 2], rs[-1]
-            first = next(iter(pts[rend].values()))
-            run_k = min((r["n"] for r in first if r.get("n")), default=0)
+            run_k = samples_per_question(next(iter(pts[rend].values())))
             if run_k:
-                metric = f"pass@{run_k}_verified" if data.verified else f"pass@{run_k}"
+                metric = pass_metric(data, run_k)
                 parts.append(_part(f"{run} at {rend} - at {rmid} rollouts, {metric}",
                                    {"end": pts[rend], "mid": pts[rmid]}, metric, _diff("end", "mid"), "similar", m))
     parts = [p for p in parts if p]
@@ -494,10 +499,8 @@ def plot_curves(data: StudyData, root: Path) -> list[Path]:
     for alg, runs in sorted(by_alg.items()):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
         for run in runs:
-            first = next(iter(next(iter(data.curves[run].values())).values()))
-            run_k = min((r["n"] for r in first if r.get("n")), default=0)
-            for ax, metric in zip(axes, ("maj@1", (f"pass@{run_k}_verified" if data.verified else f"pass@{run_k}")
-                                         if run_k else None)):
+            run_k = samples_per_question(next(iter(next(iter(data.curves[run].values())).values())))
+            for ax, metric in zip(axes, ("maj@1", pass_metric(data, run_k) if run_k else None)):
                 if metric is None:
                     continue
                 xs, mean, lo, hi = _band(data, run, metric)
@@ -551,7 +554,7 @@ def plot_sft(data: StudyData, root: Path) -> Path | None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
     epochs = sorted(data.sft_dev)
-    dev_k = min((r["n"] for r in data.sft_dev[epochs[-1]] if r.get("n")), default=0)
+    dev_k = samples_per_question(data.sft_dev[epochs[-1]])
     metrics = ["maj@1", "maj@1_verified"] + ([f"pass@{dev_k}", f"pass@{dev_k}_verified"] if dev_k else [])
     for metric in metrics:
         pts = [(e, scores(data.sft_dev[e], metric)) for e in epochs]
