@@ -18,7 +18,7 @@ import time
 import torch
 
 from mathrl.models import load_model
-from mathrl.run import read_meta
+from mathrl.runsetup import read_meta
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_from_options
 

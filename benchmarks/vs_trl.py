@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mathrl.commands import task_for_model
+    from mathrl.runsetup import task_for_model
     from mathrl.evaluate import evaluate, summarize
     from mathrl.models import load_model
 
@@ -58,12 +58,13 @@ def main() -> None:
 
     def run_mathrl(rep: int) -> tuple[float, Path]:
         from mathrl.algorithms import ppo
+        from mathrl.config import build
 
         out = work / f"mathrl-{rep}"
-        cfg = ppo.GRPOConfig(model=args.model, out=str(out), iterations=args.steps, prompts=args.prompts,
-                             k=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, warmup_steps=0,
-                             ppo_epochs=1, minibatch_size=args.prompts * args.group, eval_size=0,
-                             checkpoint_every=args.steps, threads=args.threads, seed=args.seed + rep)
+        cfg = build(ppo.GRPOConfig, dict(model=args.model, out=str(out), iterations=args.steps, prompts=args.prompts,
+                                         k=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, warmup_steps=0,
+                                         ppo_epochs=1, batch_size=args.prompts * args.group, eval_size=0,
+                                         checkpoint_every=args.steps, threads=args.threads, seed=args.seed + rep))
         t0 = time.perf_counter()
         ppo.train(cfg)
         end_to_end.append(n_completions / (time.perf_counter() - t0))

@@ -25,7 +25,7 @@ def data_dir() -> Path:
 def tiny_model_dir(tmp_path_factory):
     """A fresh (untrained) embedded-default model for the synthetic task, shared by the tests."""
     from mathrl.models import init_model
-    from mathrl.run import write_meta
+    from mathrl.runsetup import write_meta
     from mathrl.tasks import load_task
 
     out = tmp_path_factory.mktemp("tiny")

@@ -276,3 +276,12 @@ def test_adaptive_kl_coef_by_hand():
     assert adaptive_kl_coef(0.1, 0.1, 0.1, 10000, 256) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         adaptive_kl_coef(0.1, 0.1, 0.0, 10000, 256)
+
+
+def test_group_signal_is_the_one_definition_of_signal():
+    from mathrl.advantages import group_signal
+
+    # groups of 2: [1, 1] none; [0, 0.3] yes (step rewards only: the outcome part may be all 0); [nan, 1] < 2 valid
+    returns = torch.tensor([1.0, 1.0, 0.0, 0.3, float("nan"), 1.0])
+    assert group_signal(returns, 2).tolist() == [False, True, False]
+    assert zero_signal_fraction(returns, 2) == pytest.approx(2 / 3)

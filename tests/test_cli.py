@@ -21,6 +21,38 @@ def _weights(model_dir):
     return load_file(str(next(model_dir.glob("*.safetensors"))))
 
 
+def _changed(before_dir, after_dir) -> bool:
+    """Whether training changed the parameters: some tensor that both models have (same name and shape; RCRL
+    grows the embeddings, a reward model swaps the head) differs."""
+    a, b = _weights(before_dir), _weights(after_dir)
+    shared = [k for k in a if k in b and a[k].shape == b[k].shape]
+    assert shared, "the two models share no parameter"
+    return any(not torch.equal(a[k], b[k]) for k in shared)
+
+
+@pytest.fixture(scope="module")
+def start(runs):
+    """A tiny pretrained model and the SFT model trained from it: the start of every RL smoke test below, built
+    by whichever test asks first (so that none depends on another test having run, and -k cannot skip one)."""
+    pt, sft = runs / "pretrain", runs / "sft"
+    assert main(["pretrain", "--out", str(pt), "--steps", "4", "--batch-size", "4", "--seq-len", "64",
+                 "--checkpoint-every", "2", "--log-every", "2", "--threads", "1"]) == 0
+    assert main(["sft", "--model", str(pt / "model"), "--out", str(sft), "--epochs", "1", "--train-size", "24",
+                 "--batch-size", "8", "--eval-size", "3", "--eval-k", "2", "--max-new-tokens", "12",
+                 "--threads", "1"]) == 0
+    return {"pretrain": pt, "sft": sft / "model"}
+
+
+@pytest.fixture(scope="module")
+def orm_model(runs, start):
+    """An ORM on the SFT model's samples; its scores give the policy-gradient smoke runs reward signal (the tiny
+    SFT model rarely solves a problem, so sparse rewards would leave every group without signal)."""
+    out = runs / "orm"
+    assert main(["orm", "train", "--model", str(start["sft"]), "--out", str(out), "--questions", "12", "-k", "2",
+                 "--epochs", "1", "--max-new-tokens", "12", "--threads", "1"]) == 0
+    return out / "model"
+
+
 def test_data_commands(capsys, data_dir):
     assert main(["data", "show", "--task", "synthetic", "-n", "2"]) == 0
     out = capsys.readouterr().out
@@ -35,20 +67,13 @@ def test_model_init(runs, capsys):
     assert "parameters" in capsys.readouterr().out
 
 
-def test_pretrain_sft_eval_pipeline(runs, capsys):
-    pt = runs / "pretrain"
-    assert main(["pretrain", "--out", str(pt), "--steps", "4", "--batch-size", "4", "--seq-len", "64",
-                 "--checkpoint-every", "2", "--log-every", "2", "--threads", "1"]) == 0
+def test_pretrain_sft_eval_pipeline(runs, start, capsys):
+    pt, sft = start["pretrain"], start["sft"].parent
     assert (pt / "model" / "config.json").is_file()
     meta = json.loads((pt / "model" / "mathrl.json").read_text())
     # prompted zero-shot in the corpus's own prose format (SyntheticTask surface "prose")
     assert meta["shots"] == 0 and meta["task"]["surface"] == "prose"
-    init, trained = _weights(pt / "init"), _weights(pt / "model")
-    assert any(not torch.equal(init[k], trained[k]) for k in init)  # the parameters changed
-    sft = runs / "sft"
-    assert main(["sft", "--model", str(pt / "model"), "--out", str(sft), "--epochs", "1", "--train-size", "24",
-                 "--batch-size", "8", "--dev-size", "3", "--eval-k", "2", "--max-new-tokens", "12",
-                 "--threads", "1"]) == 0
+    assert _changed(pt / "init", pt / "model") and _changed(pt / "model", sft / "model")
     records = [json.loads(line) for line in (sft / "metrics.jsonl").read_text().splitlines()]
     assert any("dev/maj@1" in r and "dev/pass@2" in r for r in records)
     ev = runs / "eval"
@@ -63,7 +88,7 @@ def test_pretrain_sft_eval_pipeline(runs, capsys):
     assert main(["eval", "--model", str(pt / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "8",
                  "--out", str(ev_pt), "--threads", "1"]) == 0
     assert "pass@2_verified" in json.loads((ev_pt / "metrics.json").read_text())
-    from mathrl.commands import task_for_model
+    from mathrl.runsetup import task_for_model
 
     task = task_for_model(str(pt / "model"), "", None, None, None)
     p = task.problems("test")[0]
@@ -98,11 +123,18 @@ def test_score_reports_unmatched_questions(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["data", "show", "--task", "mnist"], "unknown task 'mnist'"),
     (["eval", "--model", "/nonexistent/model"], "model directory not found"),
-    (["sft", "--batch-size", "10", "--micro-batch-size", "3"], "multiple of micro_batch_size"),
+    (["sft", "--micro-batch-size", "-1"], "micro_batch_size must be >= 0"),
     (["eval"], "--model is required"),
     (["score", "--samples", "/nope.jsonl", "--out", "/tmp/x"], "file not found"),
     # unknown keys and wrong types on the command line (YAML: test_bad_yaml_configs)
     (["sft", "--learning-rate", "3"], "unrecognized arguments: --learning-rate"),
+    # spellings of earlier versions: the new name
+    (["ppo", "--model", "x", "--microbatch-size", "2"], "unknown flag --microbatch-size (renamed: did you mean "
+                                                          "--micro-batch-size?)"),
+    (["ppo", "--model", "x", "--minibatch-size", "8"], "did you mean --batch-size?"),
+    (["orm", "train", "--policy", "x"], "did you mean --model?"),
+    (["sft", "--dev-size", "3"], "did you mean --eval-size?"),
+    (["ei", "--model", "x", "--patience", "2", "--patience-size", "0"], "--patience needs dev problems"),
     (["sft", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     # impossible combinations
     (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
@@ -120,6 +152,10 @@ def test_bad_yaml_configs(tmp_path, capsys):
     bad_key.write_text("epochs: 2\nlearning_rate: 0.1\n")
     assert main(["sft", "--config", str(bad_key)]) == 2
     assert "unknown option 'learning_rate'" in capsys.readouterr().err
+    renamed = tmp_path / "r.yaml"
+    renamed.write_text("microbatch_size: 2\n")
+    assert main(["ppo", "--config", str(renamed)]) == 2
+    assert "unknown option 'microbatch_size' (renamed: did you mean 'micro_batch_size'?)" in capsys.readouterr().err
     bad_type = tmp_path / "b.yaml"
     bad_type.write_text("epochs: two\n")
     assert main(["sft", "--config", str(bad_type)]) == 2
@@ -135,10 +171,8 @@ def test_entry_point_runs():
     assert out.returncode == 0 and out.stdout.startswith("mathrl ")
 
 
-def test_expert_iteration_smoke(runs, tmp_path):
-    sft_model = runs / "sft" / "model"
-    if not sft_model.is_dir():
-        pytest.skip("needs the pipeline test's SFT model")
+def test_expert_iteration_smoke(start, tmp_path):
+    sft_model = start["sft"]
     out = tmp_path / "ei"
     assert main(["ei", "--model", str(sft_model), "--out", str(out), "--rounds", "2", "--questions", "6", "-k", "2",
                  "--max-new-tokens", "12", "--eval-size", "3", "--eval-k", "2", "--include-references",
@@ -146,28 +180,39 @@ def test_expert_iteration_smoke(runs, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [h["round"] for h in history] == [0, 1, 2] and history[0]["rollouts"] == 0  # round 0: the start
     assert history[-1]["rollouts"] == 2 * 6 * 2 and "maj@1" in history[-1]
-    assert (out / "sample_complexity.png").is_file() and (out / "model" / "config.json").is_file()
+    assert all(h["train_steps"] > 0 for h in history[1:])  # the references alone give D_i something to learn
+    assert (out / "sample_complexity.png").is_file() and _changed(sft_model, out / "model")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("sample_accuracy" in r and "maj@1" in r for r in records)
 
 
-def test_reward_models_and_rerank_smoke(runs, tmp_path):
-    sft_model = runs / "sft" / "model"
-    if not sft_model.is_dir():
-        pytest.skip("needs the pipeline test's SFT model")
-    for stepwise in (False, True):
-        out = tmp_path / ("sorm" if stepwise else "orm")
-        args = ["orm", "train", "--policy", str(sft_model), "--out", str(out), "--questions", "12", "-k", "2",
-                "--epochs", "1", "--max-new-tokens", "12", "--threads", "1"]
-        if stepwise:
-            args += ["--stepwise", "-m", "2", "--sorm-samples", "6"]
-        assert main(args) == 0
-        report = json.loads((out / "report.json").read_text())
-        assert report["kind"] == ("sorm" if stepwise else "orm") and "auc" in report
-        if stepwise:  # the SORM trains only on the samples it labelled step by step
-            assert report["n_train_samples"] == report["n_train_step_labelled"] == 6
-        assert json.loads((out / "model" / "mathrl.json").read_text())["kind"] == report["kind"]
+def test_expert_iteration_early_stopping_reads_dev(start, tmp_path):
+    out = tmp_path / "ei-dev"
+    assert main(["ei", "--model", str(start["sft"]), "--out", str(out), "--rounds", "3", "--questions", "4", "-k", "2",
+                 "--max-new-tokens", "8", "--eval-size", "0", "--include-references", "--patience", "1",
+                 "--patience-size", "3", "--threads", "1"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    # no test evaluation at all (eval_size 0), yet early stopping has its dev maj@1 each round
+    assert all("dev_maj@1" in h and "maj@1" not in h for h in history)
+
+
+def test_reward_models_and_rerank_smoke(start, orm_model, tmp_path):
+    sft_model = start["sft"]
+    out = tmp_path / "sorm"
+    assert main(["orm", "train", "--model", str(sft_model), "--out", str(out), "--questions", "12", "-k", "2",
+                 "--epochs", "1", "--max-new-tokens", "12", "--threads", "1", "--stepwise", "-m", "2",
+                 "--sorm-samples", "6"]) == 0
+    for model_dir, kind in ((orm_model, "orm"), (out / "model", "sorm")):
+        report = json.loads((model_dir.parent / "report.json").read_text())
+        assert report["kind"] == kind and "auc" in report
+        assert json.loads((model_dir / "mathrl.json").read_text())["kind"] == kind
+        assert _changed(sft_model, model_dir)  # the trunk trained, not only the new head
+    # the SORM trains only on the samples it labelled step by step
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_train_samples"] == report["n_train_step_labelled"] == 6
     ev = tmp_path / "eval"
     assert main(["eval", "--model", str(sft_model), "-n", "3", "-k", "2", "--max-new-tokens", "12", "--orm",
-                 str(tmp_path / "orm" / "model"), "--out", str(ev), "--threads", "1"]) == 0
+                 str(orm_model), "--out", str(ev), "--threads", "1"]) == 0
     assert "rerank@2" in json.loads((ev / "metrics.json").read_text())
     # --k-problems: greedy on all 3 problems, the K samples on the first 2 only
     ev2 = tmp_path / "eval-k"
@@ -180,10 +225,8 @@ def test_reward_models_and_rerank_smoke(runs, tmp_path):
     assert [r["completions"] for r in rows[:2]] == [r["completions"] for r in full[:2]]  # same per-question streams
 
 
-def test_reward_model_with_another_tokenizer_is_refused(runs, tmp_path, data_dir, capsys):
-    sft_model = runs / "sft" / "model"
-    if not sft_model.is_dir():
-        pytest.skip("needs the pipeline test's SFT model")
+def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_dir, capsys):
+    sft_model = start["sft"]
     other = tmp_path / "gsm-init"
     assert main(["model", "init", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--out", str(other)]) == 0
     from transformers import AutoModelForTokenClassification
@@ -194,22 +237,29 @@ def test_reward_model_with_another_tokenizer_is_refused(runs, tmp_path, data_dir
     assert "different tokenizer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command,extra", [("ppo", []), ("ppo", ["--reward", "dense"]), ("grpo", []),
-                                           ("ppo", ["--advantage", "rloo"])])
-def test_policy_gradient_smoke(runs, tmp_path, command, extra):
-    sft_model = runs / "sft" / "model"
-    if not sft_model.is_dir():
-        pytest.skip("needs the pipeline test's SFT model")
+@pytest.mark.parametrize("command,extra", [
+    ("ppo", []), ("ppo", ["--reward", "dense", "--kl-target", "0.5"]), ("grpo", ["--reward", "orm"]),
+    ("ppo", ["--advantage", "rloo", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
+    # the outcome part of ORM step rewards is all zeros: the signal of a group is in its summed step rewards
+    ("grpo", ["--reward", "orm", "--orm-mode", "step", "--skip-zero-signal"]),
+])
+def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
+    sft_model = start["sft"]
     out = tmp_path / "pg"
+    extra = [*extra, "--orm", str(orm_model)] if "orm" in extra else extra
     assert main([command, "--model", str(sft_model), "--out", str(out), "--iterations", "2", "--prompts", "4",
-                 "-k", "2", "--minibatch-size", "4", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2",
+                 "-k", "2", "--batch-size", "4", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2",
                  "--threads", "1", *extra]) == 0
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["iteration"] == 2 and history[-1]["rollouts"] == 16
-    assert "maj@1" in history[0]
+    assert "maj@1" in history[0] and all("loss" in h and "grad_norm" in h for h in history[1:])
     # the KL is measured when there is a reference model: PPO, or a KL term; `mathrl grpo` (kl_coef 0) keeps none
     assert ("kl" in history[-1]) == (command == "ppo")  # `mathrl ppo --advantage rloo` has kl_coef 0.05
-    assert (out / "model" / "config.json").is_file()
+    if "--kl-target" in extra:  # adaptive KL: the coefficient moves with the measured KL
+        assert history[1]["kl_coef"] == 0.05 and history[2]["kl_coef"] != history[1]["kl_coef"]
+    if "--skip-zero-signal" in extra:
+        assert all(h["zero_signal_fraction"] < 1 for h in history[1:])
+    assert _changed(sft_model, out / "model")  # LoRA: the merged adapters
 
 
 def test_k_larger_than_samples_is_rejected(tmp_path, capsys):
@@ -226,10 +276,8 @@ def test_k_larger_than_samples_is_rejected(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("returns", ["sparse", "dense"])
-def test_rcrl_smoke_and_conditioned_eval(runs, tmp_path, returns):
-    sft_model = runs / "sft" / "model"
-    if not sft_model.is_dir():
-        pytest.skip("needs the pipeline test's SFT model")
+def test_rcrl_smoke_and_conditioned_eval(start, tmp_path, returns):
+    sft_model = start["sft"]
     out = tmp_path / "rcrl"
     assert main(["rcrl", "--model", str(sft_model), "--out", str(out), "--returns", returns, "--questions", "4",
                  "-k", "2", "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]) == 0
@@ -237,6 +285,7 @@ def test_rcrl_smoke_and_conditioned_eval(runs, tmp_path, returns):
     assert meta["condition"] == {"token": "[GOOD]", "dense": returns == "dense"}
     history = json.loads((out / "history.json").read_text())
     assert [(h["round"], h["rollouts"]) for h in history] == [(0, 0), (1, 8)] and "maj@1" in history[0]
+    assert _changed(sft_model, out / "model")
     assert main(["eval", "--model", str(out / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "12",
                  "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
     row = json.loads((tmp_path / "e" / "samples.jsonl").read_text().splitlines()[0])

@@ -43,7 +43,7 @@ def test_sft_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     # global batch 8 (each rank 4 rows, loss normalised by the whole batch's targets, gradients summed) must
     # give the parameters of one process with batch 8
     args = ["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--level", "2", "--train-size", "48",
-            "--epochs", "1", "--batch-size", "8", "--dev-size", "0", "--threads", "1"]
+            "--epochs", "1", "--batch-size", "8", "--eval-size", "0", "--threads", "1"]
     one = _mathrl(args + ["--out", str(tmp_path / "one")])
     two = _mathrl(args + ["--out", str(tmp_path / "two")], ranks=2)
     assert one.returncode == 0, one.stderr[-2000:]
@@ -89,7 +89,7 @@ def test_missing_rank_ends_with_clear_error(tiny_model_dir, tmp_path):
     env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port()),
            "MATHRL_DIST_TIMEOUT": "3"}
     t0 = time.time()
-    r = _mathrl(["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--train-size", "16", "--dev-size", "0",
+    r = _mathrl(["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--train-size", "16", "--eval-size", "0",
                  "--out", str(tmp_path / "x"), "--threads", "1"], env=env)
     assert r.returncode == 1 and time.time() - t0 < 60
     assert "could not join the 2 ranks" in r.stderr and "Traceback" not in r.stderr
@@ -102,7 +102,7 @@ def test_not_launched_by_torchrun(tiny_model_dir, tmp_path):
 
 def test_dead_rank_ends_all_ranks(tiny_model_dir, tmp_path):
     args = ["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--train-size", "20000", "--epochs", "1",
-            "--batch-size", "8", "--dev-size", "0", "--threads", "1", "--out", str(tmp_path / "x")]
+            "--batch-size", "8", "--eval-size", "0", "--threads", "1", "--out", str(tmp_path / "x")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_port()), "-m", "mathrl", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -145,7 +145,7 @@ def test_fsdp_sft_matches_one_process_and_resumes(tiny_model_dir, tmp_path):
     # 2 ranks gives rank 1 a row less (it runs a blank row so both ranks run as many forward passes), and the dev
     # evaluation samples different questions per rank (the model is gathered for sampling)
     args = ["sft", "--model", str(tiny_model_dir), "--task", "synthetic", "--level", "2", "--train-size", "45",
-            "--epochs", "2", "--batch-size", "7", "--dev-size", "3", "--eval-k", "2", "--max-new-tokens", "16",
+            "--epochs", "2", "--batch-size", "7", "--eval-size", "3", "--eval-k", "2", "--max-new-tokens", "16",
             "--checkpoint-every", "5", "--log-every", "1", "--threads", "1"]
     one = _mathrl(args + ["--out", str(tmp_path / "one")])
     two = _mathrl(args + ["--fsdp", "--out", str(tmp_path / "two")], ranks=2)
@@ -171,7 +171,7 @@ def test_fsdp_ppo_matches_one_process(tiny_model_dir, tmp_path):
     # PPO under FSDP: policy and reference sharded, value head whole; minibatches of 5 rollouts in micro-batches of
     # 2 give the ranks different numbers of passes, which the shorter rank pads with zero-weight passes
     args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_model_dir),
-            "--iterations", "2", "--prompts", "6", "-k", "2", "--minibatch-size", "5", "--microbatch-size", "2",
+            "--iterations", "2", "--prompts", "6", "-k", "2", "--batch-size", "5", "--micro-batch-size", "2",
             "--max-new-tokens", "16", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]
     one = _mathrl(args + ["--out", str(tmp_path / "one")])
     two = _mathrl(args + ["--fsdp", "--out", str(tmp_path / "two")], ranks=2)

@@ -1,4 +1,4 @@
-"""The PPO/GRPO learning step's forward pass (ppo.forward_policy: each prompt once, its key/value cache shared by
+"""The PPO/GRPO learning step's forward pass (training.forward_policy: each prompt once, its key/value cache shared by
 its completions, the vocabulary projection only at completion positions) equals one plain forward pass per rollout
 over prompt + completion: log-probs, values and the gradients of both."""
 
@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from mathrl.algorithms.ppo import ValueHead, _pack, forward_policy
+from mathrl.algorithms.ppo import ValueHead
+from mathrl.training import forward_policy, pack_rollouts as _pack
 from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import load_task
@@ -95,3 +96,38 @@ def test_no_deprecated_transformers_arguments(setup):
         for shared in (True, False):
             sample(model, tok, prompts, 2, SamplingParams(max_new_tokens=6, seed=0, shared_prefix_attention=shared))
         forward_policy(model, head, _pack(rollouts, tok.pad_token_id), with_values=True)
+
+
+def test_orm_step_rewards_are_potential_shaping_that_telescopes_to_the_final_score(tiny_model_dir):
+    """--reward orm --orm-mode step: the reward at the end of step j is s_j - s_{j-1} (s_0 = 0.5, the ORM's
+    p(correct) before any step), and the last token gets final - s_last, so a rollout's rewards sum to
+    final - 0.5. Hand numbers: steps score 0.6 (and 0.9), the whole text 0.8 -> +0.1 (+0.3), then 0.8 - 0.6
+    (or -0.1) at the end: sum 0.3 = 0.8 - 0.5 either way."""
+    from types import SimpleNamespace
+
+    from mathrl.algorithms.ppo import _add_step_rewards
+    from mathrl.models import load_tokenizer
+    from mathrl.tasks import load_task
+
+    task = load_task("synthetic", level=1)
+    tok = load_tokenizer(str(tiny_model_dir))
+    p = task.problems("train")[0]
+    text = " " + task.target(p).strip()
+    spans = task.step_spans(text)
+    assert len(spans) >= 1
+    ends = [end for _, end in spans]
+
+    class Scorer:
+        def score_texts(self, prompts, texts):
+            return [0.8 if t == text else [0.6, 0.9][ends.index(len(t))] for t in texts]
+
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    rollout = SimpleNamespace(text=text, completion_ids=ids, prompt_index=0)
+    rewards = torch.zeros((1, len(ids)))
+    _add_step_rewards(task, tok, Scorer(), [rollout], [p], ["q"], rewards,
+                      SimpleNamespace(reward="orm", orm_mode="step"))
+    assert float(rewards.sum()) == pytest.approx(0.8 - 0.5)
+    nonzero = rewards[0][rewards[0] != 0].tolist()
+    # +0.1 after step 1 (+0.3 after step 2), then the final correction 0.8 - s_last on the last token ("#### N")
+    scores = [0.6, 0.9][: len(spans)]
+    assert nonzero == pytest.approx([0.1, 0.3][: len(spans)] + [0.8 - scores[-1]])

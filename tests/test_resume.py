@@ -52,7 +52,7 @@ def base_model(tmp_path_factory):
     return out
 
 
-SFT = ["--epochs", "2", "--train-size", "48", "--batch-size", "8", "--dev-size", "2", "--eval-k", "2",
+SFT = ["--epochs", "2", "--train-size", "48", "--batch-size", "8", "--eval-size", "2", "--eval-k", "2",
        "--max-new-tokens", "8", "--checkpoint-every", "2", "--threads", "1", "--level", "2"]
 
 
@@ -78,7 +78,7 @@ def test_rerun_without_resume_is_refused(base_model, tmp_path):
 EI = ["--rounds", "2", "--questions", "6", "-k", "2", "--max-new-tokens", "10", "--include-references",
       "--eval-size", "2", "--eval-k", "2", "--patience", "0", "--checkpoint-every", "1", "--threads", "1",
       "--level", "2", "--task", "synthetic"]
-PPO = ["--iterations", "3", "--prompts", "4", "-k", "2", "--minibatch-size", "4", "--max-new-tokens", "10",
+PPO = ["--iterations", "3", "--prompts", "4", "-k", "2", "--batch-size", "4", "--max-new-tokens", "10",
        "--eval-size", "2", "--eval-k", "2", "--checkpoint-every", "1", "--threads", "1", "--level", "2",
        "--task", "synthetic"]
 RCRL = ["--rounds", "2", "--questions", "6", "-k", "2", "--max-new-tokens", "10", "--eval-size", "2",

@@ -5,8 +5,7 @@ import random
 import pytest
 import torch
 
-from mathrl.training import Example, collate, completion_example, length_bucketed_batches, lr_at, sft_grads, \
-    token_logprobs
+from mathrl.training import Example, collate, completion_example, length_bucketed_batches, lr_at, sft_grads, token_logprobs
 
 
 def _tiny_llama(vocab=32, seed=0):
@@ -114,7 +113,7 @@ def test_default_threads_are_the_cores_this_process_may_use(monkeypatch):
     # the affinity mask, not a sample of idle time (a background download once made a study run on 1 thread)
     import os
 
-    from mathrl.training import default_threads
+    from mathrl.runsetup import default_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert default_threads() == 3

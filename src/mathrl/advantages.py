@@ -175,20 +175,27 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
     return torch.where(valid, advantages, 0).reshape(-1)
 
 
-def zero_signal_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    """The fraction of groups (N/G consecutive groups of G samples of one prompt) whose rewards are all equal,
-    so that GRPO and RLOO give every sample advantage 0 and the prompt teaches nothing (DAPO's "dynamic
-    sampling" filters these, Yu et al. 2025). NaN rewards are ignored, as in ``group_advantages``: a group with
-    fewer than 2 valid rewards has no signal either.
+def group_signal(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups (N/G consecutive groups of G samples of one prompt) carry signal: their returns differ, so
+    that GRPO and RLOO give some sample a non-zero advantage. The one definition of "signal" (logged as
+    ``zero_signal_fraction``, used by ``--skip-zero-signal``; DAPO's "dynamic sampling" filters the same groups,
+    Yu et al. 2025). ``returns`` are the sequence returns the advantages are computed from (outcome plus any
+    step rewards: with ``--reward orm --orm-mode step`` the outcome part is all zeros and the signal is in the
+    steps). NaN returns are ignored, as in ``group_advantages``: a group with fewer than 2 valid returns has no
+    signal.
 
-    rewards: (N,) float. Returns a float in [0, 1].
+    returns: (N,) float -> (N/G,) bool.
     """
-    r = _grouped(rewards.detach(), group_size)  # (N/G, G)
+    r = _grouped(returns.detach(), group_size)  # (N/G, G)
     valid = ~torch.isnan(r)
     highest = torch.where(valid, r, -math.inf).max(dim=1).values
     lowest = torch.where(valid, r, math.inf).min(dim=1).values
-    no_signal = (valid.sum(dim=1) < 2) | (highest == lowest)
-    return float(no_signal.float().mean())
+    return (valid.sum(dim=1) >= 2) & (highest != lowest)
+
+
+def zero_signal_fraction(returns: torch.Tensor, group_size: int) -> float:
+    """The fraction of groups without signal (``group_signal``): a float in [0, 1]."""
+    return float((~group_signal(returns, group_size)).float().mean())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -140,6 +140,15 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     return final
 
 
+ROUND = 100_000  # checkpoint numbers of round-based runs (EI, RCRL): round x ROUND + step inside the round
+
+
+def round_tag(round_: int, step: int = 0, done: bool = False) -> int:
+    """The checkpoint number inside round ``round_`` (0-based) of a round-based run: its collection (step 0), its
+    fine-tuning step ``step``, or ``done`` (learned; then evaluated, under the same number, the later kept)."""
+    return (round_ + 1) * ROUND + (ROUND - 1 if done else step)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():

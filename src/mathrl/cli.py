@@ -82,15 +82,17 @@ def main(argv=None) -> int:
         commands = _commands()
         parser = build_parser(commands)
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
         except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
             return int(e.code or 0)
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
-        from mathrl.config import from_args
+        from mathrl.config import from_args, unknown_flag
 
         cls, func = args.func
+        if extra:
+            raise unknown_flag(cls, extra)
         cfg = from_args(cls, args)
         func(cfg)
         return 0

@@ -7,14 +7,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl.config import field
+from mathrl.config import field, group
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
-from mathrl.run import read_meta, resolve_device
+from mathrl.runsetup import few_shot_examples, read_meta, resolve_device, setup_threads, task_of
+from mathrl.settings import Data, Run, Sampling, shots, validate_groups
 from mathrl.runlog import progress
-from mathrl.tasks import recorded_level, task_from_options
-from mathrl.training import setup_threads
+from mathrl.tasks import task_from_options
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ class ModelInitConfig:
 
 
 def model_init(cfg: ModelInitConfig) -> None:
-    from mathrl.run import write_meta
+    from mathrl.runsetup import write_meta
     from mathrl.tasks import task_options
 
     task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
@@ -99,61 +99,29 @@ def model_init(cfg: ModelInitConfig) -> None:
 @dataclass
 class EvalConfig:
     model: str = field("", "model directory (required)")
-    task: str = field("", "task (default: the one recorded with the model)")
-    level: int | None = field(None, "synthetic task level (default: the model's)")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    data: Data = group(Data)
     split: str = field("test", "split to evaluate")
     n: int = field(0, "evaluate the first N problems (0: all)")
-    k: int = field(96, "samples per problem for maj@K, pass@K and rerank@K")
+    sampling: Sampling = group(Sampling, k=96)  # the K samples for maj@K, pass@K and rerank@K
     k_problems: int = field(0, "draw the K samples for the first N problems only, greedy maj@1 for all (0: all)")
-    temperature: float = field(1.0, "sampling temperature for the K samples")
-    max_new_tokens: int = field(128, "completion length limit")
-    shots: int = field(-1, "few-shot examples in the prompt (-1: as recorded with the model, else 0)")
+    shots: int = shots()
     calculator: bool = field(False, "insert calculator results after '<<expr=' (GSM8K annotations)")
     orm: str = field("", "reward-model directory for rerank@K")
-    token_budget: int = field(1 << 17, "sampler cache budget in tokens (bounds memory)")
-    seed: int = field(0, "sampling seed")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    run: Run = group(Run)
     out: str = field("", "directory for metrics.json, metrics.md and samples.jsonl (default: MODEL/../eval-SPLIT)")
 
     def validate(self) -> None:
         if not self.model:
             raise UsageError("--model is required")
-        if self.k < 0 or self.n < 0 or self.k_problems < 0:
-            raise UsageError("k, n and k_problems must be >= 0")
-        if self.max_new_tokens < 1:
-            raise UsageError("max_new_tokens must be >= 1")
-
-
-def task_for_model(model_dir: str, task: str, level, data_dir, extract):
-    """The task a command should use: explicit options, else those recorded with the model."""
-    if not Path(model_dir).is_dir():
-        raise UsageError(f"model directory not found: {model_dir}")
-    meta = read_meta(model_dir).get("task", {})
-    name = task or meta.get("name")
-    if not name:
-        raise UsageError(f"{model_dir} records no task; pass --task")
-    if name == "synthetic" and level is None:
-        level = recorded_level(meta)
-    if name != "synthetic" and extract is None and meta.get("name") == name:
-        extract = meta.get("extract")
-    # the surface (synthetic: qa or prose) a model was trained to write is part of its task
-    surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
-    return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface)
-
-
-def few_shot_examples(task, model_dir: str, shots: int):
-    if shots < 0:
-        shots = int(read_meta(model_dir).get("shots", 0))
-    return task.problems("train")[:shots]
+        validate_groups(self)
+        if self.n < 0 or self.k_problems < 0:
+            raise UsageError("n and k_problems must be >= 0")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    task = task_for_model(cfg.model, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
+    setup_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    task = task_of(cfg.model, cfg.data)
     problems = task.problems(cfg.split)
     if cfg.n:
         problems = problems[: cfg.n]
@@ -166,11 +134,12 @@ def run_eval(cfg: EvalConfig) -> dict:
 
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     shots = few_shot_examples(task, cfg.model, cfg.shots)
-    total = len(problems) + cfg.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
+    total = len(problems) + cfg.sampling.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
     bar = progress(total, "eval", "sample")
-    results = evaluate(model, tokenizer, task, problems, k=cfg.k, temperature=cfg.temperature,
-                       max_new_tokens=cfg.max_new_tokens, shots=shots, seed=cfg.seed, calculator=cfg.calculator,
-                       token_budget=cfg.token_budget, scorer=scorer, progress=bar.update,
+    results = evaluate(model, tokenizer, task, problems, k=cfg.sampling.k, temperature=cfg.sampling.temperature,
+                       max_new_tokens=cfg.sampling.max_new_tokens, shots=shots, seed=cfg.run.seed,
+                       calculator=cfg.calculator,
+                       token_budget=cfg.sampling.token_budget, scorer=scorer, progress=bar.update,
                        condition=read_meta(cfg.model).get("condition"), k_problems=cfg.k_problems)
     bar.close()
     metrics = summarize(results)

@@ -1,8 +1,13 @@
-"""Configs: one flat dataclass per command, filled from defaults < a YAML file < command-line flags.
+"""Configs: one dataclass per command, composed of the shared groups in ``settings.py``, filled from
+defaults < a YAML file < command-line flags.
 
-Every field becomes a ``--kebab-case`` flag whose help text is the field's ``help`` metadata. A YAML file may set
-only fields of the same dataclass; an unknown key, a value of the wrong type or an impossible combination is
-rejected with one line before any work starts (``UsageError``, exit code 2). Nothing rewrites another field.
+A field whose type is a dataclass is a *group* (``group(Optim, lr=1e-4)``: the group with the command's own
+defaults); its fields are flattened, so every leaf field becomes one ``--kebab-case`` flag whose help text is the
+field's ``help`` metadata and whose name is the same in every command that composes the group. A YAML file uses
+the same flat names (``config.yaml`` in a run directory is written that way and can be passed back with
+``--config``). An unknown key, a value of the wrong type or an impossible combination is rejected with one line
+before any work starts (``UsageError``, exit code 2); a spelling that an older mathrl used (``RENAMED``) gets a
+"did you mean" with its new name. Nothing rewrites another field.
 """
 
 from __future__ import annotations
@@ -40,18 +45,52 @@ def _type_hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add one flag per field of dataclass ``cls``; flags not given are absent from the namespace."""
+# spellings of earlier versions -> today's field (configs are versioned by the fields they name)
+RENAMED = {"microbatch_size": "micro_batch_size", "minibatch_size": "batch_size", "policy": "model",
+           "dev_size": "eval_size"}
+
+
+def group(cls, **defaults):
+    """A field holding group ``cls`` (a dataclass of settings), with this command's own defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(defaults) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)}")
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"group": cls, "defaults": defaults})
+
+
+def leaves(cls) -> list[tuple[str | None, dataclasses.Field, object, object]]:
+    """(group attribute or None, field, its default, its type) for every flag of config class ``cls``."""
     hints = _type_hints(cls)
-    parser.add_argument("--config", type=str, default=argparse.SUPPRESS,
-                        help="YAML file with values for the flags below (flags given here win)")
+    out = []
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
+        if "group" in f.metadata:
+            inner_hints = _type_hints(f.metadata["group"])
+            for g in dataclasses.fields(f.metadata["group"]):
+                default = f.metadata["defaults"].get(g.name, _default(g))
+                out.append((f.name, g, default, inner_hints[g.name]))
+        else:
+            out.append((None, f, _default(f), hints[f.name]))
+    names = [leaf[1].name for leaf in out]
+    if len(names) != len(set(names)):
+        raise TypeError(f"{cls.__name__}: two groups define the same flag")
+    return out
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one flag per field of dataclass ``cls``; flags not given are absent from the namespace."""
+    parser.add_argument("--config", type=str, default=argparse.SUPPRESS,
+                        help="YAML file with values for the flags below (flags given here win)")
+    for _, f, default, hint in leaves(cls):
         flag = "--" + f.name.replace("_", "-")
         flags = (f"-{f.name}", flag) if len(f.name) == 1 else (flag,)
-        tp, _ = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp, _ = _base_type(hint)
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
         origin = typing.get_origin(tp)
         if tp is bool:
@@ -113,19 +152,57 @@ def load_yaml(path: str) -> dict:
     return data
 
 
+def unknown_flag(cls, extra: list[str]) -> UsageError:
+    """The error for command-line words no flag of ``cls`` takes (a renamed flag gets its new name)."""
+    flags = [a for a in extra if a.startswith("--")]
+    if not flags:
+        return UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    names = {f.name for _, f, _, _ in leaves(cls)}
+    renamed, close = _suggest(flags[0][2:].split("=")[0].replace("-", "_"), names)
+    as_flag = "--" + (renamed or close or "").replace("_", "-")
+    if renamed:
+        return UsageError(f"unknown flag {flags[0]} (renamed: did you mean {as_flag}?)")
+    hint = f" (did you mean {as_flag}?)" if close else ""
+    return UsageError(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def unknown_option(name: str, names, source: str) -> UsageError:
+    """The error for a config key ``cls`` does not have, with its new name if it was renamed, else a close one."""
+    renamed, close = _suggest(name, names)
+    if renamed:
+        return UsageError(f"{source}: unknown option {name!r} (renamed: did you mean {renamed!r}?)")
+    hint = f" (did you mean {close!r}?)" if close else ""
+    return UsageError(f"{source}: unknown option {name!r}{hint}")
+
+
+def _suggest(name: str, names) -> tuple[str | None, str | None]:
+    """(the new name if ``name`` is an old spelling of one of ``names``, else None; the closest of ``names``)."""
+    new = RENAMED.get(name)
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return (new if new in names else None), (close[0] if close else None)
+
+
 def build(cls, values: dict, source: str = "config"):
-    """An instance of dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
-    hints = _type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
+    """An instance of config class ``cls`` from a flat mapping of flag names (or of group names to mappings);
+    unknown keys and wrong types are errors."""
+    where = {f.name: (grp, hint) for grp, f, _, hint in leaves(cls)}
+    groups = {f.name: f.metadata for f in dataclasses.fields(cls) if "group" in f.metadata}
+    flat = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in names:
-            close = difflib.get_close_matches(name, sorted(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UsageError(f"{source}: unknown option {key!r}{hint}")
-        kwargs[name] = _coerce(name, hints[name], value, source)
-    cfg = cls(**kwargs)
+        if name in groups and isinstance(value, dict):  # nested form: {optim: {lr: ...}}
+            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[name] = value
+    top, inner = {}, {g: {} for g in groups}
+    for name, value in flat.items():
+        if name not in where:
+            raise unknown_option(name, where, source)
+        grp, hint = where[name]
+        (inner[grp] if grp else top)[name] = _coerce(name, hint, value, source)
+    for g, meta in groups.items():
+        top[g] = meta["group"](**{**meta["defaults"], **inner[g]})
+    cfg = cls(**top)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
@@ -144,7 +221,15 @@ def from_args(cls, args: argparse.Namespace):
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The flat mapping of flag names to values (what ``--config`` reads back)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if "group" in f.metadata:
+            out.update(dataclasses.asdict(value))
+        else:
+            out[f.name] = value
+    return out
 
 
 def save(cfg, path: Path) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from mathrl import distributed
 from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks.base import Grade, Problem
@@ -237,3 +238,19 @@ def headline(metrics: dict, k: int | None = None) -> str:
     k = k or metrics.get("k")
     keys = ["maj@1", "maj@1_verified", f"maj@{k}", f"pass@{k}", f"pass@{k}_verified", f"rerank@{k}", "sample_accuracy"]
     return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if isinstance(metrics.get(key), float))
+
+
+def evaluate_in_run(policy, tokenizer, task, problems: Sequence[Problem], ev, sampling, *, seed: int, run_dir: Path,
+                    rollouts: int, when: str, shots: Sequence[Problem] = (), condition: dict | None = None) -> dict:
+    """An RL run's evaluation: ``evaluate`` with the run's ``settings.Evaluation`` (K, temperature) and sampling
+    limits, per-question records appended to RUN/eval_questions.jsonl (tagged with the rollouts consumed, what the
+    study pairs on), the headline printed; returns the float metrics for the run's history."""
+    policy.eval()
+    results = evaluate(policy, tokenizer, task, problems, k=ev.eval_k, temperature=ev.eval_temperature,
+                       max_new_tokens=sampling.max_new_tokens, shots=shots, seed=seed,
+                       token_budget=sampling.token_budget, condition=condition)
+    metrics = summarize(results)
+    if distributed.is_main():
+        append_question_records(results, Path(run_dir) / "eval_questions.jsonl", rollouts=rollouts)
+    print(f"  eval {when}: {headline(metrics)}", flush=True)
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}

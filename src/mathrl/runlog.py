@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mathrl import distributed
+from mathrl.plots import metrics_vs_x
 
 
 class RunLogger:
@@ -80,3 +81,20 @@ def progress(total: int, desc: str, unit: str = "it", initial: int = 0, disable:
         disable = not (sys.stderr.isatty() or os.environ.get("MATHRL_PROGRESS") == "1") or not distributed.is_main()
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, dynamic_ncols=True,
                 leave=False, mininterval=1.0)
+
+
+def curve_keys(k: int) -> tuple[str, ...]:
+    """The metrics an RL run plots against rollouts consumed."""
+    return ("maj@1", f"maj@{k}", f"pass@{k}", "maj@1_verified", f"pass@{k}_verified")
+
+
+def write_history(run_dir: Path, history: list, k: int, title: str) -> None:
+    """RUN/history.json (one record per iteration or round) and RUN/sample_complexity.png (the evaluated metrics
+    against rollouts consumed)."""
+    if not distributed.is_main():
+        return
+    (Path(run_dir) / "history.json").write_text(json.dumps(history, indent=1))
+    keys = [key for key in curve_keys(k) if any(key in h for h in history)]
+    if keys:
+        metrics_vs_x(history, "rollouts", keys, Path(run_dir) / "sample_complexity.png",
+                     f"{title}: metrics vs rollouts consumed", "rollouts consumed (training samples)")

@@ -7,21 +7,22 @@ architecture), and differs from ``model.generate(num_return_sequences=K)`` where
    every prompt K times first and pays K prefills.
 2. **Prefix sharing in attention (cascade attention).** During decoding, a prompt's keys/values are stored
    once per prompt and each new token attends to [its prompt ; its own completion] with one softmax over both
-   parts (``_cascade_attention``, registered through transformers' ``AttentionInterface``). Decoding a tiny
+   parts (``kv_cache.cascade_attention``, registered through transformers' ``AttentionInterface``). Decoding a tiny
    model on CPU is bound by reading the KV cache; reading the prompt part once per prompt instead of once per
    sample cut a decode step by ~1.5x at K=16. Models whose cache is not plain full attention (sliding windows,
    linear attention) take the replicated path below instead.
 3. **A preallocated cache.** ``DynamicCache`` grows by ``torch.cat`` every step, copying the whole cache (64%
-   of a decode step measured on CPU); our cache layers write each step into buffers sized for the final length.
+   of a decode step measured on CPU); our cache layer (``kv_cache.PreallocatedLayer``) writes each step into
+   buffers sized for the final length.
 4. **Finished rows leave the batch.** Rows form a grid of prompts x samples; when a quarter of the grid has
    finished (EOS, a stop string, the length limit) it is repacked to the rows still running.
 5. **A token budget.** Prompts are processed in chunks whose cache stays under ``token_budget`` tokens, so
    memory is bounded for any K and any number of prompts.
 
-Randomness is counter-based: the uniform number that picks the token at step t of sample j of a prompt is a
-hash of (seed, prompt key, j, t), and the token is drawn by inverting the CDF of the (filtered, tempered)
-distribution. So a sample depends on its prompt and seed only, not on batching, chunking, ordering or the number
-of data-parallel ranks (up to float rounding of the logits in different batch shapes).
+Randomness is counter-based (``counter_rng``): the uniform number that picks the token at step t of sample j of
+a prompt is a hash of (seed, prompt key, j, t), and the token is drawn by inverting the CDF of the (filtered,
+tempered) distribution. So a sample depends on its prompt and seed only, not on batching, chunking, ordering or
+the number of data-parallel ranks (up to float rounding of the logits in different batch shapes).
 
 Log-probabilities returned are those of the **unmodified model distribution** (temperature 1, no top-k/top-p),
 the quantity RL losses need (``log pi(token)``); they equal those of one full forward pass over the finished
@@ -37,7 +38,6 @@ t = completion tokens so far, H / Hkv = query / key-value heads, D = head size.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -45,7 +45,9 @@ from typing import Sequence
 import torch
 
 from mathrl import distributed
+from mathrl.counter_rng import key_hash, uniforms
 from mathrl.errors import UsageError
+from mathrl.kv_cache import CASCADE, Cascade, PreallocatedLayer
 from mathrl.models import kv_cache_arg, kv_cache_of
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 
@@ -105,11 +107,6 @@ class Rollout:
 # ----------------------------------------------------------------------------------------------------------
 # Counter-based random numbers (splitmix64 finaliser on int64 tensors; wrap-around multiplication is exact)
 
-_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
-_M2 = 0x94D049BB133111EB - (1 << 64)
-_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
-
-
 def completion_stats(rollouts: Sequence[Rollout]) -> dict:
     """Training-curve statistics of a batch of rollouts: ``completion_tokens`` (mean length) and
     ``entropy_estimate``, the mean -log pi of the sampled tokens (a Monte-Carlo estimate of the per-token entropy of
@@ -120,190 +117,6 @@ def completion_stats(rollouts: Sequence[Rollout]) -> dict:
     sampled = [-lp for r in rollouts for lp, m in zip(r.logprobs, r.sampled_mask) if m]
     return {"completion_tokens": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
             "entropy_estimate": sum(sampled) / len(sampled) if sampled else float("nan")}
-
-
-def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> n) & ((1 << (64 - n)) - 1)
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    x = (x ^ _shr(x, 30)) * _M1
-    x = (x ^ _shr(x, 27)) * _M2
-    return x ^ _shr(x, 31)
-
-
-def _key_hash(seed: int, key: str, sample_index: int) -> int:
-    h = hashlib.blake2b(f"{seed}\x00{key}\x00{sample_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little", signed=True)
-
-
-def _uniforms(row_keys: torch.Tensor, step: int) -> torch.Tensor:
-    """(B,) float64 uniforms in (0, 1), a pure function of (row key, step)."""
-    offset = ((step + 1) * _GOLDEN) & ((1 << 64) - 1)
-    x = _mix(row_keys + (offset - (1 << 64) if offset >= 1 << 63 else offset))
-    return (_shr(x, 11).double() + 0.5) / float(1 << 53)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Cache layers that write in place, and attention that reads each prompt's keys/values once
-
-
-def _layer_classes():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocatedLayer(DynamicLayer):
-        """A ``DynamicLayer`` whose keys/values live in buffers sized for the final length: ``update`` writes the
-        step in place and returns views, instead of concatenating (which copies the whole cache every step).
-        Each row holds its own copy of its prompt's keys/values (the path for any cache layout)."""
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
-            super().__init__()
-            b, h, n, d = keys.shape
-            self.buf_k = keys.new_empty(b, h, capacity, d)
-            self.buf_v = values.new_empty(b, values.shape[1], capacity, values.shape[-1])
-            self.buf_k[:, :, :n] = keys
-            self.buf_v[:, :, :n] = values
-            self.length = n
-            self.dtype, self.device = keys.dtype, keys.device
-            self.is_initialized = True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys = self.buf_k[:, :, : self.length]
-            self.values = self.buf_v[:, :, : self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            n = key_states.shape[-2]
-            self.buf_k[:, :, self.length : self.length + n] = key_states
-            self.buf_v[:, :, self.length : self.length + n] = value_states
-            self.length += n
-            self._views()
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-        def select(self, slots: torch.Tensor, rows: torch.Tensor) -> None:
-            self.buf_k = self.buf_k.index_select(0, rows)
-            self.buf_v = self.buf_v.index_select(0, rows)
-            self._views()
-
-    class SharedPrefixLayer(DynamicLayer):
-        """Prompt keys/values stored once per prompt slot, completion keys/values per row (cascade attention).
-
-        ``prefix_k``: (P, Hkv, Lp, D), left-padded prompts; ``buf_k``: (B, Hkv, capacity, D) with B = P x G rows,
-        slot-major. ``update`` stores the step and returns the completion part only; ``_cascade_attention`` adds
-        the prefix part, reading each prompt's keys once for its G rows instead of once per row.
-        """
-
-        def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, rows: int, capacity: int):
-            super().__init__()
-            self.prefix_k, self.prefix_v = prefix_k, prefix_v
-            _, h, self.prefix_len, d = prefix_k.shape
-            self.buf_k = prefix_k.new_empty(rows, h, capacity, d)
-            self.buf_v = prefix_v.new_empty(rows, prefix_v.shape[1], capacity, prefix_v.shape[-1])
-            self.length = 0
-            self.dtype, self.device = prefix_k.dtype, prefix_k.device
-            self.is_initialized = True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys = self.buf_k[:, :, : self.length]
-            self.values = self.buf_v[:, :, : self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            n = key_states.shape[-2]
-            self.buf_k[:, :, self.length : self.length + n] = key_states
-            self.buf_v[:, :, self.length : self.length + n] = value_states
-            self.length += n
-            self._views()
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.prefix_len + self.length
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.prefix_len + self.length + query_length, 0
-
-        def select(self, slots: torch.Tensor, rows: torch.Tensor) -> None:
-            self.prefix_k = self.prefix_k.index_select(0, slots)
-            self.prefix_v = self.prefix_v.index_select(0, slots)
-            self.buf_k = self.buf_k.index_select(0, rows)
-            self.buf_v = self.buf_v.index_select(0, rows)
-            self._views()
-
-    return PreallocatedLayer, SharedPrefixLayer
-
-
-_LAYERS = None
-
-
-def _layers():
-    global _LAYERS
-    if _LAYERS is None:
-        _LAYERS = _layer_classes()
-    return _LAYERS
-
-
-class _Cascade:
-    """What the cascade attention function needs while a chunk decodes (set by the sampler, one at a time)."""
-
-    cache = None
-    prefix_bias = None  # (P, 1, 1, Lp) float: 0 on prompt tokens, -inf on left padding
-    calls = 0
-
-
-def _cascade_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention of one new token per row over [its prompt (shared by G rows) ; its own completion].
-
-    query (B, H, 1, D), key/value (B, Hkv, t, D) = the completion part; the prompt part comes from the layer.
-    Both parts share one softmax (max-subtracted), so the result equals attention over the concatenation.
-    """
-    layer = _Cascade.cache.layers[module.layer_idx]
-    _Cascade.calls += 1
-    b, h, q, d = query.shape
-    p, hkv, lp, _ = layer.prefix_k.shape
-    g, rep = b // p, h // hkv
-    scaling = scaling if scaling is not None else d**-0.5
-    qf = query.float()
-    # prompt part, grouped by slot: (P, Hkv, G*rep, D) @ (P, Hkv, D, Lp) -> (P, Hkv, G*rep, Lp)
-    qg = qf.reshape(p, g, hkv, rep, d).permute(0, 2, 1, 3, 4).reshape(p, hkv, g * rep, d)
-    s_pre = torch.matmul(qg, layer.prefix_k.float().transpose(-1, -2)) * scaling + _Cascade.prefix_bias
-    # completion part, per row: (B, Hkv, rep, D) @ (B, Hkv, D, t) -> (B, Hkv, rep, t)
-    s_own = torch.matmul(qf.reshape(b, hkv, rep, d), key.float().transpose(-1, -2)) * scaling
-
-    def to_rows(x):  # (P, Hkv, G*rep, ...) -> (B, Hkv, rep, ...)
-        return x.reshape(p, hkv, g, rep, *x.shape[3:]).transpose(1, 2).reshape(b, hkv, rep, *x.shape[3:])
-
-    def to_slots(x):  # (B, Hkv, rep, ...) -> (P, Hkv, G*rep, ...)
-        return x.reshape(p, g, hkv, rep, *x.shape[3:]).transpose(1, 2).reshape(p, hkv, g * rep, *x.shape[3:])
-
-    m = torch.maximum(to_rows(s_pre.amax(-1)), s_own.amax(-1))  # (B, Hkv, rep)
-    e_pre = torch.exp(s_pre - to_slots(m).unsqueeze(-1))  # (P, Hkv, G*rep, Lp)
-    e_own = torch.exp(s_own - m.unsqueeze(-1))  # (B, Hkv, rep, t)
-    denom = to_rows(e_pre.sum(-1)) + e_own.sum(-1)  # (B, Hkv, rep)
-    out = to_rows(torch.matmul(e_pre, layer.prefix_v.float())) + torch.matmul(e_own, value.float())  # (B,Hkv,rep,D)
-    out = (out / denom.unsqueeze(-1)).reshape(b, h, q, d).to(query.dtype)
-    return out.transpose(1, 2), None  # (B, 1, H, D), as HF attention functions return
-
-
-def _no_mask(*args, **kwargs):
-    return None  # cascade attention masks the prompt padding itself
-
-
-_REGISTERED = False
-
-
-def _register_cascade() -> None:
-    global _REGISTERED
-    if not _REGISTERED:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
-        AttentionInterface.register("mathrl_cascade", _cascade_attention)
-        AttentionMaskInterface.register("mathrl_cascade", _no_mask)
-        _REGISTERED = True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -327,7 +140,7 @@ def _select(logits: torch.Tensor, params: SamplingParams, row_keys: torch.Tensor
             sorted_p = sorted_p.masked_fill(before >= params.top_p, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
         cdf = probs.double().cumsum(dim=-1)  # (B, V)
-        u = _uniforms(row_keys, step).to(cdf.device) * cdf[:, -1]  # (B,)
+        u = uniforms(row_keys, step).to(cdf.device) * cdf[:, -1]  # (B,)
         token = torch.searchsorted(cdf, u.unsqueeze(-1)).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
         # a zero-probability token can only be hit at a flat stretch of the CDF through rounding: step back
         token = torch.where(probs.gather(-1, token.unsqueeze(-1)).squeeze(-1) > 0, token, probs.argmax(dim=-1))
@@ -476,11 +289,9 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     out_index = torch.tensor([n if o is not None else -1 for n, o in enumerate(owner)])  # row -> output row
     dev_rows = row_slot.to(device)
     logits = out.logits[:, -1, :].float().index_select(0, dev_rows)  # (B, V)
-    PreallocatedLayer, SharedPrefixLayer = _layers()
     cascade = params.shared_prefix_attention and all(type(layer) is DynamicLayer for layer in cache.layers)
     if cascade:
-        _register_cascade()
-        cache.layers = [SharedPrefixLayer(layer.keys, layer.values, b, max_new) for layer in cache.layers]
+        cache.layers = [PreallocatedLayer.shared(layer.keys, layer.values, b, max_new) for layer in cache.layers]
         prefix_bias = torch.zeros((n_slots, 1, 1, p_len), device=device)
         prefix_bias.masked_fill_(mask[:, None, None, :] == 0, float("-inf"))
         full_mask = None
@@ -494,7 +305,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         full_mask = torch.ones((b, p_len + max_new), dtype=torch.long, device=device)
         full_mask[:, :p_len] = mask.index_select(0, dev_rows)
     next_pos = mask.sum(-1).index_select(0, dev_rows)  # (B,) position of the first completion token
-    row_keys = torch.tensor([_key_hash(params.seed, keys[o[0]], o[1]) if o else 0 for o in owner], dtype=torch.long)
+    row_keys = torch.tensor([key_hash(params.seed, keys[o[0]], o[1]) if o else 0 for o in owner], dtype=torch.long)
 
     n_out = len(owner)
     out_tokens = torch.zeros((n_out, max_new), dtype=torch.long)
@@ -580,14 +391,14 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         step_ids = token.to(device).unsqueeze(-1)
         positions = (next_pos + t).unsqueeze(-1)
         if cascade:
-            _Cascade.cache, _Cascade.prefix_bias, _Cascade.calls = cache, prefix_bias, 0
-            model.config._attn_implementation = "mathrl_cascade"
+            state = Cascade(cache, prefix_bias)
+            model.config._attn_implementation = CASCADE
             try:
-                out = model(input_ids=step_ids, position_ids=positions, **kv_cache_arg(cache), use_cache=True)
+                out = model(input_ids=step_ids, position_ids=positions, **kv_cache_arg(cache), use_cache=True,
+                            **{CASCADE: state})
             finally:
                 model.config._attn_implementation = attn_impl
-                _Cascade.cache = _Cascade.prefix_bias = None
-            if _Cascade.calls != len(cache.layers):
+            if state.calls != len(cache.layers):
                 raise RuntimeError(f"{type(model).__name__} does not route attention through transformers' "
                                    "attention interface; sample with shared_prefix_attention=False")
         else:
@@ -595,6 +406,13 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
                         **kv_cache_arg(cache), use_cache=True)
         logits = out.logits[:, -1, :].float()
 
+    return _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
+                        watch)
+
+
+def _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
+                 watch: _TextWatch) -> list[Rollout]:
+    """The finished rows of a chunk as rollouts: text decoded without EOS and cut at the first stop string."""
     rollouts = []
     for row, o in enumerate(owner):
         if o is None:

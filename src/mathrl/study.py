@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mathrl.config import field, save as save_config
 from mathrl.errors import RunError, UsageError
-from mathrl.run import remove_tree
+from mathrl.runsetup import remove_tree
 
 
 @dataclass
@@ -150,14 +150,14 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         pretrained, start_pt = cfg.model, "pretrained"
         sft_task = task_args
     sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
-                        "--whole-sequence-loss", "--dev-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
+                        "--whole-sequence-loss", "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
                         *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
                 needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft")
-    orm = Stage("orm", ["orm", "train", "--policy", d(sft) + "/model", "--questions", str(b["orm_questions"]), *mnt,
+    orm = Stage("orm", ["orm", "train", "--model", d(sft) + "/model", "--questions", str(b["orm_questions"]), *mnt,
                         *shared_seed], needs=["sft"], group="orm")
     # the SORM labels the steps of every sample it trains on: questions x K=4 training samples, all labelled
     n_sorm = b["sorm_questions"]
-    sorm = Stage("sorm", ["orm", "train", "--stepwise", "--policy", d(sft) + "/model", "--questions",
+    sorm = Stage("sorm", ["orm", "train", "--stepwise", "--model", d(sft) + "/model", "--questions",
                           str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *mnt, *shared_seed],
                  needs=["sft"], group="orm")
     stages += [sft, orm, sorm]
@@ -362,7 +362,7 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
 
 def main(cfg: Config) -> None:
     from mathrl.report import write_report
-    from mathrl.training import default_threads
+    from mathrl.runsetup import default_threads
 
     root = Path(cfg.out)
     try:

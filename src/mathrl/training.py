@@ -1,7 +1,8 @@
 """The training core shared by pretraining, SFT and the fine-tuning steps of every RL algorithm.
 
 Small building blocks, no trainer class: ``Example`` and ``collate`` make batches, ``token_logprobs`` is the one
-place a model turns token ids into log pi(token | prefix), ``sft_grads`` accumulates the gradient of the masked
+place a model turns token ids into log pi(token | prefix) (``forward_policy`` does it for rollout batches, each
+prompt forwarded once for its K completions), ``sft_grads`` accumulates the gradient of the masked
 token-level cross-entropy over micro-batches, ``make_optimizer``/``lr_at`` give AdamW with linear warmup and
 cosine decay. The loop itself lives in each algorithm's module, on screen.
 
@@ -18,16 +19,17 @@ Shapes: B = rows, T = tokens per row, V = vocabulary.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
 
-import numpy as np
 import torch
 
+from mathrl import checkpoint as ckpt
 from mathrl import distributed
-from mathrl.models import block_class_names
+from mathrl.models import block_class_names, kv_cache_arg, kv_cache_of
+from mathrl.runlog import progress
+from mathrl.runsetup import rng_state, set_rng_state
 
 T = TypeVar("T")
 
@@ -223,8 +225,10 @@ def set_lr(optimizer, base_lr: float, multiplier: float) -> None:
 
 
 def clip_and_step(model, optimizer, grad_clip: float) -> float:
-    """Clip the global gradient norm (if ``grad_clip`` > 0), step, zero the gradients; returns the norm."""
-    norm = distributed.clip_grad_norm(list(model.parameters()), grad_clip if grad_clip > 0 else float("inf"))
+    """Clip the global gradient norm (if ``grad_clip`` > 0), step, zero the gradients; returns the norm.
+    ``model``: a module, or the list of parameters the optimizer updates."""
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else list(model)
+    norm = distributed.clip_grad_norm(params, grad_clip if grad_clip > 0 else float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
@@ -248,52 +252,11 @@ def length_bucketed_batches(examples: Sequence[Example], batch_size: int, rng: r
     return batches
 
 
-def split_micro(items: Sequence[T], micro_batch_size: int) -> Iterator[list[T]]:
-    for i in range(0, len(items), micro_batch_size):
-        yield list(items[i : i + micro_batch_size])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Threads, seeds and RNG state
-
-
-def default_threads() -> int:
-    """The cores this process may use (its CPU affinity mask, as a scheduler or ``taskset`` sets it).
-
-    Not a sample of idle time: measured over a moment, a package download in the background made a whole study
-    run on one thread (docs/results.md, 2026-12-01). A busy neighbour slows the run; it does not change the
-    plan of the run."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def setup_threads(threads: int) -> int:
-    n = threads if threads > 0 else default_threads()
-    torch.set_num_threads(n)
-    return n
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def split_micro(items: Sequence[T], micro_batch_size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``micro_batch_size`` items (a list or a tensor of row indices; 0: one slice)."""
+    size = micro_batch_size if micro_batch_size > 0 else max(1, len(items))
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,15 +278,16 @@ def epoch_batches(examples: Sequence[Example], batch_size: int, seed: int, epoch
     return length_bucketed_batches(examples, batch_size, random.Random(f"{seed}/epoch{epoch}"))
 
 
-def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, device, batch_size: int,
-                micro_batch_size: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float,
-                grad_clip: float, seed: int, start_step: int = 0, objective: str = "lm") -> Iterator[StepStats]:
+def train_steps(model, optimizer, examples: Sequence[Example], optim, *, pad_id: int, device, total_steps: int,
+                seed: int, start_step: int = 0, objective: str = "lm") -> Iterator[StepStats]:
     """Run optimizer steps ``start_step+1 .. total_steps`` over ``examples`` (epoch after epoch), yielding after
     each so the caller can log, evaluate and checkpoint. The data position is the step itself.
 
+    ``optim``: a ``settings.Optim`` (batch and micro-batch sizes, learning-rate schedule, clipping);
     ``objective``: "lm" (token cross-entropy, ``sft_grads``) or "bce" (reward models, ``bce_grads``)."""
     if not examples:
         return
+    batch_size, micro_batch_size, lr = optim.batch_size, optim.micro, optim.lr
     grads = {"lm": sft_grads, "bce": bce_grads}[objective]
     per_epoch = math.ceil(len(examples) / batch_size)
     sharded = distributed.is_sharded(model)
@@ -347,14 +311,168 @@ def train_steps(model, optimizer, examples: Sequence[Example], *, pad_id: int, d
                 blank = Example(first.input_ids, (False,) * len(first.input_ids), first.labels)
                 local += [blank] * (math.ceil(len(batches[b]) / distributed.world_size()) - len(local))
             micro = [collate(mb, pad_id) for mb in split_micro(local, micro_batch_size)]
-            multiplier = lr_at(step, total_steps, warmup_steps, min_lr_ratio)
+            multiplier = lr_at(step, total_steps, optim.warmup_steps, optim.min_lr_ratio)
             set_lr(optimizer, lr, multiplier)
             loss, _ = grads(model, micro, device, total)
             distributed.all_reduce_grads(model.parameters())
             loss, n_tokens = distributed.all_reduce_sum([loss, n_tokens])
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss}")
-            norm = clip_and_step(model, optimizer, grad_clip)
+            norm = clip_and_step(model, optimizer, optim.grad_clip)
             step += 1
             yield StepStats(step=step, epoch=step / per_epoch, loss=loss, grad_norm=norm, lr=lr * multiplier,
                             n_tokens=int(n_tokens))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollout batches: the learning step of the policy-gradient methods (PPO, GRPO, RLOO)
+
+
+def forward_policy(model, head, batch: RolloutBatch, with_values: bool, device="cpu"):
+    """(logprobs (N, C), values (N, C) or None) of the completion tokens of a rollout batch.
+
+    logprobs[n, c] = log pi(completion token c | prompt, completion tokens < c); values[n, c] = V(the same prefix).
+    Each distinct prompt is forwarded once (left-padded, P rows) and its key/value cache is shared by its
+    completions (N rows, right-padded): with K samples per prompt this saves (K - 1) / K of the prompt tokens'
+    compute in the forward and the backward pass, and the gradient flows through the shared cache. The vocabulary
+    projection runs only where a completion token is predicted. Equal to one plain forward pass over
+    prompt + completion (tests/test_training.py checks log-probs and gradients).
+    """
+    from transformers import DynamicCache
+
+    pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
+    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
+    rows = batch.prompt_of.to(device)
+    out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
+                  **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
+                  output_hidden_states=with_values)
+    cache = kv_cache_of(out_p)
+    for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
+        layer.batch_select_indices(rows)
+    attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
+    positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
+    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, **kv_cache_arg(cache),
+                  use_cache=True, output_hidden_states=with_values)
+    # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
+    logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
+    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if not with_values:
+        return logprobs, None
+    hidden = torch.cat([out_p.hidden_states[-1][:, -1:].index_select(0, rows), out_c.hidden_states[-1][:, :-1]], 1)
+    return logprobs, head(hidden)
+
+
+@dataclass
+class RolloutBatch:
+    """One rollout batch, prompts stored once. Completion-aligned tensors are (N, C), right-padded; the mask
+    convention is training.py's (True = a token the loss counts); position c is completion token c."""
+
+    prompt_ids: torch.Tensor  # (P, Lp) distinct prompts, left-padded
+    prompt_mask: torch.Tensor  # (P, Lp) 1 on prompt tokens
+    prompt_of: torch.Tensor  # (N,) row -> its prompt's row in prompt_ids
+    completion_ids: torch.Tensor  # (N, C)
+    action_mask: torch.Tensor  # (N, C) completion tokens (the episode)
+    loss_mask: torch.Tensor  # (N, C) completion tokens the policy sampled (not calculator insertions)
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    outcome: torch.Tensor | None = None  # (N,) the outcome return of each rollout (before KL)
+
+    def select(self, idx: torch.Tensor) -> RolloutBatch:
+        """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
+        used, prompt_of = torch.unique(self.prompt_of.index_select(0, idx), return_inverse=True)
+        pmask = self.prompt_mask.index_select(0, used)
+        lp = int(pmask.sum(-1).max()) if len(used) else 0
+        c = int(self.action_mask.index_select(0, idx).sum(-1).max()) if len(idx) else 0
+
+        def pick(x):
+            if x is None:
+                return None
+            x = x.index_select(0, idx)
+            return x[:, :c] if x.dim() == 2 else x
+
+        return RolloutBatch(
+            self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :], pmask[:, pmask.shape[1] - lp :],
+            prompt_of, pick(self.completion_ids), pick(self.action_mask), pick(self.loss_mask),
+            pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.old_values), pick(self.advantages),
+            pick(self.returns), pick(self.outcome))
+
+
+def pack_rollouts(rollouts, pad_id: int) -> RolloutBatch:
+    """Rollouts -> a RolloutBatch (old log-probs from the sampler; the rest is filled in later)."""
+    firsts = {}
+    for r in rollouts:
+        firsts.setdefault(r.prompt_index, r.prompt_ids)
+    order = sorted(firsts)
+    lp = max(len(firsts[i]) for i in order)
+    prompt_ids = torch.full((len(order), lp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(order), lp), dtype=torch.long)
+    for j, i in enumerate(order):
+        prompt_ids[j, lp - len(firsts[i]) :] = torch.tensor(firsts[i])
+        prompt_mask[j, lp - len(firsts[i]) :] = 1
+    slot = {i: j for j, i in enumerate(order)}
+    n, c = len(rollouts), max(len(r.completion_ids) for r in rollouts)
+    ids = torch.full((n, c), pad_id, dtype=torch.long)
+    action = torch.zeros((n, c), dtype=torch.bool)
+    loss = torch.zeros((n, c), dtype=torch.bool)
+    old = torch.zeros((n, c))
+    for i, r in enumerate(rollouts):
+        m = len(r.completion_ids)
+        ids[i, :m] = torch.tensor(r.completion_ids)
+        action[i, :m] = True
+        loss[i, :m] = torch.tensor(r.sampled_mask, dtype=torch.bool)
+        old[i, :m] = torch.tensor(r.logprobs)
+    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
+                        action, loss, old)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Round-based runs (Expert Iteration, RCRL): fine-tune on each round's samples, checkpoint by phase
+
+
+def round_total_steps(n_examples: int, optim, epochs: float, max_steps: int) -> int:
+    """Optimizer steps of a round: ``epochs`` passes over ``n_examples`` (capped by ``max_steps`` if > 0)."""
+    total = math.ceil((math.ceil(n_examples / optim.batch_size) if n_examples else 0) * epochs)
+    return min(total, max_steps) if max_steps else total
+
+
+def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *, pad_id: int, device, total: int,
+                    seed: int, label: str, checkpoint_every: int, save, run_dir) -> None:
+    """The learn phase of a round: steps ``st.ft_step + 1 .. total`` over ``examples`` (``st.ft_step`` kept
+    current, so a resumed round continues where it stopped), ``save(tag)`` every ``checkpoint_every`` steps; a
+    non-finite loss stops the run naming the last good checkpoint."""
+    policy.train()
+    bar = progress(total, label, "step", initial=st.ft_step)
+    try:
+        for step in train_steps(policy, optimizer, examples, optim, pad_id=pad_id, device=device, total_steps=total,
+                                seed=seed, start_step=st.ft_step):
+            st.ft_step = step.step
+            bar.update(1)
+            bar.set_postfix(loss=f"{step.loss:.3f}")
+            if checkpoint_every and st.ft_step % checkpoint_every == 0 and st.ft_step < total:
+                save(ckpt.round_tag(st.round, st.ft_step))
+    except FloatingPointError as e:
+        raise ckpt.divergence_error(run_dir, st.ft_step, str(e)) from None
+    bar.close()
+
+
+def resume_round_run(last, policy, from_dict, optim):
+    """(state, optimizer or None) of a round-based run from checkpoint ``last``: the weights and RNG state
+    restored, the optimizer too when the checkpoint was taken while fine-tuning."""
+    saved = ckpt.load_state(last)
+    ckpt.load_weights_into(policy, last)
+    set_rng_state(saved["rng"])
+    optimizer = None
+    if saved.get("optimizer") is not None:
+        optimizer = make_optimizer(policy, optim.lr, optim.weight_decay)
+        distributed.load_optimizer_state(policy, optimizer, saved["optimizer"])
+    return from_dict(saved), optimizer
+
+
+def save_round_run(run_dir, tag: int, policy, tokenizer, st, optimizer) -> None:
+    """Checkpoint ``tag`` of a round-based run: weights, ``st.to_dict()``, the RNG state, and the optimizer while
+    fine-tuning (``st.phase == "learn"``; between phases the next round starts a new one)."""
+    opt = distributed.optimizer_state(policy, optimizer) if optimizer is not None and st.phase == "learn" else None
+    ckpt.save_checkpoint(run_dir, tag, policy, tokenizer, {**st.to_dict(), "rng": rng_state(), "optimizer": opt})

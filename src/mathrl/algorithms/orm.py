@@ -12,6 +12,7 @@ Label ratio: natural by default; ``--balance`` drops samples of the majority cla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -22,59 +23,62 @@ from pathlib import Path
 
 from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
+from mathrl.settings import Data, Optim, Run, Sampling, fsdp, resume, validate_groups
 from mathrl.metrics import auc
 from mathrl.models import load_model
-from mathrl.run import prepare_run_dir, resolve_device, write_meta
+from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
-from mathrl.training import Example, make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads, \
-    train_steps
+from mathrl.training import Example, make_optimizer, train_steps
 
 
 @dataclass
 class Config:
-    policy: str = field("", "policy model directory whose samples are labelled (required)")
+    model: str = field("", "policy model directory whose samples are labelled (required)")
     out: str = field("runs/orm", "run directory (the reward model is written to OUT/model)")
-    task: str = field("", "task (default: the one recorded with the policy)")
-    level: int | None = field(None, "synthetic task level (default: the policy's)")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    data: Data = group(Data)
     stepwise: bool = field(False, "train a stepwise ORM (SORM) with rollout-estimated step labels")
     questions: int = field(2000, "training questions to sample from")
-    k: int = field(4, "samples per question")
+    sampling: Sampling = group(Sampling)
     m: int = field(4, "SORM: continuations sampled from each step prefix")
     sorm_samples: int = field(1500, "SORM: training samples that get rollout step labels (the SORM trains on "
                                         "those only)")
-    temperature: float = field(1.0, "sampling temperature")
-    max_new_tokens: int = field(128, "completion length limit")
     balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
     heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
     epochs: float = field(2.0, "passes over the labelled samples")
-    batch_size: int = field(32, "sequences per optimizer step")
-    lr: float = field(5e-4, "peak learning rate")
-    warmup_steps: int = field(20, "linear warmup steps")
-    weight_decay: float = field(0.1, "AdamW weight decay")
-    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
-    fsdp: bool = field(False, "under torchrun: shard the reward model over the ranks with FSDP while it trains")
+    optim: Optim = group(Optim)
+    fsdp: bool = fsdp()
     checkpoint_every: int = field(100, "optimizer steps between checkpoints")
-    token_budget: int = field(1 << 17, "sampler cache budget in tokens")
-    seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+    run: Run = group(Run)
+    resume: bool = resume()
 
     def validate(self) -> None:
-        if not self.policy:
-            raise UsageError("--policy is required (the model whose samples the reward model judges)")
-        if self.questions < 2 or self.k < 1 or self.m < 1 or self.batch_size < 1:
-            raise UsageError("questions must be >= 2; k, m and batch_size >= 1")
+        validate_groups(self)
+        if not self.model:
+            raise UsageError("--model is required (the policy whose samples the reward model judges)")
+        if self.questions < 2 or self.m < 1:
+            raise UsageError("questions must be >= 2 and m >= 1")
         if not 0 < self.heldout < 1:
             raise UsageError("heldout must lie in (0, 1)")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise UsageError("epochs and lr must be > 0")
+        if self.epochs <= 0:
+            raise UsageError("epochs must be > 0")
+
+
+@dataclass
+class Judged:
+    """A policy sample and its labels: ``correct`` (the outcome), ``first_error`` (the exact step checker's, where
+    the task has one) and, for a SORM, one rollout-estimated label per step (``step_labels``)."""
+
+    id: str  # the question's id
+    prompt_index: int
+    text: str
+    correct: bool
+    first_error: int | None
+    n_steps: int
+    step_labels: list[float] | None = None
 
 
 def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
@@ -87,75 +91,72 @@ def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
 
 
 def train(cfg: Config) -> Path:
-    from mathrl.commands import few_shot_examples, task_for_model
     from transformers import AutoModelForTokenClassification
 
-    run_dir = prepare_run_dir(cfg.out, cfg.resume)
-    setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    task = task_for_model(cfg.policy, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
+    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    run_dir, device = ctx.dir, ctx.device
+    task = task_of(cfg.model, cfg.data)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.policy, device=device)
-    shots = few_shot_examples(task, cfg.policy, -1)
+    policy, tokenizer = load_model(cfg.model, device=device)
+    shots = few_shot_examples(task, cfg.model, -1)
     questions = task.problems("train")[: cfg.questions]
     n_held = max(1, int(len(questions) * cfg.heldout))
-    held_ids = {p.id for p in random.Random(cfg.seed).sample(questions, n_held)}
+    held_ids = {p.id for p in random.Random(cfg.run.seed).sample(questions, n_held)}
     data_file = run_dir / "labelled.jsonl"
     t_start = time.time()
 
     if not data_file.is_file():
         # step 1: collect K samples per question from the policy
         prompts = [task.prompt(p, shots) for p in questions]
-        params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                stop_strings=task.stop_strings, seed=cfg.seed, token_budget=cfg.token_budget)
-        bar = progress(len(prompts) * cfg.k, "orm: sampling", "sample")
-        rollouts = sample(policy, tokenizer, prompts, cfg.k, params, keys=[p.id for p in questions],
+        params = SamplingParams(temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+                                stop_strings=task.stop_strings, seed=cfg.run.seed,
+                                token_budget=cfg.sampling.token_budget)
+        bar = progress(len(prompts) * cfg.sampling.k, "orm: sampling", "sample")
+        rollouts = sample(policy, tokenizer, prompts, cfg.sampling.k, params, keys=[p.id for p in questions],
                           progress=bar.update)
         bar.close()
         records = []
         for r in rollouts:
             p = questions[r.prompt_index]
             g = task.grade(p, r.text)
-            records.append({"id": p.id, "prompt_index": r.prompt_index, "text": r.text, "correct": g.correct,
-                            "first_error": g.steps.first_error if g.steps is not None else None,
-                            "n_steps": len(task.step_spans(r.text))})
+            records.append(Judged(p.id, r.prompt_index, r.text, g.correct,
+                                  g.steps.first_error if g.steps is not None else None, len(task.step_spans(r.text))))
         # step 2 (SORM): label each step by whether the policy can still finish correctly from it
         if cfg.stepwise:
             _label_steps(task, policy, tokenizer, questions, prompts, records, cfg, held_ids)
         if distributed.is_main():
-            data_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+            data_file.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records))
         distributed.barrier()
-        print(f"orm: labelled {len(records)} samples ({sum(r['correct'] for r in records) / len(records):.3f} "
+        print(f"orm: labelled {len(records)} samples ({sum(r.correct for r in records) / len(records):.3f} "
               f"correct) in {time.time() - t_start:.0f}s", flush=True)
-    records = [json.loads(line) for line in data_file.read_text().splitlines()]
+    records = [Judged(**json.loads(line)) for line in data_file.read_text().splitlines()]
     policy = policy.cpu()
     del policy
 
-    train_records = [r for r in records if r["id"] not in held_ids]
-    held_records = [r for r in records if r["id"] in held_ids]
+    train_records = [r for r in records if r.id not in held_ids]
+    held_records = [r for r in records if r.id in held_ids]
     if cfg.stepwise:
         # the SORM trains only on samples with rollout step labels (the paper's SORM, section 3.2): the others
         # would carry their outcome on every step, an ORM's labels
-        train_records = [r for r in train_records if "step_labels" in r]
+        train_records = [r for r in train_records if r.step_labels is not None]
     if cfg.balance:
-        pos = [r for r in train_records if r["correct"]]
-        neg = [r for r in train_records if not r["correct"]]
+        pos = [r for r in train_records if r.correct]
+        neg = [r for r in train_records if not r.correct]
         n = min(len(pos), len(neg))
-        rng = random.Random(cfg.seed)
+        rng = random.Random(cfg.run.seed)
         train_records = rng.sample(pos, n) + rng.sample(neg, n)
     by_id = {p.id: p for p in questions}
-    examples = [_example(task, tokenizer, by_id[r["id"]], r, shots) for r in train_records]
+    examples = [_example(task, tokenizer, by_id[r.id], r, shots) for r in train_records]
     if not examples:
         raise UsageError("no labelled training samples")
 
     # step 3: learn a per-token classifier initialised from the policy
-    model = AutoModelForTokenClassification.from_pretrained(cfg.policy, num_labels=1).to(device)
+    model = AutoModelForTokenClassification.from_pretrained(cfg.model, num_labels=1).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.fsdp:
         distributed.shard_model(model)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    total = math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
+    total = math.ceil(math.ceil(len(examples) / cfg.optim.batch_size) * cfg.epochs)
     step = 0
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
@@ -168,10 +169,8 @@ def train(cfg: Config) -> Path:
     bar = progress(total, "orm: training", "step", initial=step)
     model.train()
     t_train = time.time()
-    for st in train_steps(model, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
-                          batch_size=cfg.batch_size, micro_batch_size=cfg.batch_size, total_steps=total, lr=cfg.lr,
-                          warmup_steps=cfg.warmup_steps, min_lr_ratio=0.1, grad_clip=cfg.grad_clip, seed=cfg.seed,
-                          start_step=step, objective="bce"):
+    for st in train_steps(model, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id, device=device,
+                          total_steps=total, seed=cfg.run.seed, start_step=step, objective="bce"):
         bar.update(1)
         bar.set_postfix(loss=f"{st.loss:.3f}")
         if st.step % 20 == 0 or st.step == total:
@@ -186,11 +185,11 @@ def train(cfg: Config) -> Path:
     from mathrl.reward_model import RewardModel
 
     rm = RewardModel(model, tokenizer, kind="sorm" if cfg.stepwise else "orm")
-    report = evaluate_reward_model(rm, task, [by_id[r["id"]] for r in held_records], held_records, shots)
+    report = evaluate_reward_model(rm, task, [by_id[r.id] for r in held_records], held_records, shots)
     if cfg.stepwise:
-        report["n_train_step_labelled"] = sum("step_labels" in r for r in train_records)
+        report["n_train_step_labelled"] = sum(r.step_labels is not None for r in train_records)
     report.update({"kind": rm.kind, "n_train_samples": len(examples), "train_positive_fraction":
-                   sum(r["correct"] for r in train_records) / len(train_records),
+                   sum(r.correct for r in train_records) / len(train_records),
                    "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1)})
     if distributed.is_main():
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -198,7 +197,7 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(model, tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, policy=cfg.policy)
+    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, policy=cfg.model)
     within = report.get("auc_within_question", float("nan"))
     print(f"{rm.kind}: held-out AUC {report['auc']:.3f} (within a question's samples {within:.3f})"
           + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
@@ -206,12 +205,12 @@ def train(cfg: Config) -> Path:
     return model_dir
 
 
-def _example(task, tokenizer, problem, record, shots) -> Example:
+def _example(task, tokenizer, problem, record: "Judged", shots) -> Example:
     prompt_ids = tokenizer(task.prompt(problem, shots), add_special_tokens=False)["input_ids"]
-    final = float(record["correct"])
-    text = " " + record["text"].strip()
+    final = float(record.correct)
+    text = " " + record.text.strip()
     spans = task.step_spans(text)
-    step_labels = record.get("step_labels") or [final] * len(spans)
+    step_labels = record.step_labels or [final] * len(spans)
     comp_ids, labels = _labels_per_token(tokenizer, text, spans, step_labels, final)
     ids = tuple(prompt_ids) + tuple(comp_ids)
     mask = (False,) * len(prompt_ids) + (True,) * len(comp_ids)
@@ -221,33 +220,34 @@ def _example(task, tokenizer, problem, record, shots) -> Example:
 def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Config, held_ids=frozenset()) -> None:
     """SORM labels: for each step prefix of a training sample (not a held-out one), sample M continuations; good
     if any is correct."""
-    rng = random.Random(cfg.seed + 1)
-    pool = [i for i, r in enumerate(records) if r["id"] not in held_ids]
+    rng = random.Random(cfg.run.seed + 1)
+    pool = [i for i, r in enumerate(records) if r.id not in held_ids]
     chosen = rng.sample(pool, min(cfg.sorm_samples, len(pool)))
     prefix_prompts, owners = [], []
     for i in chosen:
         r = records[i]
-        text = " " + r["text"].strip()
+        text = " " + r.text.strip()
         spans = task.step_spans(text)
-        r["step_labels"] = [float(r["correct"])] * len(spans)
+        r.step_labels = [float(r.correct)] * len(spans)
         for j, (_, end) in enumerate(spans[:-1]):  # the last step's label is the sample's own outcome
-            prefix_prompts.append(prompts[r["prompt_index"]] + text[: end + 1])
+            prefix_prompts.append(prompts[r.prompt_index] + text[: end + 1])
             owners.append((i, j))
     if not prefix_prompts:
         return
     bar = progress(len(prefix_prompts) * cfg.m, "sorm: step rollouts", "sample")
     conts = sample(policy, tokenizer, prefix_prompts, cfg.m, SamplingParams(
-        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_strings=task.stop_strings,
-        seed=cfg.seed + 7, token_budget=cfg.token_budget), keys=[f"{records[i]['id']}/{j}" for i, j in owners],
+        temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+        stop_strings=task.stop_strings, seed=cfg.run.seed + 7, token_budget=cfg.sampling.token_budget),
+        keys=[f"{records[i].id}/{j}" for i, j in owners],
         progress=bar.update)
     bar.close()
     for n, (i, j) in enumerate(owners):
         r = records[i]
-        text = " " + r["text"].strip()
+        text = " " + r.text.strip()
         end = task.step_spans(text)[j][1]
-        problem = questions[r["prompt_index"]]
+        problem = questions[r.prompt_index]
         good = any(task.grade(problem, text[: end + 1] + c.text).correct for c in conts[n * cfg.m : (n + 1) * cfg.m])
-        r["step_labels"][j] = float(good)
+        r.step_labels[j] = float(good)
 
 
 def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
@@ -255,25 +255,25 @@ def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
     if not records:
         return {"auc": float("nan")}
     prompts = [task.prompt(p, shots) for p in problems]
-    texts = [r["text"] for r in records]
+    texts = [r.text for r in records]
     probs = rm.token_probs(prompts, texts)
     finals = [p[-1] if p else 0.5 for _, p in probs]
-    report = {"auc": auc(finals, [bool(r["correct"]) for r in records]), "n_heldout": len(records),
-              "heldout_positive_fraction": sum(r["correct"] for r in records) / len(records)}
+    report = {"auc": auc(finals, [bool(r.correct) for r in records]), "n_heldout": len(records),
+              "heldout_positive_fraction": sum(r.correct for r in records) / len(records)}
     # within one question's samples (what reranking needs; the pooled AUC also rewards knowing easy questions)
     by_question: dict[str, list[tuple[float, bool]]] = {}
     for f, r in zip(finals, records):
-        by_question.setdefault(r["id"], []).append((f, bool(r["correct"])))
+        by_question.setdefault(r.id, []).append((f, bool(r.correct)))
     within = [auc([f for f, _ in v], [c for _, c in v]) for v in by_question.values()]
     within = [a for a in within if a == a]
     report["auc_within_question"] = sum(within) / len(within) if within else float("nan")
-    if records[0].get("first_error", None) is not None or any(r.get("first_error") is not None for r in records):
+    if any(r.first_error is not None for r in records):
         tp = fp = fn = 0
         for (ids, p), r, problem in zip(probs, records, problems):
-            text = " " + r["text"].strip()
+            text = " " + r.text.strip()
             spans = task.step_spans(text)
             step_probs = _step_end_probs(rm.tokenizer, text, spans, p)
-            first_error = r["first_error"]
+            first_error = r.first_error
             for j, sp in enumerate(step_probs):
                 truly_bad = first_error is not None and j >= first_error
                 flagged = sp < 0.5

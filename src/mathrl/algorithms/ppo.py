@@ -28,7 +28,7 @@ Shapes: N = rollouts in the batch, T = tokens (prompt + completion, right-padded
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import math
 import random
 import time
@@ -37,50 +37,41 @@ from pathlib import Path
 
 import torch
 
-from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalty_rewards, whiten, \
+from mathrl import distributed
+from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, group_signal, kl_penalty_rewards, whiten, \
     zero_signal_fraction
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import append_question_records, evaluate, headline, summarize
+from mathrl.evaluate import evaluate_in_run
 from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
-from mathrl.models import kv_cache_arg, kv_cache_of, load_model
-from mathrl.plots import metrics_vs_x
+from mathrl.models import load_model
 from mathrl.rewards import dense_step_rewards, outcome_rewards
-from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
-from mathrl.runlog import RunLogger, progress
+from mathrl.runlog import RunLogger, progress, write_history
+from mathrl.runsetup import few_shot_examples, read_meta, rng_state, set_rng_state, start_run, task_of, write_meta
 from mathrl.sampler import SamplingParams, completion_stats, sample
+from mathrl.settings import Data, Evaluation, Optim, Run, Sampling, fsdp, resume, shots, validate_groups
 from mathrl.tasks import task_options
-from mathrl.training import make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads
+from mathrl.training import RolloutBatch, clip_and_step, forward_policy, lr_at, make_optimizer, pack_rollouts, \
+    set_lr, split_micro
 
 
 @dataclass
 class Config:
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
-    task: str = field("", "task (default: the one recorded with the model)")
-    level: int | None = field(None, "synthetic task level (default: the model's)")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    data: Data = group(Data)
     advantage: str = field("gae", "gae (PPO with a value head), grpo or rloo (group baselines, no critic)")
     reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm")
     orm: str = field("", "reward-model directory (reward orm)")
     orm_mode: str = field("terminal", "orm reward: terminal (score at the end) or step (score changes at step ends)")
     iterations: int = field(40, "rollout batches")
     prompts: int = field(64, "prompts per rollout batch")
-    k: int = field(4, "samples per prompt (group size for grpo/rloo: >= 2)")
-    temperature: float = field(1.0, "sampling temperature")
-    max_new_tokens: int = field(128, "completion length limit")
-    shots: int = field(-1, "few-shot examples in prompts (-1: as recorded with the model)")
+    sampling: Sampling = group(Sampling)  # k: the group size for grpo/rloo (>= 2)
+    shots: int = shots()
     ppo_epochs: int = field(2, "passes over each rollout batch")
-    minibatch_size: int = field(64, "rollouts per optimizer step")
-    microbatch_size: int = field(0, "rollouts per forward/backward pass (gradients accumulate; 0: the whole "
-                                    "minibatch)")
-    lr: float = field(1e-4, "learning rate (constant after warmup)")
-    warmup_steps: int = field(5, "linear warmup steps")
-    weight_decay: float = field(0.0, "AdamW weight decay (matrices only)")
-    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    # batch_size: rollouts per optimizer step (a minibatch); constant learning rate after warmup by default
+    optim: Optim = group(Optim, lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
     clip: float = field(0.2, "PPO ratio clip")
     value_clip: float = field(0.2, "value-loss clip (gae)")
     vf_coef: float = field(0.5, "value-loss weight (gae)")
@@ -92,27 +83,22 @@ class Config:
     kl_coef: float = field(0.05, "KL-to-reference coefficient (reward penalty for gae, loss term for grpo/rloo)")
     kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
-    skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same reward")
+    skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same return")
     lora_rank: int = field(0, "LoRA rank through PEFT (0: full fine-tuning); the reference is the frozen base")
-    fsdp: bool = field(False, "under torchrun: shard the policy and the reference over the ranks with FSDP (models "
-                              "too big for one device)")
+    fsdp: bool = fsdp()
     eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
-    eval_size: int = field(500, "test problems per evaluation (0: none)")
-    eval_k: int = field(16, "samples per test problem for maj@K / pass@K")
-    eval_split: str = field("test", "split evaluated")
+    eval: Evaluation = group(Evaluation)
     checkpoint_every: int = field(5, "iterations between checkpoints")
-    token_budget: int = field(1 << 17, "sampler cache budget in tokens")
-    seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+    run: Run = group(Run)
+    resume: bool = resume()
 
     def validate(self) -> None:
+        validate_groups(self)
         if not self.model:
             raise UsageError("--model is required (the starting policy)")
         if self.advantage not in ("gae", "grpo", "rloo"):
             raise UsageError(f"unknown advantage {self.advantage!r} (gae, grpo, rloo)")
-        if self.advantage in ("grpo", "rloo") and self.k < 2:
+        if self.advantage in ("grpo", "rloo") and self.sampling.k < 2:
             raise UsageError(f"--advantage {self.advantage} compares samples of one prompt: needs k >= 2 "
                              "(with k=1 every advantage is 0 and training is a silent no-op)")
         if self.reward not in ("sparse", "verified", "dense", "orm"):
@@ -123,16 +109,14 @@ class Config:
             raise UsageError("orm_mode must be terminal or step")
         if self.skip_zero_signal and self.advantage == "gae":
             raise UsageError("--skip-zero-signal applies to grpo/rloo")
-        for name in ("iterations", "prompts", "k", "ppo_epochs", "minibatch_size", "checkpoint_every"):
+        for name in ("iterations", "prompts", "ppo_epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
         if self.fsdp and self.lora_rank:
             raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
                              "anyway); use one or the other")
-        if self.microbatch_size < 0:
-            raise UsageError("microbatch_size must be >= 0 (0: the whole minibatch)")
-        if self.lr <= 0 or self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
-            raise UsageError("lr, clip and kl_bound must be > 0; kl_coef >= 0")
+        if self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
+            raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
 
 
 class ValueHead(torch.nn.Module):
@@ -154,109 +138,6 @@ class ValueHead(torch.nn.Module):
         return self.mlp(h).squeeze(-1)  # (N, T)
 
 
-def forward_policy(model, head, batch: "RolloutBatch", with_values: bool, device="cpu"):
-    """(logprobs (N, C), values (N, C) or None) of the completion tokens of a rollout batch.
-
-    logprobs[n, c] = log pi(completion token c | prompt, completion tokens < c); values[n, c] = V(the same prefix).
-    Each distinct prompt is forwarded once (left-padded, P rows) and its key/value cache is shared by its
-    completions (N rows, right-padded): with K samples per prompt this saves (K - 1) / K of the prompt tokens'
-    compute in the forward and the backward pass, and the gradient flows through the shared cache. The vocabulary
-    projection runs only where a completion token is predicted. Equal to one plain forward pass over
-    prompt + completion (tests/test_training.py checks log-probs and gradients).
-    """
-    from transformers import DynamicCache
-
-    pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
-    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
-    rows = batch.prompt_of.to(device)
-    out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
-                  **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
-                  output_hidden_states=with_values)
-    cache = kv_cache_of(out_p)
-    for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
-        layer.batch_select_indices(rows)
-    attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
-    positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
-    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, **kv_cache_arg(cache),
-                  use_cache=True, output_hidden_states=with_values)
-    # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
-    logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
-    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    if not with_values:
-        return logprobs, None
-    hidden = torch.cat([out_p.hidden_states[-1][:, -1:].index_select(0, rows), out_c.hidden_states[-1][:, :-1]], 1)
-    return logprobs, head(hidden)
-
-
-@dataclass
-class RolloutBatch:
-    """One rollout batch, prompts stored once. Completion-aligned tensors are (N, C), right-padded; the mask
-    convention is training.py's (True = a token the loss counts); position c is completion token c."""
-
-    prompt_ids: torch.Tensor  # (P, Lp) distinct prompts, left-padded
-    prompt_mask: torch.Tensor  # (P, Lp) 1 on prompt tokens
-    prompt_of: torch.Tensor  # (N,) row -> its prompt's row in prompt_ids
-    completion_ids: torch.Tensor  # (N, C)
-    action_mask: torch.Tensor  # (N, C) completion tokens (the episode)
-    loss_mask: torch.Tensor  # (N, C) completion tokens the policy sampled (not calculator insertions)
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor | None = None
-    old_values: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-    outcome: torch.Tensor | None = None  # (N,) the outcome return of each rollout (before KL)
-
-    def select(self, idx: torch.Tensor) -> "RolloutBatch":
-        """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
-        used, prompt_of = torch.unique(self.prompt_of.index_select(0, idx), return_inverse=True)
-        pmask = self.prompt_mask.index_select(0, used)
-        lp = int(pmask.sum(-1).max()) if len(used) else 0
-        c = int(self.action_mask.index_select(0, idx).sum(-1).max()) if len(idx) else 0
-
-        def pick(x):
-            if x is None:
-                return None
-            x = x.index_select(0, idx)
-            return x[:, :c] if x.dim() == 2 else x
-
-        return RolloutBatch(self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :],
-                            pmask[:, pmask.shape[1] - lp :], prompt_of,
-                            *(pick(getattr(self, f)) for f in list(self.__dataclass_fields__)[3:]))
-
-
-def _pack(rollouts, pad_id: int) -> RolloutBatch:
-    """Rollouts -> a RolloutBatch (old log-probs from the sampler; the rest is filled in later)."""
-    firsts = {}
-    for r in rollouts:
-        firsts.setdefault(r.prompt_index, r.prompt_ids)
-    order = sorted(firsts)
-    lp = max(len(firsts[i]) for i in order)
-    prompt_ids = torch.full((len(order), lp), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(order), lp), dtype=torch.long)
-    for j, i in enumerate(order):
-        prompt_ids[j, lp - len(firsts[i]) :] = torch.tensor(firsts[i])
-        prompt_mask[j, lp - len(firsts[i]) :] = 1
-    slot = {i: j for j, i in enumerate(order)}
-    n, c = len(rollouts), max(len(r.completion_ids) for r in rollouts)
-    ids = torch.full((n, c), pad_id, dtype=torch.long)
-    action = torch.zeros((n, c), dtype=torch.bool)
-    loss = torch.zeros((n, c), dtype=torch.bool)
-    old = torch.zeros((n, c))
-    for i, r in enumerate(rollouts):
-        m = len(r.completion_ids)
-        ids[i, :m] = torch.tensor(r.completion_ids)
-        action[i, :m] = True
-        loss[i, :m] = torch.tensor(r.sampled_mask, dtype=torch.bool)
-        old[i, :m] = torch.tensor(r.logprobs)
-    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
-                        action, loss, old)
-
-
-def _chunks(n: int, size: int) -> list[torch.Tensor]:
-    size = size if size > 0 else max(n, 1)
-    return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
-
-
 def _token_positions(tokenizer, completion_ids, char_ends) -> list[int]:
     """For each character offset, the index of the completion token whose text reaches it."""
     out, cum, pos = [], 0, 0
@@ -271,28 +152,59 @@ def _token_positions(tokenizer, completion_ids, char_ends) -> list[int]:
     return out
 
 
-def train(cfg: Config) -> Path:
-    from mathrl.commands import few_shot_examples, task_for_model
+@dataclass
+class PPOState:
+    """What a PPO/GRPO/RLOO run carries from one iteration to the next (saved in every checkpoint with the
+    optimizer, the RNG state and the value head)."""
 
-    run_dir = prepare_run_dir(cfg.out, cfg.resume)
-    threads = setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    task = task_for_model(cfg.model, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
-    save_config(cfg, run_dir / "config.yaml")
+    iteration: int = 0
+    kl_coef: float = 0.0  # changes with --kl-target (adaptive KL)
+    opt_steps: int = 0
+    rollouts_used: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PPOState":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class LearnStats:
+    """Means over the optimizer steps of one iteration (NaN when no step ran)."""
+
+    loss: float
+    clipfrac: float
+    approx_kl: float
+    value_clipfrac: float
+    grad_norm: float
+    steps: int
+
+
+@dataclass
+class Models:
+    """The policy and what trains or scores beside it."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None  # None: no KL term, or LoRA (the base with adapters disabled)
+    head: ValueHead | None  # gae only
+    use_reference: bool
+
+
+def build_models(cfg: Config, device: str) -> tuple[Models, object]:
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
     # GRPO/RLOO without a KL term need no reference model (as TRL with beta=0): no copy in memory, no extra
     # forward pass per iteration; the KL is then not measured and kl_bound does not apply
     use_reference = cfg.advantage == "gae" or cfg.kl_coef > 0 or cfg.kl_target > 0
+    reference = None
     if cfg.lora_rank:
         from peft import LoraConfig, get_peft_model
 
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
-        reference = None  # the base weights with adapters disabled
-    elif not use_reference:
-        reference = None
-    else:
+    elif use_reference:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
@@ -302,12 +214,20 @@ def train(cfg: Config) -> Path:
             distributed.shard_model(reference)
             # the frozen reference has no backward pass, where FSDP would reshard its root (embeddings, head)
             reference.set_reshard_after_forward(True, recurse=False)
-    sharded = distributed.is_sharded(policy)
-    use_values = cfg.advantage == "gae"
-    head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device) if use_values else None
+    head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device) if cfg.advantage == "gae" else None
+    return Models(policy, reference, head, use_reference), tokenizer
+
+
+def train(cfg: Config) -> Path:
+    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    run_dir, device = ctx.dir, ctx.device
+    task = task_of(cfg.model, cfg.data)
+    save_config(cfg, run_dir / "config.yaml")
+    m, tokenizer = build_models(cfg, device)
+    policy, head = m.policy, m.head
     params = [p for p in policy.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     trained = torch.nn.ModuleDict({"policy": policy, **({"value_head": head} if head is not None else {})})
-    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(trained, cfg.optim.lr, cfg.optim.weight_decay)
     scorer = None
     if cfg.reward == "orm":
         from mathrl.reward_model import load_reward_model
@@ -315,226 +235,108 @@ def train(cfg: Config) -> Path:
         scorer = load_reward_model(cfg.orm, tokenizer, device=device)
     shots = few_shot_examples(task, cfg.model, cfg.shots)
     questions = task.problems("train")
-    eval_problems = task.problems(cfg.eval_split)[: cfg.eval_size] if cfg.eval_size else []
+    eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
 
-    it, kl_coef, history, opt_steps, rollouts_used = 0, cfg.kl_coef, [], 0, 0
+    st = PPOState(kl_coef=cfg.kl_coef)
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
-        state = ckpt.load_state(last)
+        saved = ckpt.load_state(last)
         if cfg.lora_rank:  # the base weights are the start model's; the adapters are in the state
-            policy.load_state_dict(state["lora"], strict=False)
+            policy.load_state_dict(saved["lora"], strict=False)
         else:
             ckpt.load_weights_into(policy, last)
         if head is not None:
-            head.load_state_dict(state["value_head"])
-        distributed.load_optimizer_state(trained, optimizer, state["optimizer"])
-        set_rng_state(state["rng"])
-        it, kl_coef, history = state["iteration"], state["kl_coef"], state["history"]
-        opt_steps, rollouts_used = state["opt_steps"], state["rollouts_used"]
-        print(f"resumed {run_dir} at iteration {it}")
-    logger = RunLogger(run_dir, resume_step=it if last is not None else None)
+            head.load_state_dict(saved["value_head"])
+        distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
+        set_rng_state(saved["rng"])
+        st = PPOState.from_dict(saved)
+        print(f"resumed {run_dir} at iteration {st.iteration}")
+    logger = RunLogger(run_dir, resume_step=st.iteration if last is not None else None)
 
-    def save(iteration: int):
-        state = {"iteration": iteration, "kl_coef": kl_coef, "history": history, "opt_steps": opt_steps,
-                 "rollouts_used": rollouts_used, "optimizer": distributed.optimizer_state(trained, optimizer),
-                 "rng": rng_state(), "value_head": head.state_dict() if head is not None else None}
+    def save() -> None:
+        extra = {"optimizer": distributed.optimizer_state(trained, optimizer), "rng": rng_state(),
+                 "value_head": head.state_dict() if head is not None else None}
         if cfg.lora_rank:
-            state["lora"] = {k: v for k, v in policy.state_dict().items() if "lora_" in k}
-        ckpt.save_checkpoint(run_dir, iteration, policy, tokenizer, state)
+            extra["lora"] = {k: v for k, v in policy.state_dict().items() if "lora_" in k}
+        ckpt.save_checkpoint(run_dir, st.iteration, policy, tokenizer, {**st.to_dict(), **extra})
 
-    def run_eval(iteration: int) -> dict:
-        policy.eval()
-        results = evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k,
-                           max_new_tokens=cfg.max_new_tokens, shots=shots, seed=cfg.seed,
-                           token_budget=cfg.token_budget)
-        metrics = summarize(results)
-        if distributed.is_main():
-            append_question_records(results, run_dir / "eval_questions.jsonl", rollouts=rollouts_used)
-        print(f"  eval at iteration {iteration} ({rollouts_used} rollouts): {headline(metrics)}", flush=True)
-        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+    def run_eval() -> dict:
+        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, seed=cfg.run.seed,
+                               run_dir=run_dir, rollouts=st.rollouts_used, shots=shots,
+                               when=f"at iteration {st.iteration} ({st.rollouts_used} rollouts)")
 
-    print(f"{cfg.advantage}: {cfg.iterations} iterations x {cfg.prompts} prompts x K={cfg.k}, reward {cfg.reward}, "
-          f"{threads} threads, {device}")
-    if it == 0 and eval_problems:
-        record = {"iteration": 0, "rollouts": 0, **run_eval(0)}
-        history.append(record)
-        logger.log(0, **record)
-    order_rng = random.Random(cfg.seed)
+    k = cfg.sampling.k
+    print(f"{cfg.advantage}: {cfg.iterations} iterations x {cfg.prompts} prompts x K={k}, reward {cfg.reward}, "
+          f"{ctx.threads} threads, {device}")
+    if st.iteration == 0 and eval_problems:
+        st.history.append({"iteration": 0, "rollouts": 0, **run_eval()})
+        logger.log(0, **st.history[-1])
     order = list(range(len(questions)))
-    order_rng.shuffle(order)
-    bar = progress(cfg.iterations, cfg.advantage, "iter", initial=it)
-    while it < cfg.iterations:
+    random.Random(cfg.run.seed).shuffle(order)
+    bar = progress(cfg.iterations, cfg.advantage, "iter", initial=st.iteration)
+    while st.iteration < cfg.iterations:
         t0 = time.time()
         # step 1: collect K samples for this iteration's prompts (a fixed shuffled pass over the train split)
-        start = (it * cfg.prompts) % len(order)
+        start = (st.iteration * cfg.prompts) % len(order)
         batch_q = [questions[order[(start + j) % len(order)]] for j in range(cfg.prompts)]
         prompts = [task.prompt(p, shots) for p in batch_q]
         policy.eval()
-        rollouts = sample(policy, tokenizer, prompts, cfg.k, SamplingParams(
-            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop_strings=task.stop_strings,
-            seed=cfg.seed + 7919 * it, token_budget=cfg.token_budget), keys=[p.id for p in batch_q])
-        rollouts_used += len(rollouts)
+        rollouts = sample(policy, tokenizer, prompts, k, SamplingParams(
+            temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+            stop_strings=task.stop_strings, seed=cfg.run.seed + 7919 * st.iteration,
+            token_budget=cfg.sampling.token_budget), keys=[p.id for p in batch_q])
+        st.rollouts_used += len(rollouts)
         t_sample = time.time() - t0
 
-        # step 2: score through the task
-        problems = [batch_q[r.prompt_index] for r in rollouts]
-        texts = [r.text for r in rollouts]
-        outcome_kind = "sparse" if cfg.reward == "dense" else cfg.reward
-        if cfg.reward == "orm" and cfg.orm_mode == "step":
-            outcome = [0.0] * len(rollouts)
-        else:
-            outcome = outcome_rewards(task, problems, texts, outcome_kind,
-                                      scorer.score_texts if scorer else None, [prompts[r.prompt_index] for r in rollouts])
-        outcome_t = torch.tensor(outcome, dtype=torch.float32)
-        batch = _pack(rollouts, tokenizer.pad_token_id)
-        action, old_logp = batch.action_mask, batch.old_logprobs
-        token_rewards = torch.zeros(old_logp.shape)  # (N, C)
-        token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] = outcome_t  # at each row's last token
-        if cfg.reward in ("dense",) or (cfg.reward == "orm" and cfg.orm_mode == "step"):
-            _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, token_rewards, cfg)
+        # step 2: score through the task: per-token rewards (N, C) and each rollout's outcome return (N,)
+        batch = pack_rollouts(rollouts, tokenizer.pad_token_id)
+        token_rewards, outcome = score(cfg, task, tokenizer, scorer, rollouts, batch_q, prompts, batch.action_mask)
 
-        # step 3: reference log-probs and old values (no gradient), in micro-batches
-        ref_logp, old_values = old_logp, None  # ref_logp unused without a KL term
-        with torch.no_grad():
-            if use_reference:
-                ref_logp = torch.zeros_like(old_logp)
-                for rows in _chunks(len(rollouts), cfg.microbatch_size):
-                    mb = batch.select(rows)
-                    if reference is not None:
-                        lp, _ = forward_policy(reference, None, mb, False, device)
-                    else:
-                        with policy.disable_adapter():
-                            lp, _ = forward_policy(policy, None, mb, False, device)
-                    ref_logp[rows, : lp.shape[1]] = lp.cpu()
-            if use_values:
-                old_values = torch.zeros_like(old_logp)
-                for rows in _chunks(len(rollouts), cfg.microbatch_size):
-                    _, v = forward_policy(policy, head, batch.select(rows), True, device)
-                    old_values[rows, : v.shape[1]] = v.cpu()
-        kl_tokens = torch.where(action, old_logp - ref_logp, 0.0)
-        kl_seq = float(kl_tokens.sum(-1).mean()) if use_reference else float("nan")  # mean KL per sequence (k1)
-
-        # step 4: advantages
-        zero_signal = float("nan")
-        if use_values:
-            penalty, _ = kl_penalty_rewards(old_logp, ref_logp, action, kl_coef, "k1")
-            advantages, returns = gae(token_rewards + penalty, old_values, action, cfg.gamma, cfg.lam)
-            if cfg.whiten_advantages:
-                advantages = whiten(advantages, action)
-        else:
-            seq_rewards = token_rewards.sum(-1)  # (N,) outcome (+ dense step credit)
-            adv_seq = group_advantages(seq_rewards, cfg.k, cfg.advantage)
-            zero_signal = zero_signal_fraction(seq_rewards, cfg.k)
-            advantages = adv_seq.unsqueeze(-1).expand_as(old_logp) * action
-            returns = None
-        batch.ref_logprobs, batch.old_values, batch.outcome = ref_logp, old_values, outcome_t
-        batch.advantages, batch.returns = advantages, returns
+        # step 3: reference log-probs and old values (no gradient); step 4: advantages
+        batch.ref_logprobs, batch.old_values = old_passes(m, batch, cfg.optim.micro_batch_size, device)
+        batch.outcome = outcome
+        kl_seq = float(torch.where(batch.action_mask, batch.old_logprobs - batch.ref_logprobs, 0.0).sum(-1).mean()) \
+            if m.use_reference else float("nan")  # mean KL per sequence (k1)
+        batch.advantages, batch.returns, seq_returns = advantages(cfg, batch, token_rewards, st.kl_coef)
+        zero_signal = zero_signal_fraction(seq_returns, k) if head is None else float("nan")
         keep = torch.arange(len(rollouts))
-        if cfg.skip_zero_signal:
-            grouped = outcome_t.view(-1, cfg.k)
-            signal = (grouped.max(-1).values > grouped.min(-1).values).repeat_interleave(cfg.k)
-            keep = signal.nonzero().flatten()
+        if cfg.skip_zero_signal:  # the groups whose returns differ (advantages.group_signal)
+            keep = group_signal(seq_returns, k).repeat_interleave(k).nonzero().flatten()
 
         # step 5: learn: ppo_epochs passes of minibatch updates
-        policy.train()
-        stats = []
-        n_mb = max(1, math.ceil(len(keep) / cfg.minibatch_size)) if len(keep) else 0
-        for epoch in range(cfg.ppo_epochs if len(keep) else 0):
-            perm = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(cfg.seed + it * 31 + epoch))]
-            for m in range(n_mb):
-                mb = batch.select(perm[m * cfg.minibatch_size : (m + 1) * cfg.minibatch_size])
-                if not use_values and not mb.advantages.any():
-                    # no signal: the loss is (numerically almost) zero, and Adam would turn its rounding noise
-                    # into full-size steps; skip the update
-                    continue
-                for g in optimizer.param_groups:
-                    g["lr"] = cfg.lr * min(1.0, (opt_steps + 1) / max(1, cfg.warmup_steps))
-                # token-level means over the whole minibatch (the denominators), summed over micro-batches and,
-                # under torchrun, over ranks (each rank computes rows r, r+N, ... of the minibatch)
-                n_loss, n_action = int(mb.loss_mask.sum()), int(mb.action_mask.sum())
-                rows = torch.arange(len(mb.prompt_of))
-                if not use_values and kl_coef == 0:
-                    # a row whose advantage is 0 contributes exactly 0 to the loss and its gradient (no KL term):
-                    # leave it out of the forward and backward passes (with GRPO often half the batch)
-                    rows = mb.advantages.any(-1).nonzero().flatten()
-                all_rows, rows = rows, rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
-                # micro-batches of rows of similar length (less padding); the gradients accumulate
-                rows = rows[torch.argsort(mb.action_mask.index_select(0, rows).sum(-1), stable=True)]
-                chunks = _chunks(len(rows), cfg.microbatch_size) if len(rows) else []
-                if sharded:
-                    # FSDP gathers weights in every forward pass, so all ranks must run as many passes as rank 0
-                    # (which has the most rows); the extra ones forward a row with weight 0 in the loss
-                    n_passes = len(_chunks(math.ceil(len(all_rows) / distributed.world_size()), cfg.microbatch_size))
-                    chunks += [None] * (n_passes - len(chunks))
-                optimizer.zero_grad(set_to_none=True)
-                loss_value, parts = 0.0, []
-                for chunk in chunks:
-                    part = mb.select(rows[chunk] if chunk is not None else all_rows[:1])
-                    logp, values = forward_policy(policy, head, part, use_values, device)
-                    lmask = part.loss_mask.to(device)
-                    pg_loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device),
-                                                      lmask, clip=cfg.clip, total=max(1, n_loss))
-                    loss = pg_loss
-                    v_clipfrac = 0.0
-                    if use_values:
-                        v_loss, v_clipfrac = value_loss(values, part.old_values.to(device), part.returns.to(device),
-                                                        part.action_mask.to(device), clip=cfg.value_clip,
-                                                        total=max(1, n_action))
-                        loss = loss + cfg.vf_coef * v_loss
-                    elif kl_coef > 0:
-                        _, kl = kl_penalty_rewards(logp, part.ref_logprobs.to(device), lmask, 1.0, "k3")
-                        loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
-                    if chunk is None:
-                        loss.mul(0.0).backward()
-                        continue
-                    loss.backward()
-                    loss_value += loss.item()
-                    parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac)))
-                distributed.all_reduce_grads(params)
-                (loss_value,) = distributed.all_reduce_sum([loss_value])
-                if not math.isfinite(loss_value):
-                    raise ckpt.divergence_error(run_dir, it, f"loss became {loss_value}")
-                norm = distributed.clip_grad_norm(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)  # free the gradients before the next sampling
-                opt_steps += 1
-                stats.append((loss_value, *(_mean(p[j] for p in parts) for j in range(3)), float(norm)))
+        stats = learn(cfg, m, optimizer, params, batch, keep, st, device, run_dir)
 
         # step 6: log, adapt the KL coefficient, guard against divergence
-        it += 1
-        record = {
-            "iteration": it, "rollouts": rollouts_used, "reward": float(outcome_t.mean()),
-            **completion_stats(rollouts),
-            "kl": kl_seq, "kl_coef": kl_coef, "sample_seconds": round(t_sample, 1),
-            "iteration_seconds": round(time.time() - t0, 3),
-        }
-        if not use_reference:
+        st.iteration += 1
+        record = {"iteration": st.iteration, "rollouts": st.rollouts_used, "reward": float(outcome.mean()),
+                  **completion_stats(rollouts), "kl": kl_seq, "kl_coef": st.kl_coef,
+                  "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3)}
+        if not m.use_reference:
             del record["kl"]  # not measured (no reference model)
-        if stats:
-            record.update(loss=_mean(s[0] for s in stats), clipfrac=_mean(s[1] for s in stats),
-                          approx_kl=_mean(s[2] for s in stats), grad_norm=_mean(s[4] for s in stats))
-            if use_values:
-                record["value_clipfrac"] = _mean(s[3] for s in stats)
-        if not use_values:
+        if stats.steps:
+            record.update(loss=stats.loss, clipfrac=stats.clipfrac, approx_kl=stats.approx_kl,
+                          grad_norm=stats.grad_norm, **({"value_clipfrac": stats.value_clipfrac} if head else {}))
+        if head is None:
             record["zero_signal_fraction"] = zero_signal
-        if use_reference and (not math.isfinite(kl_seq) or kl_seq > cfg.kl_bound):
-            raise ckpt.divergence_error(run_dir, it, f"KL to the reference reached {kl_seq:.2f} > kl_bound "
-                                                     f"{cfg.kl_bound}")
+        if m.use_reference and (not math.isfinite(kl_seq) or kl_seq > cfg.kl_bound):
+            raise ckpt.divergence_error(run_dir, st.iteration, f"KL to the reference reached {kl_seq:.2f} > kl_bound "
+                                                               f"{cfg.kl_bound}")
         if cfg.kl_target > 0:
-            kl_coef = adaptive_kl_coef(kl_coef, kl_seq, cfg.kl_target, 10_000, len(rollouts))
+            st.kl_coef = adaptive_kl_coef(st.kl_coef, kl_seq, cfg.kl_target, 10_000, len(rollouts))
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{kl_seq:.3f}")
-        print(f"iteration {it}/{cfg.iterations}: reward {record['reward']:.3f}"
-              + (f", kl {kl_seq:.3f}" if use_reference else "")
-              + (f", zero-signal groups {zero_signal:.2f}" if not use_values else "")
+        print(f"iteration {st.iteration}/{cfg.iterations}: reward {record['reward']:.3f}"
+              + (f", kl {kl_seq:.3f}" if m.use_reference else "")
+              + (f", zero-signal groups {zero_signal:.2f}" if head is None else "")
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
-        if eval_problems and (it == cfg.iterations or (cfg.eval_every and it % cfg.eval_every == 0)):
-            record.update(run_eval(it))
-        history.append(record)
-        logger.log(it, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
-        if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-            save(it)
-            _write_history(run_dir, history, cfg.eval_k, cfg.advantage)
+        last_iteration = st.iteration == cfg.iterations
+        if eval_problems and (last_iteration or (cfg.eval_every and st.iteration % cfg.eval_every == 0)):
+            record.update(run_eval())
+        st.history.append(record)
+        logger.log(st.iteration, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if st.iteration % cfg.checkpoint_every == 0 or st.iteration == cfg.iterations:
+            save()
+            write_history(run_dir, st.history, cfg.eval.eval_k, cfg.advantage)
     bar.close()
     logger.close()
     model_dir = run_dir / "model"
@@ -543,9 +345,148 @@ def train(cfg: Config) -> Path:
         torch.save(head.state_dict(), run_dir / "value_head.pt")
     write_meta(model_dir, task=task_options(task), stage=cfg.advantage, shots=read_meta(cfg.model).get("shots", 0),
                base=cfg.model)
-    _write_history(run_dir, history, cfg.eval_k, cfg.advantage)
+    write_history(run_dir, st.history, cfg.eval.eval_k, cfg.advantage)
     print(f"{cfg.advantage} policy written to {model_dir}")
     return model_dir
+
+
+def score(cfg: Config, task, tokenizer, scorer, rollouts, batch_q, prompts, action: torch.Tensor):
+    """(token rewards (N, C), outcome returns (N,)): the outcome reward at each row's last token, plus step
+    rewards at step-end tokens (dense: matched reference steps; orm step: the ORM's score changes)."""
+    problems = [batch_q[r.prompt_index] for r in rollouts]
+    texts = [r.text for r in rollouts]
+    outcome_kind = "sparse" if cfg.reward == "dense" else cfg.reward
+    if cfg.reward == "orm" and cfg.orm_mode == "step":
+        outcome = [0.0] * len(rollouts)  # the ORM's final score arrives through the step rewards
+    else:
+        outcome = outcome_rewards(task, problems, texts, outcome_kind, scorer.score_texts if scorer else None,
+                                  [prompts[r.prompt_index] for r in rollouts])
+    outcome_t = torch.tensor(outcome, dtype=torch.float32)
+    token_rewards = torch.zeros(action.shape)  # (N, C)
+    token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] = outcome_t  # at each row's last token
+    if cfg.reward == "dense" or (cfg.reward == "orm" and cfg.orm_mode == "step"):
+        _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, token_rewards, cfg)
+    return token_rewards, outcome_t
+
+
+@torch.no_grad()
+def old_passes(m: Models, batch: RolloutBatch, micro: int, device):
+    """(reference log-probs (N, C), old values (N, C) or None), in micro-batches. Without a reference model the
+    old log-probs stand in (no KL term reads them)."""
+    old_logp = batch.old_logprobs
+    ref_logp, old_values = old_logp, None
+    if m.use_reference:
+        ref_logp = torch.zeros_like(old_logp)
+        for rows in split_micro(torch.arange(len(old_logp)), micro):
+            mb = batch.select(rows)
+            if m.reference is not None:
+                lp, _ = forward_policy(m.reference, None, mb, False, device)
+            else:
+                with m.policy.disable_adapter():
+                    lp, _ = forward_policy(m.policy, None, mb, False, device)
+            ref_logp[rows, : lp.shape[1]] = lp.cpu()
+    if m.head is not None:
+        old_values = torch.zeros_like(old_logp)
+        for rows in split_micro(torch.arange(len(old_logp)), micro):
+            _, v = forward_policy(m.policy, m.head, batch.select(rows), True, device)
+            old_values[rows, : v.shape[1]] = v.cpu()
+    return ref_logp, old_values
+
+
+def advantages(cfg: Config, batch: RolloutBatch, token_rewards: torch.Tensor, kl_coef: float):
+    """(advantages (N, C), returns (N, C) or None, sequence returns (N,)).
+
+    gae: GAE over the per-token rewards minus kl_coef x the k1 KL, whitened. grpo/rloo: the group baseline of the
+    sequence returns (outcome + step rewards), the same advantage for every token of a sample."""
+    action = batch.action_mask
+    seq_returns = token_rewards.sum(-1)  # (N,) outcome (+ dense step credit)
+    if cfg.advantage == "gae":
+        penalty, _ = kl_penalty_rewards(batch.old_logprobs, batch.ref_logprobs, action, kl_coef, "k1")
+        adv, returns = gae(token_rewards + penalty, batch.old_values, action, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            adv = whiten(adv, action)
+        return adv, returns, seq_returns
+    adv_seq = group_advantages(seq_returns, cfg.sampling.k, cfg.advantage)
+    return adv_seq.unsqueeze(-1).expand_as(batch.old_logprobs) * action, None, seq_returns
+
+
+def learn(cfg: Config, m: Models, optimizer, params, batch: RolloutBatch, keep: torch.Tensor, st: PPOState,
+          device, run_dir) -> LearnStats:
+    """``ppo_epochs`` passes over the rows ``keep`` in minibatches of ``batch_size``; each minibatch is one
+    optimizer step, its gradient accumulated over micro-batches of similar length (and, under torchrun, ranks).
+    Token-level means over the whole minibatch: every micro-batch's loss is divided by the minibatch's token
+    count, as in training.py."""
+    use_values, kl_coef = m.head is not None, st.kl_coef
+    size, micro = cfg.optim.batch_size, cfg.optim.micro_batch_size
+    sharded = distributed.is_sharded(m.policy)
+    n_mb = max(1, math.ceil(len(keep) / size)) if len(keep) else 0
+    # the schedule's length: every planned step (skipped minibatches included)
+    total_steps = cfg.iterations * cfg.ppo_epochs * max(1, math.ceil(cfg.prompts * cfg.sampling.k / size))
+    m.policy.train()
+    stats = []
+    for epoch in range(cfg.ppo_epochs if len(keep) else 0):
+        perm = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(
+            cfg.run.seed + st.iteration * 31 + epoch))]
+        for j in range(n_mb):
+            mb = batch.select(perm[j * size : (j + 1) * size])
+            if not use_values and not mb.advantages.any():
+                # no signal: the loss is (numerically almost) zero, and Adam would turn its rounding noise into
+                # full-size steps; skip the update
+                continue
+            set_lr(optimizer, cfg.optim.lr, lr_at(st.opt_steps, total_steps, cfg.optim.warmup_steps,
+                                                  cfg.optim.min_lr_ratio))
+            n_loss, n_action = int(mb.loss_mask.sum()), int(mb.action_mask.sum())
+            rows = torch.arange(len(mb.prompt_of))
+            if not use_values and kl_coef == 0:
+                # a row whose advantage is 0 contributes exactly 0 to the loss and its gradient (no KL term): leave
+                # it out of the forward and backward passes (with GRPO often half the batch)
+                rows = mb.advantages.any(-1).nonzero().flatten()
+            all_rows, rows = rows, rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
+            # micro-batches of rows of similar length (less padding); the gradients accumulate
+            rows = rows[torch.argsort(mb.action_mask.index_select(0, rows).sum(-1), stable=True)]
+            chunks = list(split_micro(rows, micro))
+            if sharded:
+                # FSDP gathers weights in every forward pass, so all ranks must run as many passes as rank 0 (which
+                # has the most rows); the extra ones forward a row with weight 0 in the loss
+                n_passes = len(list(split_micro(range(math.ceil(len(all_rows) / distributed.world_size())), micro)))
+                chunks += [None] * (n_passes - len(chunks))
+            optimizer.zero_grad(set_to_none=True)
+            loss_value, parts = 0.0, []
+            for chunk in chunks:
+                part = mb.select(chunk if chunk is not None else all_rows[:1])
+                loss, pstats, v_clipfrac = _loss(cfg, m, part, kl_coef, n_loss, n_action, device)
+                if chunk is None:
+                    loss.mul(0.0).backward()
+                    continue
+                loss.backward()
+                loss_value += loss.item()
+                parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac)))
+            distributed.all_reduce_grads(params)
+            (loss_value,) = distributed.all_reduce_sum([loss_value])
+            if not math.isfinite(loss_value):
+                raise ckpt.divergence_error(run_dir, st.iteration, f"loss became {loss_value}")
+            norm = clip_and_step(params, optimizer, cfg.optim.grad_clip)  # frees the gradients before sampling
+            st.opt_steps += 1
+            stats.append((loss_value, *(_mean(p[i] for p in parts) for i in range(3)), float(norm)))
+    return LearnStats(*(_mean(s[i] for s in stats) for i in (0, 1, 2, 3, 4)), steps=len(stats))
+
+
+def _loss(cfg: Config, m: Models, part: RolloutBatch, kl_coef: float, n_loss: int, n_action: int, device):
+    """The loss of one micro-batch, summed over its tokens and divided by the minibatch's token counts:
+    the clipped policy loss, plus vf_coef x the clipped value loss (gae) or kl_coef x the k3 KL (grpo/rloo)."""
+    logp, values = forward_policy(m.policy, m.head, part, m.head is not None, device)
+    lmask = part.loss_mask.to(device)
+    loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device), lmask,
+                                   clip=cfg.clip, total=max(1, n_loss))
+    v_clipfrac = 0.0
+    if m.head is not None:
+        v_loss, v_clipfrac = value_loss(values, part.old_values.to(device), part.returns.to(device),
+                                        part.action_mask.to(device), clip=cfg.value_clip, total=max(1, n_action))
+        loss = loss + cfg.vf_coef * v_loss
+    elif kl_coef > 0:
+        _, kl = kl_penalty_rewards(logp, part.ref_logprobs.to(device), lmask, 1.0, "k3")
+        loss = loss + kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
+    return loss, pstats, v_clipfrac
 
 
 def _mean(xs) -> float:
@@ -570,16 +511,6 @@ def _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, toke
             token_rewards[i, len(r.completion_ids) - 1] += final - scores[-1]
         for pos, rew in zip(positions, step_rewards):
             token_rewards[i, pos] += rew
-
-
-def _write_history(run_dir: Path, history: list, k: int, name: str) -> None:
-    if not distributed.is_main():
-        return
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    keys = [key for key in ("maj@1", f"maj@{k}", f"pass@{k}", "maj@1_verified") if any(key in h for h in history)]
-    if keys:
-        metrics_vs_x(history, "rollouts", keys, run_dir / "sample_complexity.png",
-                     f"{name}: metrics vs rollouts consumed", "rollouts consumed (training samples)")
 
 
 def main(cfg: Config) -> None:

@@ -2,7 +2,7 @@
 
 Havrilla et al. start RL from pretrained Llama-2 checkpoints prompted few-shot, and from SFT checkpoints. Our
 pretrained checkpoint is a tiny Llama trained from scratch as a language model on a web-like synthetic corpus
-(``tasks.synthetic.web_documents``): problem texts without solutions, arithmetic drill lines, ledger lists, and a
+(``tasks.corpus.web_documents``): problem texts without solutions, arithmetic drill lines, ledger lists, and a
 small fraction (``solution_fraction``) of worked solutions in a prose format (never the task's step format).
 It is prompted in that prose format (``surface``: the bare question, zero-shot; recorded in mathrl.json), which
 is how the paper's pretrained models are used, in a format they can follow: prompted 2-shot in the task's
@@ -28,15 +28,16 @@ import torch
 
 from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
+from mathrl.settings import Optim, Run, resume, validate_groups
 from mathrl.models import SIZES, count_parameters, init_model, load_model
-from mathrl.run import prepare_run_dir, resolve_device, write_meta
+from mathrl.runsetup import rng_state, set_rng_state, start_run, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import task_from_options, task_options
-from mathrl.tasks.synthetic import SURFACES, web_documents
-from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, rng_state, seed_everything, set_lr, \
-    set_rng_state, setup_threads, sft_grads
+from mathrl.tasks.corpus import web_documents
+from mathrl.tasks.synthetic import SURFACES
+from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, set_lr, sft_grads
 
 
 @dataclass
@@ -46,14 +47,8 @@ class Config:
     level: int = field(1, "synthetic task level of the problem texts")
     size: str = field("tiny", "model size: " + ", ".join(SIZES))
     steps: int = field(60, "optimizer steps")
-    batch_size: int = field(32, "rows per optimizer step")
-    micro_batch_size: int = field(0, "sequences per forward pass; smaller than batch_size accumulates gradients (0: batch_size)")
+    optim: Optim = group(Optim, lr=3e-3, warmup_steps=15)  # batch_size: packed rows per step
     seq_len: int = field(256, "tokens per packed row")
-    lr: float = field(3e-3, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(15, "linear warmup steps")
-    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
-    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
     solution_fraction: float = field(0.03, "fraction of documents that are worked solutions (prose format)")
     drill_fraction: float = field(0.3, "fraction of documents that are arithmetic drill lines")
     recall_fraction: float = field(0.2, "fraction of documents that are ledger lists repeating their statements")
@@ -63,22 +58,19 @@ class Config:
                            "-1: 0 for prose, 2 for qa)")
     checkpoint_every: int = field(30, "steps between checkpoints")
     log_every: int = field(20, "steps between log lines")
-    seed: int = field(0, "random seed (initialisation and data)")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+    run: Run = group(Run)
+    resume: bool = resume()
 
     def validate(self) -> None:
+        validate_groups(self)
         if self.task != "synthetic":
             raise UsageError("pretrain builds the embedded default; for gsm8k/svamp start from a real pretrained "
                              "model directory (--model) instead")
         if self.size not in SIZES:
             raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
-        for name in ("steps", "batch_size", "seq_len", "checkpoint_every", "log_every"):
+        for name in ("steps", "seq_len", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
-        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
-            raise UsageError("batch_size must be a multiple of micro_batch_size")
         if self.surface not in SURFACES:
             raise UsageError(f"unknown surface {self.surface!r} (known: {', '.join(SURFACES)})")
         fractions = (self.solution_fraction, self.drill_fraction, self.recall_fraction)
@@ -88,32 +80,30 @@ class Config:
 
 def packed_rows(cfg: Config, tokenizer, step: int) -> torch.Tensor:
     """The (batch_size, seq_len) token rows of optimizer step ``step``: a pure function of (seed, step)."""
-    docs = web_documents(cfg.level, seed=cfg.seed * 1_000_003 + step, solution_fraction=cfg.solution_fraction,
+    docs = web_documents(cfg.level, seed=cfg.run.seed * 1_000_003 + step, solution_fraction=cfg.solution_fraction,
                          drill_fraction=cfg.drill_fraction, recall_fraction=cfg.recall_fraction)
-    need = cfg.batch_size * cfg.seq_len
+    need = cfg.optim.batch_size * cfg.seq_len
     ids: list[int] = []
     eos = tokenizer.eos_token_id
     while len(ids) < need:
         batch = list(itertools.islice(docs, 64))
         for row in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             ids += row + [eos]
-    return torch.tensor(ids[:need]).view(cfg.batch_size, cfg.seq_len)
+    return torch.tensor(ids[:need]).view(cfg.optim.batch_size, cfg.seq_len)
 
 
 def train(cfg: Config) -> Path:
-    run_dir = prepare_run_dir(cfg.out, cfg.resume)
-    threads = setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
     task = task_from_options(cfg.task, level=cfg.level)
-    seed_everything(cfg.seed)
     save_config(cfg, run_dir / "config.yaml")
 
     init_dir = run_dir / "init"
     if distributed.is_main() and not (init_dir / "config.json").is_file():
-        init_model(task, init_dir, size=cfg.size, seed=cfg.seed)
+        init_model(task, init_dir, size=cfg.size, seed=cfg.run.seed)
     distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
     model, tokenizer = load_model(init_dir, device=device, for_training=True)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
     start = 0
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
@@ -124,7 +114,7 @@ def train(cfg: Config) -> Path:
         start = state["step"]
         print(f"resumed {run_dir} at step {start}")
     logger = RunLogger(run_dir, resume_step=start if last is not None else None)
-    print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} x "
+    print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.optim.batch_size} x "
           f"{cfg.seq_len} tokens, {threads} threads, {device}")
 
     bar = progress(cfg.steps, "pretrain", "step", initial=start)
@@ -134,16 +124,16 @@ def train(cfg: Config) -> Path:
         rows = packed_rows(cfg, tokenizer, step)
         total = int(_lm_mask(rows).sum())  # targets in the whole batch (all ranks together under torchrun)
         rows = rows[distributed.local_rows(len(rows))]  # this rank's rows r, r+N, ...
-        mb = cfg.micro_batch_size or cfg.batch_size
+        mb = cfg.optim.micro_batch_size or cfg.optim.batch_size
         micro = [Batch(rows[i : i + mb], torch.ones_like(rows[i : i + mb]), _lm_mask(rows[i : i + mb]))
                  for i in range(0, len(rows), mb)]
-        set_lr(optimizer, cfg.lr, lr_at(step, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        set_lr(optimizer, cfg.optim.lr, lr_at(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         loss, _ = sft_grads(model, micro, device, total)
         distributed.all_reduce_grads(model.parameters())
         loss, n = distributed.all_reduce_sum([loss, total])[0], total
         if not math.isfinite(loss):
             raise ckpt.divergence_error(run_dir, step, f"loss became {loss}")
-        grad_norm = clip_and_step(model, optimizer, cfg.grad_clip)
+        grad_norm = clip_and_step(model, optimizer, cfg.optim.grad_clip)
         tokens += n
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")

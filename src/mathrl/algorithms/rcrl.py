@@ -24,8 +24,7 @@ embedding table grows by two rows. The model directory records ``condition`` in 
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -33,18 +32,18 @@ from pathlib import Path
 
 from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.evaluate import append_question_records, evaluate, headline, summarize
+from mathrl.settings import Data, Evaluation, Optim, Run, Sampling, fsdp, resume, validate_groups
+from mathrl.evaluate import evaluate_in_run
 from mathrl.models import load_model
-from mathrl.plots import metrics_vs_x
 from mathrl.rewards import dense_step_rewards
-from mathrl.run import prepare_run_dir, resolve_device, write_meta
-from mathrl.runlog import RunLogger, progress
+from mathrl.runsetup import start_run, task_of, write_meta
+from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
-from mathrl.training import Example, make_optimizer, rng_state, seed_everything, set_rng_state, setup_threads, \
-    train_steps
+from mathrl.training import Example, fine_tune_round, make_optimizer, resume_round_run, round_total_steps, \
+    save_round_run
 
 GOOD, BAD = "[GOOD]", "[BAD]"
 
@@ -53,42 +52,27 @@ GOOD, BAD = "[GOOD]", "[BAD]"
 class Config:
     model: str = field("", "starting checkpoint (an SFT model) (required)")
     out: str = field("runs/rcrl", "run directory (the final policy is written to OUT/model)")
-    task: str = field("", "task (default: the one recorded with the model)")
-    level: int | None = field(None, "synthetic task level (default: the model's)")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    data: Data = group(Data)
     returns: str = field("sparse", "sparse (one return token per solution) or dense (one per step)")
     step_labels: str = field("auto", "dense: exact (synthetic step checker), sorm, reference (matched results), "
                                      "or auto (exact where the task checks steps, else reference)")
     sorm: str = field("", "SORM directory (step_labels sorm)")
     label_ratio: str = field("natural", "natural, or balanced (as many bad samples as good ones)")
     rounds: int = field(1, "rounds of collect -> label -> fine-tune")
-    k: int = field(4, "samples per training question per round")
     questions: int = field(4000, "training questions per round (0: the whole train split)")
-    temperature: float = field(1.0, "sampling temperature for collection")
-    max_new_tokens: int = field(128, "completion length limit")
+    sampling: Sampling = group(Sampling)
     include_references: bool = field(True, "also train on the reference solutions, marked good")
     epochs: float = field(2.0, "passes over the round's labelled data")
     max_steps: int = field(0, "cap on optimizer steps per round (0: none)")
-    batch_size: int = field(32, "sequences per optimizer step")
-    lr: float = field(5e-4, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(20, "linear warmup steps per round")
-    weight_decay: float = field(0.1, "AdamW weight decay")
-    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
-    eval_size: int = field(500, "test problems evaluated after each round (0: none)")
-    eval_k: int = field(16, "samples per test problem for maj@K / pass@K")
-    eval_split: str = field("test", "split evaluated")
-    fsdp: bool = field(False, "under torchrun: shard the policy over the ranks with FSDP (models too big for one "
-                              "device)")
+    optim: Optim = group(Optim)
+    eval: Evaluation = group(Evaluation)
+    fsdp: bool = fsdp()
     checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
-    token_budget: int = field(1 << 17, "sampler cache budget in tokens")
-    seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+    run: Run = group(Run)
+    resume: bool = resume()
 
     def validate(self) -> None:
+        validate_groups(self)
         if not self.model:
             raise UsageError("--model is required (an SFT model directory)")
         if self.returns not in ("sparse", "dense"):
@@ -101,11 +85,10 @@ class Config:
             raise UsageError("--step-labels sorm and --sorm DIR go together")
         if self.label_ratio not in ("natural", "balanced"):
             raise UsageError("label_ratio must be natural or balanced")
-        for name in ("rounds", "k", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise UsageError("epochs and lr must be > 0")
+        if self.rounds < 1:
+            raise UsageError("rounds must be >= 1")
+        if self.epochs <= 0:
+            raise UsageError("epochs must be > 0")
 
 
 def add_return_tokens(model, tokenizer) -> tuple[int, int]:
@@ -149,14 +132,44 @@ def labelled_example(tokenizer, prompt_ids, text: str, spans, labels, final_good
     return Example(tuple(ids), tuple(mask))
 
 
-def train(cfg: Config) -> Path:
-    from mathrl.commands import task_for_model
+@dataclass
+class Labelled:
+    """One training solution and its returns: ``good`` (the answer is right) and, for dense returns, one label
+    per step. ``q``: the index of its question in the round's questions."""
 
-    run_dir = prepare_run_dir(cfg.out, cfg.resume)
-    threads = setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    task = task_for_model(cfg.model, cfg.task, cfg.level, cfg.data_dir, cfg.extract)
+    q: int
+    text: str
+    good: bool
+    steps: list[bool]
+
+
+@dataclass
+class RCRLState:
+    """What an RCRL run carries across rounds and phases (saved in every checkpoint, with the RNG state and,
+    while fine-tuning, the optimizer). ``phase``: collect -> learn -> evaluate, then the next round's collect."""
+
+    round: int = 0
+    phase: str = "collect"
+    ft_step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    rollouts_used: int = 0
+    conditioned: bool = False  # the policy has been trained on return tokens (sample it with [GOOD])
+    data: list[Labelled] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RCRLState":
+        st = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        st.data = [Labelled(**x) for x in d["data"]]
+        return st
+
+
+def train(cfg: Config) -> Path:
+    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    run_dir, device = ctx.dir, ctx.device
+    task = task_of(cfg.model, cfg.data)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
     good, bad = add_return_tokens(policy, tokenizer)
@@ -174,151 +187,114 @@ def train(cfg: Config) -> Path:
     dense = cfg.returns == "dense"
     condition = {"token": GOOD, "dense": dense}
     questions = task.problems("train")[: cfg.questions or None]
-    eval_problems = task.problems(cfg.eval_split)[: cfg.eval_size] if cfg.eval_size else []
-    eos = tokenizer.eos_token_id
+    eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
 
-    round_, phase, ft_step, history, rollouts_used, conditioned = 0, "collect", 0, [], 0, False
-    data: list[dict] = []
-    optimizer = None
+    st, optimizer = RCRLState(), None
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
-        state = ckpt.load_state(last)
-        ckpt.load_weights_into(policy, last)
-        set_rng_state(state["rng"])
-        round_, phase, ft_step, history = state["round"], state["phase"], state["ft_step"], state["history"]
-        rollouts_used, conditioned, data = state["rollouts_used"], state["conditioned"], state["data"]
-        if state.get("optimizer") is not None:
-            optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-            distributed.load_optimizer_state(policy, optimizer, state["optimizer"])
-        print(f"resumed {run_dir}: round {round_ + 1}, phase {phase}")
-    logger = RunLogger(run_dir, resume_step=round_ if last is not None else None)
+        st, optimizer = resume_round_run(last, policy, RCRLState.from_dict, cfg.optim)
+        print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}")
+    logger = RunLogger(run_dir, resume_step=st.round if last is not None else None)
 
-    def save(tag: int):
-        ckpt.save_checkpoint(run_dir, tag, policy, tokenizer, {
-            "round": round_, "phase": phase, "ft_step": ft_step, "history": history, "data": data,
-            "rollouts_used": rollouts_used, "conditioned": conditioned, "rng": rng_state(),
-            "optimizer": distributed.optimizer_state(policy, optimizer) if optimizer is not None and phase == "learn"
-            else None})
-
-    print(f"rcrl: {cfg.returns} returns ({how} step labels)" if dense else "rcrl: sparse returns",
-          f"{len(questions)} questions x K={cfg.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "
-          f"{threads} threads, {device}")
+    def save(tag: int) -> None:
+        save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)
 
     def run_eval(when: str, condition_on) -> dict:
-        """Evaluate the policy, print its headline, return the float metrics (as PPO's ``run_eval``)."""
-        policy.eval()
-        results = evaluate(policy, tokenizer, task, eval_problems, k=cfg.eval_k, max_new_tokens=cfg.max_new_tokens,
-                           seed=cfg.seed, token_budget=cfg.token_budget, condition=condition_on)
-        metrics = summarize(results)
-        if distributed.is_main():
-            append_question_records(results, run_dir / "eval_questions.jsonl", rollouts=rollouts_used)
-        print(f"  eval {when}: {headline(metrics)}", flush=True)
-        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, seed=cfg.run.seed,
+                               run_dir=run_dir, rollouts=st.rollouts_used, when=when, condition=condition_on)
 
-    if not history and eval_problems:
+    print(f"rcrl: {cfg.returns} returns ({how} step labels)" if dense else "rcrl: sparse returns",
+          f"{len(questions)} questions x K={cfg.sampling.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "
+          f"{ctx.threads} threads, {device}")
+    if not st.history and eval_problems:
         # round 0: the starting policy (unconditioned: it has not seen a return token yet) at 0 rollouts, so the
         # metrics-vs-rollouts curve starts where training starts
-        history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)", None)})
-        logger.log(0, **history[-1])
-    while round_ < cfg.rounds:
-        tag = (round_ + 1) * 100_000
-        if phase == "collect":
-            # step 1: collect K samples per question (conditioned on the good token once trained)
-            t0 = time.time()
-            prompts = [task.prompt(p) for p in questions]
-            prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            params = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                          stop_strings=task.stop_strings, seed=cfg.seed + 1000 * round_, token_budget=cfg.token_budget)
-            sample_prompts = prompt_ids
-            if conditioned:
-                sample_prompts = [ids + [good] for ids in prompt_ids]
-                if dense:
-                    params.update(step_end=task.step_end, step_marker=(good,))
-            policy.eval()
-            bar = progress(len(questions) * cfg.k, f"rcrl round {round_ + 1}: sampling", "sample")
-            rollouts = sample(policy, tokenizer, sample_prompts, cfg.k, SamplingParams(**params),
-                              keys=[p.id for p in questions], progress=bar.update)
-            bar.close()
-            rollouts_used += len(rollouts)
-            # step 2: label each sample (and each step, for dense returns)
-            data = []
-            for r in rollouts:
-                p = questions[r.prompt_index]
-                text = " " + r.text.strip()
-                correct = task.grade(p, text).correct
-                labels = step_labels_for(task, p, text, how, sorm, prompts[r.prompt_index]) if dense else []
-                data.append({"q": r.prompt_index, "text": text, "good": correct, "steps": labels})
-            if cfg.include_references:
-                for i, p in enumerate(questions):
-                    text = task.target(p)
-                    data.append({"q": i, "text": text, "good": True,
-                                 "steps": [True] * len(task.step_spans(text)) if dense else []})
-            n_good = sum(d["good"] for d in data)
-            # step 3: label ratio
-            if cfg.label_ratio == "balanced":
-                rng = random.Random(cfg.seed + round_)
-                goods = [d for d in data if d["good"]]
-                bads = [d for d in data if not d["good"]]
-                n = min(len(goods), len(bads))
-                data = rng.sample(goods, n) + rng.sample(bads, n)
-            stats = {"round": round_ + 1, "rollouts": rollouts_used, "sample_seconds": round(time.time() - t0, 1),
-                     "sample_accuracy": sum(task.grade(questions[r.prompt_index], r.text).correct for r in rollouts)
-                     / len(rollouts), "good_fraction": n_good / len(data) if data else 0.0, "dataset_size": len(data)}
-            print(f"round {round_ + 1}: {len(rollouts)} samples, accuracy {stats['sample_accuracy']:.3f}, "
-                  f"training on {len(data)} labelled solutions ({stats['good_fraction']:.2f} good)", flush=True)
-            history.append(stats)
-            phase, ft_step, optimizer = "learn", 0, None
+        st.history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)", None)})
+        logger.log(0, **st.history[-1])
+    while st.round < cfg.rounds:
+        if st.phase == "collect":
+            # steps 1-3: collect K samples per question (conditioned on the good token once trained), label them
+            # (and each step, for dense returns), balance the labels if asked
+            st.history.append(collect(cfg, task, policy, tokenizer, questions, good, how, sorm, st))
+            st.phase, st.ft_step, optimizer = "learn", 0, None
             policy.load_state_dict(initial_weights)
-            save(tag)
+            save(ckpt.round_tag(st.round))
 
-        if phase == "learn":
+        if st.phase == "learn":
             # step 4: fine-tune on the labelled mix (loss on solution tokens only), from the initial checkpoint
             prompt_ids = tokenizer([task.prompt(p) for p in questions], add_special_tokens=False)["input_ids"]
-            examples = [labelled_example(tokenizer, prompt_ids[d["q"]], d["text"], task.step_spans(d["text"]),
-                                         d["steps"], d["good"], good, bad, eos, dense) for d in data]
-            total = math.ceil(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)
-            if cfg.max_steps:
-                total = min(total, cfg.max_steps)
+            examples = [labelled_example(tokenizer, prompt_ids[d.q], d.text, task.step_spans(d.text), d.steps, d.good,
+                                         good, bad, tokenizer.eos_token_id, dense) for d in st.data]
+            total = round_total_steps(len(examples), cfg.optim, cfg.epochs, cfg.max_steps)
             if optimizer is None:
-                optimizer = make_optimizer(policy, cfg.lr, cfg.weight_decay)
-            policy.train()
-            bar = progress(total, f"rcrl round {round_ + 1}: fine-tuning", "step", initial=ft_step)
-            try:
-                for st in train_steps(policy, optimizer, examples, pad_id=tokenizer.pad_token_id, device=device,
-                                      batch_size=cfg.batch_size, micro_batch_size=cfg.batch_size, total_steps=total,
-                                      lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
-                                      grad_clip=cfg.grad_clip, seed=cfg.seed + round_, start_step=ft_step):
-                    ft_step = st.step
-                    bar.update(1)
-                    if cfg.checkpoint_every and ft_step % cfg.checkpoint_every == 0 and ft_step < total:
-                        save(tag + ft_step)
-            except FloatingPointError as e:
-                raise ckpt.divergence_error(run_dir, ft_step, str(e)) from None
-            bar.close()
-            conditioned, phase, optimizer = True, "evaluate", None
-            save(tag + 99_999)
+                optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
+            fine_tune_round(policy, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
+                            total=total, seed=cfg.run.seed + st.round, label=f"rcrl round {st.round + 1}: fine-tuning",
+                            checkpoint_every=cfg.checkpoint_every, save=save, run_dir=run_dir)
+            st.conditioned, st.phase, optimizer = True, "evaluate", None
+            save(ckpt.round_tag(st.round, done=True))
 
-        if phase == "evaluate":
+        if st.phase == "evaluate":
             # step 5: evaluate conditioned on the good return
-            record = history[-1]
+            record = st.history[-1]
             if eval_problems:
-                record.update(run_eval(f"after round {round_ + 1}", condition))
-            logger.log(round_ + 1, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
-            round_, phase, ft_step = round_ + 1, "collect", 0
-            save((round_ + 1) * 100_000 - 1)
+                record.update(run_eval(f"after round {st.round + 1}", condition))
+            logger.log(st.round + 1, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
+            st.round, st.phase, st.ft_step = st.round + 1, "collect", 0
+            save(ckpt.round_tag(st.round - 1, done=True))
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(policy, tokenizer, model_dir)
     write_meta(model_dir, task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0, base=cfg.model,
                condition=condition, label_ratio=cfg.label_ratio)
-    if distributed.is_main():
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    keys = [k for k in ("maj@1", f"maj@{cfg.eval_k}", f"pass@{cfg.eval_k}") if any(k in h for h in history)]
-    if keys:
-        metrics_vs_x(history, "rollouts", keys, run_dir / "sample_complexity.png",
-                     f"RCRL ({cfg.returns}): metrics vs rollouts consumed", "rollouts consumed")
+    write_history(run_dir, st.history, cfg.eval.eval_k, f"RCRL ({cfg.returns})")
     print(f"RCRL policy written to {model_dir}")
     return model_dir
+
+
+def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str, sorm, st: RCRLState) -> dict:
+    """Steps 1-3 of a round: sample, label (``st.data``), balance; returns the round's record."""
+    t0 = time.time()
+    dense = cfg.returns == "dense"
+    prompts = [task.prompt(p) for p in questions]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    params = dict(temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+                  stop_strings=task.stop_strings, seed=cfg.run.seed + 1000 * st.round,
+                  token_budget=cfg.sampling.token_budget)
+    sample_prompts = prompt_ids
+    if st.conditioned:
+        sample_prompts = [ids + [good] for ids in prompt_ids]
+        if dense:
+            params.update(step_end=task.step_end, step_marker=(good,))
+    policy.eval()
+    bar = progress(len(questions) * cfg.sampling.k, f"rcrl round {st.round + 1}: sampling", "sample")
+    rollouts = sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
+                      keys=[p.id for p in questions], progress=bar.update)
+    bar.close()
+    st.rollouts_used += len(rollouts)
+    data = []
+    for r in rollouts:
+        p = questions[r.prompt_index]
+        text = " " + r.text.strip()
+        labels = step_labels_for(task, p, text, how, sorm, prompts[r.prompt_index]) if dense else []
+        data.append(Labelled(r.prompt_index, text, task.grade(p, text).correct, labels))
+    if cfg.include_references:
+        for i, p in enumerate(questions):
+            text = task.target(p)
+            data.append(Labelled(i, text, True, [True] * len(task.step_spans(text)) if dense else []))
+    n_good = sum(d.good for d in data)
+    if cfg.label_ratio == "balanced":
+        rng = random.Random(cfg.run.seed + st.round)
+        goods, bads = [d for d in data if d.good], [d for d in data if not d.good]
+        n = min(len(goods), len(bads))
+        data = rng.sample(goods, n) + rng.sample(bads, n)
+    st.data = data
+    stats = {"round": st.round + 1, "rollouts": st.rollouts_used, "sample_seconds": round(time.time() - t0, 1),
+             "sample_accuracy": sum(task.grade(questions[r.prompt_index], r.text).correct for r in rollouts)
+             / len(rollouts), "good_fraction": n_good / len(data) if data else 0.0, "dataset_size": len(data)}
+    print(f"round {st.round + 1}: {len(rollouts)} samples, accuracy {stats['sample_accuracy']:.3f}, "
+          f"training on {len(data)} labelled solutions ({stats['good_fraction']:.2f} good)", flush=True)
+    return stats
 
 
 def main(cfg: Config) -> None:

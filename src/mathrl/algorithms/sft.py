@@ -18,15 +18,15 @@ from pathlib import Path
 
 from mathrl import distributed
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
+from mathrl.settings import Data, Evaluation, Optim, Run, fsdp, max_new_tokens, resume, token_budget, validate_groups
 from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.models import SIZES, count_parameters, init_model, load_model
-from mathrl.run import prepare_run_dir, read_meta, resolve_device, write_meta
+from mathrl.runsetup import read_meta, rng_state, set_rng_state, start_run, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import recorded_level, task_from_options, task_options
-from mathrl.training import compiled, completion_example, make_optimizer, rng_state, seed_everything, set_rng_state, \
-    setup_threads, train_steps
+from mathrl.training import compiled, completion_example, make_optimizer, train_steps
 
 
 @dataclass
@@ -34,46 +34,32 @@ class Config:
     out: str = field("runs/sft", "run directory (the model is written to OUT/model)")
     model: str = field("", "initial model directory; empty: a fresh embedded-default model (--size)")
     size: str = field("tiny", "size of a fresh model (when --model is empty)")
-    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
-    level: int | None = field(None, "synthetic task level (default: the model's, else the task default)")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
+    data: Data = group(Data, task="synthetic")
     train_size: int | None = field(None, "synthetic: number of train problems (default 7500)")
     epochs: int = field(3, "passes over the train split")
-    batch_size: int = field(16, "sequences per optimizer step (the tiny model learns per step: 16 beat 32 at equal time)")
-    micro_batch_size: int = field(0, "sequences per forward pass; smaller than batch_size accumulates gradients (0: batch_size)")
-    lr: float = field(3e-3, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(100, "linear warmup steps")
-    weight_decay: float = field(0.1, "AdamW weight decay (matrices only)")
-    grad_clip: float = field(1.0, "gradient norm clip (0: off)")
+    # batch_size 16: the tiny model learns per step (16 beat 32 at equal time)
+    optim: Optim = group(Optim, lr=3e-3, warmup_steps=100, batch_size=16)
     whole_sequence_loss: bool = field(False, "loss on prompt tokens too (default: completion tokens only)")
-    dev_size: int = field(500, "dev problems evaluated after each epoch (0: no evaluation)")
-    eval_k: int = field(32, "samples per dev problem for maj@K / pass@K")
-    eval_temperature: float = field(1.0, "sampling temperature for the K dev samples")
-    max_new_tokens: int = field(128, "completion length limit when evaluating")
+    eval: Evaluation = group(Evaluation, eval_k=32, eval_split="dev")  # after each epoch
+    max_new_tokens: int = max_new_tokens()
+    token_budget: int = token_budget()
     compile: bool = field(False, "torch.compile the transformer blocks for training (dynamic shapes; ~30 s to "
                                  "compile on 2 CPU cores, cached after; falls back to eager if it fails)")
-    fsdp: bool = field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one "
-                              "device)")
+    fsdp: bool = fsdp()
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     log_every: int = field(20, "optimizer steps between log lines")
-    seed: int = field(0, "random seed")
-    threads: int = field(0, "torch threads (0: the cores this process may use)")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    resume: bool = field(False, "continue the run in --out from its last good checkpoint")
+    run: Run = group(Run)
+    resume: bool = resume()
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "log_every"):
+        validate_groups(self)
+        for name in ("epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
-        if self.micro_batch_size < 0 or (self.micro_batch_size and self.batch_size % self.micro_batch_size):
-            raise UsageError("batch_size must be a multiple of micro_batch_size")
         if self.size not in SIZES:
             raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
-        if self.dev_size < 0 or self.eval_k < 0 or self.checkpoint_every < 0:
-            raise UsageError("dev_size, eval_k and checkpoint_every must be >= 0")
-        if self.lr <= 0:
-            raise UsageError("lr must be > 0")
+        if self.checkpoint_every < 0:
+            raise UsageError("checkpoint_every must be >= 0")
         if self.compile and self.fsdp:
             raise UsageError("--compile with --fsdp is not supported yet; use one of them")
 
@@ -87,29 +73,28 @@ def build_examples(task, tokenizer, problems, whole_sequence: bool):
 
 
 def train(cfg: Config) -> Path:
-    run_dir = prepare_run_dir(cfg.out, cfg.resume)
-    threads = setup_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
     meta = read_meta(cfg.model) if cfg.model else {}
-    level = cfg.level if cfg.level is not None else (
-        recorded_level(meta.get("task", {})) if cfg.task == "synthetic" else None)
-    task = task_from_options(cfg.task, level=level, data_dir=cfg.data_dir, train_size=cfg.train_size)
+    level = cfg.data.level if cfg.data.level is not None else (
+        recorded_level(meta.get("task", {})) if cfg.data.task == "synthetic" else None)
+    task = task_from_options(cfg.data.task, level=level, data_dir=cfg.data.data_dir, extract=cfg.data.extract,
+                             train_size=cfg.train_size)
     save_config(cfg, run_dir / "config.yaml")
 
     model_path = cfg.model
     if not model_path:
         model_path = run_dir / "init"
         if distributed.is_main() and not (model_path / "config.json").is_file():
-            init_model(task, model_path, size=cfg.size, seed=cfg.seed)
+            init_model(task, model_path, size=cfg.size, seed=cfg.run.seed)
         distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
     model, tokenizer = load_model(model_path, device=device, for_training=True)
 
-    dev = task.problems("dev")[: cfg.dev_size] if cfg.dev_size else []
+    dev = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     dev_ids = {p.id for p in dev}
     train_problems = [p for p in task.problems("train") if p.id not in dev_ids]
     examples = build_examples(task, tokenizer, train_problems, cfg.whole_sequence_loss)
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(examples) / cfg.optim.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
     step = 0
@@ -118,7 +103,7 @@ def train(cfg: Config) -> Path:
         ckpt.load_weights_into(model, last)
     if cfg.fsdp:
         distributed.shard_model(model)  # after loading full weights, before the optimizer sees the parameters
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
     if last is not None:
         state = ckpt.load_state(last)
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -137,11 +122,9 @@ def train(cfg: Config) -> Path:
     bar = progress(total_steps, "sft", "step", initial=step)
     tokens, t0 = 0, time.time()
     # --compile: the training passes go through a compiled wrapper sharing the parameters (sampling stays eager)
-    steps = train_steps(compiled(model) if cfg.compile else model, optimizer, examples,
-                        pad_id=tokenizer.pad_token_id, device=device,
-                        batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size or cfg.batch_size, total_steps=total_steps,
-                        lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
-                        grad_clip=cfg.grad_clip, seed=cfg.seed, start_step=step)
+    steps = train_steps(compiled(model) if cfg.compile else model, optimizer, examples, cfg.optim,
+                        pad_id=tokenizer.pad_token_id, device=device, total_steps=total_steps, seed=cfg.run.seed,
+                        start_step=step)
     try:
         for stats in steps:
             # learn: one optimizer step on a length-bucketed batch of reference completions
@@ -160,8 +143,9 @@ def train(cfg: Config) -> Path:
                 if dev:
                     # evaluate: maj@1 (greedy), maj@K and pass@K on the held-out dev split
                     model.eval()
-                    results = evaluate(model, tokenizer, task, dev, k=cfg.eval_k, temperature=cfg.eval_temperature,
-                                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                    results = evaluate(model, tokenizer, task, dev, k=cfg.eval.eval_k,
+                                       temperature=cfg.eval.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                                       seed=cfg.run.seed, token_budget=cfg.token_budget)
                     model.train()
                     metrics = summarize(results)
                     if distributed.is_main():

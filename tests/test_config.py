@@ -1,0 +1,52 @@
+"""Config groups: one definition of every shared setting, flattened into flags; old spellings rejected."""
+
+import dataclasses
+
+import pytest
+
+from mathrl.algorithms import expert_iteration, orm, ppo, rcrl, sft
+from mathrl.cli import _commands
+from mathrl.config import build, leaves, to_dict
+from mathrl.errors import UsageError
+
+
+def test_a_shared_setting_has_one_name_and_one_help_text_in_every_command():
+    helps: dict[str, set[str]] = {}
+    for cls, _, _ in _commands().values():
+        for group, f, _, _ in leaves(cls):
+            if group is not None:
+                helps.setdefault(f.name, set()).add(f.metadata["help"])
+    assert {"lr", "micro_batch_size", "eval_k", "seed", "token_budget"} <= set(helps)
+    assert all(len(texts) == 1 for texts in helps.values()), {k: v for k, v in helps.items() if len(v) > 1}
+
+
+def test_commands_set_their_own_defaults_where_they_compose_a_group():
+    assert build(ppo.Config, {"model": "m"}).optim.lr == 1e-4
+    assert build(sft.Config, {}).optim.lr == 3e-3 and build(sft.Config, {}).eval.eval_split == "dev"
+    assert build(ppo.GRPOConfig, {"model": "m"}).advantage == "grpo"
+    assert build(expert_iteration.Config, {"model": "m", "lr": 0.01}).optim.lr == 0.01
+
+
+def test_flat_and_nested_mappings_and_the_saved_config_round_trip():
+    cfg = build(rcrl.Config, {"model": "m", "micro_batch_size": 8, "eval": {"eval_k": 4}, "seed": 3})
+    assert (cfg.optim.micro_batch_size, cfg.optim.micro, cfg.eval.eval_k, cfg.run.seed) == (8, 8, 4, 3)
+    flat = to_dict(cfg)
+    assert flat["micro_batch_size"] == 8 and "optim" not in flat  # config.yaml: the flag names
+    assert build(rcrl.Config, flat) == cfg
+
+
+@pytest.mark.parametrize("cls,key,new", [(ppo.Config, "microbatch_size", "micro_batch_size"),
+                                         (ppo.Config, "minibatch_size", "batch_size"),
+                                         (orm.Config, "policy", "model"), (sft.Config, "dev_size", "eval_size")])
+def test_old_spellings_name_the_new_one(cls, key, new):
+    with pytest.raises(UsageError, match=f"renamed: did you mean '{new}'"):
+        build(cls, {"model": "m", key: 1} if key != "policy" else {key: "m"})
+
+
+def test_groups_validate_their_fields():
+    with pytest.raises(UsageError, match="micro_batch_size must be >= 0"):
+        build(ppo.Config, {"model": "m", "micro_batch_size": -1})
+    with pytest.raises(UsageError, match="lr must be > 0"):
+        build(rcrl.Config, {"model": "m", "lr": 0})
+    assert all(dataclasses.is_dataclass(f.metadata["group"]) for f in dataclasses.fields(ppo.Config)
+               if "group" in f.metadata)
