@@ -5,7 +5,7 @@ Where a command needs another default (SFT's learning rate is not PPO's), it say
 and ``--help`` shows it.
 
 Groups: ``Run`` (seed, threads, device), ``Data`` (which task, by default the one recorded with the model), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Sampling``
-(collecting rollouts), ``Evaluation`` (the in-run evaluations). Single settings that several commands share
+(collecting rollouts), ``Evaluation`` (the in-run evaluations), ``Rounds`` (the fine-tuning inside each round of EI and RCRL). Single settings that several commands share
 without the rest of a group (``shots``, ``resume``, ``max_new_tokens``...) are field factories here.
 """
 
@@ -99,6 +99,21 @@ class Evaluation:
     def validate(self) -> None:
         if self.eval_size < 0 or self.eval_k < 0:
             raise UsageError("eval_size and eval_k must be >= 0")
+
+
+@dataclass
+class Rounds:
+    """The fine-tuning of each round of a round-based run (EI, RCRL)."""
+
+    epochs: float = field(2.0, "passes over the round's training data (EI: D_i; RCRL: the labelled mix)")
+    max_steps: int = field(0, "cap on optimizer steps per round (0: none)")
+    checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise UsageError("epochs must be > 0")
+        if self.max_steps < 0 or self.checkpoint_every < 0:
+            raise UsageError("max_steps and checkpoint_every must be >= 0")
 
 
 def shots():

@@ -432,10 +432,11 @@ def pack_rollouts(rollouts, pad_id: int) -> RolloutBatch:
 # Round-based runs (Expert Iteration, RCRL): fine-tune on each round's samples, checkpoint by phase
 
 
-def round_total_steps(n_examples: int, optim, epochs: float, max_steps: int) -> int:
-    """Optimizer steps of a round: ``epochs`` passes over ``n_examples`` (capped by ``max_steps`` if > 0)."""
-    total = math.ceil((math.ceil(n_examples / optim.batch_size) if n_examples else 0) * epochs)
-    return min(total, max_steps) if max_steps else total
+def round_total_steps(n_examples: int, optim, rounds) -> int:
+    """Optimizer steps of a round: ``rounds.epochs`` passes over ``n_examples`` in batches of
+    ``optim.batch_size``, capped by ``rounds.max_steps`` if > 0 (``settings.Optim``, ``settings.Rounds``)."""
+    total = math.ceil((math.ceil(n_examples / optim.batch_size) if n_examples else 0) * rounds.epochs)
+    return min(total, rounds.max_steps) if rounds.max_steps else total
 
 
 def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *, pad_id: int, device, total: int,

@@ -31,7 +31,7 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Evaluation, Optim, Run, Sampling, fsdp, resume, shots, validate_groups
+from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp, resume, shots, validate_groups
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
 from mathrl.models import load_model
@@ -60,12 +60,10 @@ class Config:
     orm_threshold: float = field(0.5, "keep samples whose reward-model score is at least this")
     include_references: bool = field(False, "also train on the reference solutions of the sampled questions")
     retrain_from: str = field("initial", "initial (ReST-EM: fine-tune the start model each round) or last")
-    epochs: float = field(2.0, "passes over the round's dataset D_i")
-    max_steps: int = field(0, "cap on optimizer steps per round (0: none)")
+    rounds_ft: Rounds = group(Rounds)
     optim: Optim = group(Optim)
     eval: Evaluation = group(Evaluation)
     fsdp: bool = fsdp()
-    checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     run: Run = group(Run)
     resume: bool = resume()
 
@@ -83,10 +81,8 @@ class Config:
             raise UsageError("retrain_from must be 'initial' or 'last'")
         if self.rounds < 1:
             raise UsageError("rounds must be >= 1")
-        if self.epochs <= 0:
-            raise UsageError("epochs must be > 0")
-        if min(self.patience, self.questions, self.max_steps, self.patience_size) < 0:
-            raise UsageError("patience, patience_size, questions and max_steps must be >= 0")
+        if min(self.patience, self.questions, self.patience_size) < 0:
+            raise UsageError("patience, patience_size and questions must be >= 0")
         if self.patience and not self.patience_size:
             raise UsageError("--patience needs dev problems to decide on (--patience-size > 0)")
 
@@ -171,13 +167,13 @@ def train(cfg: Config) -> Path:
         if st.phase == "learn":
             # step 4: fine-tune on D_i (from the initial checkpoint each round, or from the last policy)
             examples = _examples(task, tokenizer, _items(cfg, task, questions, st.dataset), tokenizer.eos_token_id)
-            total = round_total_steps(len(examples), cfg.optim, cfg.epochs, cfg.max_steps)
+            total = round_total_steps(len(examples), cfg.optim, cfg.rounds_ft)
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
             t0 = time.time()
             fine_tune_round(policy, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
                             total=total, seed=cfg.run.seed + st.round, label=f"ei round {st.round + 1}: fine-tuning",
-                            checkpoint_every=cfg.checkpoint_every, save=save, run_dir=run_dir)
+                            checkpoint_every=cfg.rounds_ft.checkpoint_every, save=save, run_dir=run_dir)
             st.history[-1].update(train_steps=total, train_seconds=round(time.time() - t0, 1))
             st.policy_is_start = st.policy_is_start and total == 0
             st.phase, optimizer = "evaluate", None

@@ -34,7 +34,7 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Evaluation, Optim, Run, Sampling, fsdp, resume, validate_groups
+from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import load_model
 from mathrl.rewards import dense_step_rewards
@@ -62,12 +62,10 @@ class Config:
     questions: int = field(4000, "training questions per round (0: the whole train split)")
     sampling: Sampling = group(Sampling)
     include_references: bool = field(True, "also train on the reference solutions, marked good")
-    epochs: float = field(2.0, "passes over the round's labelled data")
-    max_steps: int = field(0, "cap on optimizer steps per round (0: none)")
+    rounds_ft: Rounds = group(Rounds)
     optim: Optim = group(Optim)
     eval: Evaluation = group(Evaluation)
     fsdp: bool = fsdp()
-    checkpoint_every: int = field(100, "fine-tuning steps between checkpoints inside a round")
     run: Run = group(Run)
     resume: bool = resume()
 
@@ -87,8 +85,6 @@ class Config:
             raise UsageError("label_ratio must be natural or balanced")
         if self.rounds < 1:
             raise UsageError("rounds must be >= 1")
-        if self.epochs <= 0:
-            raise UsageError("epochs must be > 0")
 
 
 def add_return_tokens(model, tokenizer) -> tuple[int, int]:
@@ -225,12 +221,12 @@ def train(cfg: Config) -> Path:
             prompt_ids = tokenizer([task.prompt(p) for p in questions], add_special_tokens=False)["input_ids"]
             examples = [labelled_example(tokenizer, prompt_ids[d.q], d.text, task.step_spans(d.text), d.steps, d.good,
                                          good, bad, tokenizer.eos_token_id, dense) for d in st.data]
-            total = round_total_steps(len(examples), cfg.optim, cfg.epochs, cfg.max_steps)
+            total = round_total_steps(len(examples), cfg.optim, cfg.rounds_ft)
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
             fine_tune_round(policy, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
                             total=total, seed=cfg.run.seed + st.round, label=f"rcrl round {st.round + 1}: fine-tuning",
-                            checkpoint_every=cfg.checkpoint_every, save=save, run_dir=run_dir)
+                            checkpoint_every=cfg.rounds_ft.checkpoint_every, save=save, run_dir=run_dir)
             st.conditioned, st.phase, optimizer = True, "evaluate", None
             save(ckpt.round_tag(st.round, done=True))
 
