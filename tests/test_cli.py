@@ -110,6 +110,22 @@ def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
     assert len(scored) == 1319 and json.loads(scored[0])["correct"] == [True]
 
 
+def test_score_warns_when_strict_extraction_finds_no_answers(tmp_path, data_dir, capsys):
+    # GSM8K references ending in "A: 26" (as GPT-3's published solutions do) instead of "#### 26"
+    samples = tmp_path / "a.jsonl"
+    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(samples, "w") as out:
+        for line in list(f)[:50]:
+            row = json.loads(line)
+            body, answer = row["answer"].split("####")
+            out.write(json.dumps({"question": row["question"], "completions": [body + "A: " + answer.strip()]}) + "\n")
+    args = ["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples)]
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 0
+    assert "warning: 100% of completions have no '#### N' answer" in capsys.readouterr().out
+    assert main([*args, "--extract", "flexible", "--out", str(tmp_path / "flex")]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "flex" / "metrics.json").read_text())["maj@1"] == 1.0
+
+
 def test_score_reports_unmatched_questions(tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"question": "What is love?", "completions": ["#### 1"]}) + "\n"
@@ -117,6 +133,7 @@ def test_score_reports_unmatched_questions(tmp_path, capsys):
     assert main(["score", "--samples", str(samples), "--out", str(tmp_path / "o")]) == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["n_unmatched"] == 1 and metrics["n_questions"] == 1
+    assert "maj@1" not in metrics  # two completions per line: pass@1 is no vote and is not copied into maj@1
     assert "matched no problem" in capsys.readouterr().out
 
 
@@ -315,3 +332,36 @@ def test_every_command_has_help(command, capsys):
     # argparse formats help texts with %: a stray "%" in a flag's help breaks --help
     assert main([*command.split(), "--help"]) == 0
     assert "--" in capsys.readouterr().out
+
+
+def test_a_hub_id_in_the_local_cache_works_offline_and_a_missing_one_is_one_line(start, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-sft" / "snapshots" / "0123abcd"
+    shutil.copytree(start["sft"], snapshot)
+    (cache / "models--someone--tiny-sft" / "refs").mkdir()
+    (cache / "models--someone--tiny-sft" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert main(["eval", "--model", "someone/tiny-sft", "-n", "2", "-k", "2", "--max-new-tokens", "8",
+                 "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_questions"] == 2
+    capsys.readouterr()
+    assert main(["eval", "--model", "someone/absent", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not in the local Hugging Face cache" in err and "\n" not in err
+
+
+def test_a_model_mathrl_did_not_train_is_graded_with_flexible_extraction(tmp_path, data_dir, capsys):
+    other = tmp_path / "foreign"
+    assert main(["model", "init", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--out", str(other)]) == 0
+    (other / "mathrl.json").unlink()  # as any Hugging Face checkpoint: no record of a task
+    args = ["eval", "--model", str(other), "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "-n", "2",
+            "-k", "1", "--max-new-tokens", "4", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "e")]) == 0
+    assert "answers read with --extract flexible" in capsys.readouterr().out
+    assert main([*args, "--extract", "strict", "--out", str(tmp_path / "s")]) == 0
+    assert "--extract flexible" not in capsys.readouterr().out.split("warning")[0]

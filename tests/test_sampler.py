@@ -135,3 +135,28 @@ def test_model_directory_errors(tiny_model_dir, tmp_path):
     shutil.copy(tiny_model_dir / "special_tokens_map.json", small) if (tiny_model_dir / "special_tokens_map.json").exists() else None
     with pytest.raises(UsageError, match="embedding table"):
         load_model(small)
+
+
+def test_embedding_rows_without_a_token_are_never_sampled(tiny_model_dir, tmp_path):
+    """An embedding table padded beyond the tokenizer (every Qwen2 checkpoint: 151,936 rows for 151,665 tokens).
+    Here as many padded rows as real ones, so an unmasked sampler would draw one about every other token; the
+    log-probs stay those of the full distribution (what the trainer's forward pass computes)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mathrl.models import load_model, load_tokenizer
+    from mathrl.training import forward_policy, pack_rollouts
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.vocab_size = 2 * len(tok)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tok = load_model(str(tmp_path), device="cpu")
+    rollouts = sample(model, tok, ["Question: 1 + 2?\nAnswer:"] * 2, 4,
+                      SamplingParams(temperature=1.0, max_new_tokens=24, seed=3))
+    ids = [i for r in rollouts for i in r.completion_ids]
+    assert len(ids) >= 40 and max(ids) < len(tok)
+    logp, _ = forward_policy(model, None, pack_rollouts(rollouts, tok.pad_token_id), False)
+    batch = pack_rollouts(rollouts, tok.pad_token_id)
+    assert torch.allclose(logp[batch.action_mask], batch.old_logprobs[batch.action_mask], atol=1e-4)

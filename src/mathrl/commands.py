@@ -146,6 +146,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"
     write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}")
     print(headline(metrics))
+    warn_no_answer(task, metrics)
     print(f"wrote {out}/metrics.json, metrics.md, samples.jsonl")
     return metrics
 
@@ -220,8 +221,9 @@ def run_score(cfg: ScoreConfig) -> dict:
         for r in results:
             r.scores = rm.score_texts([task.prompt(r.problem)] * len(r.texts), r.texts)
     metrics = summarize(results, k=k)
-    # maj@1 from samples: with one completion per line, the vote is that completion
-    if "maj@1" not in metrics and "pass@1" in metrics:
+    # maj@1 from samples: with one completion per line, the vote is that completion; with several, pass@1 is the
+    # mean sample accuracy, neither a greedy answer nor a vote, and maj@1 is left out
+    if "maj@1" not in metrics and "pass@1" in metrics and n_min == 1:
         metrics["maj@1"] = metrics["pass@1"]
     metrics["n_unmatched"] = len(unmatched)
     out = Path(cfg.out)
@@ -240,5 +242,15 @@ def run_score(cfg: ScoreConfig) -> dict:
     if unmatched:
         print(f"warning: {len(unmatched)} line(s) matched no problem, e.g. {unmatched[0]!r}")
     print(headline(metrics, k))
+    warn_no_answer(task, metrics)
     print(f"wrote {out}/metrics.json and {out}/scored.jsonl")
     return metrics
+
+
+def warn_no_answer(task, metrics: dict) -> None:
+    """One line when most completions have no answer under strict extraction (e.g. an instruct model that ends
+    with 'A: 26', not '#### 26'): every one of them scores 0, and the other extraction may tell another story."""
+    rate = metrics.get("no_answer_rate")
+    if rate is not None and rate > 0.5 and getattr(task, "extract", None) == "strict":
+        print(f"warning: {rate:.0%} of completions have no '#### N' answer under --extract strict (they score 0); "
+              "--extract flexible reads the last number instead")

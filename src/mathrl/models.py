@@ -142,18 +142,33 @@ def load_tokenizer(path: str | os.PathLike):
     return tokenizer
 
 
+def model_dir(path: str | os.PathLike) -> Path:
+    """The local directory of a model named by ``path``: a directory, or a hub id ('Qwen/Qwen2.5-0.5B') found in
+    the local Hugging Face cache (never a download: the hub may be unreachable, and a run should not wait on it)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if not p.exists() and _looks_like_hub_id(path):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(path), local_files_only=True))
+        except Exception:  # noqa: BLE001 - any miss is the same message
+            raise UsageError(f"{path}: no such directory, and not in the local Hugging Face cache "
+                             "(download it first, e.g. `hf download " + str(path) + "`, or pass a directory)") from None
+    raise UsageError(f"model directory not found: {path}")
+
+
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
                for_training: bool = False):
-    """Load (model, tokenizer) from a local HF directory (or a hub id when online).
+    """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``).
 
     Checks that the tokenizer fits the model's embedding table: a mismatch is an error, not a silent
     out-of-range index at the first rare token.
     """
     from transformers import AutoModelForCausalLM
 
-    p = Path(path)
-    if not p.exists() and not _looks_like_hub_id(path):
-        raise UsageError(f"model directory not found: {path}")
+    p = path = model_dir(path)
     if p.is_dir() and not (p / "config.json").is_file():
         raise UsageError(f"{p}: not a model directory (no config.json)")
     device = device or default_device()

@@ -1,8 +1,10 @@
 """Outcome reward models (ORM) and stepwise ORMs (SORM): p(the final answer will be correct | prefix).
 
-The model is a Hugging Face token-classification head on the policy's trunk (``AutoModelForTokenClassification``
-with one label: a logit per token), initialised from the policy checkpoint, so it reads exactly what the policy
-writes and is saved as an ordinary HF directory.
+The model is a token-classification head on the policy's trunk (one label: a logit per token), initialised from
+the policy checkpoint, so it reads exactly what the policy writes, and saved as an ordinary HF directory. Where
+transformers has an ``AutoModelForTokenClassification`` class for the architecture it is used; the many
+architectures without one (136 of 196 causal LMs in transformers 5.24: Gemma 3, OLMo 2, Granite...) get
+``TrunkForTokenClassification``: the causal LM's own trunk (``AutoModel``) and a linear head, the same thing.
 
 - **ORM** (Cobbe et al. 2021 verifiers; Havrilla et al. 2024 section 3): every completion token of a sampled
   solution is labelled with the solution's final correctness (sparse reward); binary cross-entropy on those
@@ -23,6 +25,50 @@ from typing import Sequence
 import torch
 
 from mathrl.errors import UsageError
+
+
+def _trunk_class():
+    from transformers import AutoModel, PreTrainedModel
+    from transformers.modeling_outputs import TokenClassifierOutput
+
+    class TrunkForTokenClassification(PreTrainedModel):
+        """A causal LM's trunk with a linear head on its last hidden state: logits (B, T, num_labels)."""
+
+        base_model_prefix = "model"  # a causal-LM checkpoint's "model.*" weights load into the trunk
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = AutoModel.from_config(config)
+            self._no_split_modules = getattr(self.model, "_no_split_modules", None)
+            self.score = torch.nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def _init_weights(self, module):
+            if module is getattr(self, "score", None):
+                torch.nn.init.normal_(module.weight, std=0.02)
+                torch.nn.init.zeros_(module.bias)
+
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return TokenClassifierOutput(logits=self.score(hidden))
+
+    return TrunkForTokenClassification
+
+
+def token_classifier(path, num_labels: int = 1):
+    """A token classifier initialised from (or saved as) the model directory ``path``: transformers' own class
+    where the architecture has one, else ``TrunkForTokenClassification``."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    config = AutoConfig.from_pretrained(str(path), num_labels=num_labels)
+    if "TrunkForTokenClassification" in (config.architectures or []):
+        return _trunk_class().from_pretrained(str(path), config=config)
+    try:
+        return AutoModelForTokenClassification.from_pretrained(str(path), config=config)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        return _trunk_class().from_pretrained(str(path), config=config)
 
 
 class RewardModel:
@@ -76,8 +122,6 @@ def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> 
 
     The policy may have added tokens of its own (RCRL's return tokens, which decoding skips): every token of the
     reward model's vocabulary must then keep its id in the policy's, since the reward model reads decoded text."""
-    from transformers import AutoModelForTokenClassification
-
     from mathrl.models import load_tokenizer
 
     p = Path(path)
@@ -89,7 +133,7 @@ def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> 
                          "policy's checkpoint")
     meta = json.loads((p / "mathrl.json").read_text()) if (p / "mathrl.json").is_file() else {}
     try:
-        model = AutoModelForTokenClassification.from_pretrained(str(p), num_labels=1)
+        model = token_classifier(p)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot load reward model ({str(e).splitlines()[0]})") from None
     model.to(device)

@@ -53,8 +53,15 @@ def resolve_device(device: str) -> str:
     return distributed.setup(device)  # under torchrun: join the process group, one GPU per rank
 
 
-def read_meta(model_dir: str | os.PathLike) -> dict:
-    p = Path(model_dir) / "mathrl.json"
+def read_meta(model: str | os.PathLike) -> dict:
+    """What mathrl.json beside a model's weights records ({} when there is none). ``model``: a directory or a
+    hub id in the local cache."""
+    from mathrl.models import model_dir
+
+    try:
+        p = model_dir(model) / "mathrl.json"
+    except UsageError:
+        return {}
     if not p.is_file():
         return {}
     try:
@@ -75,9 +82,12 @@ def remove_tree(path: Path) -> None:
 
 
 def task_for_model(model_dir: str, task: str, level, data_dir, extract):
-    """The task a command should use: explicit options, else those recorded with the model."""
-    if not Path(model_dir).is_dir():
-        raise UsageError(f"model directory not found: {model_dir}")
+    """The task a command should use: explicit options, else those recorded with the model. For a model mathrl
+    did not train (no task recorded), gsm8k/svamp answers are read with flexible extraction unless --extract says
+    otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed."""
+    from mathrl.models import model_dir as local_dir
+
+    local_dir(model_dir)  # a clear error for a missing directory or an uncached hub id
     meta = read_meta(model_dir).get("task", {})
     name = task or meta.get("name")
     if not name:
@@ -86,6 +96,10 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract):
         level = recorded_level(meta)
     if name != "synthetic" and extract is None and meta.get("name") == name:
         extract = meta.get("extract")
+    elif name != "synthetic" and extract is None and not meta:
+        extract = "flexible"
+        print(f"{model_dir}: no task recorded with this model; {name} answers read with --extract flexible (the last "
+              "number; pass --extract strict for '#### N')")
     # the surface (synthetic: qa or prose) a model was trained to write is part of its task
     surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
     return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface)

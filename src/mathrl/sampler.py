@@ -39,6 +39,7 @@ t = completion tokens so far, H / Hkv = query / key-value heads, D = head size.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -123,9 +124,16 @@ def completion_stats(rollouts: Sequence[Rollout]) -> dict:
 # Token selection
 
 
-def _select(logits: torch.Tensor, params: SamplingParams, row_keys: torch.Tensor, step: int):
-    """Pick one token per row. logits (B, V) float32 -> (token (B,), logprob under the raw model (B,))."""
+def _select(logits: torch.Tensor, params: SamplingParams, row_keys: torch.Tensor, step: int, n_tokens: int = 0):
+    """Pick one token per row. logits (B, V) float32 -> (token (B,), logprob under the raw model (B,)).
+
+    ``n_tokens`` > 0: only ids below it have a token (an embedding table padded beyond the tokenizer, as in every
+    Qwen2 checkpoint: 151,936 rows for 151,665 tokens); the rows above are never picked. The log-prob stays that
+    of the unmodified distribution over all V rows, the one the trainer's forward pass computes."""
     logp = torch.log_softmax(logits, dim=-1)  # (B, V)
+    if 0 < n_tokens < logits.shape[-1]:
+        logits = logits.clone()
+        logits[:, n_tokens:] = float("-inf")
     if params.temperature == 0:
         token = logits.argmax(dim=-1)
     else:
@@ -290,6 +298,11 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     dev_rows = row_slot.to(device)
     logits = out.logits[:, -1, :].float().index_select(0, dev_rows)  # (B, V)
     cascade = params.shared_prefix_attention and all(type(layer) is DynamicLayer for layer in cache.layers)
+    if params.shared_prefix_attention and not cascade:
+        # printed once per model class (Python shows a warning once per message and place)
+        warnings.warn(f"{type(model).__name__}: its cache is not plain full attention (sliding windows, linear "
+                      "attention); sampling copies each prompt's keys/values per sample (no shared-prefix attention)",
+                      stacklevel=2)
     if cascade:
         cache.layers = [PreallocatedLayer.shared(layer.keys, layer.values, b, max_new) for layer in cache.layers]
         prefix_bias = torch.zeros((n_slots, 1, 1, p_len), device=device)
@@ -317,9 +330,10 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     eos_cpu = torch.tensor(eos)
     slot_count = n_slots
     attn_impl = model.config._attn_implementation
+    n_tokens = len(tokenizer)  # ids at or above it are embedding rows without a token
 
     for t in range(max_new):
-        token, logp = _select(logits, params, row_keys, t)
+        token, logp = _select(logits, params, row_keys, t, n_tokens)
         token, logp = token.cpu(), logp.float().cpu()
         sampled = torch.ones_like(token, dtype=torch.bool)
         rows = out_index.clamp(min=0)  # holes write into row 0's junk area, never read (live is False)

@@ -27,7 +27,8 @@ from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Data, Optim, Run, Sampling, fsdp, resume, validate_groups
 from mathrl.metrics import auc
-from mathrl.models import load_model
+from mathrl.models import load_model, model_dir as local_model_dir
+from mathrl.reward_model import RewardModel, token_classifier
 from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
@@ -91,8 +92,6 @@ def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
 
 
 def train(cfg: Config) -> Path:
-    from transformers import AutoModelForTokenClassification
-
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
     task = task_of(cfg.model, cfg.data)
@@ -151,7 +150,7 @@ def train(cfg: Config) -> Path:
         raise UsageError("no labelled training samples")
 
     # step 3: learn a per-token classifier initialised from the policy
-    model = AutoModelForTokenClassification.from_pretrained(cfg.model, num_labels=1).to(device)
+    model = token_classifier(local_model_dir(cfg.model)).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.fsdp:
         distributed.shard_model(model)
@@ -182,8 +181,6 @@ def train(cfg: Config) -> Path:
     train_seconds = time.time() - t_train
 
     # step 4: evaluate on held-out questions
-    from mathrl.reward_model import RewardModel
-
     rm = RewardModel(model, tokenizer, kind="sorm" if cfg.stepwise else "orm")
     report = evaluate_reward_model(rm, task, [by_id[r.id] for r in held_records], held_records, shots)
     if cfg.stepwise:
