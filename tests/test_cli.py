@@ -365,3 +365,44 @@ def test_a_model_mathrl_did_not_train_is_graded_with_flexible_extraction(tmp_pat
     assert "answers read with --extract flexible" in capsys.readouterr().out
     assert main([*args, "--extract", "strict", "--out", str(tmp_path / "s")]) == 0
     assert "--extract flexible" not in capsys.readouterr().out.split("warning")[0]
+
+
+def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):
+    from mathrl.tasks import load_task
+
+    rows = [{"q": p.question, "final": p.answer, "work": p.solution}
+            for p in load_task("synthetic").problems("train")[:60]]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward = tmp_path / "my_reward.py"
+    reward.write_text("def reward(prompts, completions, answer, **columns):\n"
+                      "    assert len(prompts) == len(completions) == len(answer) == len(columns['question'])\n"
+                      "    return [len(c) % 3 / 2 for c in completions]  # differs within groups: signal\n")
+    task = ["--task", f"jsonl:{data}", "--question-field", "q", "--answer-field", "final", "--solution-field", "work"]
+    small = ["--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]
+    out = tmp_path / "grpo"
+    assert main(["grpo", "--model", str(start["sft"]), "--out", str(out), *task, "--reward", f"{reward}:reward",
+                 "--iterations", "2", "--prompts", "4", "-k", "2", "--batch-size", "4", *small]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert all(0 <= h["reward"] <= 1 and h["zero_signal_fraction"] < 1 for h in history[1:])
+    assert _changed(start["sft"], out / "model")
+    ei = tmp_path / "ei"
+    assert main(["ei", "--model", str(start["sft"]), "--out", str(ei), *task, "--reward", f"{reward}:reward",
+                 "--rounds", "1", "--questions", "4", "-k", "2", "--patience", "0", *small]) == 0
+    recorded = json.loads((ei / "model" / "mathrl.json").read_text())["task"]
+    assert recorded["name"] == f"jsonl:{data}" and recorded["question_field"] == "q"
+    # later commands read the file as it was recorded: no --task, no field flags
+    assert main(["eval", "--model", str(ei / "model"), "-n", "3", "-k", "2", "--max-new-tokens", "8",
+                 "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_questions"] == 3
+    capsys.readouterr()
+    # bad input: one line each
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"q": "x", "final": "7"}) + "\n" + json.dumps({"question": "y"}) + "\n")
+    assert main(["eval", "--model", str(start["sft"]), "--task", f"jsonl:{bad}", "--question-field", "q",
+                 "--answer-field", "final", "--split", "train", "--out", str(tmp_path / "b")]) == 2
+    assert main(["grpo", "--model", str(start["sft"]), "--reward", f"{tmp_path}/nope.py:f"]) == 2
+    assert main(["grpo", "--model", str(start["sft"]), "--reward", f"{reward}:absent"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "row 2 has no field 'q'" in err[0]
+    assert "file not found" in err[1] and "has no function 'absent'" in err[2]

@@ -6,16 +6,68 @@
 - ``orm``: the outcome reward model's estimate of p(correct) (``reward_model.py``).
 - ``dense`` (``dense_step_rewards``): per-step credit for each intermediate result that matches one of the
   reference solution's (the paper's dense reward), plus the sparse reward at the end.
+- ``module:function`` (``user_reward``): your own function with TRL's signature,
+  ``reward_func(prompts, completions, **columns) -> list[float]``; the columns are ``question``, ``answer`` and
+  ``solution`` (one entry per completion). ``module`` is an importable module or a path to a ``.py`` file.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 from mathrl.errors import UsageError
 from mathrl.tasks.base import Problem
 
 OUTCOME_REWARDS = ("sparse", "verified", "orm")
+
+
+def is_user_reward(kind: str) -> bool:
+    return ":" in kind
+
+
+@functools.lru_cache(maxsize=None)
+def user_reward(spec: str) -> Callable:
+    """The function ``module:function`` names (a dotted module on the path, or a ``.py`` file); one-line errors."""
+    module_name, _, func_name = spec.rpartition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"--reward {spec}: expected module:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise UsageError(f"--reward {spec}: file not found: {module_name}")
+            loader_spec = importlib.util.spec_from_file_location(f"mathrl_user_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's module failed to import: say which and why, in one line
+        raise UsageError(f"--reward {spec}: cannot import {module_name} ({type(e).__name__}: {e})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UsageError(f"--reward {spec}: {module_name} has no function {func_name!r}")
+    return func
+
+
+def _call_user_reward(kind: str, problems, texts, prompts) -> list[float]:
+    values = user_reward(kind)(prompts=list(prompts), completions=list(texts),
+                               question=[p.question for p in problems], answer=[p.answer for p in problems],
+                               solution=[p.solution for p in problems])
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UsageError(f"--reward {kind}: must return a list of numbers") from None
+    if len(values) != len(texts) or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"--reward {kind}: returned {len(values)} values for {len(texts)} completions, or a "
+                         "non-finite one")
+    return values
 
 
 def outcome_rewards(task, problems: Sequence[Problem], texts: Sequence[str], kind: str,
@@ -32,7 +84,9 @@ def outcome_rewards(task, problems: Sequence[Problem], texts: Sequence[str], kin
         if orm_scorer is None or prompts is None:
             raise UsageError("the orm reward needs a reward model (--orm DIR)")
         return [float(s) for s in orm_scorer(list(prompts), list(texts))]
-    raise UsageError(f"unknown reward {kind!r} (known: {', '.join(OUTCOME_REWARDS)})")
+    if is_user_reward(kind):
+        return _call_user_reward(kind, problems, texts, prompts if prompts is not None else [""] * len(texts))
+    raise UsageError(f"unknown reward {kind!r} (known: {', '.join(OUTCOME_REWARDS)}, or module:function)")
 
 
 def dense_step_rewards(task, problem: Problem, text: str) -> list[float]:

@@ -81,7 +81,7 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def task_for_model(model_dir: str, task: str, level, data_dir, extract):
+def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: dict | None = None):
     """The task a command should use: explicit options, else those recorded with the model. For a model mathrl
     did not train (no task recorded), gsm8k/svamp answers are read with flexible extraction unless --extract says
     otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed."""
@@ -102,7 +102,9 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract):
               "number; pass --extract strict for '#### N')")
     # the surface (synthetic: qa or prose) a model was trained to write is part of its task
     surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
-    return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface)
+    if name.startswith("jsonl:") and meta.get("name") == name and not any((fields or {}).values()):
+        fields = {k: meta.get(k) for k in ("question_field", "answer_field", "solution_field")}
+    return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface, fields=fields)
 
 
 def few_shot_examples(task, model_dir: str, shots: int):
@@ -175,4 +177,4 @@ def start_run(out: str, resume: bool, run) -> RunContext:
 
 def task_of(model_dir: str, data):
     """``task_for_model`` with a ``settings.Data`` group."""
-    return task_for_model(model_dir, data.task, data.level, data.data_dir, data.extract)
+    return task_for_model(model_dir, data.task, data.level, data.data_dir, data.extract, data.fields())

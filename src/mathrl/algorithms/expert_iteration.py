@@ -35,7 +35,7 @@ from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
 from mathrl.models import load_model
-from mathrl.rewards import OUTCOME_REWARDS, outcome_rewards
+from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
 from mathrl.runsetup import few_shot_examples, read_meta, start_run, task_of, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams, completion_stats, sample
@@ -55,9 +55,10 @@ class Config:
     questions: int = field(4000, "training questions per round (0: the whole train split)")
     sampling: Sampling = group(Sampling)  # k: the paper's efficient setting is 4
     shots: int = shots()
-    reward: str = field("sparse", "filter: sparse (answer correct), verified (answer and steps), orm")
+    reward: str = field("sparse", "filter: sparse (answer correct), verified (answer and steps), orm, or "
+                                  "module:function (your own, TRL's signature)")
     orm: str = field("", "reward-model directory (reward orm)")
-    orm_threshold: float = field(0.5, "keep samples whose reward-model score is at least this")
+    orm_threshold: float = field(0.5, "keep samples whose reward-model (or module:function) score is at least this")
     include_references: bool = field(False, "also train on the reference solutions of the sampled questions")
     retrain_from: str = field("initial", "initial (ReST-EM: fine-tune the start model each round) or last")
     rounds_ft: Rounds = group(Rounds)
@@ -71,8 +72,10 @@ class Config:
         validate_groups(self)
         if not self.model:
             raise UsageError("--model is required (an SFT or pretrained model directory)")
-        if self.reward not in OUTCOME_REWARDS:
-            raise UsageError(f"unknown reward {self.reward!r} (known: {', '.join(OUTCOME_REWARDS)})")
+        if is_user_reward(self.reward):
+            user_reward(self.reward)  # import it now: a typo fails before any work
+        elif self.reward not in OUTCOME_REWARDS:
+            raise UsageError(f"unknown reward {self.reward!r} (known: {', '.join(OUTCOME_REWARDS)}, module:function)")
         if self.reward == "orm" and not self.orm:
             raise UsageError("--reward orm needs --orm DIR")
         if self.orm and self.reward != "orm":
@@ -224,7 +227,7 @@ def collect(cfg: Config, task, policy, tokenizer, scorer, questions, shots, st: 
     texts = [r.text for r in rollouts]
     returns = outcome_rewards(task, problems, texts, cfg.reward, scorer, [prompts[r.prompt_index] for r in rollouts])
     grades = [task.grade(p, t) for p, t in zip(problems, texts)]
-    keep_threshold = cfg.orm_threshold if cfg.reward == "orm" else 1.0
+    keep_threshold = cfg.orm_threshold if cfg.reward == "orm" or is_user_reward(cfg.reward) else 1.0
     kept = [(p, t) for p, t, ret in zip(problems, texts, returns) if ret >= keep_threshold]
     before = len(st.dataset)
     for p, t in kept:  # D_i = R_i U D_{i-1}, deduplicated

@@ -46,7 +46,7 @@ from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import load_model
-from mathrl.rewards import dense_step_rewards, outcome_rewards
+from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import few_shot_examples, read_meta, rng_state, set_rng_state, start_run, task_of, write_meta
 from mathrl.sampler import SamplingParams, completion_stats, sample
@@ -62,7 +62,8 @@ class Config:
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
     advantage: str = field("gae", "gae (PPO with a value head), grpo or rloo (group baselines, no critic)")
-    reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm")
+    reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
+                                  "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
     orm: str = field("", "reward-model directory (reward orm)")
     orm_mode: str = field("terminal", "orm reward: terminal (score at the end) or step (score changes at step ends)")
     iterations: int = field(40, "rollout batches")
@@ -101,8 +102,10 @@ class Config:
         if self.advantage in ("grpo", "rloo") and self.sampling.k < 2:
             raise UsageError(f"--advantage {self.advantage} compares samples of one prompt: needs k >= 2 "
                              "(with k=1 every advantage is 0 and training is a silent no-op)")
-        if self.reward not in ("sparse", "verified", "dense", "orm"):
-            raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm)")
+        if is_user_reward(self.reward):
+            user_reward(self.reward)  # import it now: a typo fails before any work
+        elif self.reward not in ("sparse", "verified", "dense", "orm"):
+            raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm, module:function)")
         if (self.reward == "orm") != bool(self.orm):
             raise UsageError("--reward orm and --orm DIR go together")
         if self.orm_mode not in ("terminal", "step"):

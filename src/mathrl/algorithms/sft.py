@@ -79,7 +79,7 @@ def train(cfg: Config) -> Path:
     level = cfg.data.level if cfg.data.level is not None else (
         recorded_level(meta.get("task", {})) if cfg.data.task == "synthetic" else None)
     task = task_from_options(cfg.data.task, level=level, data_dir=cfg.data.data_dir, extract=cfg.data.extract,
-                             train_size=cfg.train_size)
+                             train_size=cfg.train_size, fields=cfg.data.fields())
     save_config(cfg, run_dir / "config.yaml")
 
     model_path = cfg.model

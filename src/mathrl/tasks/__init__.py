@@ -5,6 +5,7 @@ from __future__ import annotations
 from mathrl.errors import UsageError
 from mathrl.tasks.base import Grade, Problem, StepCheck, StepVerdict, Task
 from mathrl.tasks.gsm8k import GSM8KTask
+from mathrl.tasks.jsonl import PREFIX as JSONL, JsonlTask
 from mathrl.tasks.svamp import SVAMPTask
 from mathrl.tasks.synthetic import SyntheticTask
 
@@ -15,11 +16,16 @@ __all__ = ["Grade", "Problem", "StepCheck", "StepVerdict", "Task", "TASKS", "loa
 
 def load_task(name: str, **options) -> Task:
     """A task by name with its options (synthetic: level, seed, train_size, test_size; gsm8k/svamp: data_dir,
-    extract). Unknown names list the known ones."""
-    if name not in TASKS:
-        raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    extract; jsonl:PATH: question_field, answer_field, solution_field, extract). Unknown names list the known
+    ones."""
+    if name.startswith(JSONL):
+        cls, options = JsonlTask, {"path": name[len(JSONL):], **options}
+    elif name not in TASKS:
+        raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)}, or {JSONL}PATH for your own jsonl)")
+    else:
+        cls = TASKS[name]
     try:
-        return TASKS[name](**options)
+        return cls(**options)
     except TypeError as e:
         raise UsageError(f"bad option for task {name}: {e}") from None
     except ValueError as e:
@@ -27,9 +33,19 @@ def load_task(name: str, **options) -> Task:
 
 
 def task_from_options(name: str, level: int | None = None, data_dir: str | None = None,
-                      extract: str | None = None, train_size: int | None = None, surface: str | None = None) -> Task:
-    """Build a task from the flat options every command shares; options that do not apply are errors."""
+                      extract: str | None = None, train_size: int | None = None, surface: str | None = None,
+                      fields: dict | None = None) -> Task:
+    """Build a task from the flat options every command shares; options that do not apply are errors.
+    ``fields``: question_field / answer_field / solution_field of a ``jsonl:PATH`` task."""
     options: dict = {}
+    fields = {k: v for k, v in (fields or {}).items() if v is not None}
+    if fields and not name.startswith(JSONL):
+        raise UsageError(f"--question-field, --answer-field and --solution-field apply to {JSONL}PATH tasks, "
+                         f"not to {name}")
+    if name.startswith(JSONL):
+        if level is not None or train_size is not None or surface is not None or data_dir is not None:
+            raise UsageError(f"level, train_size, surface and data_dir do not apply to {JSONL}PATH tasks")
+        return load_task(name, **fields, **({"extract": extract} if extract is not None else {}))
     if name == "synthetic":
         if data_dir is not None or extract is not None:
             raise UsageError("data_dir and extract apply to gsm8k and svamp, not to the synthetic task")
@@ -69,4 +85,6 @@ def task_options(task) -> dict:
         # the surface only when it is not the default, so that models written before it existed read the same
         return {"name": "synthetic", "level": task.level, "levels": LEVEL_SCHEME,
                 **({"surface": task.surface} if task.surface != "qa" else {})}
+    if task.name.startswith(JSONL):
+        return {"name": task.name, "extract": task.extract, **task.fields()}
     return {"name": task.name, "extract": task.extract}
