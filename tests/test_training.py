@@ -117,3 +117,26 @@ def test_default_threads_are_the_cores_this_process_may_use(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert default_threads() == 3
+
+
+def test_fp32_master_weights_keep_an_update_that_bf16_weights_lose(tiny_model_dir):
+    """One AdamW step of lr 1e-5 moves each weight by about 1e-5 (Adam's first step is lr x sign(grad)). bf16
+    keeps 8 significant bits: at a weight of ~0.02 its spacing is 2^-6 x 2^-7 ~ 1.2e-4, so the step rounds away
+    in bf16 weights; bf16-mixed keeps float32 weights (and Adam state) and computes in bf16 under autocast."""
+    from mathrl.models import load_model
+    from mathrl.training import clip_and_step, make_optimizer
+
+    changed = {}
+    for precision in ("bfloat16", "bf16-mixed"):
+        model, tok = load_model(str(tiny_model_dir), device="cpu", for_training=True, precision=precision)
+        assert next(model.parameters()).dtype == (torch.bfloat16 if precision == "bfloat16" else torch.float32)
+        w = model.model.layers[0].self_attn.q_proj.weight
+        before = w.detach().clone()
+        optimizer = make_optimizer(model, lr=1e-5, weight_decay=0.0)
+        ids = tok("Question: Bob has 3 pens.\nAnswer: 3 #### 3", add_special_tokens=False)["input_ids"]
+        sft_grads(model, [collate([completion_example(ids[:4], ids[4:])], tok.pad_token_id)], "cpu")
+        assert w.grad is not None and w.grad.abs().sum() > 0
+        clip_and_step(model, optimizer, 0.0)
+        big = before.float().abs() > 0.01  # where the bf16 spacing (>= 2^-7 x 2^-7 ~ 6e-5) exceeds twice the step
+        changed[precision] = float((w.detach() != before)[big].float().mean())
+    assert changed["bfloat16"] == 0.0 and changed["bf16-mixed"] == 1.0, changed

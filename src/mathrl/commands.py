@@ -127,7 +127,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
-    model, tokenizer = load_model(cfg.model, device=device)
+    model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision)
     scorer = None
     if cfg.orm:
         from mathrl.reward_model import load_reward_model

@@ -124,6 +124,36 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+PRECISIONS = ("auto", "float32", "bfloat16", "bf16-mixed")
+
+
+def resolve_precision(precision: str, device: str, for_training: bool) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weight dtype, autocast dtype or None) for ``--precision``.
+
+    ``bf16-mixed``: float32 weights (so AdamW's state and every update stay in float32: an update smaller than
+    bf16's resolution, 2^-8 of a weight, is kept) and bf16 compute by autocast; ``bfloat16``: the weights
+    themselves in bf16 (half the memory; small updates are lost); ``auto``: float32 on CPU, bf16-mixed for
+    training on CUDA and bfloat16 for inference there."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        precision = "float32" if not str(device).startswith("cuda") else ("bf16-mixed" if for_training else "bfloat16")
+    if precision == "bf16-mixed":
+        return torch.float32, torch.bfloat16
+    return (torch.bfloat16 if precision == "bfloat16" else torch.float32), None
+
+
+def autocast(model):
+    """The compute context of ``model``: bf16 autocast when it was loaded with ``bf16-mixed``, else nothing."""
+    import contextlib
+
+    dtype = getattr(model, "mathrl_autocast", None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -160,7 +190,7 @@ def model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
-               for_training: bool = False):
+               for_training: bool = False, precision: str = "auto"):
     """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``).
 
     Checks that the tokenizer fits the model's embedding table: a mismatch is an error, not a silent
@@ -172,13 +202,16 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.
     if p.is_dir() and not (p / "config.json").is_file():
         raise UsageError(f"{p}: not a model directory (no config.json)")
     device = device or default_device()
-    dtype = dtype or default_dtype(device)
+    autocast_dtype = None
+    if dtype is None:
+        dtype, autocast_dtype = resolve_precision(precision, device, for_training)
     tokenizer = load_tokenizer(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     check_vocab(model, tokenizer, str(path))
+    model.mathrl_autocast = autocast_dtype  # read by models.autocast in every forward pass mathrl makes
     model.to(device)
     model.train(for_training)
     return model, tokenizer

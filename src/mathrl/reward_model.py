@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from mathrl.errors import UsageError
+from mathrl.models import autocast
 
 
 def _trunk_class():
@@ -103,7 +104,8 @@ class RewardModel:
             for r, s in enumerate(seqs):
                 ids[r, : len(s)] = torch.tensor(s)
                 att[r, : len(s)] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits[..., 0]
+            with autocast(self.model):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits[..., 0]
             probs = torch.sigmoid(logits.float()).cpu()
             for r, i in enumerate(idx):
                 n = len(seqs[r])

@@ -49,7 +49,7 @@ from mathrl import distributed
 from mathrl.counter_rng import key_hash, uniforms
 from mathrl.errors import UsageError
 from mathrl.kv_cache import CASCADE, Cascade, PreallocatedLayer
-from mathrl.models import kv_cache_arg, kv_cache_of
+from mathrl.models import autocast, kv_cache_arg, kv_cache_of
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 
 
@@ -252,7 +252,9 @@ def _sample_local(model, tokenizer, prompts, k: int, params: SamplingParams, key
         n_prompts = max(1, rows // (g * per_prompt))
         chunk_prompts = order[start : start + n_prompts]
         slots = [(i, list(range(j, min(k, j + g)))) for i in chunk_prompts for j in range(0, k, g)]
-        for r in _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g, params, watch, eos, n_ctx):
+        with autocast(model):
+            chunk = _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g, params, watch, eos, n_ctx)
+        for r in chunk:
             results[(r.prompt_index, r.sample_index)] = r
         start += len(chunk_prompts)
         if progress is not None:

@@ -4,7 +4,7 @@ setting has one name and one help text in every command (``--lr``, ``--micro-bat
 Where a command needs another default (SFT's learning rate is not PPO's), it says so where it composes the group,
 and ``--help`` shows it.
 
-Groups: ``Run`` (seed, threads, device), ``Data`` (which task, by default the one recorded with the model), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Sampling``
+Groups: ``Run`` (seed, threads, device, precision), ``Data`` (which task, by default the one recorded with the model), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Sampling``
 (collecting rollouts), ``Evaluation`` (the in-run evaluations), ``Rounds`` (the fine-tuning inside each round of EI and RCRL). Single settings that several commands share
 without the rest of a group (``shots``, ``resume``, ``max_new_tokens``...) are field factories here.
 """
@@ -38,6 +38,15 @@ class Run:
     seed: int = field(0, "random seed (initialisation, sampling and data order)")
     threads: int = field(0, "torch threads (0: the cores this process may use)")
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = field("auto", "float32, bfloat16 (bf16 weights: updates below bf16's resolution are lost), "
+                                   "bf16-mixed (float32 weights and optimizer state, bf16 compute), or auto "
+                                   "(CPU: float32; CUDA: bf16-mixed to train, bfloat16 to evaluate)")
+
+    def validate(self) -> None:
+        from mathrl.models import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
 
 
 @dataclass

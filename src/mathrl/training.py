@@ -27,7 +27,7 @@ import torch
 
 from mathrl import checkpoint as ckpt
 from mathrl import distributed
-from mathrl.models import block_class_names, kv_cache_arg, kv_cache_of
+from mathrl.models import autocast, block_class_names, kv_cache_arg, kv_cache_of
 from mathrl.runlog import progress
 from mathrl.runsetup import rng_state, set_rng_state
 
@@ -111,7 +111,8 @@ def sft_grads(model, micro_batches: Sequence[Batch], device, total: int | None =
     loss_value = 0.0
     for mb in micro_batches:
         mb = mb.to(device)
-        logp = token_logprobs(model, mb.input_ids, mb.attention_mask)  # (B, T)
+        with autocast(model):  # bf16 compute for a bf16-mixed model; the loss and its sum stay float32
+            logp = token_logprobs(model, mb.input_ids, mb.attention_mask)  # (B, T)
         loss = -(logp * mb.loss_mask).sum() / total  # sum over this micro-batch / targets in the whole batch
         loss.backward()
         loss_value += loss.item()
@@ -127,7 +128,8 @@ def bce_grads(model, micro_batches: Sequence[Batch], device, total: int | None =
     loss_value = 0.0
     for mb in micro_batches:
         mb = mb.to(device)
-        logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()  # (B, T)
+        with autocast(model):
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()  # (B, T)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mb.labels, reduction="none")
         loss = (bce * mb.loss_mask).sum() / total
         loss.backward()
@@ -172,6 +174,7 @@ class _BlocksCompiled(torch.nn.Module):
     def __init__(self, model, slots):
         super().__init__()
         self.model = model
+        self.mathrl_autocast = getattr(model, "mathrl_autocast", None)
         self._slots = [(parent, i, parent[i], torch.compile(parent[i], dynamic=True)) for parent, i in slots]
         on_cpu = next(model.parameters()).device.type == "cpu"
         self._attention = "eager" if on_cpu else None
@@ -338,6 +341,11 @@ def forward_policy(model, head, batch: RolloutBatch, with_values: bool, device="
     projection runs only where a completion token is predicted. Equal to one plain forward pass over
     prompt + completion (tests/test_training.py checks log-probs and gradients).
     """
+    with autocast(model):
+        return _forward_policy(model, head, batch, with_values, device)
+
+
+def _forward_policy(model, head, batch: RolloutBatch, with_values: bool, device):
     from transformers import DynamicCache
 
     pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)

@@ -120,7 +120,7 @@ def train(cfg: Config) -> Path:
     run_dir, device = ctx.dir, ctx.device
     task = task_of(cfg.model, cfg.data)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
     if cfg.fsdp:
         distributed.shard_model(policy)
     initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP

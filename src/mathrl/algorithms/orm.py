@@ -96,7 +96,7 @@ def train(cfg: Config) -> Path:
     run_dir, device = ctx.dir, ctx.device
     task = task_of(cfg.model, cfg.data)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device)
+    policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision)
     shots = few_shot_examples(task, cfg.model, -1)
     questions = task.problems("train")[: cfg.questions]
     n_held = max(1, int(len(questions) * cfg.heldout))

@@ -197,7 +197,7 @@ class Models:
 
 
 def build_models(cfg: Config, device: str) -> tuple[Models, object]:
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
     # GRPO/RLOO without a KL term need no reference model (as TRL with beta=0): no copy in memory, no extra
     # forward pass per iteration; the KL is then not measured and kl_bound does not apply
     use_reference = cfg.advantage == "gae" or cfg.kl_coef > 0 or cfg.kl_target > 0

@@ -102,7 +102,7 @@ def train(cfg: Config) -> Path:
     if distributed.is_main() and not (init_dir / "config.json").is_file():
         init_model(task, init_dir, size=cfg.size, seed=cfg.run.seed)
     distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
-    model, tokenizer = load_model(init_dir, device=device, for_training=True)
+    model, tokenizer = load_model(init_dir, device=device, for_training=True, precision=cfg.run.precision)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
     start = 0
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None

@@ -167,7 +167,7 @@ def train(cfg: Config) -> Path:
     run_dir, device = ctx.dir, ctx.device
     task = task_of(cfg.model, cfg.data)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
     good, bad = add_return_tokens(policy, tokenizer)
     if cfg.fsdp:
         distributed.shard_model(policy)  # after the return tokens resized the embeddings

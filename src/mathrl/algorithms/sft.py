@@ -88,7 +88,7 @@ def train(cfg: Config) -> Path:
         if distributed.is_main() and not (model_path / "config.json").is_file():
             init_model(task, model_path, size=cfg.size, seed=cfg.run.seed)
         distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
-    model, tokenizer = load_model(model_path, device=device, for_training=True)
+    model, tokenizer = load_model(model_path, device=device, for_training=True, precision=cfg.run.precision)
 
     dev = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     dev_ids = {p.id for p in dev}
