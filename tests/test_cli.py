@@ -406,3 +406,33 @@ def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "row 2 has no field 'q'" in err[0]
     assert "file not found" in err[1] and "has no function 'absent'" in err[2]
+
+
+def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys):
+    from mathrl.tasks import load_task
+
+    # GSM8K references: strict and flexible both read the '#### N' line; no reference has a \boxed{}
+    refs = tmp_path / "refs.jsonl"
+    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(refs, "w") as out:
+        for line in f:
+            row = json.loads(line)
+            out.write(json.dumps({"question": row["question"], "completions": [row["answer"]]}) + "\n")
+    assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(refs),
+                 "--audit", "--out", str(tmp_path / "a")]) == 0
+    audit = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert audit["n_completions"] == 1319 and audit["accuracy"]["strict"] == 1.0
+    assert audit["accuracy"]["boxed"] == 0.0 and "| strict~flexible |" in capsys.readouterr().out
+    # hand-made hostile completions for one problem whose answer is A: by hand, strict is right on 1 and 4 only,
+    # flexible on 2, 4 and 5 (the last number), boxed on 3 and 5
+    p = load_task("synthetic").problems("test")[0]
+    a, wrong = p.answer, str(int(p.answer) + 1)
+    completions = [f"#### {a} then {wrong}", f"The answer is {a}.", f"so \\boxed{{{a}}} hence {wrong}",
+                   f"#### {a}", f"#### {wrong} no wait \\boxed{{{a}}} {a}", "<think> #### </think>"]
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text(json.dumps({"id": p.id, "completions": completions}) + "\n")
+    assert main(["score", "--samples", str(hostile), "--audit", "--out", str(tmp_path / "h")]) == 0
+    audit = json.loads((tmp_path / "h" / "audit.json").read_text())
+    assert audit["accuracy"] == pytest.approx({"strict": 2 / 6, "flexible": 3 / 6, "boxed": 2 / 6})
+    # strict vs flexible differ on completions 1, 2 and 5: agree on 3 of 6
+    assert audit["agreement"]["strict~flexible"] == pytest.approx(3 / 6)
+    assert audit["patterns"]["strict- flexible- boxed-"] == 1  # the <think> one: no grader crashes or credits it

@@ -15,6 +15,7 @@ from mathrl.runsetup import few_shot_examples, read_meta, resolve_device, setup_
 from mathrl.settings import Data, Run, Sampling, shots, validate_groups
 from mathrl.runlog import progress
 from mathrl.tasks import task_from_options
+from mathrl.tasks.answers import grader_audit
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,6 +167,8 @@ class ScoreConfig:
     split: str = field("test", "split the questions come from")
     k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")
     orm: str = field("", "reward-model directory for rerank@k")
+    audit: bool = field(False, "also grade every completion with every extraction (strict, flexible, boxed) and "
+                               "report how often they agree, with examples (audit.json)")
     device: str = field("auto", "device for the reward model")
     out: str = field("", "output directory (required)")
 
@@ -239,6 +242,10 @@ def run_score(cfg: ScoreConfig) -> dict:
             if r.scores is not None:
                 row["scores"] = r.scores
             f.write(json.dumps(row) + "\n")
+    if cfg.audit:
+        audit = grader_audit([(t, r.problem.answer, r.problem.id) for r in results for t in r.texts])
+        (out / "audit.json").write_text(json.dumps(audit, indent=1))
+        print(format_audit(audit))
     if unmatched:
         print(f"warning: {len(unmatched)} line(s) matched no problem, e.g. {unmatched[0]!r}")
     print(headline(metrics, k))
@@ -254,3 +261,19 @@ def warn_no_answer(task, metrics: dict) -> None:
     if rate is not None and rate > 0.5 and getattr(task, "extract", None) == "strict":
         print(f"warning: {rate:.0%} of completions have no '#### N' answer under --extract strict (they score 0); "
               "--extract flexible reads the last number instead")
+
+
+def format_audit(audit: dict) -> str:
+    """The graders' agreement table of ``answers.grader_audit``, as printed by ``score --audit``."""
+    lines = [f"grader audit over {audit['n_completions']} completions",
+             "| extraction | accuracy |", "|---|---|"]
+    lines += [f"| {m} | {a:.3f} |" for m, a in audit["accuracy"].items()]
+    lines += ["", "| pair | agree on correctness |", "|---|---|"]
+    lines += [f"| {pair} | {a:.3f} |" for pair, a in audit["agreement"].items()]
+    lines += ["", "| verdicts | completions |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(audit["patterns"].items(), key=lambda kv: -kv[1])]
+    for pair, examples in audit["examples"].items():
+        for e in examples[:1]:
+            lines.append(f"e.g. {pair} differ on {e['name']}: answers {e['answers']}, reference {e['reference']}, "
+                         f"ending {e['tail'][-60:]!r}")
+    return "\n".join(lines)

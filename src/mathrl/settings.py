@@ -55,8 +55,8 @@ class Data:
                           "train/test.jsonl) (default: the one recorded with the model)")
     level: int | None = field(None, "synthetic task level (default: the model's, else the task default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp/jsonl answer extraction: strict (#### N) or flexible (the last "
-                                      "number)")
+    extract: str | None = field(None, "gsm8k/svamp/jsonl answer extraction: strict (#### N), flexible (the last "
+                                      "number) or boxed (the last \\boxed{N})")
     question_field: str | None = field(None, "jsonl:PATH tasks: the question's field (default: question)")
     answer_field: str | None = field(None, "jsonl:PATH tasks: the answer's field, a number or a solution ending in "
                                            "'#### N' (default: answer)")

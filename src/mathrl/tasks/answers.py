@@ -80,13 +80,31 @@ def extract_flexible(text: str) -> str | None:
     return normalize_number(last.group(0))
 
 
+BOXED_WINDOW = 4000
+_BOXED = re.compile(r"\\boxed\s*\{\s*\\?\$?\s*([^{}$]{0,64}?)\s*\\?\$?\s*\}")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The normalised number in the last ``\\boxed{...}`` (MATH-style answers; ``\\boxed{\\$18}`` and
+    ``\\boxed{1,000}`` included), or None (also when the box holds no plain number, e.g. a fraction)."""
+    last = None
+    for m in _BOXED.finditer(text[-BOXED_WINDOW:]):
+        last = m
+    return normalize_number(last.group(1)) if last else None
+
+
+EXTRACTIONS = ("strict", "flexible", "boxed")
+
+
 def extract_answer(text: str, mode: str = "strict") -> str | None:
-    """Extract and normalise the final answer of a solution text. ``mode`` is "strict" or "flexible"."""
+    """Extract and normalise the final answer of a solution text. ``mode``: one of ``EXTRACTIONS``."""
     if mode == "strict":
         return extract_strict(text)
     if mode == "flexible":
         return extract_flexible(text)
-    raise ValueError(f"unknown extraction mode {mode!r} (expected 'strict' or 'flexible')")
+    if mode == "boxed":
+        return extract_boxed(text)
+    raise ValueError(f"unknown extraction mode {mode!r} (expected one of {', '.join(EXTRACTIONS)})")
 
 
 def answers_equal(predicted: str | None, reference: str | None) -> bool:
@@ -95,3 +113,28 @@ def answers_equal(predicted: str | None, reference: str | None) -> bool:
         return False
     a, b = normalize_number(predicted), normalize_number(reference)
     return a is not None and a == b
+
+
+def grader_audit(pairs, n_examples: int = 3) -> dict:
+    """How often the extractions agree on the same completions: ``pairs`` = [(completion, reference answer,
+    name)]. Returns the accuracy under each extraction, the agreement on correctness for each pair of them, the
+    count of every pattern of verdicts ("strict+ flexible- boxed-": right under strict only), and up to
+    ``n_examples`` completions per disagreeing pair (their tail and each extraction's answer)."""
+    rows = []
+    for text, reference, name in pairs:
+        answers = {m: extract_answer(text, m) for m in EXTRACTIONS}
+        rows.append((name, text, answers, {m: answers_equal(a, reference) for m, a in answers.items()}, reference))
+    n = len(rows)
+    out = {"n_completions": n,
+           "accuracy": {m: sum(r[3][m] for r in rows) / n if n else float("nan") for m in EXTRACTIONS},
+           "agreement": {}, "patterns": {}, "examples": {}}
+    for i, a in enumerate(EXTRACTIONS):
+        for b in EXTRACTIONS[i + 1:]:
+            differ = [r for r in rows if r[3][a] != r[3][b]]
+            out["agreement"][f"{a}~{b}"] = 1 - len(differ) / n if n else float("nan")
+            out["examples"][f"{a}~{b}"] = [{"name": name, "reference": ref, "answers": answers, "tail": text[-160:]}
+                                           for name, text, answers, _, ref in differ[:n_examples]]
+    for r in rows:
+        key = " ".join(f"{m}{'+' if r[3][m] else '-'}" for m in EXTRACTIONS)
+        out["patterns"][key] = out["patterns"].get(key, 0) + 1
+    return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import answers_equal, extract_answer, extract_flexible, normalize_number
+from mathrl.tasks.answers import EXTRACTIONS, answers_equal, extract_answer, extract_flexible, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.calculator import annotations
 from mathrl.tasks.data_files import find_data_dir, read_jsonl
@@ -70,8 +70,8 @@ class GSM8KTask:
     step_end = "\n"  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, data_dir: str | None = None, extract: str = "strict"):
-        if extract not in ("strict", "flexible"):
-            raise UsageError(f"gsm8k: extract must be 'strict' or 'flexible', not {extract!r}")
+        if extract not in EXTRACTIONS:
+            raise UsageError(f"gsm8k: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
         self.name = "gsm8k"
         self.extract = extract
         self.data_dir = data_dir

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import answers_equal, extract_answer, normalize_number
+from mathrl.tasks.answers import EXTRACTIONS, answers_equal, extract_answer, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.data_files import read_jsonl
 from mathrl.tasks.gsm8k import in_dev, step_results, step_spans
@@ -36,8 +36,8 @@ class JsonlTask:
 
     def __init__(self, path: str, question_field: str | None = None, answer_field: str | None = None,
                  solution_field: str | None = None, extract: str = "strict"):
-        if extract not in ("strict", "flexible"):
-            raise UsageError(f"jsonl: extract must be 'strict' or 'flexible', not {extract!r}")
+        if extract not in EXTRACTIONS:
+            raise UsageError(f"jsonl: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
         self.path = Path(path)
         if not self.path.exists():
             raise UsageError(f"--task {PREFIX}{path}: no such file or directory")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import answers_equal, extract_answer, normalize_number
+from mathrl.tasks.answers import EXTRACTIONS, answers_equal, extract_answer, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 from mathrl.tasks.data_files import find_data_dir
@@ -50,8 +50,8 @@ class SVAMPTask:
     step_end = "\n"  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, data_dir: str | None = None, extract: str = "strict"):
-        if extract not in ("strict", "flexible"):
-            raise UsageError(f"svamp: extract must be 'strict' or 'flexible', not {extract!r}")
+        if extract not in EXTRACTIONS:
+            raise UsageError(f"svamp: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
         self.name = "svamp"
         self.extract = extract
         self.data_dir = data_dir
