@@ -125,7 +125,7 @@ def test_synthetic_grade_properties(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(TEXTS, st.sampled_from(["strict", "flexible"]))
+@given(TEXTS, st.sampled_from(["strict", "flexible", "boxed"]))
 def test_extract_answer_properties(text, mode):
     assert _is_answer(_timed(extract_answer, text, mode))
 
