@@ -135,6 +135,8 @@ def gen_huge_numbers(rng, refs):
         lambda: "<<" + "9" * 21 + "=" + "9" * 21 + ">>",
         lambda: f"Bob = Ann + 3 = {d()} + 3 = {d()}. Cat = Bob * 2 = {d()} * 2 = {d()}.\n#### {d()}",
         lambda: f"{d()} = {d()}",
+        lambda: "\\boxed{" + d() + "}", lambda: "\\boxed{\\$" + d() + "}", lambda: "\\boxed{" * rng.randint(1, 3000),
+        lambda: ("\\boxed{" + " " * 63) * rng.randint(1, 500),
     ])
     return " ".join(pick() for _ in range(rng.randint(1, 3)))
 
@@ -366,6 +368,7 @@ def build_targets(data_dir: Path | None) -> tuple[list[Target], Target, list[str
     targets += [
         Target("answers.extract_answer[strict]", lambda t: extract_answer(t, "strict"), _is_answer),
         Target("answers.extract_answer[flexible]", lambda t: extract_answer(t, "flexible"), _is_answer),
+        Target("answers.extract_answer[boxed]", lambda t: extract_answer(t, "boxed"), _is_answer),
         Target("calculator.evaluate", evaluate, lambda v: isinstance(v, Fraction), expected=(CalculatorError,)),
         Target("calculator.annotations", annotations, _is_pairs),
     ]

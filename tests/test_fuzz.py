@@ -59,7 +59,8 @@ def test_fuzz_synthetic_and_calculator():
     assert any("gsm8k skipped" in note for note in report.notes)
     _assert_clean(report, {"synthetic.grade", "synthetic.step_results", "synthetic-prose.grade",
                            "synthetic-prose.step_results", "calculator.evaluate",
-                           "calculator.annotations", "calculator.consistent", "answers.extract_answer[flexible]"})
+                           "calculator.annotations", "calculator.consistent", "answers.extract_answer[flexible]",
+                           "answers.extract_answer[boxed]"})
 
 
 def test_fuzz_gsm8k_and_svamp(data_dir):

@@ -81,7 +81,7 @@ def extract_flexible(text: str) -> str | None:
 
 
 BOXED_WINDOW = 4000
-_BOXED = re.compile(r"\\boxed\s*\{\s*\\?\$?\s*([^{}$]{0,64}?)\s*\\?\$?\s*\}")
+_BOXED = re.compile(r"\\boxed\s{0,8}\{([^{}]{0,80})\}")  # one bounded pass per box: no backtracking blow-up
 
 
 def extract_boxed(text: str) -> str | None:
@@ -90,7 +90,10 @@ def extract_boxed(text: str) -> str | None:
     last = None
     for m in _BOXED.finditer(text[-BOXED_WINDOW:]):
         last = m
-    return normalize_number(last.group(1)) if last else None
+    if last is None:
+        return None
+    content = last.group(1).replace("\\$", "").replace("$", "").replace("\\!", "").strip()
+    return normalize_number(content)
 
 
 EXTRACTIONS = ("strict", "flexible", "boxed")
