@@ -259,6 +259,10 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
     ("ppo", ["--advantage", "rloo", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
     # the outcome part of ORM step rewards is all zeros: the signal of a group is in its summed step rewards
     ("grpo", ["--reward", "orm", "--orm-mode", "step", "--skip-zero-signal"]),
+    # the objective family: GSPO with GRPO's per-sequence aggregation; Dr.GRPO's scale and normaliser with CISPO
+    ("grpo", ["--reward", "orm", "--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "0.05"]),
+    ("grpo", ["--reward", "orm", "--policy-loss", "cispo", "--clip-high", "0.28", "--advantage-scale", "none",
+              "--loss-aggregation", "constant"]),
 ])
 def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     sft_model = start["sft"]
@@ -270,6 +274,7 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["iteration"] == 2 and history[-1]["rollouts"] == 16
     assert "maj@1" in history[0] and all("loss" in h and "grad_norm" in h for h in history[1:])
+    assert all({"clipfrac_low", "clipfrac_high", "ratio_mean", "truncation_rate"} <= set(h) for h in history[1:])
     # the KL is measured when there is a reference model: PPO, or a KL term; `mathrl grpo` (kl_coef 0) keeps none
     assert ("kl" in history[-1]) == (command == "ppo")  # `mathrl ppo --advantage rloo` has kl_coef 0.05
     if "--kl-target" in extra:  # adaptive KL: the coefficient moves with the measured KL

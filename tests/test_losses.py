@@ -210,3 +210,61 @@ def test_entropy_from_logits_alignment_by_hand():
     assert h.item() == pytest.approx(math.log(2), abs=1e-6)
     h.backward()
     assert torch.isfinite(banned.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The objective family: one loss, named switches (issue 26)
+
+
+def _family_batch():
+    # two completions of 2 and 1 tokens (row 1 padded); log ratios ln 1.5 and 0 on row 0, ln 0.5 on row 1
+    old = torch.zeros(2, 2)
+    logp = torch.tensor([[math.log(1.5), 0.0], [math.log(0.5), 0.0]], requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([[1.0], [-1.0]])  # one advantage per completion (GRPO)
+    return logp, old, adv, mask
+
+
+def test_clip_higher_moves_only_the_upper_bound():
+    logp, old, adv, mask = _family_batch()
+    # symmetric clip 0.2: row 0 token 0 ratio 1.5 clipped to 1.2 (A > 0): -1.2; token 1 ratio 1: -1;
+    # row 1 ratio 0.5, A = -1: max(0.5, 0.8) = 0.8. Token mean: (-1.2 - 1 + 0.8) / 3 = -0.4667
+    loss, stats = ppo_policy_loss(logp, old, adv, mask, clip=0.2)
+    assert float(loss) == pytest.approx(-1.4 / 3)
+    assert stats.clipfrac_high == pytest.approx(1 / 3) and stats.clipfrac_low == pytest.approx(1 / 3)
+    # clip-higher 0.6 (DAPO): 1.5 < 1.6 is not clipped: -1.5; the lower side is unchanged: (-1.5 - 1 + 0.8) / 3
+    loss, stats = ppo_policy_loss(logp, old, adv, mask, clip=0.2, clip_high=0.6)
+    assert float(loss) == pytest.approx(-1.7 / 3) and stats.clipfrac_high == 0.0
+
+
+def test_aggregations_token_sequence_constant():
+    logp, old, adv, mask = _family_batch()
+    # per-token losses (clip 0.2): row 0 [-1.2, -1.0], row 1 [0.8]
+    token, _ = ppo_policy_loss(logp, old, adv, mask, clip=0.2, aggregation="token")
+    sequence, _ = ppo_policy_loss(logp, old, adv, mask, clip=0.2, aggregation="sequence", n_rows=2)
+    constant, _ = ppo_policy_loss(logp, old, adv, mask, clip=0.2, aggregation="constant", n_rows=2, max_len=4)
+    assert float(token) == pytest.approx((-1.2 - 1.0 + 0.8) / 3)  # every token equal
+    assert float(sequence) == pytest.approx(((-1.2 - 1.0) / 2 + 0.8) / 2)  # row means, then the mean: -0.15
+    assert float(constant) == pytest.approx((-1.2 - 1.0 + 0.8) / (2 * 4))  # / (rows x max_len): -0.175
+
+
+def test_gspo_clips_one_ratio_per_sequence():
+    logp, old, adv, mask = _family_batch()
+    # row 0: s = exp((ln 1.5 + 0) / 2) = sqrt(1.5) = 1.2247 > 1.2, A = 1: clipped, -1.2 on each of its 2 tokens;
+    # row 1: s = 0.5 < 0.8, A = -1: max(0.5, 0.8) = 0.8. Sequence aggregation: (-1.2 + 0.8) / 2 = -0.2
+    loss, stats = ppo_policy_loss(logp, old, adv, mask, clip=0.2, kind="gspo", aggregation="sequence", n_rows=2)
+    assert float(loss) == pytest.approx(-0.2)
+    assert stats.clipfrac == pytest.approx(1.0)  # every token's sequence is clipped
+    loss.backward()
+    assert torch.all(logp.grad == 0)  # clipped everywhere: no gradient (PPO semantics, per sequence)
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens():
+    logp, old, adv, mask = _family_batch()
+    # weights sg(min(ratio, 1 + 0.2)): row 0 [1.2, 1.0], row 1 [0.5]; L_t = -w A log pi_t, token mean:
+    # value -(1.2 * ln 1.5 + 1.0 * 0) / 3 + (0.5 * ln 0.5) / 3 = -(0.4866 + 0.3466) / 3 = -0.2777
+    loss, _ = ppo_policy_loss(logp, old, adv, mask, clip=0.2, kind="cispo")
+    assert float(loss) == pytest.approx((-(1.2 * math.log(1.5)) + 0.5 * math.log(0.5)) / 3)
+    loss.backward()
+    # d/d logp = -w A / 3: the clipped token (ratio 1.5) still gets -1.2 / 3, unlike PPO where it gets 0
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.4, -1 / 3, 0.5 / 3, 0.0])

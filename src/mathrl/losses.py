@@ -56,42 +56,103 @@ class PolicyStats:
     clipfrac: float
     approx_kl: float
     ratio_mean: float
+    clipfrac_low: float = 0.0
+    clipfrac_high: float = 0.0
+
+
+AGGREGATIONS = ("token", "sequence", "constant")
+POLICY_LOSSES = ("ppo", "gspo", "cispo")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token", total=None,
+              n_rows: int | None = None, max_len: int | None = None) -> torch.Tensor:
+    """Reduce a per-token loss (B, T) to a scalar, the way the objective family differs:
+
+    - ``token`` (DAPO, Yu et al. 2025 eq. 12; the default): sum over all target tokens / ``total`` target tokens of
+      the optimizer batch, every token weighted equally;
+    - ``sequence`` (GRPO, Shao et al. 2024 eq. 3): each row's mean over its own tokens, then the sum over rows /
+      ``n_rows`` rows of the optimizer batch (long completions weigh less per token);
+    - ``constant`` (Dr.GRPO, Liu et al. 2025 eq. 5): sum over tokens / (``n_rows`` x ``max_len``), a normaliser
+      that depends on neither the lengths nor the batch's content.
+
+    ``total``/``n_rows`` count the whole optimizer batch, so that micro-batch losses sum to the batch loss.
+    """
+    mask = mask.bool()
+    if how == "token":
+        return masked_token_mean(per_token, mask, total)
+    rows = n_rows if n_rows is not None else per_token.shape[0]
+    if how == "sequence":
+        lengths = mask.sum(-1).clamp(min=1)
+        return (torch.where(mask, per_token, 0).sum(-1) / lengths).sum() / max(1, rows)
+    if how == "constant":
+        return torch.where(mask, per_token, 0).sum() / (max(1, rows) * max(1, max_len or per_token.shape[-1]))
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
 
 
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip: float = 0.2,
-                    total: int | torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyStats]:
-    """PPO's clipped surrogate objective (Schulman et al. 2017, eq. 7), negated to be minimised:
+                    total: int | torch.Tensor | None = None, *, clip_high: float | None = None,
+                    kind: str = "ppo", aggregation: str = "token", n_rows: int | None = None,
+                    max_len: int | None = None) -> tuple[torch.Tensor, PolicyStats]:
+    """The clipped policy-gradient objective of PPO and its family, negated to be minimised.
+
+    ``kind="ppo"`` (Schulman et al. 2017, eq. 7), per token:
 
         ratio_t = pi(a_t | s_t) / pi_old(a_t | s_t) = exp(logprobs_t - old_logprobs_t)
-        L_t = -min(ratio_t * A_t, clip(ratio_t, 1 - clip, 1 + clip) * A_t)
-            =  max(-A_t * ratio_t, -A_t * clipped_ratio_t)
+        L_t = -min(ratio_t * A_t, clip(ratio_t, 1 - clip, 1 + clip_high) * A_t)
 
-    reduced with ``masked_token_mean`` (token-level mean).
+    with ``clip_high`` = ``clip`` by default (symmetric); DAPO's clip-higher sets it larger (0.28 for clip 0.2,
+    Yu et al. 2025 eq. 10). ``kind="gspo"`` (Zheng et al. 2025, eq. 5-7): one ratio per sequence, the geometric
+    mean s_i = exp(mean_t (logprobs - old_logprobs)) over the row's tokens, and one advantage per sequence (the
+    mean of its tokens' advantages), clipped as above; a row's loss is spread evenly over its tokens, so any
+    ``aggregation`` applies. ``kind="cispo"`` (MiniMax-M1, 2025, eq. 4): the importance weight clipped from above
+    at 1 + ``clip_high`` and detached, times A_t x log pi_t: L_t = -sg(min(ratio_t, 1 + clip_high)) A_t log pi_t;
+    no token's gradient is dropped by the clip (PPO drops those whose clipped term is active).
+
+    ``aggregation``: see ``aggregate`` (token-level by default; ``total``, ``n_rows`` and ``max_len`` are the
+    optimizer batch's target tokens, rows and completion-length limit).
 
     logprobs: (B, T) float, log pi of the sampled tokens under the current policy (differentiable);
     old_logprobs: (B, T) float, the same under the policy that sampled them (detached here);
     advantages: (B, T) float per-token (PPO with GAE), or (B, 1) one per completion (GRPO, RLOO), detached here;
-    mask: (B, T) bool, True on the completion tokens; total: denominator for gradient accumulation.
+    mask: (B, T) bool, True on the completion tokens.
 
-    Returns ``(loss, PolicyStats)``: a scalar tensor and float diagnostics over this call's target tokens.
+    Returns ``(loss, PolicyStats)``: a scalar tensor and float diagnostics over this call's target tokens
+    (``clipfrac``: tokens whose clipped term is active; ``clipfrac_low``/``clipfrac_high``: those below 1 - clip
+    with A < 0 / above 1 + clip_high with A > 0, the two sides DAPO tunes apart).
     """
+    if kind not in POLICY_LOSSES:
+        raise ValueError(f"kind must be one of {POLICY_LOSSES}, got {kind!r}")
+    high = clip if clip_high is None else clip_high
     mask = mask.bool()
     log_ratio = torch.where(mask, logprobs - old_logprobs.detach(), 0)  # masked before exp: no overflow
-    advantages = torch.where(mask, advantages.detach(), 0)
+    advantages = torch.where(mask, advantages.detach().expand_as(log_ratio), 0)
+    if kind == "gspo":
+        lengths = mask.sum(-1, keepdim=True).clamp(min=1)
+        log_ratio = (log_ratio.sum(-1, keepdim=True) / lengths).expand_as(mask)  # log s_i on every token
+        advantages = (advantages.sum(-1, keepdim=True) / lengths).expand_as(mask)
+        log_ratio, advantages = torch.where(mask, log_ratio, 0), torch.where(mask, advantages, 0)
     ratio = torch.exp(log_ratio)
-    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + clip)
-    pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * clipped_ratio
-    pg_loss = torch.max(pg_loss1, pg_loss2)
-    loss = masked_token_mean(pg_loss, mask, total)
+    clipped_ratio = torch.clamp(ratio, 1 - clip, 1 + high)
+    if kind == "cispo":
+        weight = torch.clamp(ratio, max=1 + high).detach()
+        pg_loss = -weight * advantages * torch.where(mask, logprobs, 0)
+        active = torch.zeros_like(mask)
+    else:
+        pg_loss1 = -advantages * ratio
+        pg_loss2 = -advantages * clipped_ratio
+        pg_loss = torch.max(pg_loss1, pg_loss2)
+        active = pg_loss2 > pg_loss1
+    loss = aggregate(pg_loss, mask, aggregation, total, n_rows, max_len)
 
     with torch.no_grad():
-        clipfrac = masked_token_mean((pg_loss2 > pg_loss1).float(), mask)
+        clipfrac = masked_token_mean(active.float(), mask)
+        clip_low = masked_token_mean(((ratio < 1 - clip) & (advantages < 0)).float(), mask)
+        clip_hi = masked_token_mean(((ratio > 1 + high) & (advantages > 0)).float(), mask)
         approx_kl = masked_token_mean((ratio - 1) - log_ratio, mask)
         ratio_mean = masked_token_mean(ratio, mask)
     stats = PolicyStats(loss=float(loss.detach()), clipfrac=float(clipfrac), approx_kl=float(approx_kl),
-                        ratio_mean=float(ratio_mean))
+                        ratio_mean=float(ratio_mean), clipfrac_low=float(clip_low), clipfrac_high=float(clip_hi))
     return loss, stats
 
 

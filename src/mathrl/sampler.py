@@ -105,19 +105,17 @@ class Rollout:
     meta: dict = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Counter-based random numbers (splitmix64 finaliser on int64 tensors; wrap-around multiplication is exact)
-
 def completion_stats(rollouts: Sequence[Rollout]) -> dict:
-    """Training-curve statistics of a batch of rollouts: ``completion_tokens`` (mean length) and
-    ``entropy_estimate``, the mean -log pi of the sampled tokens (a Monte-Carlo estimate of the per-token entropy of
-    the sampling distribution; calculator-inserted tokens excluded). Temperature-1 sampling is assumed for the
-    entropy reading."""
+    """Training-curve statistics of a batch of rollouts: ``completion_tokens`` (mean length),
+    ``truncation_rate`` (the fraction cut at the length limit) and ``entropy_estimate``, the mean -log pi of the
+    sampled tokens (a Monte-Carlo estimate of the per-token entropy of the sampling distribution;
+    calculator-inserted tokens excluded). Temperature-1 sampling is assumed for the entropy reading."""
     if not rollouts:
         return {}
     sampled = [-lp for r in rollouts for lp, m in zip(r.logprobs, r.sampled_mask) if m]
     return {"completion_tokens": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
-            "entropy_estimate": sum(sampled) / len(sampled) if sampled else float("nan")}
+            "entropy_estimate": sum(sampled) / len(sampled) if sampled else float("nan"),
+            "truncation_rate": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts)}
 
 
 # ----------------------------------------------------------------------------------------------------------

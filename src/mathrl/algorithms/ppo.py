@@ -44,7 +44,7 @@ from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, group_sig
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
-from mathrl.losses import masked_token_mean, ppo_policy_loss, value_loss
+from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.runlog import RunLogger, progress, write_history
@@ -73,7 +73,14 @@ class Config:
     ppo_epochs: int = field(2, "passes over each rollout batch")
     # batch_size: rollouts per optimizer step (a minibatch); constant learning rate after warmup by default
     optim: Optim = group(Optim, lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
-    clip: float = field(0.2, "PPO ratio clip")
+    clip: float = field(0.2, "PPO ratio clip (the lower side, and the upper one unless --clip-high)")
+    clip_high: float = field(0.0, "upper ratio clip (DAPO clip-higher: 0.28; 0: the same as --clip)")
+    policy_loss: str = field("ppo", "ppo (clipped ratio per token), gspo (one ratio per sequence; grpo/rloo) or "
+                                    "cispo (clipped, detached importance weight x log pi)")
+    loss_aggregation: str = field("token", "token (DAPO: every token of the minibatch weighted equally), sequence "
+                                           "(GRPO: mean per completion, then over completions) or constant "
+                                           "(Dr.GRPO: / (completions x max_new_tokens))")
+    advantage_scale: str = field("group", "grpo: divide by the group's std (group) or not (none: Dr.GRPO)")
     value_clip: float = field(0.2, "value-loss clip (gae)")
     vf_coef: float = field(0.5, "value-loss weight (gae)")
     value_trunk_grad: bool = field(False, "let the value loss train the shared trunk too (default: the value head "
@@ -118,6 +125,17 @@ class Config:
         if self.fsdp and self.lora_rank:
             raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
                              "anyway); use one or the other")
+        if self.policy_loss not in POLICY_LOSSES or self.loss_aggregation not in AGGREGATIONS:
+            raise UsageError(f"policy_loss must be one of {', '.join(POLICY_LOSSES)} and loss_aggregation one of "
+                             f"{', '.join(AGGREGATIONS)}")
+        if self.policy_loss == "gspo" and self.advantage == "gae":
+            raise UsageError("--policy-loss gspo takes one advantage per completion: use it with grpo or rloo")
+        if self.advantage_scale not in ("group", "none"):
+            raise UsageError("advantage_scale must be group or none")
+        if self.advantage_scale == "none" and self.advantage != "grpo":
+            raise UsageError("--advantage-scale applies to --advantage grpo")
+        if self.clip_high < 0:
+            raise UsageError("clip_high must be >= 0 (0: the same as clip)")
         if self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
             raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
 
@@ -183,6 +201,9 @@ class LearnStats:
     approx_kl: float
     value_clipfrac: float
     grad_norm: float
+    clipfrac_low: float  # ratio below 1 - clip where A < 0
+    clipfrac_high: float  # ratio above 1 + clip_high where A > 0
+    ratio_mean: float  # mean importance ratio pi / pi_old
     steps: int
 
 
@@ -318,7 +339,8 @@ def train(cfg: Config) -> Path:
             del record["kl"]  # not measured (no reference model)
         if stats.steps:
             record.update(loss=stats.loss, clipfrac=stats.clipfrac, approx_kl=stats.approx_kl,
-                          grad_norm=stats.grad_norm, **({"value_clipfrac": stats.value_clipfrac} if head else {}))
+                          grad_norm=stats.grad_norm, clipfrac_low=stats.clipfrac_low,
+                          clipfrac_high=stats.clipfrac_high, ratio_mean=stats.ratio_mean, **({"value_clipfrac": stats.value_clipfrac} if head else {}))
         if head is None:
             record["zero_signal_fraction"] = zero_signal
         if m.use_reference and (not math.isfinite(kl_seq) or kl_seq > cfg.kl_bound):
@@ -409,7 +431,8 @@ def advantages(cfg: Config, batch: RolloutBatch, token_rewards: torch.Tensor, kl
         if cfg.whiten_advantages:
             adv = whiten(adv, action)
         return adv, returns, seq_returns
-    adv_seq = group_advantages(seq_returns, cfg.sampling.k, cfg.advantage)
+    adv_seq = group_advantages(seq_returns, cfg.sampling.k, cfg.advantage,
+                               **({"scale": cfg.advantage_scale} if cfg.advantage == "grpo" else {}))
     return adv_seq.unsqueeze(-1).expand_as(batch.old_logprobs) * action, None, seq_returns
 
 
@@ -457,30 +480,35 @@ def learn(cfg: Config, m: Models, optimizer, params, batch: RolloutBatch, keep: 
             loss_value, parts = 0.0, []
             for chunk in chunks:
                 part = mb.select(chunk if chunk is not None else all_rows[:1])
-                loss, pstats, v_clipfrac = _loss(cfg, m, part, kl_coef, n_loss, n_action, device)
+                loss, pstats, v_clipfrac = _loss(cfg, m, part, kl_coef, n_loss, n_action, len(mb.prompt_of), device)
                 if chunk is None:
                     loss.mul(0.0).backward()
                     continue
                 loss.backward()
                 loss_value += loss.item()
-                parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac)))
+                parts.append((pstats.clipfrac, pstats.approx_kl, float(v_clipfrac), pstats.clipfrac_low,
+                              pstats.clipfrac_high, pstats.ratio_mean))
             distributed.all_reduce_grads(params)
             (loss_value,) = distributed.all_reduce_sum([loss_value])
             if not math.isfinite(loss_value):
                 raise ckpt.divergence_error(run_dir, st.iteration, f"loss became {loss_value}")
             norm = clip_and_step(params, optimizer, cfg.optim.grad_clip)  # frees the gradients before sampling
             st.opt_steps += 1
-            stats.append((loss_value, *(_mean(p[i] for p in parts) for i in range(3)), float(norm)))
-    return LearnStats(*(_mean(s[i] for s in stats) for i in (0, 1, 2, 3, 4)), steps=len(stats))
+            stats.append((loss_value, *(_mean(p[i] for p in parts) for i in range(3)), float(norm),
+                          *(_mean(p[i] for p in parts) for i in range(3, 6))))
+    return LearnStats(*(_mean(s[i] for s in stats) for i in range(8)), steps=len(stats))
 
 
-def _loss(cfg: Config, m: Models, part: RolloutBatch, kl_coef: float, n_loss: int, n_action: int, device):
+def _loss(cfg: Config, m: Models, part: RolloutBatch, kl_coef: float, n_loss: int, n_action: int, n_rows: int,
+          device):
     """The loss of one micro-batch, summed over its tokens and divided by the minibatch's token counts:
     the clipped policy loss, plus vf_coef x the clipped value loss (gae) or kl_coef x the k3 KL (grpo/rloo)."""
     logp, values = forward_policy(m.policy, m.head, part, m.head is not None, device)
     lmask = part.loss_mask.to(device)
     loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device), lmask,
-                                   clip=cfg.clip, total=max(1, n_loss))
+                                   clip=cfg.clip, total=max(1, n_loss), clip_high=cfg.clip_high or None,
+                                   kind=cfg.policy_loss, aggregation=cfg.loss_aggregation, n_rows=n_rows,
+                                   max_len=cfg.sampling.max_new_tokens)
     v_clipfrac = 0.0
     if m.head is not None:
         v_loss, v_clipfrac = value_loss(values, part.old_values.to(device), part.returns.to(device),
