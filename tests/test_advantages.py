@@ -285,3 +285,13 @@ def test_group_signal_is_the_one_definition_of_signal():
     returns = torch.tensor([1.0, 1.0, 0.0, 0.3, float("nan"), 1.0])
     assert group_signal(returns, 2).tolist() == [False, True, False]
     assert zero_signal_fraction(returns, 2) == pytest.approx(2 / 3)
+
+
+def test_overlong_penalty_by_hand():
+    from mathrl.rewards import overlong_penalty
+
+    # DAPO eq. 13 with L_max 100, L_buf 20: 0 up to 80 tokens, (80 - |y|) / 20 in (80, 100], -1 beyond
+    assert overlong_penalty(80, 100, 20) == 0.0
+    assert overlong_penalty(90, 100, 20) == pytest.approx(-0.5)
+    assert overlong_penalty(100, 100, 20) == pytest.approx(-1.0)
+    assert overlong_penalty(101, 100, 20) == -1.0 and overlong_penalty(99, 100, 0) == 0.0

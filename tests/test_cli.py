@@ -262,7 +262,7 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
     # the objective family: GSPO with GRPO's per-sequence aggregation; Dr.GRPO's scale and normaliser with CISPO
     ("grpo", ["--reward", "orm", "--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "0.05"]),
     ("grpo", ["--reward", "orm", "--policy-loss", "cispo", "--clip-high", "0.28", "--advantage-scale", "none",
-              "--loss-aggregation", "constant"]),
+              "--loss-aggregation", "constant", "--overlong-buffer", "4"]),
 ])
 def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     sft_model = start["sft"]
@@ -282,6 +282,19 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     if "--skip-zero-signal" in extra:
         assert all(h["zero_signal_fraction"] < 1 for h in history[1:])
     assert _changed(sft_model, out / "model")  # LoRA: the merged adapters
+
+
+def test_mask_truncated_leaves_cut_completions_out_of_the_loss(start, orm_model, tmp_path):
+    # 2 new tokens: every completion is cut at the limit, so with --mask-truncated no token is in the loss
+    args = ["grpo", "--model", str(start["sft"]), "--iterations", "1", "--prompts", "4", "-k", "2", "--batch-size",
+            "8", "--max-new-tokens", "2", "--eval-size", "0", "--reward", "orm", "--orm", str(orm_model),
+            "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "masked"), "--mask-truncated"]) == 0
+    history = json.loads((tmp_path / "masked" / "history.json").read_text())
+    assert history[-1]["truncation_rate"] == 1.0
+    assert not _changed(start["sft"], tmp_path / "masked" / "model")
+    assert main([*args, "--out", str(tmp_path / "unmasked")]) == 0  # the same run without the flag learns
+    assert _changed(start["sft"], tmp_path / "unmasked" / "model")
 
 
 def test_k_larger_than_samples_is_rejected(tmp_path, capsys):

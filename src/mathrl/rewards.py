@@ -105,3 +105,21 @@ def dense_step_rewards(task, problem: Problem, text: str) -> list[float]:
         else:
             out.append(0.0)
     return out
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the outcome reward: 0 up to
+    ``max_len - buffer`` tokens, then falling linearly to -1 at ``max_len``:
+
+        R(y) = 0                                  if |y| <= L_max - L_buf
+               (L_max - L_buf - |y|) / L_buf      if L_max - L_buf < |y| <= L_max
+               -1                                 if |y| > L_max
+    """
+    if buffer <= 0:
+        return 0.0
+    start = max_len - buffer
+    if length <= start:
+        return 0.0
+    if length > max_len:
+        return -1.0
+    return (start - length) / buffer

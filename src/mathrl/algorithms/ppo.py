@@ -46,7 +46,7 @@ from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss, value_loss
 from mathrl.models import load_model
-from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
+from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, overlong_penalty, user_reward
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import few_shot_examples, read_meta, rng_state, set_rng_state, start_run, task_of, write_meta
 from mathrl.sampler import SamplingParams, completion_stats, sample
@@ -81,6 +81,10 @@ class Config:
                                            "(GRPO: mean per completion, then over completions) or constant "
                                            "(Dr.GRPO: / (completions x max_new_tokens))")
     advantage_scale: str = field("group", "grpo: divide by the group's std (group) or not (none: Dr.GRPO)")
+    overlong_buffer: int = field(0, "DAPO's soft overlong penalty: the reward falls linearly to -1 over the last N "
+                                    "tokens before max_new_tokens (0: off)")
+    mask_truncated: bool = field(False, "leave completions cut at max_new_tokens out of the policy loss (DAPO's "
+                                        "overlong filtering)")
     value_clip: float = field(0.2, "value-loss clip (gae)")
     vf_coef: float = field(0.5, "value-loss weight (gae)")
     value_trunk_grad: bool = field(False, "let the value loss train the shared trunk too (default: the value head "
@@ -134,6 +138,8 @@ class Config:
             raise UsageError("advantage_scale must be group or none")
         if self.advantage_scale == "none" and self.advantage != "grpo":
             raise UsageError("--advantage-scale applies to --advantage grpo")
+        if not 0 <= self.overlong_buffer <= self.sampling.max_new_tokens:
+            raise UsageError("overlong_buffer must lie in [0, max_new_tokens]")
         if self.clip_high < 0:
             raise UsageError("clip_high must be >= 0 (0: the same as clip)")
         if self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
@@ -314,6 +320,9 @@ def train(cfg: Config) -> Path:
 
         # step 2: score through the task: per-token rewards (N, C) and each rollout's outcome return (N,)
         batch = pack_rollouts(rollouts, tokenizer.pad_token_id)
+        if cfg.mask_truncated:  # DAPO's overlong filtering: truncated completions teach the policy nothing
+            truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
+            batch.loss_mask[truncated] = False
         token_rewards, outcome = score(cfg, task, tokenizer, scorer, rollouts, batch_q, prompts, batch.action_mask)
 
         # step 3: reference log-probs and old values (no gradient); step 4: advantages
@@ -391,6 +400,10 @@ def score(cfg: Config, task, tokenizer, scorer, rollouts, batch_q, prompts, acti
     token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] = outcome_t  # at each row's last token
     if cfg.reward == "dense" or (cfg.reward == "orm" and cfg.orm_mode == "step"):
         _add_step_rewards(task, tokenizer, scorer, rollouts, problems, prompts, token_rewards, cfg)
+    if cfg.overlong_buffer:  # DAPO's soft length penalty, at the last token (not part of the logged outcome)
+        penalty = torch.tensor([overlong_penalty(len(r.completion_ids), cfg.sampling.max_new_tokens,
+                                                 cfg.overlong_buffer) for r in rollouts])
+        token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] += penalty
     return token_rewards, outcome_t
 
 
