@@ -19,14 +19,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Sequence
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import EXTRACTIONS, answers_equal, extract_answer, normalize_number
-from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
+from mathrl.tasks.answers import EXTRACTIONS, normalize_number
+from mathrl.tasks.base import QA_STOP_STRINGS, Problem
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 from mathrl.tasks.data_files import find_data_dir
-from mathrl.tasks.gsm8k import in_dev, step_results, step_spans
+from mathrl.tasks.gsm8k import GSM8KTask, in_dev
 
 SPLITS = ("train", "test", "dev", "all")
 
@@ -67,24 +66,14 @@ class SVAMPTask:
             return [p for p in self._all if p.meta["split"] == "train" and in_dev(p.id)]
         return [p for p in self._all if split == "all" or p.meta["split"] == split]
 
-    def prompt(self, problem: Problem, shots: Sequence[Problem] = ()) -> str:
-        return qa_prompt(problem.question, [(s.question, s.solution) for s in shots])
-
-    def target(self, problem: Problem) -> str:
-        return " " + problem.solution
-
-    def extract_answer(self, text: str) -> str | None:
-        return extract_answer(text, self.extract)
-
-    def grade(self, problem: Problem, completion: str) -> Grade:
-        answer = self.extract_answer(completion)
-        return Grade(answer=answer, correct=answers_equal(answer, problem.answer))
-
-    def step_results(self, text: str) -> list[str]:
-        return step_results(text)
-
-    def step_spans(self, text: str) -> list[tuple[int, int]]:
-        return step_spans(text)
+    # GSM8K's Question:/Answer: prompts, targets, numeric grading and line steps, shared as functions (the same
+    # functions, not an inherited class)
+    prompt = GSM8KTask.prompt
+    target = GSM8KTask.target
+    extract_answer = GSM8KTask.extract_answer
+    grade = GSM8KTask.grade
+    step_results = GSM8KTask.step_results
+    step_spans = GSM8KTask.step_spans
 
 
 def load_svamp(path: Path) -> list[Problem]:
