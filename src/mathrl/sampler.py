@@ -269,7 +269,6 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     grid is holes, it is repacked to the slots that still run, with G = their most live rows.
     """
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
     device = model.get_input_embeddings().weight.device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -290,33 +289,13 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     cache = kv_cache_of(out)
 
     # step 2: the grid of rows. row_of: slot of each row; holes (missing samples) start dead.
-    b = n_slots * g
     row_slot = torch.arange(n_slots).repeat_interleave(g)  # (B,)
     owner = [(i, js[c]) if c < len(js) else None for i, js in slots for c in range(g)]  # (prompt, sample) per row
     live = torch.tensor([o is not None for o in owner])
     out_index = torch.tensor([n if o is not None else -1 for n, o in enumerate(owner)])  # row -> output row
     dev_rows = row_slot.to(device)
     logits = out.logits[:, -1, :].float().index_select(0, dev_rows)  # (B, V)
-    cascade = params.shared_prefix_attention and all(type(layer) is DynamicLayer for layer in cache.layers)
-    if params.shared_prefix_attention and not cascade:
-        # printed once per model class (Python shows a warning once per message and place)
-        warnings.warn(f"{type(model).__name__}: its cache is not plain full attention (sliding windows, linear "
-                      "attention); sampling copies each prompt's keys/values per sample (no shared-prefix attention)",
-                      stacklevel=2)
-    if cascade:
-        cache.layers = [PreallocatedLayer.shared(layer.keys, layer.values, b, max_new) for layer in cache.layers]
-        prefix_bias = torch.zeros((n_slots, 1, 1, p_len), device=device)
-        prefix_bias.masked_fill_(mask[:, None, None, :] == 0, float("-inf"))
-        full_mask = None
-    else:
-        for i, layer in enumerate(cache.layers):
-            if type(layer) is DynamicLayer:
-                cache.layers[i] = PreallocatedLayer(layer.keys.index_select(0, dev_rows),
-                                                    layer.values.index_select(0, dev_rows), p_len + max_new)
-            else:  # other layer kinds (sliding windows, linear attention) keep their own logic
-                layer.batch_select_indices(dev_rows)
-        full_mask = torch.ones((b, p_len + max_new), dtype=torch.long, device=device)
-        full_mask[:, :p_len] = mask.index_select(0, dev_rows)
+    cascade, prefix_bias, full_mask = _grid_cache(model, cache, params, mask, dev_rows, max_new)
     next_pos = mask.sum(-1).index_select(0, dev_rows)  # (B,) position of the first completion token
     row_keys = torch.tensor([key_hash(params.seed, keys[o[0]], o[1]) if o else 0 for o in owner], dtype=torch.long)
 
@@ -422,6 +401,38 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
 
     return _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
                         watch)
+
+
+def _grid_cache(model, cache, params: SamplingParams, mask: torch.Tensor, dev_rows: torch.Tensor, max_new: int):
+    """Turn the prefill's cache (P prompt slots) into the decoding grid's (B rows): shared-prefix layers and the
+    prompt padding bias for cascade attention where every layer is plain full attention, else each row's own
+    copy of its prompt (and the full attention mask). Returns (cascade?, prefix_bias or None, full_mask or
+    None); mask: (P, Lp) prompt mask, dev_rows: (B,) slot of each row."""
+    from transformers.cache_utils import DynamicLayer
+
+    n_slots, p_len = mask.shape
+    b, device = len(dev_rows), mask.device
+    prefix_bias = full_mask = None
+    cascade = params.shared_prefix_attention and all(type(layer) is DynamicLayer for layer in cache.layers)
+    if params.shared_prefix_attention and not cascade:
+        # printed once per model class (Python shows a warning once per message and place)
+        warnings.warn(f"{type(model).__name__}: its cache is not plain full attention (sliding windows, linear "
+                      "attention); sampling copies each prompt's keys/values per sample (no shared-prefix attention)",
+                      stacklevel=2)
+    if cascade:
+        cache.layers = [PreallocatedLayer.shared(layer.keys, layer.values, b, max_new) for layer in cache.layers]
+        prefix_bias = torch.zeros((n_slots, 1, 1, p_len), device=device)
+        prefix_bias.masked_fill_(mask[:, None, None, :] == 0, float("-inf"))
+    else:
+        for i, layer in enumerate(cache.layers):
+            if type(layer) is DynamicLayer:
+                cache.layers[i] = PreallocatedLayer(layer.keys.index_select(0, dev_rows),
+                                                    layer.values.index_select(0, dev_rows), p_len + max_new)
+            else:  # other layer kinds (sliding windows, linear attention) keep their own logic
+                layer.batch_select_indices(dev_rows)
+        full_mask = torch.ones((b, p_len + max_new), dtype=torch.long, device=device)
+        full_mask[:, :p_len] = mask.index_select(0, dev_rows)
+    return cascade, prefix_bias, full_mask
 
 
 def _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
