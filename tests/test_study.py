@@ -80,3 +80,21 @@ def test_sft_compile_defaults_to_the_budget_and_can_be_set(tmp_path):
     sft = lambda cfg: next(s for s in plan(cfg, tmp_path) if s.name == "sft").command  # noqa: E731
     assert "--compile" in sft(Config()) and "--compile" not in sft(Config(quick=True))
     assert "--compile" not in sft(Config(sft_compile=False)) and "--compile" in sft(Config(quick=True, sft_compile=True))
+
+
+def test_objectives_ablation_adds_grpo_loss_variants_on_grpos_budget_and_seeds(tmp_path):
+    default = {s.name for s in plan(Config(), tmp_path)}
+    assert not any("dapo" in n for n in default)  # not in the default grid
+    stages = {s.name: s for s in plan(Config(ablation="objectives"), tmp_path)}
+    grpo = stages["grpo-sparse-sft@2"].command
+    for name, first in (("drgrpo", "--advantage-scale"), ("dapo", "--clip-high"), ("gspo", "--policy-loss"),
+                        ("cispo", "--policy-loss")):
+        s = stages[f"grpo-{name}-sft@2"]
+        assert f"eval-grpo-{name}-sft@2" in stages and s.meta["objective"]
+        # GRPO's command with the objective's switches inserted: same budget, prompts, K, seed and evaluations
+        i = s.command.index(first)
+        n_extra = len(s.command) - len(grpo)
+        assert s.command[:i] + s.command[i + n_extra:] == grpo
+        assert s.meta["rollouts"] == stages["grpo-sparse-sft@2"].meta["rollouts"]
+    with pytest.raises(Exception, match="unknown ablation"):
+        Config(ablation="rewards").validate()

@@ -358,7 +358,8 @@ def _mean_over_seeds(data: StudyData, model: str, key: str):
 def _label(data: StudyData, model: str) -> str:
     meta = data.meta.get(model)
     if meta:
-        return f"{meta['algorithm']} ({meta['reward']}, from {meta['start']})"
+        name = f"GRPO loss as {meta['objective']}" if meta.get("objective") else meta["algorithm"]
+        return f"{name} ({meta['reward']}, from {meta['start']})"
     return {"sft": "SFT", "pretrain": "pretrained start", "pretrained": "pretrained start"}.get(model, model)
 
 
@@ -400,6 +401,24 @@ def diff_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
             got = paired({"a": data.evals[model], "b": data.evals[base]}, metric, _diff("a", "b"))
             cells.append(str(got[0]) if got else "–")
         rows.append([f"{_label(data, model)} - {base}", str(len(data.evals[model]))] + cells)
+    return ["difference", "seeds"] + [f"Δ {m} [95% CI]" for m in metrics], rows
+
+
+def objectives_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """``study --ablation objectives``: each objective minus GRPO's default loss (same start, budget, seeds and
+    test questions), paired, with 95% intervals; PPO (value head) beside them for reference."""
+    k = data.k
+    metrics = ["maj@1", f"pass@{k}_verified"] if data.verified else ["maj@1", f"pass@{k}"]
+    base = "grpo-sparse-sft"
+    rows = []
+    for model in [m for m in data.meta if data.meta[m].get("objective")] + ["ppo-sparse-sft"]:
+        if model not in data.evals or base not in data.evals or (model == "ppo-sparse-sft" and not rows):
+            continue
+        cells = []
+        for metric in metrics:
+            got = paired({"a": data.evals[model], "b": data.evals[base]}, metric, _diff("a", "b"))
+            cells.append(str(got[0]) if got else "–")
+        rows.append([f"{_label(data, model)} - GRPO", str(len(data.evals[model]))] + cells)
     return ["difference", "seeds"] + [f"Δ {m} [95% CI]" for m in metrics], rows
 
 
@@ -635,7 +654,7 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
     k = data.k
     guess = guesser(cfg, data)
     tables = {"results": results_table(data), "diff": diff_table(data), "difficulty": difficulty_table(data),
-              "budget": budget_table(data)}
+              "budget": budget_table(data), "objectives": objectives_table(data)}
     plots = [p for p in [plot_sft(data, root), *plot_curves(data, root), plot_training(data, root)] if p]
     times = sorted(data.times.items(), key=lambda x: -x[1])
     n_eval = len((data.evals.get("sft") or {}).get(None) or [])
@@ -679,6 +698,10 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
             md += ["", f"Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
                    f"{guess['room']:+.3f}."]
     md += ["", "## Differences (paired, 95% CI)", ""] + _md_table(*tables["diff"])
+    if tables["objectives"][1]:
+        md += ["", "## Objectives (ablation, paired, 95% CI)", "", "Each of GRPO's loss variants minus the default "
+               "GRPO run, same start, rollout budget, seeds and test questions (`mathrl study --ablation "
+               "objectives`).", ""] + _md_table(*tables["objectives"])
     md += ["", "## Power", ""]
     power = []
     for a, b in (("ei-sparse-sft", "sft"), ("ppo-sparse-sft", "sft"), ("ei-sparse-sft", "ppo-sparse-sft")):
@@ -738,6 +761,8 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
         body.append(f"<p>Question-blind guesser on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, "
                     f"pass@{k} {guess[f'pass@{k}']:.3f} (verified: 0).</p>")
     body.append("<h2>Differences (paired, 95% CI)</h2>" + _html_table(*tables["diff"]))
+    if tables["objectives"][1]:
+        body.append("<h2>Objectives (ablation, paired, 95% CI)</h2>" + _html_table(*tables["objectives"]))
     body.append("<h2>Power</h2><ul>" + "".join(f"<li>{html.escape(x[2:])}</li>" for x in power) + "</ul>")
     body.append("<h2>Per difficulty</h2>" + _html_table(*tables["difficulty"]))
     body.append("<h2>Budgets</h2>" + _html_table(*tables["budget"]))

@@ -65,8 +65,12 @@ class Config:
     workers: int = field(2, "stages run at once (each with threads / workers threads)")
     threads: int = field(0, "torch threads shared by the running stages (0: the cores this process may use)")
     only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft@1")
+    ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO's loss as Dr.GRPO, DAPO, GSPO and "
+                              "CISPO, from SFT, with GRPO's budget and seeds; not in the default)")
 
     def validate(self) -> None:
+        if self.ablation not in ("", "objectives"):
+            raise UsageError(f"unknown ablation {self.ablation!r} (known: objectives)")
         if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
             raise UsageError("seeds, variant_seeds and workers must be >= 1")
         if self.variant_seeds > self.seeds:
@@ -164,7 +168,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
     starts = {"sft": (sft_model, "sft"), "pretrained": (pretrained, start_pt)}
 
-    def rl(base, algorithm, reward, start, seed, extra):
+    def rl(base, algorithm, reward, start, seed, extra, objective=None):
         model, start_stage = starts[start]
         needs = [start_stage] if start_stage != "pretrained" else []
         needs += ["orm"] if reward == "orm" else []
@@ -187,13 +191,27 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                    *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
         stages.append(Stage(base, cmd, seed=seed, needs=needs, group="rl",
                             meta={"algorithm": algorithm, "reward": reward, "start": start, "rollouts": budget,
-                                  "references": algorithm == "RCRL"}))
+                                  "references": algorithm == "RCRL", **({"objective": objective} if objective else {})}))
 
     for seed in range(cfg.seeds):
         rl("ei-sparse-sft", "EI", "sparse", "sft", seed, [])
         rl("ppo-sparse-sft", "PPO", "sparse", "sft", seed, [])
         rl("grpo-sparse-sft", "GRPO", "sparse", "sft", seed, [])
         rl("rcrl-sparse-sft", "RCRL", "sparse", "sft", seed, [])
+    if cfg.ablation == "objectives":
+        # the policy-gradient objectives compared today, each a switch on GRPO's loss (docs/algorithms.md), with its
+        # paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling by dropping zero-signal
+        # groups, soft overlong penalty over the last quarter of the length limit; GSPO's sequence-ratio clip
+        # 3e-4 / 4e-4; CISPO's weight capped at 1 + 0.28
+        overlong = str(max(1, b["max_new_tokens"] // 4))
+        for seed in range(cfg.seeds):
+            for name, extra in (("drgrpo", ["--advantage-scale", "none", "--loss-aggregation", "constant"]),
+                                ("dapo", ["--clip-high", "0.28", "--skip-zero-signal", "--overlong-buffer", overlong]),
+                                ("gspo", ["--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "3e-4",
+                                          "--clip-high", "4e-4"]),
+                                ("cispo", ["--policy-loss", "cispo", "--clip-high", "0.28"])):
+                rl(f"grpo-{name}-sft", "GRPO", "sparse", "sft", seed, extra,
+                   objective={"drgrpo": "Dr.GRPO", "dapo": "DAPO", "gspo": "GSPO", "cispo": "CISPO"}[name])
     for seed in range(cfg.variant_seeds):
         rl("ei-orm-sft", "EI", "orm", "sft", seed, ["--reward", "orm", "--orm", orm_model])
         rl("ppo-dense-sft", "PPO", "dense", "sft", seed, ["--reward", "dense"])
