@@ -178,3 +178,18 @@ def test_report_from_fabricated_runs(tmp_path):
         assert section in md, section
     assert "torch " in md and "mathrl eval" in md  # versions and the stage commands
     assert page.count("data:image/png;base64,") >= 3 and "<table>" in page and "quick" in md
+
+
+def test_objectives_table_pairs_each_variant_with_grpo():
+    from mathrl.report import objectives_table
+
+    # DAPO right on every question where GRPO is right on half: DAPO - GRPO = +0.5 on maj@1 with every seed
+    d = data_with(**{"grpo-sparse-sft": seeds(HALF, HALF), "grpo-dapo-sft": seeds(ALL, ALL),
+                     "ppo-sparse-sft": seeds(HALF, HALF)})
+    d.meta = {"grpo-sparse-sft": {"algorithm": "GRPO", "reward": "sparse", "start": "sft"},
+              "grpo-dapo-sft": {"algorithm": "GRPO", "reward": "sparse", "start": "sft", "objective": "DAPO"},
+              "ppo-sparse-sft": {"algorithm": "PPO", "reward": "sparse", "start": "sft"}}
+    cols, rows = objectives_table(d)
+    assert [r[0] for r in rows] == ["GRPO loss as DAPO (sparse, from sft) - GRPO", "PPO (sparse, from sft) - GRPO"]
+    assert rows[0][1] == "2" and rows[0][2].startswith("+0.500") and rows[1][2].startswith("+0.000")
+    assert objectives_table(data_with(sft=HALF))[1] == []  # no ablation runs: no table

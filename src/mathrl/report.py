@@ -384,6 +384,15 @@ def results_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def _diff_cells(data: StudyData, model: str, base: str, metrics: list[str]) -> list[str]:
+    """``model - base`` on each metric, paired over the same seeds and questions: its interval, or '–'."""
+    cells = []
+    for metric in metrics:
+        got = paired({"a": data.evals[model], "b": data.evals[base]}, metric, _diff("a", "b"))
+        cells.append(str(got[0]) if got else "–")
+    return cells
+
+
 def diff_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     """Every RL model minus SFT (or minus the pretrained start, for RL from it), paired, with 95% intervals."""
     k = data.k
@@ -396,11 +405,8 @@ def diff_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
         base = pt if data.meta[model]["start"] == "pretrained" else "sft"
         if base not in data.evals:
             continue
-        cells = []
-        for metric in metrics:
-            got = paired({"a": data.evals[model], "b": data.evals[base]}, metric, _diff("a", "b"))
-            cells.append(str(got[0]) if got else "–")
-        rows.append([f"{_label(data, model)} - {base}", str(len(data.evals[model]))] + cells)
+        rows.append([f"{_label(data, model)} - {base}", str(len(data.evals[model]))]
+                    + _diff_cells(data, model, base, metrics))
     return ["difference", "seeds"] + [f"Δ {m} [95% CI]" for m in metrics], rows
 
 
@@ -414,11 +420,8 @@ def objectives_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     for model in [m for m in data.meta if data.meta[m].get("objective")] + ["ppo-sparse-sft"]:
         if model not in data.evals or base not in data.evals or (model == "ppo-sparse-sft" and not rows):
             continue
-        cells = []
-        for metric in metrics:
-            got = paired({"a": data.evals[model], "b": data.evals[base]}, metric, _diff("a", "b"))
-            cells.append(str(got[0]) if got else "–")
-        rows.append([f"{_label(data, model)} - GRPO", str(len(data.evals[model]))] + cells)
+        rows.append([f"{_label(data, model)} - GRPO", str(len(data.evals[model]))]
+                    + _diff_cells(data, model, base, metrics))
     return ["difference", "seeds"] + [f"Δ {m} [95% CI]" for m in metrics], rows
 
 
