@@ -152,6 +152,7 @@ def test_score_reports_unmatched_questions(tmp_path, capsys):
     (["orm", "train", "--policy", "x"], "did you mean --model?"),
     (["sft", "--dev-size", "3"], "did you mean --eval-size?"),
     (["ei", "--model", "x", "--patience", "2", "--patience-size", "0"], "--patience needs dev problems"),
+    (["ei", "--model", "x", "-k", "0"], "k (samples per prompt) must be >= 1"),
     (["sft", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     # impossible combinations
     (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
@@ -454,3 +455,10 @@ def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys
     # strict vs flexible differ on completions 1, 2 and 5: agree on 3 of 6
     assert audit["agreement"]["strict~flexible"] == pytest.approx(3 / 6)
     assert audit["patterns"]["strict- flexible- boxed-"] == 1  # the <think> one: no grader crashes or credits it
+
+
+def test_eval_with_k_0_is_greedy_only(start, tmp_path):
+    assert main(["eval", "--model", str(start["sft"]), "-n", "3", "-k", "0", "--max-new-tokens", "8",
+                 "--out", str(tmp_path / "g"), "--threads", "1"]) == 0
+    metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert "maj@1" in metrics and not any(k.startswith("pass@") for k in metrics)

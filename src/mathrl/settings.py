@@ -102,8 +102,13 @@ class Sampling:
     token_budget: int = token_budget()
 
     def validate(self) -> None:
-        if self.k < 1 or self.max_new_tokens < 1 or self.token_budget < 1:
-            raise UsageError("k, max_new_tokens and token_budget must be >= 1")
+        if self.k < 0 or self.max_new_tokens < 1 or self.token_budget < 1:
+            raise UsageError("k must be >= 0 (eval: 0 for greedy only), max_new_tokens and token_budget >= 1")
+
+    def require_samples(self) -> None:
+        """Training commands learn from the K samples: K = 0 would be a run that silently does nothing."""
+        if self.k < 1:
+            raise UsageError("k (samples per prompt) must be >= 1")
         if self.temperature < 0:
             raise UsageError("temperature must be >= 0")
 

@@ -70,6 +70,7 @@ class Config:
 
     def validate(self) -> None:
         validate_groups(self)
+        self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (an SFT or pretrained model directory)")
         if is_user_reward(self.reward):

@@ -58,6 +58,7 @@ class Config:
 
     def validate(self) -> None:
         validate_groups(self)
+        self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (the policy whose samples the reward model judges)")
         if self.questions < 2 or self.m < 1:

@@ -106,6 +106,7 @@ class Config:
 
     def validate(self) -> None:
         validate_groups(self)
+        self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (the starting policy)")
         if self.advantage not in ("gae", "grpo", "rloo"):

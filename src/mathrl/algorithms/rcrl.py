@@ -71,6 +71,7 @@ class Config:
 
     def validate(self) -> None:
         validate_groups(self)
+        self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (an SFT model directory)")
         if self.returns not in ("sparse", "dense"):
