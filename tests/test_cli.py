@@ -408,6 +408,11 @@ def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):
     ei = tmp_path / "ei"
     assert main(["ei", "--model", str(start["sft"]), "--out", str(ei), *task, "--reward", f"{reward}:reward",
                  "--rounds", "1", "--questions", "4", "-k", "2", "--patience", "0", *small]) == 0
+    rcrl = tmp_path / "rcrl"  # the user's reward marks the good solutions: its history counts them
+    assert main(["rcrl", "--model", str(start["sft"]), "--out", str(rcrl), *task, "--reward", f"{reward}:reward",
+                 "--questions", "4", "-k", "2", "--include-references", "--no-include-references", *small]) == 0
+    rcrl_round = json.loads((rcrl / "history.json").read_text())[1]
+    assert 0 < rcrl_round["good_fraction"] < 1 and _changed(start["sft"], rcrl / "model")
     recorded = json.loads((ei / "model" / "mathrl.json").read_text())["task"]
     assert recorded["name"] == f"jsonl:{data}" and recorded["question_field"] == "q"
     # later commands read the file as it was recorded: no --task, no field flags

@@ -37,7 +37,7 @@ from mathrl.errors import UsageError
 from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import load_model
-from mathrl.rewards import dense_step_rewards
+from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.runsetup import start_run, task_of, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams, sample
@@ -54,6 +54,8 @@ class Config:
     out: str = field("runs/rcrl", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
     returns: str = field("sparse", "sparse (one return token per solution) or dense (one per step)")
+    reward: str = field("sparse", "what marks a solution good: sparse (its answer is right) or module:function "
+                                  "(your own, TRL's signature: good when its score >= 0.5)")
     step_labels: str = field("auto", "dense: exact (synthetic step checker), sorm, reference (matched results), "
                                      "or auto (exact where the task checks steps, else reference)")
     sorm: str = field("", "SORM directory (step_labels sorm)")
@@ -74,6 +76,10 @@ class Config:
         self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (an SFT model directory)")
+        if is_user_reward(self.reward):
+            user_reward(self.reward)  # import it now: a typo fails before any work
+        elif self.reward != "sparse":
+            raise UsageError(f"unknown reward {self.reward!r} for rcrl (sparse, or module:function)")
         if self.returns not in ("sparse", "dense"):
             raise UsageError("returns must be sparse or dense")
         if self.step_labels not in ("auto", "exact", "sorm", "reference"):
@@ -269,12 +275,15 @@ def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str
                       keys=[p.id for p in questions], progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
+    texts = [" " + r.text.strip() for r in rollouts]
+    problems = [questions[r.prompt_index] for r in rollouts]
+    # the final return mark: the task's grade (sparse), or the user's reward at 0.5
+    goods = [r >= 0.5 for r in outcome_rewards(task, problems, texts, cfg.reward, None,
+                                                [prompts[r.prompt_index] for r in rollouts])]
     data = []
-    for r in rollouts:
-        p = questions[r.prompt_index]
-        text = " " + r.text.strip()
+    for r, p, text, good in zip(rollouts, problems, texts, goods):
         labels = step_labels_for(task, p, text, how, sorm, prompts[r.prompt_index]) if dense else []
-        data.append(Labelled(r.prompt_index, text, task.grade(p, text).correct, labels))
+        data.append(Labelled(r.prompt_index, text, good, labels))
     if cfg.include_references:
         for i, p in enumerate(questions):
             text = task.target(p)
