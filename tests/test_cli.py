@@ -95,12 +95,18 @@ def test_pretrain_sft_eval_pipeline(runs, start, capsys):
     assert task.surface == "prose" and task.prompt(p) == p.question
 
 
+def _gsm8k_references(data_dir, path, rewrite=lambda answer: answer, n=None):
+    """A `mathrl score` samples file: each GSM8K test question with its reference answer (rewritten) as the one
+    completion; the first ``n`` questions (default all)."""
+    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(path, "w") as out:
+        for line in list(f)[:n]:
+            row = json.loads(line)
+            out.write(json.dumps({"question": row["question"], "completions": [rewrite(row["answer"])]}) + "\n")
+
+
 def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
     samples = tmp_path / "refs.jsonl"
-    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(samples, "w") as out:
-        for line in f:
-            row = json.loads(line)
-            out.write(json.dumps({"question": row["question"], "completions": [row["answer"]]}) + "\n")
+    _gsm8k_references(data_dir, samples)
     assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples),
                  "--out", str(tmp_path / "scored")]) == 0
     metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
@@ -113,11 +119,8 @@ def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
 def test_score_warns_when_strict_extraction_finds_no_answers(tmp_path, data_dir, capsys):
     # GSM8K references ending in "A: 26" (as GPT-3's published solutions do) instead of "#### 26"
     samples = tmp_path / "a.jsonl"
-    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(samples, "w") as out:
-        for line in list(f)[:50]:
-            row = json.loads(line)
-            body, answer = row["answer"].split("####")
-            out.write(json.dumps({"question": row["question"], "completions": [body + "A: " + answer.strip()]}) + "\n")
+    # "... A: 26" instead of "... #### 26"
+    _gsm8k_references(data_dir, samples, lambda a: a.split("####")[0] + "A: " + a.split("####")[1].strip(), 50)
     args = ["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples)]
     assert main([*args, "--out", str(tmp_path / "strict")]) == 0
     assert "warning: 100% of completions have no '#### N' answer" in capsys.readouterr().out
@@ -437,10 +440,7 @@ def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys
 
     # GSM8K references: strict and flexible both read the '#### N' line; no reference has a \boxed{}
     refs = tmp_path / "refs.jsonl"
-    with open(data_dir / "gsm8k" / "test.jsonl") as f, open(refs, "w") as out:
-        for line in f:
-            row = json.loads(line)
-            out.write(json.dumps({"question": row["question"], "completions": [row["answer"]]}) + "\n")
+    _gsm8k_references(data_dir, refs)
     assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(refs),
                  "--audit", "--out", str(tmp_path / "a")]) == 0
     audit = json.loads((tmp_path / "a" / "audit.json").read_text())

@@ -119,11 +119,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_dtype(device: str) -> torch.dtype:
-    """float32 on CPU (bf16 matmuls gain little there and cost precision), bfloat16 on CUDA."""
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 PRECISIONS = ("auto", "float32", "bfloat16", "bf16-mixed")
 
 
@@ -133,7 +128,7 @@ def resolve_precision(precision: str, device: str, for_training: bool) -> tuple[
     ``bf16-mixed``: float32 weights (so AdamW's state and every update stay in float32: an update smaller than
     bf16's resolution, 2^-8 of a weight, is kept) and bf16 compute by autocast; ``bfloat16``: the weights
     themselves in bf16 (half the memory; small updates are lost); ``auto``: float32 on CPU, bf16-mixed for
-    training on CUDA and bfloat16 for inference there."""
+    training on CUDA and bfloat16 for inference there (bf16 matmuls gain little on CPU and cost precision)."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if precision == "auto":

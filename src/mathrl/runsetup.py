@@ -87,8 +87,8 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: 
     otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed."""
     from mathrl.models import model_dir as local_dir
 
-    local_dir(model_dir)  # a clear error for a missing directory or an uncached hub id
-    meta = read_meta(model_dir).get("task", {})
+    # resolved once: a clear error for a missing directory or an uncached hub id
+    meta = read_meta(local_dir(model_dir)).get("task", {})
     name = task or meta.get("name")
     if not name:
         raise UsageError(f"{model_dir} records no task; pass --task")
