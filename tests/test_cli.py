@@ -288,6 +288,54 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     assert _changed(sft_model, out / "model")  # LoRA: the merged adapters
 
 
+@pytest.mark.parametrize("command,extra", [
+    ("sft", ["--epochs", "1", "--train-size", "16", "--batch-size", "8", "--eval-size", "0"]),
+    # EI and RCRL retrain from the start each round: from fresh adapters (the references give EI data to learn)
+    ("ei", ["--rounds", "1", "--questions", "4", "-k", "2", "--patience", "0", "--include-references",
+            "--eval-size", "0"]),
+    ("rcrl", ["--questions", "4", "-k", "2", "--eval-size", "0"]),  # the return tokens' embeddings train in full
+    ("orm", ["--questions", "6", "-k", "2", "--epochs", "1", "--batch-size", "4"]),  # and the reward head
+])
+def test_lora_on_every_trainer_changes_the_weights(start, tmp_path, command, extra):
+    out = tmp_path / command
+    argv = ["orm", "train"] if command == "orm" else [command]
+    assert main([*argv, "--model", str(start["sft"]), "--out", str(out), "--lora-rank", "2", "--lora-alpha", "8",
+                 "--lora-targets", "q_proj", "v_proj", "--max-new-tokens", "8", "--threads", "1", *extra]) == 0
+    assert (out / "model" / "config.json").is_file()  # merged weights: an ordinary model directory
+    before, after = _weights(start["sft"]), _weights(out / "model")
+    assert _changed(start["sft"], out / "model")
+    # only the targeted projections (and, in RCRL and the ORM, what trains in full beside them) moved
+    moved = {k.split(".")[-2] for k in before if k in after and before[k].shape == after[k].shape
+             and not torch.equal(before[k], after[k])}
+    assert moved == {"q_proj", "v_proj"}, moved
+
+
+def test_lora_adapters_alone_are_saved_resumed_and_loaded_onto_the_start_model(start, tmp_path):
+    from mathrl import checkpoint as ckpt
+    from mathrl.models import apply_lora, load_model
+    from mathrl.settings import Lora
+
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(start["sft"]), "--out", str(out), "--epochs", "1", "--train-size", "16",
+                 "--batch-size", "8", "--eval-size", "0", "--lora-rank", "2", "--no-save-merged",
+                 "--threads", "1"]) == 0
+    adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert not (out / "model" / "config.json").exists() and adapter["base_model_name_or_path"] == str(
+        start["sft"].resolve())
+    # every command loads the directory as the start model with the adapters merged in
+    merged, _ = load_model(str(out / "model"), device="cpu")
+    base, _ = load_model(str(start["sft"]), device="cpu")
+    assert any(not torch.equal(a, b) for a, b in zip(merged.state_dict().values(), base.state_dict().values()))
+    assert main(["eval", "--model", str(out / "model"), "-n", "2", "-k", "1", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "e"), "--threads", "1"]) == 0
+    # a LoRA run's checkpoint holds its adapters, and resuming loads them onto the start model
+    last = ckpt.latest_checkpoint(out)
+    fresh = apply_lora(load_model(str(start["sft"]), device="cpu")[0], Lora(lora_rank=2), start["sft"])
+    ckpt.load_weights_into(fresh, last)
+    merged_again = fresh.merge_and_unload()
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), merged_again.state_dict().values()))
+
+
 def test_mask_truncated_leaves_cut_completions_out_of_the_loss(start, orm_model, tmp_path):
     # 2 new tokens: every completion is cut at the limit, so with --mask-truncated no token is in the loss
     args = ["grpo", "--model", str(start["sft"]), "--iterations", "1", "--prompts", "4", "-k", "2", "--batch-size",

@@ -140,3 +140,52 @@ def test_fp32_master_weights_keep_an_update_that_bf16_weights_lose(tiny_model_di
         big = before.float().abs() > 0.01  # where the bf16 spacing (>= 2^-7 x 2^-7 ~ 6e-5) exceeds twice the step
         changed[precision] = float((w.detach() != before)[big].float().mean())
     assert changed["bfloat16"] == 0.0 and changed["bf16-mixed"] == 1.0, changed
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir):
+    """float32, CPU: SFT's loss and PPO's policy forward (which then runs prompt + completion as one sequence, since
+    a checkpointed pass keeps no KV cache) give the losses and gradients of the model without checkpointing."""
+    from mathrl.models import load_model
+    from mathrl.sampler import SamplingParams, sample
+    from mathrl.settings import Compute
+    from mathrl.training import forward_policy, pack_rollouts
+
+    plain, tok = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32, for_training=True)
+    ckpt, _ = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32, for_training=True,
+                         compute=Compute(gradient_checkpointing=True))
+    assert ckpt.mathrl_checkpointing and ckpt.model.layers[0].gradient_checkpointing
+    batch = collate([completion_example([1, 5, 7, 9], [11, 12, 2]), completion_example([3, 4], [6, 8, 10, 2])], 0)
+    rollouts = sample(plain, tok, ["Question: Bob has 3 pens.\nAnswer:", "Question: 1 + 2?\nAnswer:"], 2,
+                      SamplingParams(max_new_tokens=6, seed=1))
+    rb = pack_rollouts(rollouts, tok.pad_token_id)
+    out = {}
+    for name, model in (("plain", plain), ("checkpointed", ckpt)):
+        model.zero_grad()
+        loss, _ = sft_grads(model, [batch], "cpu")
+        logp, _ = forward_policy(model, None, rb, False)
+        (logp * rb.action_mask).sum().backward()  # a policy-gradient-shaped loss through the rollout path
+        out[name] = (loss, logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (l1, lp1, g1), (l2, lp2, g2) = out["plain"], out["checkpointed"]
+    assert l1 == pytest.approx(l2, abs=1e-6)
+    assert torch.allclose(lp1[rb.action_mask], lp2[rb.action_mask], atol=1e-5)
+    assert torch.allclose(lp1[rb.action_mask], rb.old_logprobs[rb.action_mask], atol=1e-4)  # the sampler's, too
+    assert all(torch.allclose(g1[n], g2[n], atol=1e-5) for n in g1), max((g1[n] - g2[n]).abs().max() for n in g1)
+
+
+def test_attention_kernel_and_tiny_default_learning_rate_warning(tiny_model_dir, capsys):
+    from mathrl.algorithms import sft
+    from mathrl.config import build
+    from mathrl.models import load_model
+    from mathrl.reward_model import token_classifier
+    from mathrl.runsetup import warn_tiny_default_lr
+    from mathrl.settings import Compute
+
+    model, _ = load_model(str(tiny_model_dir), device="cpu", compute=Compute(attn_implementation="eager"))
+    assert model.config._attn_implementation == "eager"
+    assert token_classifier(tiny_model_dir, attn_implementation="eager").config._attn_implementation == "eager"
+    big = torch.nn.Linear(4000, 2600)  # 10.4M parameters: above the embedded model's scale
+    warn_tiny_default_lr(build(sft.Config, {}), big)
+    assert "10M-parameter model at --lr 0.003" in capsys.readouterr().out
+    warn_tiny_default_lr(build(sft.Config, {"lr": 2e-5}), big)  # the user's own rate: no warning
+    warn_tiny_default_lr(build(sft.Config, {}), model)  # the embedded model: no warning
+    assert capsys.readouterr().out == ""

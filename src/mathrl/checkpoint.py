@@ -200,6 +200,14 @@ def load_weights_into(model, path: Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(str(f)))
+    if hasattr(model, "peft_config"):
+        # a LoRA run's checkpoint holds the adapters alone (PEFT's save_pretrained); the base is the start model
+        from peft import set_peft_model_state_dict
+
+        unexpected = set_peft_model_state_dict(model, state).unexpected_keys
+        if unexpected:
+            raise RunError(f"checkpoint {path} does not match the adapters (unexpected {unexpected[:3]})")
+        return
     missing, unexpected = distributed.load_full_state_dict(model, state)
     # tied embeddings are saved once: a missing lm_head.weight is expected when it is tied
     missing = [m for m in missing if not (m == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False))]

@@ -12,7 +12,7 @@ from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
 from mathrl.runsetup import few_shot_examples, read_meta, resolve_device, setup_threads, task_of
-from mathrl.settings import Data, Run, Sampling, shots, validate_groups
+from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
 from mathrl.runlog import progress
 from mathrl.tasks import task_from_options
 from mathrl.tasks.answers import grader_audit
@@ -101,20 +101,24 @@ def model_init(cfg: ModelInitConfig) -> None:
 class EvalConfig:
     model: str = field("", "model directory (required)")
     data: Data = group(Data)
+    prompting: Prompting = group(Prompting)
     split: str = field("test", "split to evaluate")
     n: int = field(0, "evaluate the first N problems (0: all)")
     sampling: Sampling = group(Sampling, k=96)  # the K samples for maj@K, pass@K and rerank@K
     k_problems: int = field(0, "draw the K samples for the first N problems only, greedy maj@1 for all (0: all)")
-    shots: int = shots()
+    few_shot: FewShot = group(FewShot)
     calculator: bool = field(False, "insert calculator results after '<<expr=' (GSM8K annotations)")
     orm: str = field("", "reward-model directory for rerank@K")
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     out: str = field("", "directory for metrics.json, metrics.md and samples.jsonl (default: MODEL/../eval-SPLIT)")
 
     def validate(self) -> None:
         if not self.model:
             raise UsageError("--model is required")
         validate_groups(self)
+        if self.compute.gradient_checkpointing:
+            raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
         if self.n < 0 or self.k_problems < 0:
             raise UsageError("n and k_problems must be >= 0")
 
@@ -122,19 +126,19 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     setup_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
-    task = task_of(cfg.model, cfg.data)
+    task = task_of(cfg.model, cfg.data, cfg.prompting)
     problems = task.problems(cfg.split)
     if cfg.n:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
-    model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision)
+    model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
     scorer = None
     if cfg.orm:
         from mathrl.reward_model import load_reward_model
 
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
-    shots = few_shot_examples(task, cfg.model, cfg.shots)
+    shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     total = len(problems) + cfg.sampling.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
     bar = progress(total, "eval", "sample")
     results = evaluate(model, tokenizer, task, problems, k=cfg.sampling.k, temperature=cfg.sampling.temperature,

@@ -97,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif origin in (list, tuple):
             item = typing.get_args(tp)[0]
-            parser.add_argument(*flags, type=item, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            # repeatable: `--stop A --stop B` and `--stop A B` both give [A, B]
+            parser.add_argument(*flags, type=item, nargs="+", action="extend", default=argparse.SUPPRESS,
+                                help=help_text)
         else:
             parser.add_argument(*flags, type=tp if tp in (int, float) else str, default=argparse.SUPPRESS,
                                 help=help_text, metavar=f.name.upper(), dest=f.name)

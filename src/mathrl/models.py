@@ -185,31 +185,109 @@ def model_dir(path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
-               for_training: bool = False, precision: str = "auto"):
-    """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``).
+               for_training: bool = False, precision: str = "auto", compute=None):
+    """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``); a
+    directory of LoRA adapters alone (``--no-save-merged``) is loaded onto the base model it names, merged.
 
+    ``compute`` (a ``settings.Compute``): the attention kernel, and gradient checkpointing for training.
     Checks that the tokenizer fits the model's embedding table: a mismatch is an error, not a silent
     out-of-range index at the first rare token.
     """
     from transformers import AutoModelForCausalLM
 
     p = path = model_dir(path)
-    if p.is_dir() and not (p / "config.json").is_file():
+    adapters = (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+    if p.is_dir() and not (p / "config.json").is_file() and not adapters:
         raise UsageError(f"{p}: not a model directory (no config.json)")
     device = device or default_device()
     autocast_dtype = None
     if dtype is None:
         dtype, autocast_dtype = resolve_precision(precision, device, for_training)
     tokenizer = load_tokenizer(path)
+    options = {"attn_implementation": compute.attn_implementation} if compute and compute.attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError) as e:
+        if adapters:
+            model = _merged_adapters(p, dtype, options)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **options)
+    except (OSError, ValueError, ImportError) as e:  # ImportError: an attention kernel that is not installed
         raise UsageError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     check_vocab(model, tokenizer, str(path))
     model.mathrl_autocast = autocast_dtype  # read by models.autocast in every forward pass mathrl makes
+    if compute is not None and compute.gradient_checkpointing:
+        gradient_checkpointing(model, str(path))
     model.to(device)
     model.train(for_training)
     return model, tokenizer
+
+
+def _merged_adapters(path: Path, dtype, options: dict):
+    """The base model an adapter directory names (``base_model_name_or_path``), with the adapters merged in."""
+    from transformers import AutoModelForCausalLM
+
+    peft = _peft(f"{path} holds LoRA adapters")
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{path}: adapter_config.json names no base model (base_model_name_or_path)")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir(base)), dtype=dtype, **options)
+    return peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+
+
+def _peft(why: str):
+    try:
+        import peft
+    except ImportError:
+        raise UsageError(f"{why}: that needs peft (pip install \"mathrl[lora]\")") from None
+    return peft
+
+
+def gradient_checkpointing(model, where: str = "model") -> None:
+    """Recompute each block's activations in the backward pass (``--gradient-checkpointing``). Non-reentrant
+    checkpointing: the reentrant kind needs inputs that require gradients, which frozen LoRA embeddings lack.
+    A training forward pass with checkpointing cannot keep a KV cache (transformers drops it), so
+    ``training.forward_policy`` then runs prompt and completion as one sequence instead of sharing the prompt's
+    cache."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UsageError(f"{where}: {type(model).__name__} does not support gradient checkpointing")
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.x's name; 4.x: gradient_...
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # pragma: no cover - transformers < 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.mathrl_checkpointing = True  # read by training.forward_policy (transformers renames its own flag in 5.x)
+
+
+def apply_lora(model, lora, base: str | os.PathLike, task_type: str = "CAUSAL_LM", trainable_tokens=()):
+    """``model`` with LoRA adapters (a ``settings.Lora``; PEFT) on ``lora.lora_targets``, the rest frozen.
+
+    ``base``: the start model's directory, recorded in the adapters' config so that an adapter directory
+    (``--no-save-merged``) loads onto it. ``task_type`` TOKEN_CLS: a reward model, whose new head trains in full.
+    ``trainable_tokens``: embedding rows trained in full beside the adapters (RCRL's new return tokens, which no
+    adapter could give a meaning). A target that matches no module of the model is a one-line error."""
+    peft = _peft("--lora-rank")
+    targets = lora.lora_targets[0] if list(lora.lora_targets) == ["all-linear"] else list(lora.lora_targets)
+    extra = {"trainable_token_indices": list(trainable_tokens)} if trainable_tokens else {}
+    if task_type == "TOKEN_CLS":  # a reward model's new head trains in full, and gets no adapter of its own
+        heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), torch.nn.Module)]
+        extra.update(modules_to_save=heads, exclude_modules=heads)
+    config = peft.LoraConfig(r=lora.lora_rank, lora_alpha=lora.lora_alpha or 2 * lora.lora_rank, lora_dropout=0.0,
+                             target_modules=targets, task_type=task_type, **extra)
+    try:
+        wrapped = peft.get_peft_model(model, config)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UsageError(f"--lora-targets {' '.join(lora.lora_targets)}: {str(e).splitlines()[0]} (the model's "
+                         f"linear modules: {', '.join(names)})") from None
+    wrapped.peft_config["default"].base_model_name_or_path = str(Path(model_dir(base)).resolve())
+    return wrapped
+
+
+def final_model(model, lora):
+    """What a run writes as OUT/model: the model; after LoRA, the merged weights (the default) or the PEFT model,
+    whose ``save_pretrained`` writes the adapters alone (``--no-save-merged``)."""
+    if not lora.lora_rank or not lora.merged:
+        return model
+    return model.merge_and_unload()
 
 
 def check_vocab(model, tokenizer, where: str = "model") -> None:

@@ -26,6 +26,7 @@ import torch
 
 from mathrl.errors import UsageError
 from mathrl.models import autocast
+from mathrl.tasks.prompting import completion_text
 
 
 def _trunk_class():
@@ -36,6 +37,7 @@ def _trunk_class():
         """A causal LM's trunk with a linear head on its last hidden state: logits (B, T, num_labels)."""
 
         base_model_prefix = "model"  # a causal-LM checkpoint's "model.*" weights load into the trunk
+        supports_gradient_checkpointing = True  # the trunk's blocks checkpoint themselves
 
         def __init__(self, config):
             super().__init__(config)
@@ -56,12 +58,16 @@ def _trunk_class():
     return TrunkForTokenClassification
 
 
-def token_classifier(path, num_labels: int = 1):
+def token_classifier(path, num_labels: int = 1, attn_implementation: str = ""):
     """A token classifier initialised from (or saved as) the model directory ``path``: transformers' own class
     where the architecture has one, else ``TrunkForTokenClassification``."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    config = AutoConfig.from_pretrained(str(path), num_labels=num_labels)
+    if not (Path(path) / "config.json").is_file():
+        raise UsageError(f"{path}: no config.json (a directory of LoRA adapters alone? a reward model starts from "
+                         "full weights: save the policy with its adapters merged)")
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    config = AutoConfig.from_pretrained(str(path), num_labels=num_labels, **options)
     if "TrunkForTokenClassification" in (config.architectures or []):
         return _trunk_class().from_pretrained(str(path), config=config)
     try:
@@ -90,7 +96,8 @@ class RewardModel:
         self.model.eval()
         out = []
         prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        comp_ids = self.tokenizer([" " + c.strip() for c in completions], add_special_tokens=False)["input_ids"]
+        comp_ids = self.tokenizer([completion_text(p, c) for p, c in zip(prompts, completions)],
+                                  add_special_tokens=False)["input_ids"]
         order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(comp_ids[i]))
         results = [None] * len(prompts)
         pad = self.tokenizer.pad_token_id

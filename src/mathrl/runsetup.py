@@ -2,8 +2,9 @@
 seeds and RNG state, the task recorded with a model and its few-shot examples, model metadata).
 
 ``mathrl.json`` beside a model's weights records what mathrl knows about it: the task it was trained for (so
-``mathrl eval --model DIR`` needs no --task), the stage that produced it, and how many few-shot examples its
-prompts need (2 for the pretrained checkpoint, 0 after SFT).
+``mathrl eval --model DIR`` needs no --task), the stage that produced it, how many few-shot examples its
+prompts need (2 for the pretrained checkpoint, 0 after SFT) and which (``exemplars``), and the prompt format
+(``prompting``: chat template, system prompt, prompt template, stop strings) when it is not the plain one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import torch
 from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
 from mathrl.errors import UsageError
+from mathrl.settings import read_template
 from mathrl.tasks import recorded_level, task_from_options
+from mathrl.tasks.exemplars import exemplars as exemplar_problems
+from mathrl.tasks.prompting import PromptFormat, with_format
 
 
 def prepare_run_dir(out: str, resume: bool) -> Path:
@@ -81,7 +85,8 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: dict | None = None):
+def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: dict | None = None,
+                   prompting=None):
     """The task a command should use: explicit options, else those recorded with the model. For a model mathrl
     did not train (no task recorded), gsm8k/svamp answers are read with flexible extraction unless --extract says
     otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed."""
@@ -104,13 +109,86 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: 
     surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
     if name.startswith("jsonl:") and meta.get("name") == name and not any((fields or {}).values()):
         fields = {k: meta.get(k) for k in ("question_field", "answer_field", "solution_field")}
-    return task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface, fields=fields)
+    task = task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface, fields=fields)
+    return formatted_task(task, model_dir, prompting)
 
 
-def few_shot_examples(task, model_dir: str, shots: int):
+def prompt_format(model: str | None, prompting=None) -> PromptFormat:
+    """The prompt format a command uses: its flags (a ``settings.Prompting``; None: none given), each one not given
+    taken from what the model records (mathrl.json ``prompting``; nothing recorded: the plain format)."""
+    recorded = PromptFormat.from_meta(read_meta(model).get("prompting", {}) if model else {})
+    if prompting is None:
+        return recorded
+    if prompting.prompt_template is None:
+        template = recorded.template
+    else:  # '' asks for no template, whatever the model records
+        template = read_template(prompting.prompt_template) if prompting.prompt_template else ""
+    pick = lambda given, kept: kept if given is None else given  # noqa: E731
+    return PromptFormat(chat_template=pick(prompting.chat_template, recorded.chat_template),
+                        system_prompt=pick(prompting.system_prompt, recorded.system_prompt), template=template,
+                        stop=tuple(pick(prompting.stop, recorded.stop)))
+
+
+def formatted_task(task, model: str | None, prompting=None):
+    """``task`` prompted in the format the command asks for or the model records (``prompt_format``); a chat
+    template is the tokenizer's of ``model``."""
+    fmt = prompt_format(model, prompting)
+    return with_format(task, fmt, chat_renderer(model) if fmt.chat_template else None)
+
+
+def chat_renderer(model: str | None):
+    """messages -> the prompt text by ``model``'s tokenizer's chat template, with the generation prompt (the
+    assistant's turn starts where the completion starts). Special tokens in it (a BOS, ``<|im_start|>``) stay text
+    here; prompts are tokenized with ``add_special_tokens=False``, which reads them back as their single ids, so
+    no BOS is added twice."""
+    from mathrl.models import load_tokenizer, model_dir
+
+    if not model:
+        raise UsageError("--chat-template needs --model: the chat template is the model's tokenizer's")
+    tokenizer = load_tokenizer(model_dir(model))
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError(f"{model}: --chat-template, but its tokenizer has no chat template (a base model? use "
+                         "--prompt-template FILE instead)")
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render
+
+
+def recorded_shots(model_dir: str) -> dict:
+    """The few-shot settings ``model_dir`` records (``shots``, and ``exemplars`` when it names them), for a model
+    trained from it that is prompted the same way."""
+    meta = read_meta(model_dir)
+    return {"shots": meta.get("shots", 0), **({"exemplars": meta["exemplars"]} if "exemplars" in meta else {})}
+
+
+# Above this many parameters a model is not the embedded default, whose learning rates the commands' defaults are
+TINY_MODEL_PARAMETERS = 10_000_000
+
+
+def warn_tiny_default_lr(cfg, model) -> None:
+    """One line when a model of more than ``TINY_MODEL_PARAMETERS`` parameters is to be trained at the command's
+    default learning rate, which was tuned for the 0.7M-parameter embedded model (SFT 3e-3, PPO 1e-4): a 0.5B-7B
+    model diverges or forgets at such rates (docs/algorithms.md, "Real models", has rates that fit them).
+    A rate the user gives that equals the default is taken as the default."""
+    from mathrl.config import leaves
+    from mathrl.models import count_parameters
+
+    default = next(d for _, f, d, _ in leaves(type(cfg)) if f.name == "lr")
+    n = count_parameters(model)
+    if n > TINY_MODEL_PARAMETERS and cfg.optim.lr == default and distributed.is_main():
+        print(f"warning: a {n / 1e6:.0f}M-parameter model at --lr {default:g}, this command's default for the 0.7M "
+              "embedded model; real models want far smaller rates (docs/algorithms.md, 'Real models')")
+
+
+def few_shot_examples(task, model_dir: str, shots: int, exemplars: str = ""):
+    """The few-shot examples of the prompts: ``shots`` of them (-1: as many as the model records) from
+    ``exemplars`` (``tasks.exemplars``; '': the model's recorded source, else the train split)."""
+    meta = read_meta(model_dir)
     if shots < 0:
-        shots = int(read_meta(model_dir).get("shots", 0))
-    return task.problems("train")[:shots]
+        shots = int(meta.get("shots", 0))
+    return exemplar_problems(exemplars or meta.get("exemplars", "train"), task, shots)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,6 +253,6 @@ def start_run(out: str, resume: bool, run) -> RunContext:
     return RunContext(run_dir, device, threads)
 
 
-def task_of(model_dir: str, data):
-    """``task_for_model`` with a ``settings.Data`` group."""
-    return task_for_model(model_dir, data.task, data.level, data.data_dir, data.extract, data.fields())
+def task_of(model_dir: str, data, prompting=None):
+    """``task_for_model`` with a ``settings.Data`` group and a ``settings.Prompting`` group."""
+    return task_for_model(model_dir, data.task, data.level, data.data_dir, data.extract, data.fields(), prompting)

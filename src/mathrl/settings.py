@@ -4,9 +4,13 @@ setting has one name and one help text in every command (``--lr``, ``--micro-bat
 Where a command needs another default (SFT's learning rate is not PPO's), it says so where it composes the group,
 and ``--help`` shows it.
 
-Groups: ``Run`` (seed, threads, device, precision), ``Data`` (which task, by default the one recorded with the model), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Sampling``
-(collecting rollouts), ``Evaluation`` (the in-run evaluations), ``Rounds`` (the fine-tuning inside each round of EI and RCRL). Single settings that several commands share
-without the rest of a group (``shots``, ``resume``, ``max_new_tokens``...) are field factories here.
+Groups: ``Run`` (seed, threads, device, precision), ``Compute`` (gradient checkpointing, attention kernel),
+``Data`` (which task, by default the one recorded with the model), ``Prompting`` (chat template, system prompt,
+prompt template, stop strings; by default those recorded with the model), ``FewShot`` (how many few-shot examples
+and which), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Lora`` (adapters
+instead of full fine-tuning), ``Sampling`` (collecting rollouts), ``Evaluation`` (the in-run evaluations),
+``Rounds`` (the fine-tuning inside each round of EI and RCRL). Single settings that several commands share without
+the rest of a group (``resume``, ``max_new_tokens``...) are field factories here.
 """
 
 from __future__ import annotations
@@ -49,6 +53,25 @@ class Run:
             raise UsageError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
 
 
+ATTENTION_KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class Compute:
+    """How the models a command trains are run: memory and speed, never the result (beyond float rounding)."""
+
+    gradient_checkpointing: bool = field(False, "recompute each block's activations in the backward pass instead "
+                                                "of keeping them (less memory, about a third more compute; "
+                                                "training commands)")
+    attn_implementation: str = field("", "attention kernel of the models a command loads: "
+                                         + ", ".join(ATTENTION_KERNELS) + " (default: transformers' choice)")
+
+    def validate(self) -> None:
+        if self.attn_implementation and self.attn_implementation not in ATTENTION_KERNELS:
+            raise UsageError(f"unknown attn_implementation {self.attn_implementation!r} (known: "
+                             f"{', '.join(ATTENTION_KERNELS)})")
+
+
 @dataclass
 class Data:
     task: str = field("", "task: synthetic, gsm8k, svamp or jsonl:PATH (your own file or directory of "
@@ -65,6 +88,41 @@ class Data:
     def fields(self) -> dict:
         return {"question_field": self.question_field, "answer_field": self.answer_field,
                 "solution_field": self.solution_field}
+
+
+@dataclass
+class Prompting:
+    """How questions become prompts (``tasks/prompting.py``). Each setting not given is the one recorded with the
+    model (mathrl.json ``prompting``), and every model a command writes records the ones it used."""
+
+    chat_template: bool | None = field(None, "format prompts with the tokenizer's own chat template: the question "
+                                             "is the user's turn, the completion the assistant's (default: as "
+                                             "recorded with the model, else off)")
+    system_prompt: str | None = field(None, "a system message (with --chat-template), else the prompts' first "
+                                            "paragraph (default: as recorded with the model, else none)")
+    prompt_template: str | None = field(None, "a text file whose {question} is replaced by the question: the "
+                                              "user's turn, or the prompt; few-shot examples take the same format "
+                                              "(default: as recorded with the model; '': none)")
+    stop: list[str] | None = field(None, "a stop string beyond the task's own; repeat the flag for more "
+                                         "(default: as recorded with the model, else none)")
+
+    def validate(self) -> None:
+        from mathrl.tasks.prompting import check_stop, check_template
+
+        if self.stop is not None:
+            check_stop(self.stop)
+        if self.prompt_template:
+            check_template(read_template(self.prompt_template), f"--prompt-template {self.prompt_template}")
+
+
+def read_template(path: str) -> str:
+    """The text of a prompt-template file (one line for a missing or unreadable one)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--prompt-template {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
 
 
 @dataclass
@@ -142,6 +200,53 @@ class Rounds:
 
 def shots():
     return field(-1, "few-shot examples in prompts (-1: as recorded with the model)")
+
+
+@dataclass
+class FewShot:
+    """The solved examples a prompt carries before its question."""
+
+    shots: int = shots()
+    exemplars: str = field("", "which examples: train (the first --shots problems of the train split) or wei2022 "
+                               "(the 8 GSM8K chain-of-thought exemplars of Wei et al. 2022, solutions ending in "
+                               "'#### N') (default: as recorded with the model, else train)")
+
+    def validate(self) -> None:
+        from mathrl.tasks.exemplars import EXEMPLARS
+
+        if self.exemplars and self.exemplars not in EXEMPLARS:
+            raise UsageError(f"unknown exemplars {self.exemplars!r} (known: {', '.join(EXEMPLARS)})")
+
+
+@dataclass
+class Lora:
+    """LoRA adapters (PEFT) instead of full fine-tuning."""
+
+    lora_rank: int = field(0, "LoRA rank through PEFT (0: full fine-tuning)")
+    lora_alpha: float = field(0.0, "LoRA alpha: adapters are scaled by alpha / rank (0: 2 x rank)")
+    lora_targets: list[str] = field(["all-linear"], "modules that get adapters: all-linear (every linear layer "
+                                                    "but the output head) or module names (q_proj v_proj ...)")
+    save_merged: bool | None = field(None, "LoRA runs: write OUT/model as full weights with the adapters merged "
+                                           "(the default), or with --no-save-merged the adapters alone (PEFT "
+                                           "format; mathrl commands load them onto the start model)")
+
+    def validate(self) -> None:
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise UsageError("lora_rank and lora_alpha must be >= 0")
+        if self.lora_rank and not self.lora_targets:
+            raise UsageError("--lora-targets: name at least one module (or all-linear)")
+        if not self.lora_rank and self.save_merged is not None:
+            raise UsageError("--save-merged / --no-save-merged apply to LoRA runs (--lora-rank > 0)")
+
+    @property
+    def merged(self) -> bool:
+        return self.save_merged is not False
+
+
+def no_lora_with_fsdp(lora: Lora, fsdp: bool) -> None:
+    if fsdp and lora.lora_rank:
+        raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
+                         "anyway); use one or the other")
 
 
 def validate_groups(cfg) -> None:

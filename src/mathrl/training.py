@@ -342,7 +342,30 @@ def forward_policy(model, head, batch: RolloutBatch, with_values: bool, device="
     prompt + completion (tests/test_training.py checks log-probs and gradients).
     """
     with autocast(model):
+        if getattr(model, "mathrl_checkpointing", False) and model.training and torch.is_grad_enabled():
+            return _forward_policy_whole(model, head, batch, with_values, device)
         return _forward_policy(model, head, batch, with_values, device)
+
+
+def _forward_policy_whole(model, head, batch: RolloutBatch, with_values: bool, device):
+    """``forward_policy`` by one pass over each row's prompt + completion, without a shared prompt cache: a
+    checkpointed training pass cannot keep a KV cache (transformers drops it so that the recomputation in the
+    backward pass does not write it twice), so gradient checkpointing pays the prompt once per completion."""
+    rows = batch.prompt_of.to(device)
+    pids = batch.prompt_ids.to(device).index_select(0, rows)  # (N, Lp) left-padded
+    pmask = batch.prompt_mask.to(device).index_select(0, rows)
+    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
+    attention = torch.cat([pmask, cmask.long()], dim=-1)  # (N, Lp + C)
+    c = cids.shape[1]
+    # the logits of the last C + 1 positions: the prompt's last token predicts completion token 0
+    out = model(input_ids=torch.cat([pids, cids], dim=-1), attention_mask=attention,
+                position_ids=(attention.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=c + 1,
+                output_hidden_states=with_values)
+    logits = out.logits[:, :-1].float()  # (N, C, V)
+    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if not with_values:
+        return logprobs, None
+    return logprobs, head(out.hidden_states[-1][:, -c - 1 : -1])
 
 
 def _forward_policy(model, head, batch: RolloutBatch, with_values: bool, device):
@@ -465,6 +488,27 @@ def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *
     except FloatingPointError as e:
         raise ckpt.divergence_error(run_dir, st.ft_step, str(e)) from None
     bar.close()
+
+
+def snapshot(model) -> dict:
+    """A copy of the weights that training changes, to restart from (EI and RCRL fine-tune from the initial
+    weights each round): every weight (this rank's shards under FSDP), or with LoRA the adapters alone (the
+    base stays frozen; copying it would double the memory of a large model)."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def restore(model, weights: dict) -> None:
+    """Load a ``snapshot`` back."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        model.load_state_dict(weights)
 
 
 def resume_round_run(last, policy, from_dict, optim):

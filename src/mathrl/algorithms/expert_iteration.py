@@ -31,17 +31,19 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp, resume, shots, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
+    no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
-from mathrl.models import load_model
+from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
-from mathrl.runsetup import few_shot_examples, read_meta, start_run, task_of, write_meta
+from mathrl.runsetup import few_shot_examples, recorded_shots, start_run, task_of, warn_tiny_default_lr, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams, completion_stats, sample
 from mathrl.tasks import task_options
-from mathrl.training import completion_example, fine_tune_round, make_optimizer, resume_round_run, \
-    round_total_steps, save_round_run
+from mathrl.tasks.prompting import completion_text, prompt_record
+from mathrl.training import completion_example, fine_tune_round, make_optimizer, restore, resume_round_run, \
+    round_total_steps, save_round_run, snapshot
 
 
 @dataclass
@@ -49,12 +51,13 @@ class Config:
     model: str = field("", "starting checkpoint: an SFT model, or a pretrained one (few-shot prompted) (required)")
     out: str = field("runs/ei", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
+    prompting: Prompting = group(Prompting)
     rounds: int = field(3, "maximum number of rounds")
     patience: int = field(2, "stop after this many rounds without a dev maj@1 improvement (0: never)")
     patience_size: int = field(200, "dev problems whose greedy maj@1 decides early stopping (patience)")
     questions: int = field(4000, "training questions per round (0: the whole train split)")
     sampling: Sampling = group(Sampling)  # k: the paper's efficient setting is 4
-    shots: int = shots()
+    few_shot: FewShot = group(FewShot)  # while the policy is the start model (zero-shot after its first round)
     reward: str = field("sparse", "filter: sparse (answer correct), verified (answer and steps), orm, or "
                                   "module:function (your own, TRL's signature)")
     orm: str = field("", "reward-model directory (reward orm)")
@@ -63,14 +66,17 @@ class Config:
     retrain_from: str = field("initial", "initial (ReST-EM: fine-tune the start model each round) or last")
     rounds_ft: Rounds = group(Rounds)
     optim: Optim = group(Optim)
+    lora: Lora = group(Lora)  # retrain_from initial: each round's fine-tuning starts from fresh adapters
     eval: Evaluation = group(Evaluation)
     fsdp: bool = fsdp()
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     resume: bool = resume()
 
     def validate(self) -> None:
         validate_groups(self)
         self.sampling.require_samples()
+        no_lora_with_fsdp(self.lora, self.fsdp)
         if not self.model:
             raise UsageError("--model is required (an SFT or pretrained model directory)")
         if is_user_reward(self.reward):
@@ -119,18 +125,22 @@ class EIState:
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data)
+    task = task_of(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
+                                   compute=cfg.compute)
+    warn_tiny_default_lr(cfg, policy)
+    if cfg.lora.lora_rank:
+        policy = apply_lora(policy, cfg.lora, cfg.model)
     if cfg.fsdp:
         distributed.shard_model(policy)
-    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP
+    initial_weights = snapshot(policy)
     scorer = None
     if cfg.reward == "orm":
         from mathrl.reward_model import load_reward_model
 
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
-    start_shots = few_shot_examples(task, cfg.model, cfg.shots)
+    start_shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     questions = task.problems("train")[: cfg.questions or None]
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     # early stopping decides on dev problems, never on the test split the curves report
@@ -165,7 +175,7 @@ def train(cfg: Config) -> Path:
                                       start_shots if st.policy_is_start else [], st))
             st.phase, st.ft_step, optimizer = "learn", 0, None
             if cfg.retrain_from == "initial":
-                policy.load_state_dict(initial_weights)
+                restore(policy, initial_weights)
             save(ckpt.round_tag(st.round))
 
         if st.phase == "learn":
@@ -202,9 +212,10 @@ def train(cfg: Config) -> Path:
                 break
     logger.close()
     model_dir = run_dir / "model"
-    ckpt.save_model_dir(policy, tokenizer, model_dir)
-    shots_recorded = read_meta(cfg.model).get("shots", 0) if st.policy_is_start else 0
-    write_meta(model_dir, task=task_options(task), stage="ei", shots=shots_recorded, base=cfg.model)
+    ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
+    shots_recorded = recorded_shots(cfg.model) if st.policy_is_start else {"shots": 0}
+    write_meta(model_dir, task=task_options(task), stage="ei", **shots_recorded, **prompt_record(task),
+               base=cfg.model)
     write_history(run_dir, st.history, cfg.eval.eval_k, "Expert Iteration")
     print(f"EI policy written to {model_dir}")
     return model_dir
@@ -271,8 +282,10 @@ def dev_maj1(policy, tokenizer, task, problems, cfg: Config, shots) -> float:
 def _examples(task, tokenizer, items, eos):
     if not items:
         return []
-    prompts = tokenizer([task.prompt(p) for p, _ in items], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([" " + t.strip() for _, t in items], add_special_tokens=False)["input_ids"]
+    texts = [task.prompt(p) for p, _ in items]
+    prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    completions = tokenizer([completion_text(pt, t) for pt, (_, t) in zip(texts, items)],
+                            add_special_tokens=False)["input_ids"]
     return [completion_example(p, c + [eos]) for p, c in zip(prompts, completions)]
 
 

@@ -25,14 +25,17 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Optim, Run, Sampling, fsdp, resume, validate_groups
+from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, no_lora_with_fsdp, resume, \
+    validate_groups
 from mathrl.metrics import auc
-from mathrl.models import load_model, model_dir as local_model_dir
+from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model, model_dir as local_model_dir
 from mathrl.reward_model import RewardModel, token_classifier
-from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, write_meta
+from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, warn_tiny_default_lr, \
+    write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
+from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import Example, make_optimizer, train_steps
 
 
@@ -41,6 +44,7 @@ class Config:
     model: str = field("", "policy model directory whose samples are labelled (required)")
     out: str = field("runs/orm", "run directory (the reward model is written to OUT/model)")
     data: Data = group(Data)
+    prompting: Prompting = group(Prompting)
     stepwise: bool = field(False, "train a stepwise ORM (SORM) with rollout-estimated step labels")
     questions: int = field(2000, "training questions to sample from")
     sampling: Sampling = group(Sampling)
@@ -51,14 +55,20 @@ class Config:
     heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
     epochs: float = field(2.0, "passes over the labelled samples")
     optim: Optim = group(Optim)
+    lora: Lora = group(Lora)  # adapters on the trunk; the new scalar head trains in full
     fsdp: bool = fsdp()
     checkpoint_every: int = field(100, "optimizer steps between checkpoints")
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     resume: bool = resume()
 
     def validate(self) -> None:
         validate_groups(self)
         self.sampling.require_samples()
+        no_lora_with_fsdp(self.lora, self.fsdp)
+        if self.lora.save_merged is False:
+            raise UsageError("--no-save-merged: a reward model is saved with its adapters merged (its new head has "
+                             "no base model to go onto)")
         if not self.model:
             raise UsageError("--model is required (the policy whose samples the reward model judges)")
         if self.questions < 2 or self.m < 1:
@@ -95,9 +105,9 @@ def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data)
+    task = task_of(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision)
+    policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
     shots = few_shot_examples(task, cfg.model, -1)
     questions = task.problems("train")[: cfg.questions]
     n_held = max(1, int(len(questions) * cfg.heldout))
@@ -151,8 +161,14 @@ def train(cfg: Config) -> Path:
         raise UsageError("no labelled training samples")
 
     # step 3: learn a per-token classifier initialised from the policy
-    model = token_classifier(local_model_dir(cfg.model)).to(device)
+    model = token_classifier(local_model_dir(cfg.model), attn_implementation=cfg.compute.attn_implementation)
+    model.to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
+    warn_tiny_default_lr(cfg, model)
+    if cfg.compute.gradient_checkpointing:
+        gradient_checkpointing(model, cfg.model)
+    if cfg.lora.lora_rank:
+        model = apply_lora(model, cfg.lora, cfg.model, task_type="TOKEN_CLS")
     if cfg.fsdp:
         distributed.shard_model(model)
     optimizer = make_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
@@ -194,8 +210,9 @@ def train(cfg: Config) -> Path:
     logger.log(total, **{k: v for k, v in report.items() if isinstance(v, (int, float))})
     logger.close()
     model_dir = run_dir / "model"
-    ckpt.save_model_dir(model, tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, policy=cfg.model)
+    ckpt.save_model_dir(final_model(model, cfg.lora), tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, **prompt_record(task),
+               policy=cfg.model)
     within = report.get("auc_within_question", float("nan"))
     print(f"{rm.kind}: held-out AUC {report['auc']:.3f} (within a question's samples {within:.3f})"
           + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
@@ -204,9 +221,10 @@ def train(cfg: Config) -> Path:
 
 
 def _example(task, tokenizer, problem, record: "Judged", shots) -> Example:
-    prompt_ids = tokenizer(task.prompt(problem, shots), add_special_tokens=False)["input_ids"]
+    prompt = task.prompt(problem, shots)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     final = float(record.correct)
-    text = " " + record.text.strip()
+    text = completion_text(prompt, record.text)
     spans = task.step_spans(text)
     step_labels = record.step_labels or [final] * len(spans)
     comp_ids, labels = _labels_per_token(tokenizer, text, spans, step_labels, final)
@@ -224,7 +242,7 @@ def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Conf
     prefix_prompts, owners = [], []
     for i in chosen:
         r = records[i]
-        text = " " + r.text.strip()
+        text = completion_text(prompts[r.prompt_index], r.text)
         spans = task.step_spans(text)
         r.step_labels = [float(r.correct)] * len(spans)
         for j, (_, end) in enumerate(spans[:-1]):  # the last step's label is the sample's own outcome
@@ -241,7 +259,7 @@ def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Conf
     bar.close()
     for n, (i, j) in enumerate(owners):
         r = records[i]
-        text = " " + r.text.strip()
+        text = completion_text(prompts[r.prompt_index], r.text)
         end = task.step_spans(text)[j][1]
         problem = questions[r.prompt_index]
         good = any(task.grade(problem, text[: end + 1] + c.text).correct for c in conts[n * cfg.m : (n + 1) * cfg.m])
@@ -267,8 +285,8 @@ def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
     report["auc_within_question"] = sum(within) / len(within) if within else float("nan")
     if any(r.first_error is not None for r in records):
         tp = fp = fn = 0
-        for (ids, p), r, problem in zip(probs, records, problems):
-            text = " " + r.text.strip()
+        for (ids, p), r, prompt in zip(probs, records, prompts):
+            text = completion_text(prompt, r.text)
             spans = task.step_spans(text)
             step_probs = _step_end_probs(rm.tokenizer, text, spans, p)
             first_error = r.first_error

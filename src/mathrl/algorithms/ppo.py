@@ -45,13 +45,16 @@ from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss, value_loss
-from mathrl.models import load_model
+from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, overlong_penalty, user_reward
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.runsetup import few_shot_examples, read_meta, rng_state, set_rng_state, start_run, task_of, write_meta
+from mathrl.runsetup import few_shot_examples, recorded_shots, rng_state, set_rng_state, start_run, task_of, \
+    warn_tiny_default_lr, write_meta
 from mathrl.sampler import SamplingParams, completion_stats, sample
-from mathrl.settings import Data, Evaluation, Optim, Run, Sampling, fsdp, resume, shots, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, \
+    no_lora_with_fsdp, resume, validate_groups
 from mathrl.tasks import task_options
+from mathrl.tasks.prompting import prompt_record
 from mathrl.training import RolloutBatch, clip_and_step, forward_policy, lr_at, make_optimizer, pack_rollouts, \
     set_lr, split_micro
 
@@ -61,6 +64,7 @@ class Config:
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
+    prompting: Prompting = group(Prompting)
     advantage: str = field("gae", "gae (PPO with a value head), grpo or rloo (group baselines, no critic)")
     reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
                                   "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
@@ -69,7 +73,7 @@ class Config:
     iterations: int = field(40, "rollout batches")
     prompts: int = field(64, "prompts per rollout batch")
     sampling: Sampling = group(Sampling)  # k: the group size for grpo/rloo (>= 2)
-    shots: int = shots()
+    few_shot: FewShot = group(FewShot)
     ppo_epochs: int = field(2, "passes over each rollout batch")
     # batch_size: rollouts per optimizer step (a minibatch); constant learning rate after warmup by default
     optim: Optim = group(Optim, lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
@@ -96,17 +100,19 @@ class Config:
     kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
     skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same return")
-    lora_rank: int = field(0, "LoRA rank through PEFT (0: full fine-tuning); the reference is the frozen base")
+    lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
     fsdp: bool = fsdp()
     eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
     eval: Evaluation = group(Evaluation)
     checkpoint_every: int = field(5, "iterations between checkpoints")
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     resume: bool = resume()
 
     def validate(self) -> None:
         validate_groups(self)
         self.sampling.require_samples()
+        no_lora_with_fsdp(self.lora, self.fsdp)
         if not self.model:
             raise UsageError("--model is required (the starting policy)")
         if self.advantage not in ("gae", "grpo", "rloo"):
@@ -127,9 +133,6 @@ class Config:
         for name in ("iterations", "prompts", "ppo_epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
-        if self.fsdp and self.lora_rank:
-            raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
-                             "anyway); use one or the other")
         if self.policy_loss not in POLICY_LOSSES or self.loss_aggregation not in AGGREGATIONS:
             raise UsageError(f"policy_loss must be one of {', '.join(POLICY_LOSSES)} and loss_aggregation one of "
                              f"{', '.join(AGGREGATIONS)}")
@@ -225,16 +228,15 @@ class Models:
 
 
 def build_models(cfg: Config, device: str) -> tuple[Models, object]:
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
+                                   compute=cfg.compute)
+    warn_tiny_default_lr(cfg, policy)
     # GRPO/RLOO without a KL term need no reference model (as TRL with beta=0): no copy in memory, no extra
     # forward pass per iteration; the KL is then not measured and kl_bound does not apply
     use_reference = cfg.advantage == "gae" or cfg.kl_coef > 0 or cfg.kl_target > 0
     reference = None
-    if cfg.lora_rank:
-        from peft import LoraConfig, get_peft_model
-
-        policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
-                                                   target_modules="all-linear", task_type="CAUSAL_LM"))
+    if cfg.lora.lora_rank:
+        policy = apply_lora(policy, cfg.lora, cfg.model)
     elif use_reference:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
@@ -252,7 +254,7 @@ def build_models(cfg: Config, device: str) -> tuple[Models, object]:
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data)
+    task = task_of(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
     m, tokenizer = build_models(cfg, device)
     policy, head = m.policy, m.head
@@ -264,7 +266,7 @@ def train(cfg: Config) -> Path:
         from mathrl.reward_model import load_reward_model
 
         scorer = load_reward_model(cfg.orm, tokenizer, device=device)
-    shots = few_shot_examples(task, cfg.model, cfg.shots)
+    shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     questions = task.problems("train")
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
 
@@ -272,10 +274,7 @@ def train(cfg: Config) -> Path:
     last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     if last is not None:
         saved = ckpt.load_state(last)
-        if cfg.lora_rank:  # the base weights are the start model's; the adapters are in the state
-            policy.load_state_dict(saved["lora"], strict=False)
-        else:
-            ckpt.load_weights_into(policy, last)
+        ckpt.load_weights_into(policy, last)  # with LoRA the adapters (the base weights are the start model's)
         if head is not None:
             head.load_state_dict(saved["value_head"])
         distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
@@ -287,8 +286,6 @@ def train(cfg: Config) -> Path:
     def save() -> None:
         extra = {"optimizer": distributed.optimizer_state(trained, optimizer), "rng": rng_state(),
                  "value_head": head.state_dict() if head is not None else None}
-        if cfg.lora_rank:
-            extra["lora"] = {k: v for k, v in policy.state_dict().items() if "lora_" in k}
         ckpt.save_checkpoint(run_dir, st.iteration, policy, tokenizer, {**st.to_dict(), **extra})
 
     def run_eval() -> dict:
@@ -375,11 +372,11 @@ def train(cfg: Config) -> Path:
     bar.close()
     logger.close()
     model_dir = run_dir / "model"
-    ckpt.save_model_dir(policy.merge_and_unload() if cfg.lora_rank else policy, tokenizer, model_dir)
+    ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
     if head is not None and distributed.is_main():
         torch.save(head.state_dict(), run_dir / "value_head.pt")
-    write_meta(model_dir, task=task_options(task), stage=cfg.advantage, shots=read_meta(cfg.model).get("shots", 0),
-               base=cfg.model)
+    write_meta(model_dir, task=task_options(task), stage=cfg.advantage, **recorded_shots(cfg.model),
+               **prompt_record(task), base=cfg.model)
     write_history(run_dir, st.history, cfg.eval.eval_k, cfg.advantage)
     print(f"{cfg.advantage} policy written to {model_dir}")
     return model_dir

@@ -34,16 +34,18 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Evaluation, Optim, Rounds, Run, Sampling, fsdp, resume, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
+    no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate_in_run
-from mathrl.models import load_model
+from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
-from mathrl.runsetup import start_run, task_of, write_meta
+from mathrl.runsetup import start_run, task_of, warn_tiny_default_lr, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import task_options
-from mathrl.training import Example, fine_tune_round, make_optimizer, resume_round_run, round_total_steps, \
-    save_round_run
+from mathrl.tasks.prompting import completion_text, prompt_record
+from mathrl.training import Example, fine_tune_round, make_optimizer, restore, resume_round_run, round_total_steps, \
+    save_round_run, snapshot
 
 GOOD, BAD = "[GOOD]", "[BAD]"
 
@@ -53,6 +55,7 @@ class Config:
     model: str = field("", "starting checkpoint (an SFT model) (required)")
     out: str = field("runs/rcrl", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
+    prompting: Prompting = group(Prompting)
     returns: str = field("sparse", "sparse (one return token per solution) or dense (one per step)")
     reward: str = field("sparse", "what marks a solution good: sparse (its answer is right) or module:function "
                                   "(your own, TRL's signature: good when its score >= 0.5)")
@@ -66,16 +69,22 @@ class Config:
     include_references: bool = field(True, "also train on the reference solutions, marked good")
     rounds_ft: Rounds = group(Rounds)
     optim: Optim = group(Optim)
+    lora: Lora = group(Lora)  # the return tokens' embeddings train in full beside the adapters
     eval: Evaluation = group(Evaluation)
     fsdp: bool = fsdp()
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     resume: bool = resume()
 
     def validate(self) -> None:
         validate_groups(self)
         self.sampling.require_samples()
+        no_lora_with_fsdp(self.lora, self.fsdp)
         if not self.model:
             raise UsageError("--model is required (an SFT model directory)")
+        if self.lora.save_merged is False:
+            raise UsageError("--no-save-merged: rcrl adds the return tokens to the vocabulary, so its adapters do not "
+                             "fit the start model; its LoRA runs save merged weights")
         if is_user_reward(self.reward):
             user_reward(self.reward)  # import it now: a typo fails before any work
         elif self.reward != "sparse":
@@ -172,13 +181,17 @@ class RCRLState:
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data)
+    task = task_of(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
-    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision)
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
+                                   compute=cfg.compute)
+    warn_tiny_default_lr(cfg, policy)
     good, bad = add_return_tokens(policy, tokenizer)
+    if cfg.lora.lora_rank:
+        policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=(good, bad))
     if cfg.fsdp:
         distributed.shard_model(policy)  # after the return tokens resized the embeddings
-    initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP
+    initial_weights = snapshot(policy)
     how = cfg.step_labels
     if how == "auto":
         how = "exact" if task.name == "synthetic" else "reference"
@@ -220,7 +233,7 @@ def train(cfg: Config) -> Path:
             # (and each step, for dense returns), balance the labels if asked
             st.history.append(collect(cfg, task, policy, tokenizer, questions, good, how, sorm, st))
             st.phase, st.ft_step, optimizer = "learn", 0, None
-            policy.load_state_dict(initial_weights)
+            restore(policy, initial_weights)
             save(ckpt.round_tag(st.round))
 
         if st.phase == "learn":
@@ -247,9 +260,9 @@ def train(cfg: Config) -> Path:
             save(ckpt.round_tag(st.round - 1, done=True))
     logger.close()
     model_dir = run_dir / "model"
-    ckpt.save_model_dir(policy, tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0, base=cfg.model,
-               condition=condition, label_ratio=cfg.label_ratio)
+    ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0, **prompt_record(task),
+               base=cfg.model, condition=condition, label_ratio=cfg.label_ratio)
     write_history(run_dir, st.history, cfg.eval.eval_k, f"RCRL ({cfg.returns})")
     print(f"RCRL policy written to {model_dir}")
     return model_dir
@@ -275,7 +288,7 @@ def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str
                       keys=[p.id for p in questions], progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
-    texts = [" " + r.text.strip() for r in rollouts]
+    texts = [completion_text(prompts[r.prompt_index], r.text) for r in rollouts]
     problems = [questions[r.prompt_index] for r in rollouts]
     # the final return mark: the task's grade (sparse), or the user's reward at 0.5
     goods = [r >= 0.5 for r in outcome_rewards(task, problems, texts, cfg.reward, None,

@@ -20,12 +20,15 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Data, Evaluation, Optim, Run, fsdp, max_new_tokens, resume, token_budget, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, max_new_tokens, \
+    no_lora_with_fsdp, resume, token_budget, validate_groups
 from mathrl.evaluate import append_question_records, evaluate, headline, summarize
-from mathrl.models import SIZES, count_parameters, init_model, load_model
-from mathrl.runsetup import read_meta, rng_state, set_rng_state, start_run, write_meta
+from mathrl.models import SIZES, apply_lora, count_parameters, final_model, init_model, load_model
+from mathrl.runsetup import formatted_task, read_meta, rng_state, set_rng_state, start_run, warn_tiny_default_lr, \
+    write_meta
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import recorded_level, task_from_options, task_options
+from mathrl.tasks.prompting import prompt_record
 from mathrl.training import compiled, completion_example, make_optimizer, train_steps
 
 
@@ -35,10 +38,12 @@ class Config:
     model: str = field("", "initial model directory; empty: a fresh embedded-default model (--size)")
     size: str = field("tiny", "size of a fresh model (when --model is empty)")
     data: Data = group(Data, task="synthetic")
+    prompting: Prompting = group(Prompting)  # the prompts of training and of the dev evaluations
     train_size: int | None = field(None, "synthetic: number of train problems (default 7500)")
     epochs: int = field(3, "passes over the train split")
     # batch_size 16: the tiny model learns per step (16 beat 32 at equal time)
     optim: Optim = group(Optim, lr=3e-3, warmup_steps=100, batch_size=16)
+    lora: Lora = group(Lora)
     whole_sequence_loss: bool = field(False, "loss on prompt tokens too (default: completion tokens only)")
     eval: Evaluation = group(Evaluation, eval_k=32, eval_split="dev")  # after each epoch
     max_new_tokens: int = max_new_tokens()
@@ -49,10 +54,17 @@ class Config:
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     log_every: int = field(20, "optimizer steps between log lines")
     run: Run = group(Run)
+    compute: Compute = group(Compute)
     resume: bool = resume()
 
     def validate(self) -> None:
         validate_groups(self)
+        no_lora_with_fsdp(self.lora, self.fsdp)
+        if self.prompting.chat_template and not self.model:
+            raise UsageError("--chat-template needs --model: the chat template is the model's tokenizer's (a fresh "
+                             "embedded model has none)")
+        if self.lora.lora_rank and not self.model:
+            raise UsageError("--lora-rank needs --model: adapters train on a pretrained model, not a fresh one")
         for name in ("epochs", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
@@ -80,6 +92,7 @@ def train(cfg: Config) -> Path:
         recorded_level(meta.get("task", {})) if cfg.data.task == "synthetic" else None)
     task = task_from_options(cfg.data.task, level=level, data_dir=cfg.data.data_dir, extract=cfg.data.extract,
                              train_size=cfg.train_size, fields=cfg.data.fields())
+    task = formatted_task(task, cfg.model or None, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
 
     model_path = cfg.model
@@ -88,7 +101,11 @@ def train(cfg: Config) -> Path:
         if distributed.is_main() and not (model_path / "config.json").is_file():
             init_model(task, model_path, size=cfg.size, seed=cfg.run.seed)
         distributed.barrier()  # under torchrun, rank 0 writes the initial model and every rank loads it
-    model, tokenizer = load_model(model_path, device=device, for_training=True, precision=cfg.run.precision)
+    model, tokenizer = load_model(model_path, device=device, for_training=True, precision=cfg.run.precision,
+                                  compute=cfg.compute)
+    warn_tiny_default_lr(cfg, model)
+    if cfg.lora.lora_rank:
+        model = apply_lora(model, cfg.lora, model_path)
 
     dev = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     dev_ids = {p.id for p in dev}
@@ -162,8 +179,9 @@ def train(cfg: Config) -> Path:
     bar.close()
     logger.close()
     model_dir = run_dir / "model"
-    ckpt.save_model_dir(model, tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage="sft", shots=0, base=str(cfg.model or "scratch"))
+    ckpt.save_model_dir(final_model(model, cfg.lora), tokenizer, model_dir)
+    write_meta(model_dir, task=task_options(task), stage="sft", shots=0, **prompt_record(task),
+               base=str(cfg.model or "scratch"))
     print(f"SFT model written to {model_dir}")
     return model_dir
 

@@ -1,0 +1,199 @@
+"""Instruct models: chat templates, system prompts, prompt templates, stop strings and the Wei et al. few-shot
+exemplars, on a tiny random Qwen2-architecture model whose tokenizer has a Qwen-style ChatML template."""
+
+import json
+
+import pytest
+import torch
+
+from mathrl.cli import main
+
+CHATML = ("{%- if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+          "{%- endif %}{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}")
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=512)
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(model_dir.glob("*.safetensors"))))
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_model_dir, tmp_path_factory):
+    """A Qwen2 model (embedding table padded beyond the tokenizer, as in Qwen checkpoints) whose tokenizer is the
+    synthetic task's with <|im_start|>/<|im_end|> added and a ChatML template; a jsonl task with other field names;
+    a reward function in a file."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mathrl.models import load_tokenizer
+    from mathrl.tasks import load_task
+
+    root = tmp_path_factory.mktemp("chat")
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"  # as in Qwen2.5-Instruct: the assistant's turn ends the completion
+    tok.chat_template = CHATML
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tok) + 64, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **SMALL)
+    torch.manual_seed(0)
+    model = root / "qwen2-chat"
+    AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    tok.save_pretrained(model)
+    rows = [{"problem": p.question, "final": p.solution} for p in load_task("synthetic", level=2).problems("train")[:40]]
+    data = root / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward = root / "chat_reward.py"
+    reward.write_text(
+        "def reward(prompts, completions, question, **columns):\n"
+        "    # the prompts the policy was sampled on are the chat template's, ending in the assistant's header\n"
+        "    assert all(p.endswith('<|im_start|>assistant\\n') for p in prompts), prompts[0][-40:]\n"
+        "    assert len(question) == len(completions)\n"
+        "    return [len(c) % 3 / 2 for c in completions]  # differs within groups: signal\n")
+    task = ["--task", f"jsonl:{data}", "--question-field", "problem", "--answer-field", "final"]
+    return {"model": model, "data": data, "reward": reward, "task": task, "root": root}
+
+
+def test_qwen2_chat_model_evaluates_and_trains_with_grpo_lora_on_a_jsonl_task_and_reward_function(chat, tmp_path):
+    from mathrl.runsetup import task_of
+    from mathrl.settings import Data
+
+    small = ["--max-new-tokens", "8", "--threads", "1"]
+    assert main(["eval", "--model", str(chat["model"]), *chat["task"], "--chat-template", "-n", "3", "-k", "2",
+                 "--out", str(tmp_path / "eval"), *small]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_questions"] == 3
+    out = tmp_path / "grpo"
+    assert main(["grpo", "--model", str(chat["model"]), *chat["task"], "--chat-template", "--lora-rank", "8",
+                 "--reward", f"{chat['reward']}:reward", "--iterations", "2", "--prompts", "4", "-k", "2",
+                 "--batch-size", "4", "--eval-size", "2", "--eval-k", "2", "--out", str(out), *small]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["rollouts"] == 16 and all(h["zero_signal_fraction"] < 1 for h in history[1:])
+    before, after = _weights(chat["model"]), _weights(out / "model")  # LoRA: the adapters merged into the weights
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((out / "model" / "mathrl.json").read_text())
+    assert meta["prompting"]["chat_template"] is True and meta["task"]["question_field"] == "problem"
+    # the next command prompts the trained model the same way without the flags
+    task = task_of(str(out / "model"), Data())
+    assert task.prompt(task.problems("test")[0]).endswith("<|im_start|>assistant\n")
+
+
+def test_chat_prompts_are_the_templates_conversation_and_the_completion_is_the_assistant_turn(chat):
+    from mathrl.models import load_tokenizer
+    from mathrl.runsetup import task_of
+    from mathrl.settings import Data, Prompting
+
+    data = Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final")
+    task = task_of(str(chat["model"]), data, Prompting(chat_template=True, system_prompt="Be brief.",
+                                                       stop=["\n\nQ:"]))
+    p, shot = task.problems("test")[0], task.problems("train")[0]
+    assert task.prompt(p) == (f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{p.question}<|im_end|>\n"
+                              "<|im_start|>assistant\n")
+    # few-shot examples are earlier turns of the conversation
+    assert task.prompt(p, [shot]) == (
+        f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{shot.question}<|im_end|>\n"
+        f"<|im_start|>assistant\n{shot.solution}<|im_end|>\n<|im_start|>user\n{p.question}<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert task.target(p) == p.solution  # no space after the assistant's header
+    assert task.stop_strings == ("\n\nQuestion:", "\n\nQ:")
+    tok = load_tokenizer(str(chat["model"]))
+    ids = tok(task.prompt(p), add_special_tokens=False)["input_ids"]
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # the markers are single special tokens
+    # without --system-prompt the template's own default system message stays
+    assert task_of(str(chat["model"]), data, Prompting(chat_template=True)).prompt(p).startswith(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+
+
+def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):
+    """Llama-style templates start with the BOS token as text; prompts are tokenized without special tokens, so the
+    sampled prompt and SFT's training sequence hold it exactly once."""
+    import shutil
+
+    from mathrl.algorithms.sft import build_examples
+    from mathrl.models import load_model
+    from mathrl.runsetup import task_of
+    from mathrl.sampler import SamplingParams, sample
+    from mathrl.settings import Data, Prompting
+
+    model_dir = tmp_path / "bos"
+    shutil.copytree(chat["model"], model_dir)
+    (model_dir / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    task = task_of(str(model_dir), Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final"),
+                   Prompting(chat_template=True))
+    model, tok = load_model(str(model_dir), device="cpu", dtype=torch.float32)
+    p = task.problems("train")[0]
+    assert task.prompt(p).startswith(tok.bos_token)
+    rollout = sample(model, tok, [task.prompt(p)], 1, SamplingParams(max_new_tokens=2, seed=0))[0]
+    assert rollout.prompt_ids[0] == tok.bos_token_id and rollout.prompt_ids.count(tok.bos_token_id) == 1
+    example = build_examples(task, tok, [p], whole_sequence=False)[0]
+    assert example.input_ids.count(tok.bos_token_id) == 1
+
+
+def test_prompt_template_system_prompt_and_stop_strings_in_plain_prompts():
+    from mathrl.tasks import load_task
+    from mathrl.tasks.prompting import PromptFormat, completion_text, with_format
+
+    base = load_task("synthetic", level=2)
+    p, s1, s2 = base.problems("test")[0], *base.problems("train")[:2]
+    template = "Solve it; end with \\boxed{{}}.\nQ: {question}\nA:"  # braces other than {question} stay as written
+    task = with_format(base, PromptFormat(template=template, system_prompt="You are careful.", stop=("\n\nQ:",)))
+    user = lambda q: template.replace("{question}", q)  # noqa: E731
+    assert task.prompt(p, [s1, s2]) == ("You are careful.\n\n" + user(s1.question) + " " + s1.solution + "\n\n"
+                                        + user(s2.question) + " " + s2.solution + "\n\n" + user(p.question))
+    assert "\\boxed{{}}" in task.prompt(p) and task.target(p) == " " + p.solution
+    assert task.stop_strings == base.stop_strings + ("\n\nQ:",)
+    # a template that ends its prompt with a newline: the completion starts right after it
+    lined = with_format(base, PromptFormat(template="Problem: {question}\nSolution:\n"))
+    assert lined.target(p) == p.solution and completion_text("A:", " x ") == " x"
+    # grading, steps and options are the task's own
+    assert task.grade(p, p.solution).verified and task.level == base.level and task.name == "synthetic"
+    assert with_format(base, PromptFormat()) is base  # the plain format leaves the task untouched
+
+
+def test_wei2022_exemplars_are_the_eight_cot_examples_and_read_by_strict_extraction(chat):
+    from mathrl.runsetup import few_shot_examples, task_of
+    from mathrl.settings import Data
+    from mathrl.tasks import load_task
+    from mathrl.tasks.exemplars import WEI2022
+    from mathrl.tasks.gsm8k import GSM8KTask
+
+    assert len(WEI2022) == 8 and WEI2022[0].question.startswith("There are 15 trees in the grove")
+    assert [e.question.split()[0] for e in WEI2022] == ["There", "If", "Leah", "Jason", "Shawn", "There", "Michael",
+                                                        "Olivia"]
+    strict = GSM8KTask(extract="strict")
+    assert all(strict.grade(e, e.solution).correct for e in WEI2022)
+    assert [e.answer for e in WEI2022] == ["6", "5", "39", "8", "9", "29", "33", "8"]
+    task = task_of(str(chat["model"]), Data(task=f"jsonl:{chat['data']}", question_field="problem",
+                                            answer_field="final"))
+    shots = few_shot_examples(task, str(chat["model"]), 8, "wei2022")
+    prompt = task.prompt(task.problems("test")[0], shots)
+    assert prompt.count("Question: ") == 9 and "The answer is 8.\n#### 8\n\nQuestion:" in prompt
+    assert few_shot_examples(task, str(chat["model"]), 2, "")[0].id.startswith("mine-")  # the default: train
+    with pytest.raises(Exception, match="has 8 exemplars"):
+        few_shot_examples(task, str(chat["model"]), 9, "wei2022")
+    with pytest.raises(Exception, match="synthetic task"):
+        few_shot_examples(load_task("synthetic"), str(chat["model"]), 2, "wei2022")
+
+
+@pytest.mark.parametrize("make_argv,message", [
+    (lambda c, d: ["eval", "--model", str(d), "--chat-template"], "its tokenizer has no chat template"),
+    (lambda c, d: ["eval", "--model", str(c["model"]), *c["task"], "--prompt-template", str(c["root"] / "bad.txt")],
+     "needs a {question} placeholder"),
+    (lambda c, d: ["eval", "--model", str(d), "--prompt-template", "/nonexistent/template.txt"], "cannot read it"),
+    (lambda c, d: ["grpo", "--model", str(d), "--stop", ""], "a stop string may not be empty"),
+    (lambda c, d: ["grpo", "--model", str(c["model"]), *c["task"], "--lora-rank", "4", "--lora-targets", "qkv_fused",
+                   "--out", str(c["root"] / "bad-lora")], "--lora-targets qkv_fused"),
+    (lambda c, d: ["sft", "--chat-template"], "--chat-template needs --model"),
+    (lambda c, d: ["sft", "--model", str(d), "--no-save-merged"], "apply to LoRA runs"),
+    (lambda c, d: ["rcrl", "--model", str(d), "--lora-rank", "2", "--no-save-merged"], "its LoRA runs save merged"),
+    (lambda c, d: ["eval", "--model", str(d), "--exemplars", "gpt4"], "unknown exemplars 'gpt4'"),
+    (lambda c, d: ["eval", "--model", str(d), "--shots", "2", "--exemplars", "wei2022"], "GSM8K word problems"),
+])
+def test_bad_prompting_input_is_one_line_and_exit_2(chat, tiny_model_dir, make_argv, message, capsys):
+    (chat["root"] / "bad.txt").write_text("Answer this: {q}\n")
+    assert main(make_argv(chat, tiny_model_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err, err
