@@ -483,6 +483,49 @@ def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):
     assert "file not found" in err[1] and "has no function 'absent'" in err[2]
 
 
+def test_your_own_data_as_parquet_or_a_datasets_folder(start, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mathrl.tasks import load_task
+
+    synthetic = load_task("synthetic").problems("train")[:50]
+    rows = [{"q": p.question, "final": int(p.answer), "work": p.solution} for p in synthetic]  # a numeric column
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mine.parquet")
+    fields = {"question_field": "q", "answer_field": "final", "solution_field": "work"}
+    single = load_task(f"parquet:{tmp_path / 'mine.parquet'}", **fields)
+    assert len(single.problems("train")) + len(single.problems("test")) == 50  # split by hash, as one jsonl file
+    assert single.problems("train")[0].solution.endswith("#### " + single.problems("train")[0].answer)
+    folder = tmp_path / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:40]),
+                          "test": datasets.Dataset.from_list(rows[40:46]),
+                          "validation": datasets.Dataset.from_list(rows[46:])}).save_to_disk(str(folder))
+    task = load_task(f"datasets:{folder}", **fields)
+    assert [len(task.problems(s)) for s in ("train", "test", "dev")] == [40, 6, 4]  # dev: the validation split
+    assert task.problems("test")[0].question == synthetic[40].question
+    out = tmp_path / "e"
+    assert main(["eval", "--model", str(start["sft"]), "--task", f"datasets:{folder}", "--question-field", "q",
+                 "--answer-field", "final", "-n", "2", "-k", "1", "--max-new-tokens", "4", "--out", str(out),
+                 "--threads", "1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_questions"] == 2
+    capsys.readouterr()
+    # one line for: a folder that save_to_disk did not write, a row without the field, no datasets package
+    assert main(["eval", "--model", str(start["sft"]), "--task", f"datasets:{tmp_path}", "--out", str(out)]) == 2
+    assert main(["eval", "--model", str(start["sft"]), "--task", f"parquet:{tmp_path / 'mine.parquet'}",
+                 "--question-field", "question", "--out", str(out)]) == 2
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "datasets" else real_import(name, *a, **k))
+    assert main(["eval", "--model", str(start["sft"]), "--task", f"parquet:{tmp_path / 'mine.parquet'}",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "not a folder written by datasets' save_to_disk" in err[0]
+    assert "row 1 has no field 'question'" in err[1] and 'pip install "mathrl[data]"' in err[2]
+
+
 def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys):
     from mathrl.tasks import load_task
 

@@ -25,6 +25,7 @@ from mathrl.errors import UsageError
 from mathrl.settings import read_template
 from mathrl.tasks import recorded_level, task_from_options
 from mathrl.tasks.exemplars import exemplars as exemplar_problems
+from mathrl.tasks.jsonl import is_file_task
 from mathrl.tasks.prompting import PromptFormat, with_format
 
 
@@ -107,7 +108,7 @@ def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: 
               "number; pass --extract strict for '#### N')")
     # the surface (synthetic: qa or prose) a model was trained to write is part of its task
     surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
-    if name.startswith("jsonl:") and meta.get("name") == name and not any((fields or {}).values()):
+    if is_file_task(name) and meta.get("name") == name and not any((fields or {}).values()):
         fields = {k: meta.get(k) for k in ("question_field", "answer_field", "solution_field")}
     task = task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface, fields=fields)
     return formatted_task(task, model_dir, prompting)

@@ -74,16 +74,18 @@ class Compute:
 
 @dataclass
 class Data:
-    task: str = field("", "task: synthetic, gsm8k, svamp or jsonl:PATH (your own file or directory of "
-                          "train/test.jsonl) (default: the one recorded with the model)")
+    task: str = field("", "task: synthetic, gsm8k, svamp, or your own data: jsonl:PATH or parquet:PATH (a file, or "
+                          "a directory of train/test files), datasets:PATH (a save_to_disk folder; parquet and "
+                          "datasets need mathrl[data]) (default: the one recorded with the model)")
     level: int | None = field(None, "synthetic task level (default: the model's, else the task default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
     extract: str | None = field(None, "gsm8k/svamp/jsonl answer extraction: strict (#### N), flexible (the last "
                                       "number) or boxed (the last \\boxed{N})")
-    question_field: str | None = field(None, "jsonl:PATH tasks: the question's field (default: question)")
-    answer_field: str | None = field(None, "jsonl:PATH tasks: the answer's field, a number or a solution ending in "
+    question_field: str | None = field(None, "your own data (jsonl:/parquet:/datasets:PATH): the question's field "
+                                             "(default: question)")
+    answer_field: str | None = field(None, "your own data: the answer's field, a number or a solution ending in "
                                            "'#### N' (default: answer)")
-    solution_field: str | None = field(None, "jsonl:PATH tasks: a reference solution's field (optional; for SFT)")
+    solution_field: str | None = field(None, "your own data: a reference solution's field (optional; for SFT)")
 
     def fields(self) -> dict:
         return {"question_field": self.question_field, "answer_field": self.answer_field,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mathrl.errors import UsageError
 from mathrl.tasks.base import Grade, Problem, StepCheck, StepVerdict, Task
 from mathrl.tasks.gsm8k import GSM8KTask
-from mathrl.tasks.jsonl import PREFIX as JSONL, JsonlTask
+from mathrl.tasks.jsonl import PREFIXES as FILE_PREFIXES, FileTask, is_file_task
 from mathrl.tasks.svamp import SVAMPTask
 from mathrl.tasks.synthetic import SyntheticTask
 
@@ -16,12 +16,14 @@ __all__ = ["Grade", "Problem", "StepCheck", "StepVerdict", "Task", "TASKS", "loa
 
 def load_task(name: str, **options) -> Task:
     """A task by name with its options (synthetic: level, seed, train_size, test_size; gsm8k/svamp: data_dir,
-    extract; jsonl:PATH: question_field, answer_field, solution_field, extract). Unknown names list the known
-    ones."""
-    if name.startswith(JSONL):
-        cls, options = JsonlTask, {"path": name[len(JSONL):], **options}
+    extract; jsonl:/parquet:/datasets:PATH: question_field, answer_field, solution_field, extract). Unknown names
+    list the known ones."""
+    if is_file_task(name):
+        kind, path = name.split(":", 1)
+        cls, options = FileTask, {"path": path, "kind": kind, **options}
     elif name not in TASKS:
-        raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)}, or {JSONL}PATH for your own jsonl)")
+        raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)}, or {'PATH, '.join(FILE_PREFIXES)}PATH "
+                         "for your own data)")
     else:
         cls = TASKS[name]
     try:
@@ -36,15 +38,17 @@ def task_from_options(name: str, level: int | None = None, data_dir: str | None 
                       extract: str | None = None, train_size: int | None = None, surface: str | None = None,
                       fields: dict | None = None) -> Task:
     """Build a task from the flat options every command shares; options that do not apply are errors.
-    ``fields``: question_field / answer_field / solution_field of a ``jsonl:PATH`` task."""
+    ``fields``: question_field / answer_field / solution_field of a ``jsonl:``/``parquet:``/``datasets:PATH``
+    task."""
     options: dict = {}
     fields = {k: v for k, v in (fields or {}).items() if v is not None}
-    if fields and not name.startswith(JSONL):
-        raise UsageError(f"--question-field, --answer-field and --solution-field apply to {JSONL}PATH tasks, "
-                         f"not to {name}")
-    if name.startswith(JSONL):
+    if fields and not is_file_task(name):
+        raise UsageError(f"--question-field, --answer-field and --solution-field apply to jsonl:, parquet: and "
+                         f"datasets:PATH tasks, not to {name}")
+    if is_file_task(name):
         if level is not None or train_size is not None or surface is not None or data_dir is not None:
-            raise UsageError(f"level, train_size, surface and data_dir do not apply to {JSONL}PATH tasks")
+            raise UsageError(f"level, train_size, surface and data_dir do not apply to {name.split(':')[0]}:PATH "
+                             "tasks")
         return load_task(name, **fields, **({"extract": extract} if extract is not None else {}))
     if name == "synthetic":
         if data_dir is not None or extract is not None:
@@ -85,6 +89,6 @@ def task_options(task) -> dict:
         # the surface only when it is not the default, so that models written before it existed read the same
         return {"name": "synthetic", "level": task.level, "levels": LEVEL_SCHEME,
                 **({"surface": task.surface} if task.surface != "qa" else {})}
-    if task.name.startswith(JSONL):
+    if is_file_task(task.name):
         return {"name": task.name, "extract": task.extract, **task.fields()}
     return {"name": task.name, "extract": task.extract}

@@ -1,13 +1,18 @@
-"""A user's own task from jsonl files: ``--task jsonl:PATH`` with ``--question-field``, ``--answer-field`` and
-an optional ``--solution-field``, graded like GSM8K (numbers; ``--extract strict`` reads ``#### N``,
-``flexible`` the last number).
+"""A user's own task from files: ``--task jsonl:PATH``, ``parquet:PATH`` or ``datasets:PATH``, with
+``--question-field``, ``--answer-field`` and an optional ``--solution-field``, graded like GSM8K (numbers;
+``--extract strict`` reads ``#### N``, ``flexible`` the last number).
 
-``PATH`` is a directory with ``train.jsonl`` and ``test.jsonl`` (``dev.jsonl`` optional), or one ``.jsonl``
-file, split deterministically as SVAMP is: a row is in **test** when ``blake2b(question) mod 5 == 0``, else in
-**train**. Without a ``dev.jsonl``, dev is a fixed 5% of train (``gsm8k.in_dev``). The answer field holds a
-number, or a GSM8K-style solution ending in ``#### N`` (then it is also the reference solution when there is no
-solution field). A row without the fields, or with an answer that is not a number, is an error naming the file,
-the line and the field; nothing is read half.
+- ``jsonl:PATH`` / ``parquet:PATH``: a directory with ``train`` and ``test`` files (``.jsonl`` / ``.parquet``;
+  ``dev`` optional), or one file, split deterministically as SVAMP is: a row is in **test** when
+  ``blake2b(question) mod 5 == 0``, else in **train**.
+- ``datasets:PATH``: what ``datasets``' ``save_to_disk`` wrote: a ``DatasetDict`` with splits ``train`` and
+  ``test`` (``dev`` or ``validation`` optional), or one ``Dataset``, split like one file.
+
+Parquet files and ``datasets`` folders are read through the optional ``datasets`` dependency
+(``pip install "mathrl[data]"``; parquet by its ``pyarrow``, which writes no cache). Without a dev split, dev is a
+fixed 5% of train (``gsm8k.in_dev``). The answer field holds a number, or a GSM8K-style solution ending in ``#### N``
+(then it is also the reference solution when there is no solution field). A row without the fields, or with an
+answer that is not a number, is an error naming the file, the row and the field; nothing is read half.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ from mathrl.tasks.data_files import read_jsonl
 from mathrl.tasks.gsm8k import GSM8KTask, in_dev, step_spans
 
 PREFIX = "jsonl:"
+PREFIXES = ("jsonl:", "parquet:", "datasets:")
+
+
+def is_file_task(name: str) -> bool:
+    """Whether task ``name`` is a user's own file (``jsonl:``, ``parquet:`` or ``datasets:`` PATH)."""
+    return name.startswith(PREFIXES)
 
 
 def _split_of(question: str) -> str:
@@ -29,18 +40,47 @@ def _split_of(question: str) -> str:
     return "test" if int.from_bytes(digest, "little") % 5 == 0 else "train"
 
 
-class JsonlTask:
+def _datasets(what: str):
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"{what} needs the datasets package: pip install \"mathrl[data]\"") from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _read_parquet(file: Path) -> list[dict]:
+    _datasets(f"--task parquet:{file}")  # pyarrow comes with it
+    import pyarrow.parquet as pq
+
+    if not file.is_file():
+        raise UsageError(f"file not found: {file}")
+    try:
+        return pq.read_table(file).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors on a broken file vary by version
+        raise UsageError(f"{file}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else e})") from None
+
+
+def _load_from_disk(path: Path):
+    datasets = _datasets(f"--task datasets:{path}")
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"{path}: not a folder written by datasets' save_to_disk ({str(e).splitlines()[0]})") from None
+
+
+class FileTask:
     stop_strings = QA_STOP_STRINGS
     step_end = "\n"
 
     def __init__(self, path: str, question_field: str | None = None, answer_field: str | None = None,
-                 solution_field: str | None = None, extract: str = "strict"):
+                 solution_field: str | None = None, extract: str = "strict", kind: str = "jsonl"):
         if extract not in EXTRACTIONS:
-            raise UsageError(f"jsonl: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
-        self.path = Path(path)
+            raise UsageError(f"{kind}: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
+        self.path, self.kind = Path(path), kind
         if not self.path.exists():
-            raise UsageError(f"--task {PREFIX}{path}: no such file or directory")
-        self.name = PREFIX + str(path)
+            raise UsageError(f"--task {kind}:{path}: no such file or directory")
+        self.name = f"{kind}:{path}"
         self.extract = extract
         self.question_field = question_field or "question"
         self.answer_field = answer_field or "answer"
@@ -52,10 +92,30 @@ class JsonlTask:
         return {"question_field": self.question_field, "answer_field": self.answer_field,
                 "solution_field": self.solution_field}
 
-    def _load(self, file: Path, split: str | None) -> list[Problem]:
+    def _rows(self, split: str | None) -> tuple[list[dict], Path]:
+        """(the rows of ``split``, or of the whole file or dataset for None; where they come from)."""
+        if self.kind == "datasets":
+            data = _load_from_disk(self.path)
+            if split is None:
+                return list(data), self.path
+            return list(data[split]), self.path / split
+        file = self.path / f"{split}.{self.kind}" if split else self.path
+        return (read_jsonl(file, ()) if self.kind == "jsonl" else _read_parquet(file)), file
+
+    def _splits(self) -> set[str] | None:
+        """The splits the data comes in (None: one file or dataset, split by hash)."""
+        if self.kind == "datasets":
+            data = _load_from_disk(self.path)
+            return set(data) if hasattr(data, "keys") else None
+        if self.path.is_dir():
+            return {p.stem for p in self.path.glob(f"*.{self.kind}")}
+        return None
+
+    def _load(self, split: str | None) -> list[Problem]:
         required = (self.question_field, self.answer_field) + ((self.solution_field,) if self.solution_field else ())
+        rows, file = self._rows(split)
         problems = []
-        for n, row in enumerate(read_jsonl(file, ()), 1):
+        for n, row in enumerate(rows, 1):
             missing = [f for f in required if f not in row]
             if missing:
                 raise UsageError(f"{file}: row {n} has no field {missing[0]!r} (fields: {', '.join(sorted(row))})")
@@ -79,14 +139,17 @@ class JsonlTask:
         if split not in ("train", "test", "dev"):
             raise UsageError(f"unknown split {split!r} for task {self.name} (known: train, test, dev)")
         if split not in self._cache:
-            if self.path.is_dir():
-                file = self.path / f"{split}.jsonl"
-                if split == "dev" and not file.is_file():
+            splits = self._splits()
+            if splits is not None:
+                name = "validation" if split == "dev" and "dev" not in splits and "validation" in splits else split
+                if name not in splits and split == "dev":
                     self._cache[split] = [p for p in self.problems("train") if in_dev(p.id)]
+                elif name not in splits:
+                    raise UsageError(f"{self.name}: no {split} split (found: {', '.join(sorted(splits)) or 'none'})")
                 else:
-                    self._cache[split] = self._load(file, split)
+                    self._cache[split] = self._load(name)
             else:
-                rows = self._cache.setdefault("all", self._load(self.path, None))
+                rows = self._cache.setdefault("all", self._load(None))
                 if split == "dev":
                     self._cache[split] = [p for p in rows if p.meta["split"] == "train" and in_dev(p.id)]
                 else:
