@@ -39,3 +39,27 @@ def test_modes_and_equality():
     assert answers_equal("5.0", "5")
     assert not answers_equal(None, "5")
     assert not answers_equal("6", "5")
+
+
+def test_math_verify_grades_latex_and_expressions_symbolically(monkeypatch):
+    import builtins
+
+    from mathrl.errors import UsageError
+    from mathrl.tasks.answers import grade_text
+    from mathrl.tasks.base import Problem
+    from mathrl.tasks.gsm8k import GSM8KTask
+
+    task = GSM8KTask(extract="math-verify")
+    p = Problem(id="p", question="?", solution="#### 0.75", answer="0.75")
+    assert task.grade(p, "So she keeps \\boxed{\\frac{3}{4}} of it.").correct  # 3/4 == 0.75: numbers would miss it
+    assert task.grade(p, "The answer is $0.75$.").correct
+    assert not task.grade(p, "The answer is \\boxed{\\frac{2}{3}}.").correct
+    assert task.grade(p, "no answer here") == task.grade(p, "") and task.grade(p, "").answer is None
+    assert grade_text("3/4", "0.75", "flexible") == ("4", False)  # the numeric extractions, for contrast
+    hostile = task.grade(p, "\\frac{" * 20000 + "0.75")  # read in a bounded window: graded, no crash
+    assert isinstance(hostile.correct, bool)
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "math_verify" else real_import(name, *a, **k))
+    with pytest.raises(UsageError, match='pip install "mathrl\\[math\\]"'):
+        GSM8KTask(extract="math-verify")

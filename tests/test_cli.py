@@ -116,6 +116,17 @@ def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
     assert len(scored) == 1319 and json.loads(scored[0])["correct"] == [True]
 
 
+def test_score_with_math_verify_extraction(tmp_path, data_dir):
+    samples = tmp_path / "refs.jsonl"
+    _gsm8k_references(data_dir, samples)
+    head = tmp_path / "head.jsonl"  # math-verify parses with sympy: 40 references keep the test short
+    head.write_text("".join(samples.read_text().splitlines(keepends=True)[:40]))
+    assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(head),
+                 "--extract", "math-verify", "--out", str(tmp_path / "scored")]) == 0
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert metrics["pass@1"] == 1.0 and metrics["n_questions"] == 40 and metrics["no_answer_rate"] == 0
+
+
 def test_score_warns_when_strict_extraction_finds_no_answers(tmp_path, data_dir, capsys):
     # GSM8K references ending in "A: 26" (as GPT-3's published solutions do) instead of "#### 26"
     samples = tmp_path / "a.jsonl"

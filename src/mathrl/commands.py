@@ -166,7 +166,7 @@ class ScoreConfig:
     task: str = field("synthetic", "task the questions belong to")
     level: int | None = field(None, "synthetic task level")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict or flexible")
+    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict, flexible, boxed or math-verify")
     surface: str | None = field(None, "synthetic: the format the completions are in, qa (default) or prose")
     split: str = field("test", "split the questions come from")
     k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")

@@ -79,8 +79,9 @@ class Data:
                           "datasets need mathrl[data]) (default: the one recorded with the model)")
     level: int | None = field(None, "synthetic task level (default: the model's, else the task default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp/jsonl answer extraction: strict (#### N), flexible (the last "
-                                      "number) or boxed (the last \\boxed{N})")
+    extract: str | None = field(None, "gsm8k/svamp/your own data: answer extraction: strict (#### N), flexible "
+                                      "(the last number), boxed (the last \\boxed{N}) or math-verify (LaTeX and "
+                                      "expressions compared symbolically; pip install \"mathrl[math]\")")
     question_field: str | None = field(None, "your own data (jsonl:/parquet:/datasets:PATH): the question's field "
                                              "(default: question)")
     answer_field: str | None = field(None, "your own data: the answer's field, a number or a solution ending in "

@@ -5,6 +5,9 @@ Two extraction modes, as in lm-evaluation-harness's GSM8K task (`strict-match` /
 - strict: the number after the last ``####`` (the GSM8K convention, also used by our synthetic task);
 - flexible: the last number anywhere in the text.
 
+``boxed`` reads the number in the last ``\\boxed{}``; ``math-verify`` (optional package) parses LaTeX and
+expressions and compares them with the reference symbolically (``grade_text``).
+
 Normalisation (``normalize_number``) maps every spelling of a number to one canonical string so that answers
 compare by string equality: commas and ``$`` are dropped, a trailing ``.`` is dropped, ``5.0``/``5.00`` become
 ``5``, ``-0`` becomes ``0``, ``.5`` becomes ``0.5``. Units after the number are not part of the match.
@@ -15,8 +18,11 @@ longer than ``MAX_NUMBER_CHARS`` are rejected instead of parsed, and nothing rai
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
+
+from mathrl.errors import UsageError
 
 # A number longer than this (digits, commas, sign, point) is not an answer: it is rejected before it is parsed,
 # so a 1 MB run of digits costs nothing.
@@ -100,14 +106,71 @@ EXTRACTIONS = ("strict", "flexible", "boxed")
 
 
 def extract_answer(text: str, mode: str = "strict") -> str | None:
-    """Extract and normalise the final answer of a solution text. ``mode``: one of ``EXTRACTIONS``."""
+    """Extract and normalise the final answer of a solution text. ``mode``: one of ``EXTRACTIONS``, or
+    math-verify (its answer as it writes it)."""
     if mode == "strict":
         return extract_strict(text)
     if mode == "flexible":
         return extract_flexible(text)
     if mode == "boxed":
         return extract_boxed(text)
+    if mode == MATH_VERIFY:
+        return extract_math_verify(text)
     raise ValueError(f"unknown extraction mode {mode!r} (expected one of {', '.join(EXTRACTIONS)})")
+
+
+# --extract math-verify (the optional math-verify package, as TRL, verl and NeMo-RL grade): LaTeX and expressions
+# (\frac{3}{4} == 0.75, \boxed{...}, sets, intervals) parsed by sympy and compared symbolically. It reads the
+# last MATH_VERIFY_WINDOW characters of a completion (where a final answer is), so that a hostile completion costs
+# a bounded parse; its own timeouts bound the rest.
+MATH_VERIFY = "math-verify"
+MATH_VERIFY_WINDOW = 1000
+GRADERS = EXTRACTIONS + (MATH_VERIFY,)  # what --extract accepts
+
+
+def check_extract(task: str, extract: str) -> str:
+    """``extract`` if task ``task`` can grade with it (one line naming the package when math-verify is missing)."""
+    if extract not in GRADERS:
+        raise UsageError(f"{task}: extract must be one of {', '.join(GRADERS)}, not {extract!r}")
+    if extract == MATH_VERIFY:
+        _math_verify()
+    return extract
+
+
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError:
+        raise UsageError('--extract math-verify needs the math-verify package: pip install "mathrl[math]"') from None
+    return math_verify
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_reference(reference: str):
+    return _math_verify().parse(reference)
+
+
+def extract_math_verify(text: str) -> str | None:
+    """The last answer math-verify finds in the end of ``text``, as it writes it (None: none found)."""
+    try:
+        parsed = _math_verify().parse(text[-MATH_VERIFY_WINDOW:])
+    except Exception:  # noqa: BLE001 - model output: a parse that fails is no answer
+        return None
+    return str(parsed[-1]) if parsed else None
+
+
+def grade_text(text: str, reference: str, mode: str) -> tuple[str | None, bool]:
+    """(extracted answer, correct?) of completion ``text`` against a reference answer under extraction ``mode``
+    (one of ``GRADERS``): numbers compared after normalisation, or math-verify's symbolic comparison."""
+    if mode != MATH_VERIFY:
+        answer = extract_answer(text, mode)
+        return answer, answers_equal(answer, reference)
+    mv = _math_verify()
+    try:
+        parsed = mv.parse(text[-MATH_VERIFY_WINDOW:])
+        return (str(parsed[-1]) if parsed else None), bool(parsed) and mv.verify(_parsed_reference(reference), parsed)
+    except Exception:  # noqa: BLE001 - as above
+        return None, False
 
 
 def answers_equal(predicted: str | None, reference: str | None) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import EXTRACTIONS, answers_equal, extract_answer, extract_flexible, normalize_number
+from mathrl.tasks.answers import check_extract, extract_answer, extract_flexible, grade_text, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.calculator import annotations
 from mathrl.tasks.data_files import find_data_dir, read_jsonl
@@ -70,8 +70,7 @@ class GSM8KTask:
     step_end = "\n"  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, data_dir: str | None = None, extract: str = "strict"):
-        if extract not in EXTRACTIONS:
-            raise UsageError(f"gsm8k: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
+        check_extract("gsm8k", extract)
         self.name = "gsm8k"
         self.extract = extract
         self.data_dir = data_dir
@@ -99,8 +98,8 @@ class GSM8KTask:
         return extract_answer(text, self.extract)
 
     def grade(self, problem: Problem, completion: str) -> Grade:
-        answer = self.extract_answer(completion)
-        return Grade(answer=answer, correct=answers_equal(answer, problem.answer))
+        answer, correct = grade_text(completion, problem.answer, self.extract)
+        return Grade(answer=answer, correct=correct)
 
     def step_results(self, text: str) -> list[str]:
         return step_results(text)

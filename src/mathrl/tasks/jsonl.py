@@ -21,7 +21,7 @@ import hashlib
 from pathlib import Path
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import EXTRACTIONS, normalize_number
+from mathrl.tasks.answers import check_extract, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Problem
 from mathrl.tasks.data_files import read_jsonl
 from mathrl.tasks.gsm8k import GSM8KTask, in_dev, step_spans
@@ -75,8 +75,7 @@ class FileTask:
 
     def __init__(self, path: str, question_field: str | None = None, answer_field: str | None = None,
                  solution_field: str | None = None, extract: str = "strict", kind: str = "jsonl"):
-        if extract not in EXTRACTIONS:
-            raise UsageError(f"{kind}: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
+        check_extract(kind, extract)
         self.path, self.kind = Path(path), kind
         if not self.path.exists():
             raise UsageError(f"--task {kind}:{path}: no such file or directory")

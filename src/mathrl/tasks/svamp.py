@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from mathrl.errors import UsageError
-from mathrl.tasks.answers import EXTRACTIONS, normalize_number
+from mathrl.tasks.answers import check_extract, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Problem
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
 from mathrl.tasks.data_files import find_data_dir
@@ -49,8 +49,7 @@ class SVAMPTask:
     step_end = "\n"  # the text that ends a step (return-conditioned sampling marks steps after it)
 
     def __init__(self, data_dir: str | None = None, extract: str = "strict"):
-        if extract not in EXTRACTIONS:
-            raise UsageError(f"svamp: extract must be one of {', '.join(EXTRACTIONS)}, not {extract!r}")
+        check_extract("svamp", extract)
         self.name = "svamp"
         self.extract = extract
         self.data_dir = data_dir
