@@ -79,6 +79,25 @@ def test_qwen2_chat_model_evaluates_and_trains_with_grpo_lora_on_a_jsonl_task_an
     assert task.prompt(task.problems("test")[0]).endswith("<|im_start|>assistant\n")
 
 
+def test_a_reward_model_trained_on_chat_prompts_records_them_and_scores_with_them(chat, tmp_path):
+    out = tmp_path / "orm"
+    assert main(["orm", "train", "--model", str(chat["model"]), *chat["task"], "--chat-template", "--system-prompt",
+                 "Be brief.", "--questions", "6", "-k", "2", "--epochs", "1", "--batch-size", "4",
+                 "--max-new-tokens", "6", "--out", str(out), "--threads", "1"]) == 0
+    prompting = json.loads((out / "model" / "mathrl.json").read_text())["prompting"]
+    assert prompting["chat_template"] is True and prompting["system_prompt"] == "Be brief."
+    rows = [json.loads(line) for line in chat["data"].read_text().splitlines()]
+    data = tmp_path / "plain.jsonl"  # score reads the default field names
+    data.write_text("".join(json.dumps({"question": r["problem"], "answer": r["final"]}) + "\n" for r in rows))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"question": r["problem"], "completions": ["3 + 4 = 7\n#### 7", "#### 8"]})
+                               + "\n" for r in rows[:3]))
+    assert main(["score", "--task", f"jsonl:{data}", "--samples", str(samples), "--split", "train", "--orm",
+                 str(out / "model"), "--out", str(tmp_path / "scored"), "--device", "cpu"]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "scored" / "scored.jsonl").read_text().splitlines()]
+    assert scored and all(len(r["scores"]) == 2 and all(0 <= x <= 1 for x in r["scores"]) for r in scored)
+
+
 def test_chat_prompts_are_the_templates_conversation_and_the_completion_is_the_assistant_turn(chat):
     from mathrl.models import load_tokenizer
     from mathrl.runsetup import task_of

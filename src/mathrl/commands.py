@@ -11,7 +11,7 @@ from mathrl.config import field, group
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
-from mathrl.runsetup import few_shot_examples, read_meta, resolve_device, setup_threads, task_of
+from mathrl.runsetup import few_shot_examples, formatted_task, read_meta, resolve_device, setup_threads, task_of
 from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
 from mathrl.runlog import progress
 from mathrl.tasks import task_from_options
@@ -225,8 +225,9 @@ def run_score(cfg: ScoreConfig) -> dict:
         from mathrl.reward_model import load_reward_model
 
         rm = load_reward_model(cfg.orm, None, device=resolve_device(cfg.device))
+        rm_task = formatted_task(task, cfg.orm)  # prompted as the reward model's samples were (its mathrl.json)
         for r in results:
-            r.scores = rm.score_texts([task.prompt(r.problem)] * len(r.texts), r.texts)
+            r.scores = rm.score_texts([rm_task.prompt(r.problem)] * len(r.texts), r.texts)
     metrics = summarize(results, k=k)
     # maj@1 from samples: with one completion per line, the vote is that completion; with several, pass@1 is the
     # mean sample accuracy, neither a greedy answer nor a vote, and maj@1 is left out
