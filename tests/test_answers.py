@@ -58,6 +58,12 @@ def test_math_verify_grades_latex_and_expressions_symbolically(monkeypatch):
     assert grade_text("3/4", "0.75", "flexible") == ("4", False)  # the numeric extractions, for contrast
     hostile = task.grade(p, "\\frac{" * 20000 + "0.75")  # read in a bounded window: graded, no crash
     assert isinstance(hostile.correct, bool)
+    # math-verify's timeout is an alarm signal, which only the main thread may set: elsewhere it grades without one
+    # (with the signal, every grade in a thread would fail and read as wrong)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(task.grade, p, "\\boxed{\\frac{3}{4}}").result().correct
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name == "math_verify" else real_import(name, *a, **k))

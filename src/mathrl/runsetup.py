@@ -170,8 +170,8 @@ TINY_MODEL_PARAMETERS = 10_000_000
 
 def warn_tiny_default_lr(cfg, model) -> None:
     """One line when a model of more than ``TINY_MODEL_PARAMETERS`` parameters is to be trained at the command's
-    default learning rate, which was tuned for the 0.7M-parameter embedded model (SFT 3e-3, PPO 1e-4): a 0.5B-7B
-    model diverges or forgets at such rates (docs/algorithms.md, "Real models", has rates that fit them).
+    default learning rate, which was tuned for the 0.7M-parameter embedded model (SFT 3e-3, PPO 1e-4): 10 to 1000
+    times what published recipes use for 0.5B-7B models (docs/algorithms.md, "Real models").
     A rate the user gives that equals the default is taken as the default."""
     from mathrl.config import leaves
     from mathrl.models import count_parameters

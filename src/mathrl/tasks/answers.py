@@ -19,7 +19,9 @@ longer than ``MAX_NUMBER_CHARS`` are rejected instead of parsed, and nothing rai
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import threading
 from decimal import Decimal, InvalidOperation
 
 from mathrl.errors import UsageError
@@ -122,10 +124,16 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
 # --extract math-verify (the optional math-verify package, as TRL, verl and NeMo-RL grade): LaTeX and expressions
 # (\frac{3}{4} == 0.75, \boxed{...}, sets, intervals) parsed by sympy and compared symbolically. It reads the
 # last MATH_VERIFY_WINDOW characters of a completion (where a final answer is), so that a hostile completion costs
-# a bounded parse; its own timeouts bound the rest.
+# a bounded parse, and parse and comparison each stop after MATH_VERIFY_TIMEOUT seconds (math-verify's alarm
+# signal: in the main thread only; elsewhere it would fail every grade, so there it runs without one). A power
+# tower such as 9**9**9 ran into math-verify's default 5 s (benchmarks/fuzz_grader.py's generators, 2026-12-06).
 MATH_VERIFY = "math-verify"
 MATH_VERIFY_WINDOW = 1000
+MATH_VERIFY_TIMEOUT = 1  # seconds (an integer: signal.alarm's unit)
 GRADERS = EXTRACTIONS + (MATH_VERIFY,)  # what --extract accepts
+# A run of digits longer than any answer (MAX_NUMBER_CHARS) is no answer here either; left in, sympy compared a
+# 1000-digit number with the reference until math-verify's 5 s timeout (benchmarks/fuzz_grader.py's huge numbers)
+_LONG_DIGITS = re.compile(r"\d{%d,}" % (MAX_NUMBER_CHARS + 1))
 
 
 def check_extract(task: str, extract: str) -> str:
@@ -142,18 +150,27 @@ def _math_verify():
         import math_verify
     except ImportError:
         raise UsageError('--extract math-verify needs the math-verify package: pip install "mathrl[math]"') from None
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # not a line per timed-out completion
     return math_verify
+
+
+def _timeout() -> int | None:
+    return MATH_VERIFY_TIMEOUT if threading.current_thread() is threading.main_thread() else None
 
 
 @functools.lru_cache(maxsize=4096)
 def _parsed_reference(reference: str):
-    return _math_verify().parse(reference)
+    return _math_verify().parse(reference, parsing_timeout=_timeout())
+
+
+def _math_verify_window(text: str) -> str:
+    return _LONG_DIGITS.sub(" ", text[-MATH_VERIFY_WINDOW:])
 
 
 def extract_math_verify(text: str) -> str | None:
     """The last answer math-verify finds in the end of ``text``, as it writes it (None: none found)."""
     try:
-        parsed = _math_verify().parse(text[-MATH_VERIFY_WINDOW:])
+        parsed = _math_verify().parse(_math_verify_window(text), parsing_timeout=_timeout())
     except Exception:  # noqa: BLE001 - model output: a parse that fails is no answer
         return None
     return str(parsed[-1]) if parsed else None
@@ -167,8 +184,9 @@ def grade_text(text: str, reference: str, mode: str) -> tuple[str | None, bool]:
         return answer, answers_equal(answer, reference)
     mv = _math_verify()
     try:
-        parsed = mv.parse(text[-MATH_VERIFY_WINDOW:])
-        return (str(parsed[-1]) if parsed else None), bool(parsed) and mv.verify(_parsed_reference(reference), parsed)
+        parsed = mv.parse(_math_verify_window(text), parsing_timeout=_timeout())
+        correct = bool(parsed) and mv.verify(_parsed_reference(reference), parsed, timeout_seconds=_timeout())
+        return (str(parsed[-1]) if parsed else None), correct
     except Exception:  # noqa: BLE001 - as above
         return None, False
 
