@@ -272,6 +272,8 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
 @pytest.mark.parametrize("command,extra", [
     ("ppo", []), ("ppo", ["--reward", "dense", "--kl-target", "0.5"]), ("grpo", ["--reward", "orm"]),
     ("ppo", ["--advantage", "rloo", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
+    # the learning step without a shared prompt cache (checkpointed passes keep none), value head included
+    ("ppo", ["--gradient-checkpointing", "--reward", "orm"]),
     # the outcome part of ORM step rewards is all zeros: the signal of a group is in its summed step rewards
     ("grpo", ["--reward", "orm", "--orm-mode", "step", "--skip-zero-signal"]),
     # the objective family: GSPO with GRPO's per-sequence aggregation; Dr.GRPO's scale and normaliser with CISPO

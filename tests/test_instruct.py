@@ -151,6 +151,37 @@ def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):
     assert example.input_ids.count(tok.bos_token_id) == 1
 
 
+def test_prompt_template_file_and_stop_flags_and_what_the_model_records(chat, tmp_path):
+    from mathrl.config import add_arguments, from_args
+    from mathrl.runsetup import prompt_format, task_of
+    from mathrl.settings import Data, Prompting
+    from mathrl.tasks.prompting import PromptFormat
+
+    template = tmp_path / "template.txt"
+    template.write_text("Solve step by step, then write '#### N'.\n\n{question}")
+    data = Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final")
+    task = task_of(str(chat["model"]), data, Prompting(chat_template=True, prompt_template=str(template)))
+    p = task.problems("test")[0]
+    assert f"<|im_start|>user\nSolve step by step, then write '#### N'.\n\n{p.question}<|im_end|>" in task.prompt(p)
+    # `--stop A --stop B` and `--stop A B` both give both
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    from mathrl.commands import EvalConfig
+
+    add_arguments(parser, EvalConfig)
+    for argv in (["--stop", "X", "--stop", "Y"], ["--stop", "X", "Y"]):
+        assert from_args(EvalConfig, parser.parse_args(["--model", "m", *argv])).prompting.stop == ["X", "Y"]
+    # a model's record is the default; a flag overrides it, '' and --no-chat-template included
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    fmt = PromptFormat(chat_template=True, system_prompt="Be brief.", template="Q: {question}", stop=("\n\nQ:",))
+    (recorded / "mathrl.json").write_text(json.dumps({"prompting": fmt.to_meta()}))
+    assert prompt_format(str(recorded), Prompting()) == fmt
+    assert prompt_format(str(recorded), Prompting(chat_template=False, prompt_template="", stop=[])) == PromptFormat(
+        system_prompt="Be brief.")
+
+
 def test_prompt_template_system_prompt_and_stop_strings_in_plain_prompts():
     from mathrl.tasks import load_task
     from mathrl.tasks.prompting import PromptFormat, completion_text, with_format
@@ -210,6 +241,9 @@ def test_wei2022_exemplars_are_the_eight_cot_examples_and_read_by_strict_extract
     (lambda c, d: ["rcrl", "--model", str(d), "--lora-rank", "2", "--no-save-merged"], "its LoRA runs save merged"),
     (lambda c, d: ["eval", "--model", str(d), "--exemplars", "gpt4"], "unknown exemplars 'gpt4'"),
     (lambda c, d: ["eval", "--model", str(d), "--shots", "2", "--exemplars", "wei2022"], "GSM8K word problems"),
+    (lambda c, d: ["eval", "--model", str(d), "--gradient-checkpointing"], "eval trains nothing"),
+    (lambda c, d: ["eval", "--model", str(d), "--attn-implementation", "fast"], "unknown attn_implementation 'fast'"),
+    (lambda c, d: ["ei", "--model", str(d), "--lora-rank", "2", "--fsdp"], "--fsdp with --lora-rank"),
 ])
 def test_bad_prompting_input_is_one_line_and_exit_2(chat, tiny_model_dir, make_argv, message, capsys):
     (chat["root"] / "bad.txt").write_text("Answer this: {q}\n")
