@@ -238,12 +238,14 @@ def test_wei2022_exemplars_are_the_eight_cot_examples_and_read_by_strict_extract
                    "--out", str(c["root"] / "bad-lora")], "--lora-targets qkv_fused"),
     (lambda c, d: ["sft", "--chat-template"], "--chat-template needs --model"),
     (lambda c, d: ["sft", "--model", str(d), "--no-save-merged"], "apply to LoRA runs"),
+    (lambda c, d: ["grpo", "--model", str(d), "--lora-targets", "q_proj"], "apply to LoRA runs"),
     (lambda c, d: ["rcrl", "--model", str(d), "--lora-rank", "2", "--no-save-merged"], "its LoRA runs save merged"),
     (lambda c, d: ["eval", "--model", str(d), "--exemplars", "gpt4"], "unknown exemplars 'gpt4'"),
     (lambda c, d: ["eval", "--model", str(d), "--shots", "2", "--exemplars", "wei2022"], "GSM8K word problems"),
     (lambda c, d: ["eval", "--model", str(d), "--gradient-checkpointing"], "eval trains nothing"),
     (lambda c, d: ["eval", "--model", str(d), "--attn-implementation", "fast"], "unknown attn_implementation 'fast'"),
     (lambda c, d: ["ei", "--model", str(d), "--lora-rank", "2", "--fsdp"], "--fsdp with --lora-rank"),
+    (lambda c, d: ["sft", "--compile", "--gradient-checkpointing"], "--compile with --gradient-checkpointing"),
 ])
 def test_bad_prompting_input_is_one_line_and_exit_2(chat, tiny_model_dir, make_argv, message, capsys):
     (chat["root"] / "bad.txt").write_text("Answer this: {q}\n")

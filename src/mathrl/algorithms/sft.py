@@ -74,6 +74,10 @@ class Config:
             raise UsageError("checkpoint_every must be >= 0")
         if self.compile and self.fsdp:
             raise UsageError("--compile with --fsdp is not supported yet; use one of them")
+        if self.compile and self.compute.gradient_checkpointing:
+            # the backward pass recomputes a block outside the compiled call (tried: torch's checkpoint refuses the
+            # recomputed tensors)
+            raise UsageError("--compile with --gradient-checkpointing is not supported; use one of them")
 
 
 def build_examples(task, tokenizer, problems, whole_sequence: bool):
