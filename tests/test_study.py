@@ -98,3 +98,29 @@ def test_objectives_ablation_adds_grpo_loss_variants_on_grpos_budget_and_seeds(t
         assert s.meta["rollouts"] == stages["grpo-sparse-sft@2"].meta["rollouts"]
     with pytest.raises(Exception, match="unknown ablation"):
         Config(ablation="rewards").validate()
+
+
+def test_a_real_model_gets_published_rates_longer_completions_and_its_prompt_flags(tmp_path):
+    from mathrl.errors import UsageError
+    from mathrl.settings import Prompting
+
+    cfg = Config(task="gsm8k", model="some/model", prompting=Prompting(chat_template=True, stop=["</s>"]))
+    cfg.validate()
+    by = {s.name: s.command for s in plan(cfg, tmp_path)}
+    assert "pretrain" not in by
+
+    def arg(name, flag):
+        return by[name][by[name].index(flag) + 1]
+
+    # the rates of docs/algorithms.md "Real models" instead of the 0.7M model's defaults
+    assert [arg(n, "--lr") for n in ("sft", "orm", "sorm", "ei-sparse-sft@0", "rcrl-sparse-sft@0")] == ["1e-5"] * 5
+    assert arg("ppo-sparse-sft@0", "--lr") == arg("grpo-sparse-sft@0", "--lr") == "1e-6"
+    assert arg("sft", "--epochs") == "3" and {arg(n, "--max-new-tokens") for n in by} == {"256"}
+    # the prompt flags reach the stages that start from the pretrained model; the SFT model records them
+    for name in ("sft", "eval-pretrained", "ei-sparse-pretrained@0", "ppo-sparse-pretrained@0"):
+        assert "--chat-template" in by[name] and arg(name, "--stop") == "</s>", name
+    assert "--chat-template" not in by["ei-sparse-sft@0"] and "--chat-template" not in by["eval-sft"]
+    # the embedded default keeps its own rates, and has no chat template to apply
+    assert all("--lr" not in c for c in (s.command for s in plan(Config(), tmp_path)))
+    with pytest.raises(UsageError, match="real model"):
+        Config(prompting=Prompting(chat_template=True)).validate()

@@ -37,9 +37,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from mathrl.config import field, save as save_config
+from mathrl.config import field, group, save as save_config
 from mathrl.errors import RunError, UsageError
 from mathrl.runsetup import remove_tree
+from mathrl.settings import Prompting, validate_groups
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Config:
     task: str = field("synthetic", "synthetic, gsm8k or svamp")
     level: int | None = field(None, "synthetic task level (default: the task's default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    model: str = field("", "gsm8k/svamp: a pretrained HF model directory (the 'pretrained' start)")
+    model: str = field("", "gsm8k/svamp: a pretrained HF model directory or hub id (the 'pretrained' start)")
+    prompting: Prompting = group(Prompting)  # gsm8k/svamp: how the pretrained model is prompted (SFT records it)
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
     rollouts: int = field(0, "rollout budget of every RL run, from either start (0: 4096, or 512 with --quick)")
     k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
@@ -69,6 +71,7 @@ class Config:
                               "CISPO, from SFT, with GRPO's budget and seeds; not in the default)")
 
     def validate(self) -> None:
+        validate_groups(self)
         if self.ablation not in ("", "objectives"):
             raise UsageError(f"unknown ablation {self.ablation!r} (known: objectives)")
         if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
@@ -86,6 +89,9 @@ class Config:
                              "only exists for the synthetic task)")
         if self.task == "synthetic" and self.model:
             raise UsageError("--model applies to gsm8k/svamp; the synthetic study pretrains its own model")
+        if self.task == "synthetic" and _prompting_args(self.prompting):
+            raise UsageError("--chat-template, --system-prompt, --prompt-template and --stop apply to a real model "
+                             "(--task gsm8k/svamp --model DIR); the embedded one is prompted in its own formats")
 
 
 @dataclass
@@ -125,10 +131,29 @@ BUDGETS = {
 }
 EVAL_SEED = 0  # every final evaluation samples with the same per-question streams (paired comparisons)
 
+# A real model (--task gsm8k/svamp --model DIR): the commands' default rates are the embedded 0.7M model's, 10 to
+# 1000 times what published recipes use at 0.5B-7B (docs/algorithms.md, "Real models": starting points from those
+# recipes, not measured with mathrl), so the study passes these, longer completions and SFT's 2-3 epochs instead.
+REAL_MODEL = dict(lr={"sft": "1e-5", "ei": "1e-5", "rcrl": "1e-5", "orm": "1e-5", "ppo": "1e-6", "grpo": "1e-6"},
+                  max_new_tokens=256, sft_epochs=3)
+
+
+def _prompting_args(p: Prompting) -> list[str]:
+    """The prompt flags of ``p`` that were given, as command-line arguments."""
+    args = [] if p.chat_template is None else ["--chat-template" if p.chat_template else "--no-chat-template"]
+    args += [] if p.system_prompt is None else ["--system-prompt", p.system_prompt]
+    args += [] if p.prompt_template is None else ["--prompt-template", p.prompt_template]
+    return args + [a for stop in (p.stop or []) for a in ("--stop", stop)]
+
 
 def plan(cfg: Config, root: Path) -> list[Stage]:
     """Every stage of the study, in dependency order."""
-    b = BUDGETS["quick" if cfg.quick else "full"]
+    b = dict(BUDGETS["quick" if cfg.quick else "full"])
+    real = cfg.task != "synthetic"
+    if real:
+        b.update(max_new_tokens=REAL_MODEL["max_new_tokens"], sft_epochs=min(b["sft_epochs"], REAL_MODEL["sft_epochs"]))
+    lr = (lambda command: ["--lr", REAL_MODEL["lr"][command]]) if real else (lambda command: [])  # noqa: E731
+    prompting = _prompting_args(cfg.prompting)  # for the stages that start from the pretrained model
     budget = cfg.rollouts or b["rollouts"]
     k = cfg.k or b["k"]
     n_eval = cfg.eval_problems or b["eval_problems"]
@@ -153,16 +178,17 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     else:
         pretrained, start_pt = cfg.model, "pretrained"
         sft_task = task_args
-    sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, "--epochs", str(b["sft_epochs"]),
+    sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, *prompting, *lr("sft"), "--epochs", str(b["sft_epochs"]),
                         "--whole-sequence-loss", "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
                         *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
                 needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft")
-    orm = Stage("orm", ["orm", "train", "--model", d(sft) + "/model", "--questions", str(b["orm_questions"]), *mnt,
+    orm = Stage("orm", ["orm", "train", "--model", d(sft) + "/model", "--questions", str(b["orm_questions"]), *lr("orm"), *mnt,
                         *shared_seed], needs=["sft"], group="orm")
     # the SORM labels the steps of every sample it trains on: questions x K=4 training samples, all labelled
     n_sorm = b["sorm_questions"]
     sorm = Stage("sorm", ["orm", "train", "--stepwise", "--model", d(sft) + "/model", "--questions",
-                          str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *mnt, *shared_seed],
+                          str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *lr("orm"), *mnt,
+                          *shared_seed],
                  needs=["sft"], group="orm")
     stages += [sft, orm, sorm]
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
@@ -173,12 +199,12 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         needs = [start_stage] if start_stage != "pretrained" else []
         needs += ["orm"] if reward == "orm" else []
         needs += ["sorm"] if "--sorm" in extra else []
-        common = [*run_eval, *mnt, "--seed", str(seed), *device]
+        common = [*run_eval, *mnt, "--seed", str(seed), *device, *(prompting if start == "pretrained" else [])]
         if algorithm == "EI":
-            cmd = ["ei", "--model", model, "--rounds", "2", "--questions", str(max(1, budget // 8)),
+            cmd = ["ei", "--model", model, *lr("ei"), "--rounds", "2", "--questions", str(max(1, budget // 8)),
                    "--patience", "0", *extra, *common]
         elif algorithm == "RCRL":
-            cmd = ["rcrl", "--model", model, "--questions", str(max(1, budget // 4)), *extra, *common]
+            cmd = ["rcrl", "--model", model, *lr("rcrl"), "--questions", str(max(1, budget // 4)), *extra, *common]
         else:
             iterations = max(1, budget // 256)
             prompts = ["--prompts", "32", "-k", "8"] if algorithm == "GRPO" else ["--prompts", "64", "-k", "4"]
@@ -187,7 +213,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                 # sparse terminal reward and a value head that starts at zero, lambda 0.95 passes 0.95^40 ~ 0.13 of
                 # the credit to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
                 extra = ["--lam", "1.0", *extra]
-            cmd = ["grpo" if algorithm == "GRPO" else "ppo", "--model", model, "--iterations", str(iterations),
+            command = "grpo" if algorithm == "GRPO" else "ppo"
+            cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations),
                    *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
         stages.append(Stage(base, cmd, seed=seed, needs=needs, group="rl",
                             meta={"algorithm": algorithm, "reward": reward, "start": start, "rollouts": budget,
@@ -227,10 +254,10 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
 
     # final evaluation of every model on the same test problems with the same sampling streams (EVAL_SEED):
     # greedy maj@1 on n_eval problems, K samples on the first k_problems (maj@K, rerank@K with the ORM, pass@K)
-    def ev(base, model, seed, needs, model_name, rerank=True):
+    def ev(base, model, seed, needs, model_name, rerank=True, extra=()):
         orm_args = ["--orm", orm_model] if rerank else []
         stages.append(Stage(base, ["eval", "--model", model, "-n", str(n_eval), "-k", str(k), "--k-problems",
-                                   str(k_problems), *orm_args, *mnt, "--seed", str(EVAL_SEED), *device],
+                                   str(k_problems), *orm_args, *mnt, "--seed", str(EVAL_SEED), *device, *extra],
                             seed=seed, needs=needs + (["orm"] if rerank else []), group="eval",
                             meta={"model": model_name, "seed": seed}))
 
@@ -238,7 +265,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     # the synthetic pretrained start writes prose; the ORM was trained on the SFT policy's qa samples, so its
     # rerank@K of prose samples would mean nothing (rerank is shown for the SFT side only)
     prose = cfg.task == "synthetic"
-    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt, not prose)
+    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt, not prose,
+       prompting)
     for s in [s for s in stages if s.group == "rl"]:
         ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
            not (prose and s.meta["start"] == "pretrained"))
