@@ -151,6 +151,24 @@ def test_score_reports_unmatched_questions(tmp_path, capsys):
     assert "matched no problem" in capsys.readouterr().out
 
 
+def test_score_reads_your_own_data_with_its_field_names(tmp_path):
+    # a jsonl directory whose question and answer live under other names; by hand: 2 questions, the first answered
+    # right by 1 of its 2 completions, the second by none -> pass@2 0.5, pass@1 0.25
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"problem": "Ann has 3 pens and buys 4. How many?", "final": "7"},
+            {"problem": "Bob has 10 cups and breaks 2. How many?", "final": "8"}]
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"question": rows[0]["problem"], "completions": ["3 + 4 = 7", "3 + 4 = 8"]}) + "\n"
+                       + json.dumps({"question": rows[1]["problem"], "completions": ["10 - 2 = 9", "none"]}) + "\n")
+    assert main(["score", "--samples", str(samples), "--task", f"jsonl:{data}", "--question-field", "problem",
+                 "--answer-field", "final", "--extract", "flexible", "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["n_unmatched"] == 0 and metrics["pass@2"] == 0.5 and metrics["pass@1"] == 0.25
+
+
 @pytest.mark.parametrize("argv,message", [
     (["data", "show", "--task", "mnist"], "unknown task 'mnist'"),
     (["eval", "--model", "/nonexistent/model"], "model directory not found"),

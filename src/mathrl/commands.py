@@ -163,10 +163,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 @dataclass
 class ScoreConfig:
     samples: str = field("", "jsonl of {\"question\" or \"id\": ..., \"completions\": [...]} (required)")
-    task: str = field("synthetic", "task the questions belong to")
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    extract: str | None = field(None, "gsm8k/svamp answer extraction: strict, flexible, boxed or math-verify")
+    data: Data = group(Data, task="synthetic")  # the task the questions belong to (no model records one here)
     surface: str | None = field(None, "synthetic: the format the completions are in, qa (default) or prose")
     split: str = field("test", "split the questions come from")
     k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")
@@ -177,13 +174,15 @@ class ScoreConfig:
     out: str = field("", "output directory (required)")
 
     def validate(self) -> None:
+        validate_groups(self)
         if not self.samples or not self.out:
             raise UsageError("--samples and --out are required")
 
 
 def run_score(cfg: ScoreConfig) -> dict:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir, extract=cfg.extract,
-                             surface=cfg.surface)
+    d = cfg.data
+    task = task_from_options(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface,
+                             fields=d.fields())
     problems = task.problems(cfg.split)
     by_id = {p.id: p for p in problems}
     by_question = {" ".join(p.question.split()): p for p in problems}
