@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
@@ -40,7 +40,7 @@ from mathrl.models import load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.runsetup import start_run, task_of, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams
 from mathrl.tasks import task_options
 from mathrl.training import Example, fine_tune_round, make_optimizer, resume_round_run, round_total_steps, \
     save_round_run
@@ -76,6 +76,9 @@ class Config:
         self.sampling.require_samples()
         if not self.model:
             raise UsageError("--model is required (an SFT model directory)")
+        if self.returns == "dense" and self.sampling.engine == "vllm":
+            raise UsageError("--returns dense forces a return marker after every step while sampling, which --engine "
+                             "vllm cannot: use --engine mathrl (or --returns sparse)")
         if is_user_reward(self.reward):
             user_reward(self.reward)  # import it now: a typo fails before any work
         elif self.reward != "sparse":
@@ -178,6 +181,7 @@ def train(cfg: Config) -> Path:
     good, bad = add_return_tokens(policy, tokenizer)
     if cfg.fsdp:
         distributed.shard_model(policy)  # after the return tokens resized the embeddings
+    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
     initial_weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}  # this rank's shards under FSDP
     how = cfg.step_labels
     if how == "auto":
@@ -271,7 +275,7 @@ def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str
             params.update(step_end=task.step_end, step_marker=(good,))
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"rcrl round {st.round + 1}: sampling", "sample")
-    rollouts = sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
+    rollouts = engines.sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
                       keys=[p.id for p in questions], progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
