@@ -9,8 +9,8 @@ with no engine attached samples with mathrl's sampler, bit for bit as before.
 
 The vLLM engine is colocated: one process, created once per run (lazily, at the first sample) from the policy's
 directory, in vLLM's in-process mode (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Before each sample it receives the
-trainer's current weights when they changed since the last push (tensor version counters), through vLLM's in-place
-``reload_weights`` worker method: no checkpoint is written. A LoRA policy is pushed as merged weights
+trainer's current weights when they may have changed since the last push (an optimizer step or an in-place
+write since then), through vLLM's in-place ``reload_weights`` worker method: no checkpoint is written. A LoRA policy is pushed as merged weights
 (W + scale B A; the trainer's own weights stay unmerged). On CUDA the engine sleeps (weights offloaded, KV cache
 freed) between samples, so the learning step has the memory; vLLM's CPU build ignores sleep.
 
@@ -41,6 +41,11 @@ from mathrl.sampler import Rollout, SamplingParams, _eos_ids, sample as mathrl_s
 ENGINES = ("mathrl", "vllm")
 INSTALL = 'pip install "mathrl[vllm]"'
 _ATTR = "mathrl_engine"
+_optimizer_steps = [0]  # optimizer steps taken in this process (counted once an engine exists)
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
 
 
 def check(engine: str) -> None:
@@ -60,6 +65,11 @@ def attach(policy, tokenizer, sampling, model_dir: str) -> None:
         raise UsageError("--engine vllm runs one colocated engine in one process: not under torchrun or with --fsdp "
                          "(use --engine mathrl, or vLLM's own data/tensor parallelism outside mathrl)")
     _import_vllm()
+    if not _optimizer_steps[0]:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_count_step)
+        _optimizer_steps[0] = 1
     setattr(policy, _ATTR, VLLMEngine(str(model_dir), sampling.token_budget))
 
 
@@ -169,10 +179,8 @@ class VLLMEngine:
         rows = model.get_input_embeddings().weight.shape[0]
         dtype = getattr(model, "mathrl_autocast", None) or next(model.parameters()).dtype
         # KV cache: --token-budget tokens (as mathrl's sampler), at least one full-length sequence
-        per_token = 2 * config.num_hidden_layers * getattr(config, "num_key_value_heads", config.num_attention_heads) \
-            * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads) \
-            * torch.tensor([], dtype=dtype).element_size()
-        kv_bytes = max(self.token_budget, self.n_ctx) * per_token
+        per_token = _kv_bytes_per_token(config, dtype)
+        kv_bytes = max(self.token_budget, self.n_ctx) * per_token if per_token else 1 << 30
         # the trainer's tokenizer, as it is now (RCRL adds return tokens to it), is the engine's
         self.tokenizer_dir = tempfile.mkdtemp(prefix="mathrl-vllm-tokenizer-")
         tokenizer.save_pretrained(self.tokenizer_dir)
@@ -184,8 +192,12 @@ class VLLMEngine:
             self.llm = LLM(model=self.model_dir, tokenizer=self.tokenizer_dir, dtype=str(dtype).removeprefix("torch."),
                            max_model_len=self.n_ctx, enforce_eager=device == "cpu", kv_cache_memory_bytes=kv_bytes,
                            hf_overrides={"vocab_size": rows} if rows != getattr(config, "vocab_size", rows) else None,
-                           enable_sleep_mode=self.sleeps, enable_prefix_caching=False, seed=0)
+                           enable_sleep_mode=self.sleeps, enable_prefix_caching=False, seed=0,
+                           use_tqdm_on_load=False)
         except Exception as e:  # noqa: BLE001 - whatever vLLM raises, the user gets one line
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()  # a half-started engine leaves its process group behind
             supported = arch in ModelRegistry.get_supported_archs()
             what = "" if supported else f"{arch} is not among vLLM {vllm.__version__}'s architectures; "
             raise UsageError(f"vLLM cannot load {self.model_dir} ({what}{type(e).__name__}: "
@@ -208,9 +220,10 @@ class VLLMEngine:
 
     # -- weights -----------------------------------------------------------------------------------------------
     def _push(self, model) -> None:
-        """Hand the engine the trainer's weights if any parameter changed since the last push. An optimizer step
-        or a ``load_state_dict`` writes parameters in place, which bumps each tensor's version counter."""
-        fingerprint = tuple((id(p), p._version) for p in model.parameters())
+        """Hand the engine the trainer's weights if they may have changed since the last push: an optimizer step
+        was taken (fused AdamW writes parameters without bumping their version counters, measured on torch 2.13),
+        or a parameter was written in place otherwise (``load_state_dict``, a resume), which bumps its counter."""
+        fingerprint = (_optimizer_steps[0], tuple((id(p), p._version) for p in model.parameters()))
         if fingerprint == self.pushed:
             return
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(hf_weights(model)),
@@ -281,6 +294,18 @@ class VLLMEngine:
         if progress is not None:
             progress(len(rollouts))
         return rollouts
+
+
+def _kv_bytes_per_token(config, dtype) -> int | None:
+    """Keys and values of one token in every layer, from a Llama-style config (None where it does not name the
+    sizes; the engine then takes 1 GiB)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    return 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
 
 
 def _rollout(tokenizer, i: int, j: int, key: str, prompt_ids: list[int], c, stop_strings) -> Rollout:
