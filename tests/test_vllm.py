@@ -239,3 +239,21 @@ def test_engine_death_mid_run_keeps_the_checkpoint_and_resumes(sft_model, tmp_pa
     monkeypatch.setattr(engines.VLLMEngine, "_push", real)
     assert main(args + ["--resume"]) == 0
     assert (run / "model").is_dir()
+
+
+def test_rcrl_with_grown_vocabulary_and_its_conditioned_eval(sft_model, tmp_path):
+    # RCRL adds [GOOD]/[BAD] to the tokenizer and grows the embedding table: the engine takes the trainer's table
+    run = tmp_path / "rcrl"
+    r = _run(["rcrl", "--model", str(sft_model), "--out", str(run), "--questions", "8", "-k", "2", "--rounds", "2",
+              "--eval-size", "4", "--eval-k", "2", "--max-new-tokens", "32", "--engine", "vllm", *SMALL])
+    assert r.returncode == 0, r.stderr
+    rows = {d: _weights(d)["model.embed_tokens.weight"].shape[0] for d in (sft_model, run / "model")}
+    assert rows[run / "model"] == rows[sft_model] + 2
+    greedy = {}
+    for engine in ("vllm", "mathrl"):
+        out = tmp_path / f"eval-{engine}"
+        r = _run(["eval", "--model", str(run / "model"), "-n", "20", "-k", "2", "--max-new-tokens", "32", "--engine",
+                  engine, "--out", str(out), *SMALL])
+        assert r.returncode == 0, r.stderr
+        greedy[engine] = [json.loads(line)["greedy"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sum(a == b for a, b in zip(greedy["vllm"], greedy["mathrl"])) >= 19

@@ -41,7 +41,8 @@ from mathrl.sampler import Rollout, SamplingParams, _eos_ids, sample as mathrl_s
 ENGINES = ("mathrl", "vllm")
 INSTALL = 'pip install "mathrl[vllm]"'
 _ATTR = "mathrl_engine"
-_optimizer_steps = [0]  # optimizer steps taken in this process (counted once an engine exists)
+_optimizer_steps = [0]  # optimizer steps taken in this process since the first vLLM engine was attached
+_counting = []  # the hook's handle, once registered
 
 
 def _count_step(optimizer, args, kwargs) -> None:
@@ -65,11 +66,10 @@ def attach(policy, tokenizer, sampling, model_dir: str) -> None:
         raise UsageError("--engine vllm runs one colocated engine in one process: not under torchrun or with --fsdp "
                          "(use --engine mathrl, or vLLM's own data/tensor parallelism outside mathrl)")
     _import_vllm()
-    if not _optimizer_steps[0]:
+    if not _counting:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        register_optimizer_step_post_hook(_count_step)
-        _optimizer_steps[0] = 1
+        _counting.append(register_optimizer_step_post_hook(_count_step))
     setattr(policy, _ATTR, VLLMEngine(str(model_dir), sampling.token_budget))
 
 
@@ -191,9 +191,10 @@ class VLLMEngine:
         try:
             self.llm = LLM(model=self.model_dir, tokenizer=self.tokenizer_dir, dtype=str(dtype).removeprefix("torch."),
                            max_model_len=self.n_ctx, enforce_eager=device == "cpu", kv_cache_memory_bytes=kv_bytes,
-                           hf_overrides={"vocab_size": rows} if rows != getattr(config, "vocab_size", rows) else None,
-                           enable_sleep_mode=self.sleeps, enable_prefix_caching=False, seed=0,
-                           use_tqdm_on_load=False)
+                           # the architecture from the directory, the weights from the trainer (pushed before the
+                           # first sample): its embedding table may have grown since (RCRL's return tokens)
+                           hf_overrides={"vocab_size": rows}, load_format="dummy",
+                           enable_sleep_mode=self.sleeps, enable_prefix_caching=True, seed=0)
         except Exception as e:  # noqa: BLE001 - whatever vLLM raises, the user gets one line
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
@@ -228,6 +229,8 @@ class VLLMEngine:
             return
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(hf_weights(model)),
                                                           "is_checkpoint_format": True})
+        # prefix caching shares a prompt's keys/values among its K samples; the cached ones are the old weights'
+        self.llm.reset_prefix_cache()
         self.pushed = fingerprint
 
     # -- sample ------------------------------------------------------------------------------------------------
