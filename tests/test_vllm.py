@@ -3,7 +3,8 @@
 
     python -m pytest -m vllm tests/test_vllm.py
 
-Without vLLM these tests fail at the import below, on purpose: they never skip.
+Without vLLM each of these tests fails (the fixture below imports it), on purpose: they never skip. Deselected (the
+default), the file is collected without importing vLLM.
 
 The model is the embedded default (0.7M parameters), fine-tuned briefly so that completions end with EOS and stop
 strings as a trained model's do.
@@ -22,8 +23,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vllm  # noqa: F401 - the tests need the extra: fail loudly without it
-
 from mathrl import engines
 from mathrl.cli import main
 from mathrl.models import load_model
@@ -33,6 +32,11 @@ from mathrl.tasks import load_task
 from mathrl.training import forward_policy, pack_rollouts
 
 pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def vllm_installed():
+    import vllm  # noqa: F401 - the tests need the extra: an ImportError here fails them loudly
 
 LOGPROB_TOL = 1e-4  # float32 on CPU: measured max |difference| 5.5e-6 over 100 greedy completions
 SMALL = ["--threads", "1", "--device", "cpu", "--token-budget", "8192", "--level", "2"]

@@ -8,7 +8,7 @@ SORM's rollouts reach it through the model they already receive, without a new p
 with no engine attached samples with mathrl's sampler, bit for bit as before.
 
 The vLLM engine is colocated: one process, created once per run (lazily, at the first sample) from the policy's
-directory, in vLLM's in-process mode (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Before each sample it receives the
+directory (its config; the weights always come from the trainer), in vLLM's in-process mode (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Before each sample it receives the
 trainer's current weights when they may have changed since the last push (an optimizer step or an in-place
 write since then), through vLLM's in-place ``reload_weights`` worker method: no checkpoint is written. A LoRA policy is pushed as merged weights
 (W + scale B A; the trainer's own weights stay unmerged). On CUDA the engine sleeps (weights offloaded, KV cache
