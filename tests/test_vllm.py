@@ -124,7 +124,9 @@ def test_engine_follows_the_trainers_weights_without_a_checkpoint(sft_model, tas
     ours = sample(policy, tok, prompts, 1, params)
     theirs = engines.sample(policy, tok, prompts, 1, params)
     assert [r.completion_ids for r in ours] != [r.completion_ids for r in first]  # the step changed the policy
-    assert sum(a.completion_ids == b.completion_ids for a, b in zip(ours, theirs)) >= 19
+    same = sum(a.completion_ids == b.completion_ids for a, b in zip(ours, theirs))
+    print(f"after a LoRA step: greedy equal on {same}/20 prompts")
+    assert same >= 19
     assert sorted(Path(sft_model).parent.rglob("*")) == files  # nothing written: the weights went in memory
     engines.close(policy)
 
@@ -260,4 +262,6 @@ def test_rcrl_with_grown_vocabulary_and_its_conditioned_eval(sft_model, tmp_path
                   engine, "--out", str(out), *SMALL])
         assert r.returncode == 0, r.stderr
         greedy[engine] = [json.loads(line)["greedy"] for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert sum(a == b for a, b in zip(greedy["vllm"], greedy["mathrl"])) >= 19
+    same = sum(a == b for a, b in zip(greedy["vllm"], greedy["mathrl"]))
+    print(f"rcrl: conditioned greedy completions equal on {same}/20 problems")
+    assert same >= 19
