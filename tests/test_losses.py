@@ -268,3 +268,40 @@ def test_cispo_keeps_the_gradient_of_clipped_tokens():
     loss.backward()
     # d/d logp = -w A / 3: the clipped token (ratio 1.5) still gets -1.2 / 3, unlike PPO where it gets 0
     assert logp.grad.flatten().tolist() == pytest.approx([-0.4, -1 / 3, 0.5 / 3, 0.0])
+
+
+def test_truncated_importance_weights_by_hand():
+    from mathrl.losses import truncated_importance_weights
+
+    # row 0: trainer p = 0.5, 0.2 where the engine had 0.25, 0.4 -> ratios r = 2.0, 0.5; row 0 position 2 and
+    # row 1 are masked out (they hold nonsense that must not count). cap 1.5:
+    #   weights = min(r, 1.5) = 1.5, 0.5
+    #   k3 KL = mean((r - 1) - log r) = ((1 - ln 2) + (-0.5 + ln 2)) / 2 = 0.5 / 2 = 0.25 (exactly)
+    #   capped fraction = 1 of 2 tokens = 0.5; max ratio = 2.0
+    trainer = torch.log(torch.tensor([[0.5, 0.2, 1e-30], [0.9, 0.9, 0.9]]))
+    engine = torch.log(torch.tensor([[0.25, 0.4, 1.0], [1e-30, 0.1, 0.1]]))
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    w, stats = truncated_importance_weights(trainer, engine, mask, cap=1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, 0.5, 0.0], [0.0, 0.0, 0.0]]))
+    assert stats.kl == pytest.approx(0.25, abs=1e-6)
+    assert stats.capped_fraction == pytest.approx(0.5)
+    assert stats.max_ratio == pytest.approx(2.0)
+    # the same distributions: every weight 1, no KL, nothing capped
+    w, stats = truncated_importance_weights(trainer, trainer, mask, cap=1.5)
+    assert torch.equal(w[mask], torch.ones(2)) and stats.kl == 0 and stats.capped_fraction == 0
+    assert math.isnan(truncated_importance_weights(trainer, engine, torch.zeros_like(mask), 2.0)[1].max_ratio)
+
+
+def test_ppo_loss_importance_weights_scale_each_token():
+    # two tokens at ratio 1 (first epoch), advantages 1 and -2, IS weights 1.5 and 0.5: the per-token losses
+    # -A * r = -1 and 2 become -1.5 and 1.0; token mean over the 2 tokens = -0.25 (without weights: 0.5). The
+    # gradient w.r.t. logprob t is -w_t A_t / 2: -0.75 and 0.5
+    logp = torch.zeros(1, 2, requires_grad=True)
+    adv, mask = torch.tensor([[1.0, -2.0]]), torch.ones(1, 2, dtype=torch.bool)
+    loss, _ = ppo_policy_loss(logp, torch.zeros(1, 2), adv, mask, is_weights=torch.tensor([[1.5, 0.5]]))
+    loss.backward()
+    assert float(loss) == pytest.approx(-0.25)
+    assert torch.allclose(logp.grad, torch.tensor([[-0.75, 0.5]]))
+    plain, _ = ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), adv, mask)
+    ones, _ = ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), adv, mask, is_weights=torch.ones(1, 2))
+    assert float(plain) == pytest.approx(0.5) and float(ones) == float(plain)

@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from mathrl import engines
 from mathrl.config import field, group
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
@@ -121,6 +122,8 @@ class EvalConfig:
             raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
         if self.n < 0 or self.k_problems < 0:
             raise UsageError("n and k_problems must be >= 0")
+        if self.calculator and self.sampling.engine == "vllm":
+            raise UsageError("--calculator inserts tokens while sampling, which --engine vllm cannot: use --engine mathrl")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -132,7 +135,12 @@ def run_eval(cfg: EvalConfig) -> dict:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
+    condition = read_meta(cfg.model).get("condition")
+    if condition and condition.get("dense") and cfg.sampling.engine == "vllm":
+        raise UsageError(f"{cfg.model} is conditioned on dense returns (a marker forced after every step), which "
+                         "--engine vllm cannot sample: use --engine mathrl")
     model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
+    engines.attach(model, tokenizer, cfg.sampling, cfg.model)
     scorer = None
     if cfg.orm:
         from mathrl.reward_model import load_reward_model
@@ -145,7 +153,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                        max_new_tokens=cfg.sampling.max_new_tokens, shots=shots, seed=cfg.run.seed,
                        calculator=cfg.calculator,
                        token_budget=cfg.sampling.token_budget, scorer=scorer, progress=bar.update,
-                       condition=read_meta(cfg.model).get("condition"), k_problems=cfg.k_problems)
+                       condition=condition, k_problems=cfg.k_problems)
     bar.close()
     metrics = summarize(results)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"

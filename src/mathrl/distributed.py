@@ -53,7 +53,10 @@ T = TypeVar("T")
 
 
 def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+    # a group of one is not mathrl's (it joins only when WORLD_SIZE > 1): vLLM's in-process engine starts one of its
+    # own (engines.py), which mathrl must neither use nor destroy
+    ok = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed if ok and torch.distributed.get_world_size() > 1 else None
 
 
 def world_size() -> int:

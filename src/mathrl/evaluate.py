@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams
 from mathrl.tasks.base import Grade, Problem
 
 
@@ -158,12 +158,12 @@ def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temper
         sample_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] + [good] for p in prompts]
         if condition.get("dense"):
             base.update(step_end=task.step_end, step_marker=(good,))
-    greedy_rollouts = sample(model, tokenizer, sample_prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
+    greedy_rollouts = engines.sample(model, tokenizer, sample_prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
                              progress=progress) if greedy else None
     n_k = min(k_problems, len(problems)) if k_problems > 0 else len(problems)
     # per-question sampling streams are keyed by the problem id, so the K samples of a problem are the same
     # whichever subset is sampled
-    rollouts = sample(model, tokenizer, sample_prompts[:n_k], k, SamplingParams(temperature=temperature, **base),
+    rollouts = engines.sample(model, tokenizer, sample_prompts[:n_k], k, SamplingParams(temperature=temperature, **base),
                       keys=keys[:n_k], progress=progress) if k > 0 and n_k > 0 else []
     results = []
     for i, p in enumerate(problems):

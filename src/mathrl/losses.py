@@ -8,6 +8,8 @@
 - ``value_loss``: the clipped value loss of PPO implementations (OpenAI baselines ppo2, cleanrl ``clip_vloss``).
 - ``sft_loss``: negative log-likelihood of the target tokens (Expert Iteration's fine-tuning, SFT).
 - ``entropy_from_logits``: the policy's mean entropy at the target tokens (a diagnostic or bonus).
+- ``truncated_importance_weights``: the correction for a rollout engine whose log-probs differ from the
+  trainer's (vLLM): per-token weights min(pi_trainer / pi_engine, cap) and the mismatch diagnostics.
 
 Mask convention, everywhere in mathrl: ``mask[b, t]`` is True where token t of row b is a target the loss
 counts (position t is predicted from tokens < t). Prompt and padding tokens are False. Values at False positions
@@ -93,7 +95,8 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                     mask: torch.Tensor, clip: float = 0.2,
                     total: int | torch.Tensor | None = None, *, clip_high: float | None = None,
                     kind: str = "ppo", aggregation: str = "token", n_rows: int | None = None,
-                    max_len: int | None = None) -> tuple[torch.Tensor, PolicyStats]:
+                    max_len: int | None = None, is_weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, PolicyStats]:
     """The clipped policy-gradient objective of PPO and its family, negated to be minimised.
 
     ``kind="ppo"`` (Schulman et al. 2017, eq. 7), per token:
@@ -111,6 +114,9 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 
     ``aggregation``: see ``aggregate`` (token-level by default; ``total``, ``n_rows`` and ``max_len`` are the
     optimizer batch's target tokens, rows and completion-length limit).
+
+    ``is_weights`` (B, T), optional: per-token importance weights for samples drawn by another engine
+    (``truncated_importance_weights``), detached; each token's L_t is multiplied by its weight before aggregating.
 
     logprobs: (B, T) float, log pi of the sampled tokens under the current policy (differentiable);
     old_logprobs: (B, T) float, the same under the policy that sampled them (detached here);
@@ -143,6 +149,8 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         pg_loss2 = -advantages * clipped_ratio
         pg_loss = torch.max(pg_loss1, pg_loss2)
         active = pg_loss2 > pg_loss1
+    if is_weights is not None:
+        pg_loss = torch.where(mask, is_weights.detach(), 0) * pg_loss
     loss = aggregate(pg_loss, mask, aggregation, total, n_rows, max_len)
 
     with torch.no_grad():
@@ -154,6 +162,43 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     stats = PolicyStats(loss=float(loss.detach()), clipfrac=float(clipfrac), approx_kl=float(approx_kl),
                         ratio_mean=float(ratio_mean), clipfrac_low=float(clip_low), clipfrac_high=float(clip_hi))
     return loss, stats
+
+
+@dataclass(frozen=True)
+class MismatchStats:
+    """How far a rollout engine's log-probs are from the trainer's, over the target tokens: ``kl``, the k3
+    estimate of KL(engine || trainer) per token, mean((r - 1) - log r) with r = pi_trainer / pi_engine (>= 0,
+    unbiased under the engine's samples); ``capped_fraction``, the tokens whose r exceeds the cap; ``max_ratio``,
+    the largest r (NaN without target tokens)."""
+
+    kl: float
+    capped_fraction: float
+    max_ratio: float
+
+
+def truncated_importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor,
+                                 cap: float) -> tuple[torch.Tensor, MismatchStats]:
+    """Truncated importance sampling (TIS; Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): the samples were drawn by an engine whose token probabilities pi_engine differ from
+    the trainer's pi_trainer (other kernels, batching, precision), so the policy-gradient estimate is corrected by
+
+        w_t = min(pi_trainer(a_t) / pi_engine(a_t), cap)
+
+    the cap bounding the variance a near-zero pi_engine would bring. Watch ``capped_fraction``: a cap that clips
+    most tokens (trl#4772) silently turns the correction into a reweighting by a constant.
+
+    trainer_logprobs, engine_logprobs: (B, T) float, log-probs of the sampled tokens; mask: (B, T) bool, the tokens
+    the loss counts. Returns (weights (B, T), 0 where mask is False, detached; ``MismatchStats``).
+    """
+    mask = mask.bool()
+    with torch.no_grad():
+        log_ratio = torch.where(mask, trainer_logprobs - engine_logprobs, 0)  # masked before exp: no overflow
+        ratio = torch.exp(log_ratio)
+        weights = torch.where(mask, ratio.clamp(max=cap), 0)
+        kl = masked_token_mean((ratio - 1) - log_ratio, mask)
+        capped = masked_token_mean((ratio > cap).float(), mask)
+        max_ratio = float(ratio[mask].max()) if mask.any() else float("nan")
+    return weights, MismatchStats(kl=float(kl), capped_fraction=float(capped), max_ratio=max_ratio)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

@@ -161,10 +161,15 @@ class Sampling:
     temperature: float = field(1.0, "sampling temperature")
     max_new_tokens: int = max_new_tokens()
     token_budget: int = token_budget()
+    engine: str = field("mathrl", "rollout engine: mathrl (this package's sampler) or vllm (the optional extra, "
+                                  "pip install \"mathrl[vllm]\"; docs/engines.md)")
 
     def validate(self) -> None:
+        from mathrl.engines import check
+
         if self.k < 0 or self.max_new_tokens < 1 or self.token_budget < 1:
             raise UsageError("k must be >= 0 (eval: 0 for greedy only), max_new_tokens and token_budget >= 1")
+        check(self.engine)
 
     def require_samples(self) -> None:
         """Training commands learn from the K samples: K = 0 would be a run that silently does nothing."""

@@ -67,11 +67,17 @@ class Config:
     workers: int = field(2, "stages run at once (each with threads / workers threads)")
     threads: int = field(0, "torch threads shared by the running stages (0: the cores this process may use)")
     only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft@1")
+    engine: str = field("mathrl", "rollout engine of the stages that sample (orm, RL, eval): mathrl or vllm "
+                                  "(docs/engines.md); RCRL with dense returns and its evaluation keep mathrl's "
+                                  "sampler (vLLM cannot force step markers)")
     ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO's loss as Dr.GRPO, DAPO, GSPO and "
                               "CISPO, from SFT, with GRPO's budget and seeds; not in the default)")
 
     def validate(self) -> None:
+        from mathrl.engines import check
+
         validate_groups(self)
+        check(self.engine)
         if self.ablation not in ("", "objectives"):
             raise UsageError(f"unknown ablation {self.ablation!r} (known: objectives)")
         if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
@@ -270,7 +276,20 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     for s in [s for s in stages if s.group == "rl"]:
         ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
            not (prose and s.meta["start"] == "pretrained"))
+    if cfg.engine != "mathrl":
+        for s in stages:
+            if s.command[0] in SAMPLING_COMMANDS and not _forces_steps(s):
+                s.command += ["--engine", cfg.engine]
     return stages
+
+
+SAMPLING_COMMANDS = ("orm", "ei", "ppo", "grpo", "rcrl", "eval")
+
+
+def _forces_steps(stage: Stage) -> bool:
+    """RCRL with dense returns, and the evaluation of its model, force a marker after every step while sampling:
+    mathrl's sampler only."""
+    return stage.base.removeprefix("eval-").startswith("rcrl-dense")
 
 
 def _with_needs(stages: list[Stage], only: list[str]) -> list[Stage]:
@@ -420,6 +439,10 @@ def main(cfg: Config) -> None:
     t0 = time.time()
     stages = _with_needs(plan(cfg, root), cfg.only)
     print(f"[study] {len(stages)} stages, {cfg.workers} at a time, {total_threads} threads", flush=True)
+    if cfg.engine != "mathrl":
+        kept = [s.name for s in stages if s.command[0] in SAMPLING_COMMANDS and _forces_steps(s)]
+        print(f"[study] sampling with {cfg.engine}" + (f", but {', '.join(kept)} with mathrl's sampler (dense "
+                                                       "step markers)" if kept else ""), flush=True)
     run_stages(stages, root, cfg.workers, total_threads)
     # wall time over every invocation (an interrupted study that was resumed counts each part)
     timing = root / "wall_time.json"

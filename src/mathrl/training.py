@@ -410,6 +410,7 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     outcome: torch.Tensor | None = None  # (N,) the outcome return of each rollout (before KL)
+    is_weights: torch.Tensor | None = None  # (N, C) truncated importance weights (--engine vllm), else None
 
     def select(self, idx: torch.Tensor) -> RolloutBatch:
         """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
@@ -428,7 +429,7 @@ class RolloutBatch:
             self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :], pmask[:, pmask.shape[1] - lp :],
             prompt_of, pick(self.completion_ids), pick(self.action_mask), pick(self.loss_mask),
             pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.old_values), pick(self.advantages),
-            pick(self.returns), pick(self.outcome))
+            pick(self.returns), pick(self.outcome), pick(self.is_weights))
 
 
 def pack_rollouts(rollouts, pad_id: int) -> RolloutBatch:

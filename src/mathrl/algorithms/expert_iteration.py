@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
@@ -39,7 +39,7 @@ from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
 from mathrl.runsetup import few_shot_examples, recorded_shots, start_run, task_of, warn_tiny_default_lr, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.sampler import SamplingParams, completion_stats, sample
+from mathrl.sampler import SamplingParams, completion_stats
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import completion_example, fine_tune_round, make_optimizer, restore, resume_round_run, \
@@ -134,6 +134,7 @@ def train(cfg: Config) -> Path:
         policy = apply_lora(policy, cfg.lora, cfg.model)
     if cfg.fsdp:
         distributed.shard_model(policy)
+    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
     initial_weights = snapshot(policy)
     scorer = None
     if cfg.reward == "orm":
@@ -228,7 +229,7 @@ def collect(cfg: Config, task, policy, tokenizer, scorer, questions, shots, st: 
     prompts = [task.prompt(p, shots) for p in questions]
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"ei round {st.round + 1}: sampling", "sample")
-    rollouts = sample(policy, tokenizer, prompts, cfg.sampling.k, SamplingParams(
+    rollouts = engines.sample(policy, tokenizer, prompts, cfg.sampling.k, SamplingParams(
         temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
         stop_strings=task.stop_strings, seed=cfg.run.seed + 1000 * st.round, token_budget=cfg.sampling.token_budget),
         keys=[p.id for p in questions], progress=bar.update)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
@@ -33,7 +33,7 @@ from mathrl.reward_model import RewardModel, token_classifier
 from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, warn_tiny_default_lr, \
     write_meta
 from mathrl.runlog import RunLogger, progress
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import Example, make_optimizer, train_steps
@@ -108,6 +108,7 @@ def train(cfg: Config) -> Path:
     task = task_of(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
+    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
     shots = few_shot_examples(task, cfg.model, -1)
     questions = task.problems("train")[: cfg.questions]
     n_held = max(1, int(len(questions) * cfg.heldout))
@@ -122,7 +123,7 @@ def train(cfg: Config) -> Path:
                                 stop_strings=task.stop_strings, seed=cfg.run.seed,
                                 token_budget=cfg.sampling.token_budget)
         bar = progress(len(prompts) * cfg.sampling.k, "orm: sampling", "sample")
-        rollouts = sample(policy, tokenizer, prompts, cfg.sampling.k, params, keys=[p.id for p in questions],
+        rollouts = engines.sample(policy, tokenizer, prompts, cfg.sampling.k, params, keys=[p.id for p in questions],
                           progress=bar.update)
         bar.close()
         records = []
@@ -140,6 +141,7 @@ def train(cfg: Config) -> Path:
         print(f"orm: labelled {len(records)} samples ({sum(r.correct for r in records) / len(records):.3f} "
               f"correct) in {time.time() - t_start:.0f}s", flush=True)
     records = [Judged(**json.loads(line)) for line in data_file.read_text().splitlines()]
+    engines.close(policy)
     policy = policy.cpu()
     del policy
 
@@ -251,7 +253,7 @@ def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Conf
     if not prefix_prompts:
         return
     bar = progress(len(prefix_prompts) * cfg.m, "sorm: step rollouts", "sample")
-    conts = sample(policy, tokenizer, prefix_prompts, cfg.m, SamplingParams(
+    conts = engines.sample(policy, tokenizer, prefix_prompts, cfg.m, SamplingParams(
         temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
         stop_strings=task.stop_strings, seed=cfg.run.seed + 7, token_budget=cfg.sampling.token_budget),
         keys=[f"{records[i].id}/{j}" for i, j in owners],

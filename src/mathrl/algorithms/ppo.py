@@ -19,6 +19,9 @@ variants users run today, in one loop selected by ``--advantage``:
 Loop per iteration: **collect** K samples for a batch of training prompts -> **score** them through the task
 (``--reward sparse|dense|orm``) -> reference log-probs, old values -> **advantages** -> **learn**:
 ``ppo_epochs`` passes of minibatch updates -> **evaluate** every ``eval_every`` iterations -> **checkpoint**.
+With ``--engine vllm`` the trainer recomputes the rollouts' log-probs (the engine's kernels differ from its own)
+and each token's loss is weighted by the truncated importance weight min(pi_trainer / pi_engine, ``vllm_is_cap``)
+(``engine_correction``; the mismatch KL, the capped fraction and the largest ratio are logged per iteration).
 Divergence guard: a non-finite loss, or a mean KL to the reference above ``kl_bound``, stops the run with a
 message; the last good checkpoint is kept.
 
@@ -38,19 +41,20 @@ from pathlib import Path
 import torch
 
 from mathrl import checkpoint as ckpt
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, group_signal, kl_penalty_rewards, whiten, \
     zero_signal_fraction
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
-from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss, value_loss
+from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss, \
+    truncated_importance_weights, value_loss
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, overlong_penalty, user_reward
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import few_shot_examples, recorded_shots, rng_state, set_rng_state, start_run, task_of, \
     warn_tiny_default_lr, write_meta
-from mathrl.sampler import SamplingParams, completion_stats, sample
+from mathrl.sampler import SamplingParams, completion_stats
 from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, \
     no_lora_with_fsdp, resume, validate_groups
 from mathrl.tasks import task_options
@@ -101,6 +105,7 @@ class Config:
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
     skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same return")
     lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
+    vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine (TIS)")
     fsdp: bool = fsdp()
     eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
     eval: Evaluation = group(Evaluation)
@@ -146,6 +151,8 @@ class Config:
             raise UsageError("overlong_buffer must lie in [0, max_new_tokens]")
         if self.clip_high < 0:
             raise UsageError("clip_high must be >= 0 (0: the same as clip)")
+        if self.vllm_is_cap < 1 or (self.vllm_is_cap != 2.0 and self.sampling.engine != "vllm"):
+            raise UsageError("--vllm-is-cap must be >= 1 and applies to --engine vllm")
         if self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
             raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
 
@@ -258,6 +265,7 @@ def train(cfg: Config) -> Path:
     save_config(cfg, run_dir / "config.yaml")
     m, tokenizer = build_models(cfg, device)
     policy, head = m.policy, m.head
+    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)  # after the reference copy and LoRA
     params = [p for p in policy.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     trained = torch.nn.ModuleDict({"policy": policy, **({"value_head": head} if head is not None else {})})
     optimizer = make_optimizer(trained, cfg.optim.lr, cfg.optim.weight_decay)
@@ -309,7 +317,7 @@ def train(cfg: Config) -> Path:
         batch_q = [questions[order[(start + j) % len(order)]] for j in range(cfg.prompts)]
         prompts = [task.prompt(p, shots) for p in batch_q]
         policy.eval()
-        rollouts = sample(policy, tokenizer, prompts, k, SamplingParams(
+        rollouts = engines.sample(policy, tokenizer, prompts, k, SamplingParams(
             temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
             stop_strings=task.stop_strings, seed=cfg.run.seed + 7919 * st.iteration,
             token_budget=cfg.sampling.token_budget), keys=[p.id for p in batch_q])
@@ -324,6 +332,7 @@ def train(cfg: Config) -> Path:
         token_rewards, outcome = score(cfg, task, tokenizer, scorer, rollouts, batch_q, prompts, batch.action_mask)
 
         # step 3: reference log-probs and old values (no gradient); step 4: advantages
+        mismatch = engine_correction(m, batch, cfg, device) if engines.name(policy) != "mathrl" else {}
         batch.ref_logprobs, batch.old_values = old_passes(m, batch, cfg.optim.micro_batch_size, device)
         batch.outcome = outcome
         kl_seq = float(torch.where(batch.action_mask, batch.old_logprobs - batch.ref_logprobs, 0.0).sum(-1).mean()) \
@@ -341,7 +350,7 @@ def train(cfg: Config) -> Path:
         st.iteration += 1
         record = {"iteration": st.iteration, "rollouts": st.rollouts_used, "reward": float(outcome.mean()),
                   **completion_stats(rollouts), "kl": kl_seq, "kl_coef": st.kl_coef,
-                  "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3)}
+                  "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3), **mismatch}
         if not m.use_reference:
             del record["kl"]  # not measured (no reference model)
         if stats.steps:
@@ -403,6 +412,22 @@ def score(cfg: Config, task, tokenizer, scorer, rollouts, batch_q, prompts, acti
                                                  cfg.overlong_buffer) for r in rollouts])
         token_rewards[torch.arange(len(rollouts)), action.sum(-1) - 1] += penalty
     return token_rewards, outcome_t
+
+
+@torch.no_grad()
+def engine_correction(m: Models, batch: RolloutBatch, cfg: Config, device) -> dict:
+    """--engine vllm: the rollouts' log-probs are the engine's (mu), computed by its kernels and batching, not the
+    trainer's. Recompute them with the trainer (pi_old, the denominator of the PPO ratio from here on) and weight
+    each token's loss by the truncated importance weight min(pi_old / mu, vllm_is_cap) (``batch.is_weights``).
+    Returns the iteration's mismatch diagnostics for the log."""
+    engine_logp = batch.old_logprobs
+    old = torch.zeros_like(engine_logp)
+    for rows in split_micro(torch.arange(len(engine_logp)), cfg.optim.micro_batch_size):
+        lp, _ = forward_policy(m.policy, None, batch.select(rows), False, device)
+        old[rows, : lp.shape[1]] = lp.cpu()
+    batch.old_logprobs = old
+    batch.is_weights, stats = truncated_importance_weights(old, engine_logp, batch.loss_mask, cfg.vllm_is_cap)
+    return {"mismatch_kl": stats.kl, "is_capped_fraction": stats.capped_fraction, "is_max_ratio": stats.max_ratio}
 
 
 @torch.no_grad()
@@ -519,7 +544,8 @@ def _loss(cfg: Config, m: Models, part: RolloutBatch, kl_coef: float, n_loss: in
     loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device), lmask,
                                    clip=cfg.clip, total=max(1, n_loss), clip_high=cfg.clip_high or None,
                                    kind=cfg.policy_loss, aggregation=cfg.loss_aggregation, n_rows=n_rows,
-                                   max_len=cfg.sampling.max_new_tokens)
+                                   max_len=cfg.sampling.max_new_tokens,
+                                   is_weights=part.is_weights.to(device) if part.is_weights is not None else None)
     v_clipfrac = 0.0
     if m.head is not None:
         v_loss, v_clipfrac = value_loss(values, part.old_values.to(device), part.returns.to(device),

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
@@ -41,7 +41,7 @@ from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.runsetup import start_run, task_of, warn_tiny_default_lr, write_meta
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.sampler import SamplingParams, sample
+from mathrl.sampler import SamplingParams
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import Example, fine_tune_round, make_optimizer, restore, resume_round_run, round_total_steps, \
@@ -85,6 +85,9 @@ class Config:
         if self.lora.save_merged is False:
             raise UsageError("--no-save-merged: rcrl adds the return tokens to the vocabulary, so its adapters do not "
                              "fit the start model; its LoRA runs save merged weights")
+        if self.returns == "dense" and self.sampling.engine == "vllm":
+            raise UsageError("--returns dense forces a return marker after every step while sampling, which --engine "
+                             "vllm cannot: use --engine mathrl (or --returns sparse)")
         if is_user_reward(self.reward):
             user_reward(self.reward)  # import it now: a typo fails before any work
         elif self.reward != "sparse":
@@ -191,6 +194,7 @@ def train(cfg: Config) -> Path:
         policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=(good, bad))
     if cfg.fsdp:
         distributed.shard_model(policy)  # after the return tokens resized the embeddings
+    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
     initial_weights = snapshot(policy)
     how = cfg.step_labels
     if how == "auto":
@@ -284,7 +288,7 @@ def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str
             params.update(step_end=task.step_end, step_marker=(good,))
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"rcrl round {st.round + 1}: sampling", "sample")
-    rollouts = sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
+    rollouts = engines.sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
                       keys=[p.id for p in questions], progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
