@@ -189,7 +189,9 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     # impossible combinations
     (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
     (["ppo", "--model", "x", "--reward", "orm"], "--reward orm and --orm DIR go together"),
-    (["ppo", "--model", "x", "--skip-zero-signal"], "--skip-zero-signal applies to grpo/rloo"),
+    (["ppo", "--model", "x", "--zero-signal", "drop"], "--zero-signal drop/refill applies to grpo/rloo"),
+    (["grpo", "--model", "x", "--refill-rounds", "2"], "--refill-rounds applies to --zero-signal refill"),
+    (["grpo", "--model", "x", "--skip-zero-signal"], "renamed: did you mean --zero-signal?"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -293,7 +295,7 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
     # the learning step without a shared prompt cache (checkpointed passes keep none), value head included
     ("ppo", ["--gradient-checkpointing", "--reward", "orm"]),
     # the outcome part of ORM step rewards is all zeros: the signal of a group is in its summed step rewards
-    ("grpo", ["--reward", "orm", "--orm-mode", "step", "--skip-zero-signal"]),
+    ("grpo", ["--reward", "orm", "--orm-mode", "step", "--zero-signal", "drop"]),
     # the objective family: GSPO with GRPO's per-sequence aggregation; Dr.GRPO's scale and normaliser with CISPO
     ("grpo", ["--reward", "orm", "--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "0.05"]),
     ("grpo", ["--reward", "orm", "--policy-loss", "cispo", "--clip-high", "0.28", "--advantage-scale", "none",
@@ -314,7 +316,7 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     assert ("kl" in history[-1]) == (command == "ppo")  # `mathrl ppo --advantage rloo` has kl_coef 0.05
     if "--kl-target" in extra:  # adaptive KL: the coefficient moves with the measured KL
         assert history[1]["kl_coef"] == 0.05 and history[2]["kl_coef"] != history[1]["kl_coef"]
-    if "--skip-zero-signal" in extra:
+    if "--zero-signal" in extra:
         assert all(h["zero_signal_fraction"] < 1 for h in history[1:])
     assert _changed(sft_model, out / "model")  # LoRA: the merged adapters
 
@@ -466,6 +468,32 @@ def test_a_model_mathrl_did_not_train_is_graded_with_flexible_extraction(tmp_pat
     assert "answers read with --extract flexible" in capsys.readouterr().out
     assert main([*args, "--extract", "strict", "--out", str(tmp_path / "s")]) == 0
     assert "--extract flexible" not in capsys.readouterr().out.split("warning")[0]
+
+
+def test_dapo_dynamic_sampling_refills_the_batch_and_counts_every_rollout(start, tmp_path):
+    # a reward that differs within a group only some of the time (completion length mod 3), so that some groups
+    # carry no signal and refill has to draw further prompts
+    reward = tmp_path / "parity.py"
+    reward.write_text("def reward(prompts, completions, **columns):\n    return [len(c) % 3 / 2 for c in completions]\n")
+    out = tmp_path / "dapo"
+    prompts, k, rounds, cap = 4, 2, 3, 40
+    assert main(["grpo", "--model", str(start["sft"]), "--out", str(out), "--reward", f"{reward}:reward",
+                 "--zero-signal", "refill", "--refill-rounds", str(rounds), "--max-rollouts", str(cap),
+                 "--iterations", "10", "--prompts", str(prompts), "-k", str(k), "--batch-size", "4",
+                 "--max-new-tokens", "12", "--eval-size", "0", "--threads", "1"]) == 0
+    history = [h for h in json.loads((out / "history.json").read_text()) if h["iteration"] > 0]
+    drawn = [b["rollouts"] - a["rollouts"] for a, b in zip([{"rollouts": 0}] + history, history)]
+    for h, n in zip(history, drawn):
+        assert 1 <= h["sampling_rounds"] <= 1 + rounds and h["groups"] <= prompts
+        assert 0 <= h["zero_signal_fraction"] <= 1
+        # a batch is full of groups with signal, unless every refill round was spent or the budget ran out
+        assert h["groups"] == prompts or h["sampling_rounds"] == 1 + rounds or h["rollouts"] == cap
+        # every rollout drawn counts, kept or not: up to a full draw per round (the cap may shorten the last)
+        assert (h["sampling_rounds"] - 1) * prompts * k < n <= h["sampling_rounds"] * prompts * k
+    assert any(h["sampling_rounds"] > 1 for h in history)  # some groups had no signal: refill drew again
+    # the budget: draws stop at exactly --max-rollouts (k divides it), before --iterations ran out
+    assert history[-1]["rollouts"] == cap and len(history) < 10
+    assert _changed(start["sft"], out / "model")
 
 
 def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):

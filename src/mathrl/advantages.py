@@ -178,7 +178,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
 def group_signal(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     """Which groups (N/G consecutive groups of G samples of one prompt) carry signal: their returns differ, so
     that GRPO and RLOO give some sample a non-zero advantage. The one definition of "signal" (logged as
-    ``zero_signal_fraction``, used by ``--skip-zero-signal``; DAPO's "dynamic sampling" filters the same groups,
+    ``zero_signal_fraction``, used by ``--zero-signal drop|refill``; DAPO's "dynamic sampling" filters the same groups,
     Yu et al. 2025). ``returns`` are the sequence returns the advantages are computed from (outcome plus any
     step rewards: with ``--reward orm --orm-mode step`` the outcome part is all zeros and the signal is in the
     steps). NaN returns are ignored, as in ``group_advantages``: a group with fewer than 2 valid returns has no

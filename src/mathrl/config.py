@@ -47,7 +47,8 @@ def _type_hints(cls) -> dict:
 
 # spellings of earlier versions -> today's field (configs are versioned by the fields they name)
 RENAMED = {"microbatch_size": "micro_batch_size", "minibatch_size": "batch_size", "policy": "model",
-           "dev_size": "eval_size"}
+           "dev_size": "eval_size",
+           "skip_zero_signal": "zero_signal"}
 
 
 def group(cls, **defaults):

@@ -233,13 +233,14 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         rl("rcrl-sparse-sft", "RCRL", "sparse", "sft", seed, [])
     if cfg.ablation == "objectives":
         # the policy-gradient objectives compared today, each a switch on GRPO's loss (docs/algorithms.md), with its
-        # paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling by dropping zero-signal
-        # groups, soft overlong penalty over the last quarter of the length limit; GSPO's sequence-ratio clip
-        # 3e-4 / 4e-4; CISPO's weight capped at 1 + 0.28
+        # paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling (zero-signal groups replaced
+        # by further draws, which count in the same rollout budget: --max-rollouts), soft overlong penalty over the
+        # last quarter of the length limit; GSPO's sequence-ratio clip 3e-4 / 4e-4; CISPO's weight capped at 1 + 0.28
         overlong = str(max(1, b["max_new_tokens"] // 4))
         for seed in range(cfg.seeds):
             for name, extra in (("drgrpo", ["--advantage-scale", "none", "--loss-aggregation", "constant"]),
-                                ("dapo", ["--clip-high", "0.28", "--skip-zero-signal", "--overlong-buffer", overlong]),
+                                ("dapo", ["--clip-high", "0.28", "--zero-signal", "refill", "--max-rollouts", str(budget),
+                                         "--overlong-buffer", overlong]),
                                 ("gspo", ["--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "3e-4",
                                           "--clip-high", "4e-4"]),
                                 ("cispo", ["--policy-loss", "cispo", "--clip-high", "0.28"])):

@@ -12,9 +12,11 @@ variants users run today, in one loop selected by ``--advantage``:
 - ``grpo`` (Shao et al. 2024): advantage (r - mean_group) / std_group, the same for every token of a sample;
   ``rloo`` (Ahmadian et al. 2024): r - mean of the other samples of the prompt. No critic. With ``kl_coef`` > 0
   the KL to the reference enters the loss (k3 estimator, as in GRPO). Groups whose samples all got the same
-  reward carry no signal: their fraction is logged (``zero_signal_fraction``) and ``--skip-zero-signal``
-  drops them. The loss of these methods sits near zero by construction (advantages average to zero within a
-  group, trl#2703 / #3452): watch the reward and maj@1, not the loss.
+  reward carry no signal: their fraction is logged (``zero_signal_fraction``); ``--zero-signal drop`` drops them
+  and ``--zero-signal refill`` (DAPO's dynamic sampling) draws further prompts until the batch is full of groups
+  with signal, every rollout drawn counted in the budget (``--max-rollouts``). The loss of these methods sits near
+  zero by construction (advantages average to zero within a group, trl#2703 / #3452): watch the reward and maj@1,
+  not the loss.
 
 Loop per iteration: **collect** K samples for a batch of training prompts -> **score** them through the task
 (``--reward sparse|dense|orm``) -> reference log-probs, old values -> **advantages** -> **learn**:
@@ -103,7 +105,13 @@ class Config:
     kl_coef: float = field(0.05, "KL-to-reference coefficient (reward penalty for gae, loss term for grpo/rloo)")
     kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
-    skip_zero_signal: bool = field(False, "grpo/rloo: drop groups whose samples all got the same return")
+    zero_signal: str = field("keep", "grpo/rloo groups whose samples all got the same return (no advantage): keep, "
+                                     "drop them, or refill (DAPO's dynamic sampling: drop them and sample further "
+                                     "prompts until --prompts groups carry signal; every rollout drawn counts)")
+    refill_rounds: int = field(4, "--zero-signal refill: extra sampling rounds per iteration at most (then the "
+                                  "iteration learns from the groups it has)")
+    max_rollouts: int = field(0, "stop once this many rollouts were drawn (0: after --iterations); the budget of a "
+                                 "run whose iterations draw a varying number (--zero-signal refill)")
     lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
     vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine (TIS)")
     fsdp: bool = fsdp()
@@ -133,8 +141,15 @@ class Config:
             raise UsageError("--reward orm and --orm DIR go together")
         if self.orm_mode not in ("terminal", "step"):
             raise UsageError("orm_mode must be terminal or step")
-        if self.skip_zero_signal and self.advantage == "gae":
-            raise UsageError("--skip-zero-signal applies to grpo/rloo")
+        if self.zero_signal not in ZERO_SIGNAL:
+            raise UsageError(f"unknown zero_signal {self.zero_signal!r} (known: {', '.join(ZERO_SIGNAL)})")
+        if self.zero_signal != "keep" and self.advantage == "gae":
+            raise UsageError("--zero-signal drop/refill applies to grpo/rloo (a value baseline gives every sample "
+                             "an advantage)")
+        if self.refill_rounds < 1 or self.max_rollouts < 0:
+            raise UsageError("refill_rounds must be >= 1 and max_rollouts >= 0")
+        if self.refill_rounds != 4 and self.zero_signal != "refill":
+            raise UsageError("--refill-rounds applies to --zero-signal refill")
         for name in ("iterations", "prompts", "ppo_epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
@@ -155,6 +170,9 @@ class Config:
             raise UsageError("--vllm-is-cap must be >= 1 and applies to --engine vllm")
         if self.clip <= 0 or self.kl_coef < 0 or self.kl_bound <= 0:
             raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
+
+
+ZERO_SIGNAL = ("keep", "drop", "refill")
 
 
 class ValueHead(torch.nn.Module):
@@ -199,13 +217,16 @@ class PPOState:
     kl_coef: float = 0.0  # changes with --kl-target (adaptive KL)
     opt_steps: int = 0
     rollouts_used: int = 0
+    prompts_used: int = 0  # position in the shuffled pass over the train split
     history: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PPOState":
+    def from_dict(cls, d: dict, prompts: int) -> "PPOState":
+        """From a checkpoint; one written before ``prompts_used`` existed drew ``prompts`` per iteration."""
+        d = {"prompts_used": d["iteration"] * prompts, **d}
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -287,7 +308,7 @@ def train(cfg: Config) -> Path:
             head.load_state_dict(saved["value_head"])
         distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
         set_rng_state(saved["rng"])
-        st = PPOState.from_dict(saved)
+        st = PPOState.from_dict(saved, cfg.prompts)
         print(f"resumed {run_dir} at iteration {st.iteration}")
     logger = RunLogger(run_dir, resume_step=st.iteration if last is not None else None)
 
@@ -310,21 +331,14 @@ def train(cfg: Config) -> Path:
     order = list(range(len(questions)))
     random.Random(cfg.run.seed).shuffle(order)
     bar = progress(cfg.iterations, cfg.advantage, "iter", initial=st.iteration)
-    while st.iteration < cfg.iterations:
+    while st.iteration < cfg.iterations and not (cfg.max_rollouts and st.rollouts_used >= cfg.max_rollouts):
         t0 = time.time()
-        # step 1: collect K samples for this iteration's prompts (a fixed shuffled pass over the train split)
-        start = (st.iteration * cfg.prompts) % len(order)
-        batch_q = [questions[order[(start + j) % len(order)]] for j in range(cfg.prompts)]
-        prompts = [task.prompt(p, shots) for p in batch_q]
-        policy.eval()
-        rollouts = engines.sample(policy, tokenizer, prompts, k, SamplingParams(
-            temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-            stop_strings=task.stop_strings, seed=cfg.run.seed + 7919 * st.iteration,
-            token_budget=cfg.sampling.token_budget), keys=[p.id for p in batch_q])
-        st.rollouts_used += len(rollouts)
+        # step 1: collect K samples for this iteration's prompts (a fixed shuffled pass over the train split);
+        # step 2: score them through the task: per-token rewards (N, C) and each rollout's outcome return (N,)
+        batch_q, prompts, rollouts, drawn = collect(cfg, st, policy, tokenizer, task, scorer, questions, order, shots)
+        if not rollouts:  # --max-rollouts leaves less than one group to draw
+            break
         t_sample = time.time() - t0
-
-        # step 2: score through the task: per-token rewards (N, C) and each rollout's outcome return (N,)
         batch = pack_rollouts(rollouts, tokenizer.pad_token_id)
         if cfg.mask_truncated:  # DAPO's overlong filtering: truncated completions teach the policy nothing
             truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
@@ -338,9 +352,10 @@ def train(cfg: Config) -> Path:
         kl_seq = float(torch.where(batch.action_mask, batch.old_logprobs - batch.ref_logprobs, 0.0).sum(-1).mean()) \
             if m.use_reference else float("nan")  # mean KL per sequence (k1)
         batch.advantages, batch.returns, seq_returns = advantages(cfg, batch, token_rewards, st.kl_coef)
-        zero_signal = zero_signal_fraction(seq_returns, k) if head is None else float("nan")
+        zero_signal = float("nan") if head is not None else (
+            drawn.zero_signal_fraction if drawn else zero_signal_fraction(seq_returns, k))  # refill: of all drawn
         keep = torch.arange(len(rollouts))
-        if cfg.skip_zero_signal:  # the groups whose returns differ (advantages.group_signal)
+        if cfg.zero_signal == "drop":  # the groups whose returns differ (advantages.group_signal)
             keep = group_signal(seq_returns, k).repeat_interleave(k).nonzero().flatten()
 
         # step 5: learn: ppo_epochs passes of minibatch updates
@@ -349,6 +364,7 @@ def train(cfg: Config) -> Path:
         # step 6: log, adapt the KL coefficient, guard against divergence
         st.iteration += 1
         record = {"iteration": st.iteration, "rollouts": st.rollouts_used, "reward": float(outcome.mean()),
+                  **({"sampling_rounds": drawn.rounds, "groups": len(batch_q)} if drawn else {}),
                   **completion_stats(rollouts), "kl": kl_seq, "kl_coef": st.kl_coef,
                   "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3), **mismatch}
         if not m.use_reference:
@@ -370,12 +386,13 @@ def train(cfg: Config) -> Path:
               + (f", kl {kl_seq:.3f}" if m.use_reference else "")
               + (f", zero-signal groups {zero_signal:.2f}" if head is None else "")
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
-        last_iteration = st.iteration == cfg.iterations
+        last_iteration = st.iteration == cfg.iterations or bool(cfg.max_rollouts and
+                                                                st.rollouts_used >= cfg.max_rollouts)
         if eval_problems and (last_iteration or (cfg.eval_every and st.iteration % cfg.eval_every == 0)):
             record.update(run_eval())
         st.history.append(record)
         logger.log(st.iteration, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
-        if st.iteration % cfg.checkpoint_every == 0 or st.iteration == cfg.iterations:
+        if st.iteration % cfg.checkpoint_every == 0 or last_iteration:
             save()
             write_history(run_dir, st.history, cfg.eval.eval_k, cfg.advantage)
     bar.close()
@@ -389,6 +406,60 @@ def train(cfg: Config) -> Path:
     write_history(run_dir, st.history, cfg.eval.eval_k, cfg.advantage)
     print(f"{cfg.advantage} policy written to {model_dir}")
     return model_dir
+
+
+@dataclass
+class Drawn:
+    """What one iteration drew beyond the groups it learns from (``--zero-signal refill``): its sampling rounds
+    and the fraction of all the groups drawn that carried no signal."""
+
+    rounds: int
+    zero_signal_fraction: float
+
+
+def collect(cfg: Config, st: PPOState, policy, tokenizer, task, scorer, questions, order, shots):
+    """One iteration's training groups: (problems, prompts, rollouts, Drawn or None). Draws the next ``prompts``
+    prompts of the shuffled pass x K. With ``--zero-signal refill`` (DAPO's dynamic sampling, Yu et al. 2025,
+    sec. 3.2 and Algorithm 1) it keeps only the groups whose returns differ (``advantages.group_signal``) and
+    draws the next ``prompts`` prompts, up to ``refill_rounds`` more times, until ``prompts`` groups carry signal
+    (the first ones drawn are kept; with fewer after the last round the iteration learns from those). Refill
+    scores each round to find the signal, and the caller scores the kept groups again (one more grading pass; a
+    second ORM pass with --reward orm). Every rollout drawn counts in ``st.rollouts_used``, kept or not, and
+    ``--max-rollouts`` caps the draws (no group left to draw: empty lists). Advances ``st.prompts_used`` and
+    ``st.rollouts_used``."""
+    k, refill = cfg.sampling.k, cfg.zero_signal == "refill"
+    batch_q: list = []
+    rollouts: list = []
+    signal_groups = total_groups = rounds = 0
+    while rounds <= (cfg.refill_rounds if refill else 0) and len(batch_q) < cfg.prompts:
+        n = cfg.prompts
+        if cfg.max_rollouts:
+            n = min(n, (cfg.max_rollouts - st.rollouts_used) // k)
+        if n <= 0:
+            break
+        round_q = [questions[order[(st.prompts_used + j) % len(order)]] for j in range(n)]
+        prompts = [task.prompt(p, shots) for p in round_q]
+        policy.eval()
+        drawn = engines.sample(policy, tokenizer, prompts, k, SamplingParams(
+            temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+            stop_strings=task.stop_strings, seed=cfg.run.seed + 7919 * st.iteration + rounds,
+            token_budget=cfg.sampling.token_budget), keys=[p.id for p in round_q])
+        st.prompts_used += n
+        st.rollouts_used += len(drawn)
+        rounds += 1
+        if not refill:
+            return round_q, prompts, drawn, None
+        # the returns the group advantages are computed from (advantages(): outcome plus step rewards)
+        returns = score(cfg, task, tokenizer, scorer, drawn, round_q, prompts, pack_rollouts(drawn, 0).action_mask)[0]
+        signal = group_signal(returns.sum(-1), k).tolist()
+        signal_groups, total_groups = signal_groups + sum(signal), total_groups + n
+        for j in [j for j in range(n) if signal[j]][: cfg.prompts - len(batch_q)]:
+            rollouts += [dataclasses.replace(r, prompt_index=len(batch_q)) for r in drawn[j * k:(j + 1) * k]]
+            batch_q.append(round_q[j])
+    if rounds and not batch_q:  # no group had signal in any round: the last round's (no advantage; a KL term acts)
+        batch_q, rollouts = round_q, drawn
+    prompts = [task.prompt(p, shots) for p in batch_q]
+    return batch_q, prompts, rollouts, Drawn(rounds, 1 - signal_groups / max(1, total_groups))
 
 
 def score(cfg: Config, task, tokenizer, scorer, rollouts, batch_q, prompts, action: torch.Tensor):
