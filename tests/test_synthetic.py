@@ -157,19 +157,39 @@ def test_prose_surface_grades_the_corpus_format():
         ref = task.target(p)
         g = task.grade(p, ref)
         assert g.correct and g.verified, (p.question, ref)
-        # the same step values as the qa reference; the answer sentence is a span without a result
-        assert task.step_results(ref) == qa.step_results(p.solution) + [""]
-        assert task.extract_answer(ref + " Then Bob has 5 pens.") == p.answer  # the first So-sentence counts
-    # hand-made problem: Ann 7, Bob = Ann + 3 = 10, Eve = Bob * 2 = 20
+        # the same step values as the qa reference, after one quote per statement used; the answer sentence is a
+        # span without a result
+        results = task.step_results(ref)
+        assert [r for r in results if r] == qa.step_results(p.solution) and results[-1] == ""
+        assert task.extract_answer(ref + " The answer is 5.") == p.answer  # the first answer sentence counts
+    # by hand: a two-step problem, Cat = Bob * 2 with Bob = Ann + 3 (whatever the drawn operations are)
     p = next(p for p in task.problems("test") if len(p.meta["graph"].needed) == 2)
-    nodes, (x, y) = p.meta["graph"].nodes, p.meta["graph"].needed
-    item = p.question.rsplit("How many ", 1)[1].split(" ", 1)[0]
-    steps = task.target(p).strip().split(". ")
-    wrong_value = steps[0].rsplit("=", 1)[0] + f"= {nodes[x].value + 1} {item}"
-    g = task.grade(p, " " + ". ".join([wrong_value] + steps[1:]))
-    assert g.correct and not g.verified and g.steps.first_error == 0 and g.steps.steps[0].reason == "wrong arithmetic"
-    g = task.grade(p, f" So {y} has {nodes[y].value} {item}.")  # the answer alone: right, but no steps
+    graph = p.meta["graph"]
+    x, y = graph.needed
+    sentences = task.target(p).strip().split(". ")
+    quotes, (first, second, answer) = sentences[:-3], sentences[-3:]
+    # a wrong value in the first computation: the answer is still right (the second step reads the true value),
+    # the process is not, and the first error is that computation, after the quotes
+    wrong_value = first.rsplit("=", 1)[0] + f"= {graph.nodes[x].value + 1} {graph.item}"
+    g = task.grade(p, " " + ". ".join(quotes + [wrong_value, second, answer]))
+    assert g.correct and not g.verified and g.steps.first_error == len(quotes)
+    assert g.steps.steps[len(quotes)].reason == "wrong arithmetic"
+    # the answer alone: right, but no steps
+    g = task.grade(p, f" The answer is {graph.nodes[y].value}.")
     assert g.correct and not g.verified and "missing step" in g.steps.reason
+    # a misquoted statement is a wrong step even when everything after it is right
+    misquote = quotes[0].replace(" has ", " had ", 1)
+    g = task.grade(p, " " + ". ".join([misquote] + quotes[1:] + [first, second, answer]))
+    assert g.correct and not g.verified and g.steps.first_error == 0
+    assert g.steps.steps[0].reason == "not a statement of the problem"
+    # computations need no quotes (quoting is reading, not reasoning), but must count the problem's item
+    assert task.grade(p, " " + ". ".join([first, second, answer])).verified
+    other = "cups" if graph.item != "cups" else "pens"
+    g = task.grade(p, " " + ". ".join([first.replace(graph.item, other), second, answer]))
+    assert not g.verified and g.steps.steps[0].reason == f"counts {other}, not {graph.item}"
+    # no answer sentence: no answer, and the check says so
+    g = task.grade(p, " " + ". ".join(quotes + [first, second]) + ".")
+    assert g.answer is None and g.steps.reason == "no 'The answer is N' sentence"
     assert task.grade(p, " Bob likes pens.").answer is None
     with pytest.raises(Exception, match="surface"):
         load_task("synthetic", surface="latex")
@@ -195,14 +215,15 @@ def test_prose_steps_in_order_and_dense_rewards_per_span():
 
     task = load_task("synthetic", surface="prose")
     p = next(p for p in task.problems("test") if len(p.meta["graph"].needed) == 2)
-    first, second, answer = task.target(p).strip().split(". ")
+    graph = p.meta["graph"]
+    first, second, answer = task.target(p).strip().split(". ")[-3:]
     # the second step before the first: its operand is used before it is computed (as in the qa check)
     g = task.grade(p, f" {second}. {first}. {answer}")
     assert g.correct and not g.verified and "before computing" in g.steps.reason
-    # a restated fact is a span without a result: the rewards stay one per span, paid where the steps are
-    leaf = next(n for n in p.meta["graph"].nodes.values() if n.op == "leaf")
-    item = p.question.rsplit("How many ", 1)[1].split(" ", 1)[0]
-    text = f" {leaf.name} has {leaf.value} {item}. {first}. {second}. {answer}"
+    # a quoted fact is a span without a result: the rewards stay one per span, paid where the steps are
+    leaf = next(n for n in graph.nodes.values() if n.op == "leaf")
+    text = f" {leaf.name} has {leaf.value} {graph.item}. {first}. {second}. {answer}"
+    assert task.grade(p, text).verified
     assert task.step_results(text)[0] == "" and len(task.step_results(text)) == len(task.step_spans(text)) == 4
     assert dense_step_rewards(task, p, text) == [0.0, 0.5, 0.5, 0.0]
 

@@ -1,34 +1,42 @@
 """A "web-like" pretraining corpus for the embedded default (the pretrained-but-not-fine-tuned start of the
-paper): problem texts of the synthetic task without solutions, arithmetic drill lines, ledger lists that repeat
-their statements, and a small fraction of worked solutions in the prose surface. The task itself (problems,
-grading, step checks) is tasks/synthetic.py."""
+paper): problem texts of the synthetic task without solutions, arithmetic drill lines over the task's operations,
+ledger lists that repeat their statements, and a stated fraction of worked solutions in the prose surface
+(``synthetic.prose_solution``, not the task's step format). The task itself (problems, grading, step checks) is
+tasks/synthetic.py; the mix the pretrained start uses is ``algorithms.pretrain.Config``'s."""
 
 from __future__ import annotations
 
 import random
 from typing import Iterator
 
-from mathrl.tasks.synthetic import ITEMS, LEVELS, NAMES, Level, _item_of, generate_problem, is_test_text, prose_solution
+from mathrl.tasks.synthetic import ITEMS, LEVELS, NAMES, Level, generate_problem, is_test_text, prose_solution
 
 
 def _drill(rng: random.Random, level: Level) -> str:
-    """A line of arithmetic facts over the task's number range: '17 + 5 = 22. 8 * 3 = 24. ...'."""
+    """A line of arithmetic facts, the operations of the task's steps over its number range, as a worksheet
+    would print them: '417 + 3 = 420. 275 * 2 = 550. 416 + 496 = 912. ...'. The four kinds come equally often:
+    adding or taking away a constant up to ``k_max``, doubling or tripling, and the sum of two quantities."""
     facts = []
+    vmax = level.value_max
     for _ in range(rng.randint(4, 10)):
-        op = rng.choice("+-*")
-        if op == "+":
-            a, b = rng.randint(0, level.value_max), rng.randint(0, level.value_max)
-            if a + b > level.value_max:
-                a, b = a // 2, b // 2
+        kind = rng.choice(("add", "sub", "mul", "sum"))
+        if kind == "add":
+            b = rng.randint(1, level.k_max)
+            a = rng.randint(0, vmax - b)
             facts.append(f"{a} + {b} = {a + b}.")
-        elif op == "-":
-            a = rng.randint(0, level.value_max)
-            b = rng.randint(0, a)
+        elif kind == "sub":
+            b = rng.randint(1, level.k_max)
+            a = rng.randint(b, vmax)
             facts.append(f"{a} - {b} = {a - b}.")
-        else:
+        elif kind == "mul":
             m = rng.choice((2, 3))
-            a = rng.randint(0, level.value_max // m)
+            a = rng.randint(0, vmax // m)
             facts.append(f"{a} * {m} = {a * m}.")
+        else:
+            a = rng.randint(0, vmax)
+            b = rng.randint(0, vmax - a)
+            a, b = (a, b) if rng.random() < 0.5 else (b, a)
+            facts.append(f"{a} + {b} = {a + b}.")
     return " ".join(facts)
 
 
@@ -50,8 +58,8 @@ def _recall(rng: random.Random, level: Level) -> str:
     return " ".join(facts) + " Again: " + " ".join(again)
 
 
-def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03, drill_fraction: float = 0.35,
-                  recall_fraction: float = 0.0) -> Iterator[str]:
+def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.10, drill_fraction: float = 0.45,
+                  recall_fraction: float = 0.15) -> Iterator[str]:
     """An endless stream of pretraining documents: problem texts without solutions, arithmetic drills, ledger
     lists that repeat their statements (``_recall``), and a small fraction of worked solutions in a prose format
     (never the task's step format). Test-pool problems are excluded, so pretraining never sees a test question."""
@@ -70,8 +78,7 @@ def web_documents(level: int | Level, seed: int, solution_fraction: float = 0.03
         if is_test_text(question):
             continue
         if u < drill_fraction + solution_fraction:
-            item = _item_of(question)
-            yield question + " " + prose_solution(graph, item)
+            yield question + " " + prose_solution(graph)
         elif rng.random() < 0.5:
             yield question
         else:  # statements only: web text rarely asks the question it sets up

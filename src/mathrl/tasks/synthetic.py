@@ -104,6 +104,7 @@ class Graph:
     nodes: dict[str, Node]
     needed: tuple[str, ...]
     query: str
+    item: str = ""  # what every quantity counts ("pens"): statements and prose solutions name it
 
 
 def _statement(node: Node, item: str) -> str:
@@ -211,7 +212,7 @@ def generate_problem(rng: random.Random, level: Level) -> tuple[str, Graph, list
 
     nodes = {n.name: n for n in order}
     needed = tuple(n.name for n in chain[1:])
-    graph = Graph(nodes=nodes, needed=needed, query=chain[-1].name)
+    graph = Graph(nodes=nodes, needed=needed, query=chain[-1].name, item=item)
     question = " ".join(_statement(n, item) for n in order) + f" How many {item} does {graph.query} have?"
     return question, graph, order
 
@@ -356,58 +357,62 @@ def _check_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[s
     return StepVerdict(line, True)
 
 
-# Prose solutions (the pretraining corpus's format): "Bob has 7 + 3 = 10 pens. ... So Eve has 25 pens."
+# Prose solutions (the pretraining corpus's format, ``prose_solution``): the statements a solution rests on,
+# quoted from the question, then the computations, then the answer sentence of Wei et al.'s chain-of-thought
+# exemplars:
+#   "Cat has twice as many pens as Bob. Bob has 3 more pens than Ann. Ann has 7 pens. So Bob has 7 + 3 = 10 pens.
+#    So Cat has 10 * 2 = 20 pens. The answer is 20."
 SURFACES = ("qa", "prose")
 PROSE_STOP_STRINGS = ("\n",)  # a corpus document is one line
-_PROSE_STEP = re.compile(rf"\s*({_NAME}) has (\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+) [a-z]+\s*")
-_PROSE_ANSWER = re.compile(rf"So ({_NAME}) has (\d+) [a-z]+\.")
+_PROSE_STEP = re.compile(rf"\s*So ({_NAME}) has (\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+) ([a-z]+)\s*")
+_PROSE_ANSWER = re.compile(r"The answer is (\d+)\b\.?")
 _PROSE_RESULT = re.compile(r"=\s*(\d{1,6}) [a-z]+\.?\s*$")
 
 
-def _item_of(question: str) -> str:
-    return question.rsplit("How many ", 1)[1].split(" ", 1)[0]
-
-
 def _prose_body(completion: str) -> tuple[str, re.Match | None]:
-    """The text up to the end of the first 'So X has N item.' sentence, and that match."""
+    """The text up to the end of the first 'The answer is N.' sentence, and that match."""
     m = _PROSE_ANSWER.search(completion[:MAX_STEPS * MAX_STEP_CHARS])
     return (completion[: m.end()] if m else completion), m
 
 
 def extract_prose(text: str) -> str | None:
-    """The answer of a prose solution: N in its first 'So X has N item.' sentence (None without one)."""
+    """The answer of a prose solution: N in its first 'The answer is N.' sentence (None without one)."""
     _, m = _prose_body(text)
-    return str(int(m.group(2))) if m and len(m.group(2)) <= 6 else None
+    return str(int(m.group(1))) if m and len(m.group(1)) <= 6 else None
 
 
 def prose_step_spans(completion: str) -> list[tuple[int, int]]:
-    """Sentence spans of a prose solution up to and including its 'So ...' sentence."""
+    """Sentence spans of a prose solution up to and including its answer sentence."""
     body, _ = _prose_body(completion)
     return step_spans(body)
 
 
 def check_prose_steps(graph: Graph, completion: str) -> StepCheck:
-    """Check a prose solution's steps (the sentences before 'So X has N ...') against the graph.
+    """Check a prose solution's sentences (those before 'The answer is N.') against the graph.
 
-    A step ``X has a op b = v item.`` is right when X is a needed quantity not computed before, op is X's
-    operation, a and b are the true values of its operands (for + and *, in either order) and v is X's value.
-    Prose names no operands, so the check is by value; a sentence of another shape is a malformed step."""
+    A quoted sentence is right when it is one of the problem's statements, word for word (quoting is reading,
+    not reasoning: a quoted distractor is not an error). A computation ``So X has a op b = v item.`` is right
+    when X is a needed quantity not computed before, op is X's operation, a and b are the true values of its
+    operands (for + and *, in either order), v is X's value and the item is the problem's. Prose names no
+    operands in its computations, so they are checked by value. Any other sentence is a wrong step."""
     body, answer = _prose_body(completion)
     sentences = [x.strip() for x in body[: answer.start() if answer else len(body)].split(".")[:MAX_STEPS]]
+    statements = {_statement(n, graph.item)[:-1] for n in graph.nodes.values()}
     verdicts: list[StepVerdict] = []
     done: set[str] = set()
     needed = set(graph.needed)
-    for line in (x for x in sentences if x):
-        verdicts.append(_check_prose_step(line[:MAX_STEP_CHARS], graph.nodes, needed, done))
-    no_answer = "" if answer is not None and answer.group(1) == graph.query else "no 'So <query> has N' sentence"
-    return _step_check(verdicts, graph, done, no_answer)
+    for line in (x[:MAX_STEP_CHARS] for x in sentences if x):
+        if _PROSE_STEP.fullmatch(line) is None:
+            verdicts.append(StepVerdict(line, line in statements, "" if line in statements else
+                                        "not a statement of the problem"))
+        else:
+            verdicts.append(_check_prose_step(line, graph, needed, done))
+    return _step_check(verdicts, graph, done, "" if answer is not None else "no 'The answer is N' sentence")
 
 
-def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done: set[str]) -> StepVerdict:
-    m = _PROSE_STEP.fullmatch(line)
-    if m is None:
-        return StepVerdict(line, False, "malformed step")
-    x, va, sign, vb, v = m.groups()
+def _check_prose_step(line: str, graph: Graph, needed: set[str], done: set[str]) -> StepVerdict:
+    x, va, sign, vb, v, item = _PROSE_STEP.fullmatch(line).groups()
+    nodes = graph.nodes
     wrong = _claim(line, x, nodes, needed, done)
     if wrong is not None:
         return wrong
@@ -426,6 +431,8 @@ def _check_prose_step(line: str, nodes: dict[str, Node], needed: set[str], done:
         return StepVerdict(line, False, "wrong values substituted")
     if int(v) != node.value:
         return StepVerdict(line, False, "wrong arithmetic")
+    if item != graph.item:
+        return StepVerdict(line, False, f"counts {item}, not {graph.item}")
     return StepVerdict(line, True)
 
 
@@ -438,9 +445,10 @@ class SyntheticTask:
 
     ``surface`` is the format a model is prompted in and writes: ``qa`` (the default: ``Question:/Answer:``
     prompts, steps ``X = A op B = a op b = v.``, ``#### N``) or ``prose``, the pretraining corpus's own format
-    (``tasks.corpus.web_documents``): the prompt is the bare question, zero-shot, and a solution reads ``Bob has 7 + 3 = 10
-    pens. ... So Eve has 25 pens.``; its answer is the number of the first ``So X has N`` sentence and its steps
-    are checked against the graph by value (prose names no operands). The pretrained start is evaluated in
+    (``tasks.corpus.web_documents``): the prompt is the bare question, zero-shot, and a solution quotes the
+    statements it uses, then computes (``... Ann has 7 pens. So Bob has 7 + 3 = 10 pens. ... The answer is 25.``);
+    its answer is the number of the first ``The answer is N`` sentence, quotes are checked against the question
+    and computations against the graph by value (``check_prose_steps``). The pretrained start is evaluated in
     prose (Havrilla et al. prompt their pretrained models in a format they can follow; ours never saw
     ``Question:/Answer:``)."""
 
@@ -493,7 +501,7 @@ class SyntheticTask:
 
     def target(self, problem: Problem) -> str:
         if self.surface == "prose":
-            return " " + prose_solution(problem.meta["graph"], _item_of(problem.question))
+            return " " + prose_solution(problem.meta["graph"])
         return " " + problem.solution
 
     def extract_answer(self, text: str) -> str | None:
@@ -513,8 +521,8 @@ class SyntheticTask:
         by the item ('= 10 pens'); compare with ``step_results(target(problem))``, the reference in the same
         surface."""
         if self.surface == "prose":
-            # one entry per step span (what step_spans returns), "" where a sentence states no result ('Ivy has
-            # 110 hats.', the 'So ...' answer): rewards per step stay aligned with the spans they are paid at
+            # one entry per step span (what step_spans returns), "" where a sentence states no result (a quoted
+            # statement 'Ivy has 110 hats.', the answer sentence): rewards per step stay aligned with their spans
             out = []
             for start, end in prose_step_spans(text):
                 m = _PROSE_RESULT.search(text[start:end])
@@ -533,17 +541,29 @@ class SyntheticTask:
 # The prose surface (what the pretraining corpus, tasks/corpus.py, writes its worked solutions in)
 
 
-def prose_solution(graph: Graph, item: str) -> str:
-    """A worked solution in a surface format unlike the task's: 'Bob has 7 + 3 = 10 pens.' ... 'So ...'."""
-    parts = []
+def prose_solution(graph: Graph) -> str:
+    """A worked solution in a surface unlike the task's step format, as an explanation on the web reads: the
+    statements it rests on, quoted from the question going back from the queried quantity, then one 'So X has
+    a op b = v item.' computation per needed quantity in order, then 'The answer is N.'.
+
+    Quoting first keeps every lookup a copy of one nearby sentence: the computation sentence then reads its
+    operands from the quotes just written, instead of finding a name's value through another name in one step,
+    the two-hop lookup that 2M tokens of pretraining never formed in the 0.7M model (docs/results.md)."""
+    nodes, quoted, parts = graph.nodes, set(), []
+
+    def quote(name: str) -> None:
+        if name not in quoted:
+            quoted.add(name)
+            parts.append(_statement(nodes[name], graph.item))
+            for parent in nodes[name].args:
+                quote(parent)
+
+    quote(graph.query)
     for name in graph.needed:
-        n = graph.nodes[name]
+        n = nodes[name]
         a = n.args
-        if n.op == "sum":
-            expr = f"{graph.nodes[a[0]].value} + {graph.nodes[a[1]].value}"
-        else:
-            expr = f"{graph.nodes[a[0]].value} {_SIGN[n.op]} {n.k}"
-        parts.append(f"{name} has {expr} = {n.value} {item}.")
-    q = graph.query
-    parts.append(f"So {q} has {graph.nodes[q].value} {item}.")
+        expr = (f"{nodes[a[0]].value} + {nodes[a[1]].value}" if n.op == "sum"
+                else f"{nodes[a[0]].value} {_SIGN[n.op]} {n.k}")
+        parts.append(f"So {name} has {expr} = {n.value} {graph.item}.")
+    parts.append(f"The answer is {nodes[graph.query].value}.")
     return " ".join(parts)
