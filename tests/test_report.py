@@ -173,11 +173,23 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "rule at_least, m = 0.02; 2 seed(s) x 40 questions" in md  # F1's parts: rule, margin, seeds
     assert "EI (sparse, from sft) - sft" in md and "[" in md.split("## Differences")[1]
     for section in ("## Power", "## Per difficulty", "## Budgets", "## Three test questions", "## Provenance",
-                    "Room above maj@1",
+                    "Room above maj@1", "Pretrained start on the same",
                     "Question-blind guesser", "## Reward models", "with rollout step labels"):
         assert section in md, section
     assert "torch " in md and "mathrl eval" in md  # versions and the stage commands
     assert page.count("data:image/png;base64,") >= 3 and "<table>" in page and "quick" in md
+
+
+def test_profile_line_applies_issue_22_criteria():
+    from mathrl.report import profile_line
+
+    # live: maj@1 0.05 <= 0.10, verified 0.25 >= 0.20, answer-only 0.60 - guesser 0.15 = +0.45 >= +0.20
+    g = {"pass@96": 0.15, "pretrained": {"maj@1": 0.05, "pass@96": 0.60, "pass@96_verified": 0.25, "n": 120}}
+    assert profile_line(g, 96).endswith("is met.") and "+0.450" in profile_line(g, 96)
+    # each criterion failing alone: maj@1 0.11; verified 0.19; answer-only 0.34 = guesser + 0.19
+    for key, bad in (("maj@1", 0.11), ("pass@96_verified", 0.19), ("pass@96", 0.34)):
+        assert profile_line({**g, "pretrained": {**g["pretrained"], key: bad}}, 96).endswith("not met.")
+    assert profile_line({"pass@96": 0.15}, 96) is None  # no pretrained start evaluated
 
 
 def test_objectives_table_pairs_each_variant_with_grpo():

@@ -483,7 +483,30 @@ def guesser(cfg, data: StudyData) -> dict | None:
     greedy = scores(sampled, "maj@1")
     if pk and greedy:
         out["room"] = (sum(pk) - sum(greedy)) / len(sampled)
+    # the pretrained start's profile on the same questions (the paper's: low maj@1, non-trivial pass@K), against
+    # issue 22's criteria: maj@1 <= 0.10, verified pass@K >= 0.20, answer-only pass@K >= the guesser's + 0.20
+    pt = (data.evals.get("pretrain") or data.evals.get("pretrained") or {}).get(None)
+    if pt:
+        ids = {r.get("id") for r in sampled}
+        same = [r for r in pt if r.get("id") in ids and r.get("n", 0) >= data.k]
+        got = {m: scores(same, m) for m in ("maj@1", f"pass@{data.k}", f"pass@{data.k}_verified")}
+        if same and all(got.values()):
+            out["pretrained"] = {m: sum(v) / len(v) for m, v in got.items()}
+            out["pretrained"]["n"] = len(same)
     return out
+
+
+def profile_line(guess: dict, k: int) -> str | None:
+    """One sentence: is the pretrained start live (issue 22's criteria), with its numbers and the guesser's."""
+    pt = guess.get("pretrained")
+    if not pt:
+        return None
+    m1, pa, pv, g = pt["maj@1"], pt[f"pass@{k}"], pt[f"pass@{k}_verified"], guess[f"pass@{k}"]
+    live = m1 <= 0.10 and pv >= 0.20 and pa >= g + 0.20
+    return (f"Pretrained start on the same {pt['n']} questions: maj@1 {m1:.3f} (criterion <= 0.10), verified "
+            f"pass@{k} {pv:.3f} (>= 0.20), answer-only pass@{k} {pa:.3f} = the guesser's {g:+.3f} "
+            f"{pa - g:+.3f} (>= +0.20): the paper's profile (low maj@1, non-trivial pass@K) is "
+            + ("met." if live else "not met."))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -700,6 +723,8 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
         if "room" in guess:
             md += ["", f"Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
                    f"{guess['room']:+.3f}."]
+        if profile_line(guess, k):
+            md += ["", profile_line(guess, k)]
     md += ["", "## Differences (paired, 95% CI)", ""] + _md_table(*tables["diff"])
     if tables["objectives"][1]:
         md += ["", "## Objectives (ablation, paired, 95% CI)", "", "Each of GRPO's loss variants minus the default "
@@ -763,6 +788,8 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
     if guess:
         body.append(f"<p>Question-blind guesser on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, "
                     f"pass@{k} {guess[f'pass@{k}']:.3f} (verified: 0).</p>")
+        if profile_line(guess, k):
+            body.append(f"<p>{html.escape(profile_line(guess, k))}</p>")
     body.append("<h2>Differences (paired, 95% CI)</h2>" + _html_table(*tables["diff"]))
     if tables["objectives"][1]:
         body.append("<h2>Objectives (ablation, paired, 95% CI)</h2>" + _html_table(*tables["objectives"]))
