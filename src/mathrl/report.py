@@ -504,8 +504,8 @@ def profile_line(guess: dict, k: int) -> str | None:
     m1, pa, pv, g = pt["maj@1"], pt[f"pass@{k}"], pt[f"pass@{k}_verified"], guess[f"pass@{k}"]
     live = m1 <= 0.10 and pv >= 0.20 and pa >= g + 0.20
     return (f"Pretrained start on the same {pt['n']} questions: maj@1 {m1:.3f} (criterion <= 0.10), verified "
-            f"pass@{k} {pv:.3f} (>= 0.20), answer-only pass@{k} {pa:.3f} = the guesser's {g:+.3f} "
-            f"{pa - g:+.3f} (>= +0.20): the paper's profile (low maj@1, non-trivial pass@K) is "
+            f"pass@{k} {pv:.3f} (>= 0.20), answer-only pass@{k} {pa:.3f}, the guesser's {g:.3f} {pa - g:+.3f} "
+            f"(>= +0.20): the paper's profile (low maj@1, non-trivial pass@K) is "
             + ("met." if live else "not met."))
 
 
