@@ -177,6 +177,36 @@ def test_rloo_two_groups_by_hand():
     assert adv.tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0])
 
 
+def test_reinforce_plus_plus_and_its_group_baseline_variant_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    # REINFORCE++ (batch baseline, batch std): mean_B = 3/8 = 0.375; population var = E[r^2] - mean^2
+    #   = 0.375 - 0.140625 = 0.234375, std_B = 0.484123 -> A(1) = 0.625 / 0.484123 = 1.290994,
+    #   A(0) = -0.375 / 0.484123 = -0.774597
+    a, b = 0.625 / math.sqrt(0.234375), -0.375 / math.sqrt(0.234375)
+    adv = group_advantages(rewards, group_size=4, kind="reinforce++")
+    assert adv.tolist() == pytest.approx([a, b, b, b, a, a, b, b], abs=1e-5)
+    # no group baseline: G = 1 works and gives the same numbers
+    assert group_advantages(rewards, group_size=1, kind="reinforce++").tolist() == pytest.approx(adv.tolist())
+    # REINFORCE++-baseline (GRPO's group baseline, the batch's std): centred r - mean_g =
+    #   [0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5], mean 0, E[x^2] = (0.5625 + 3 * 0.0625 + 4 * 0.25) / 8
+    #   = 1.75 / 8 = 0.21875, std_B = 0.467707 -> 0.75 / 0.467707 = 1.603567, -0.25 / . = -0.534522, 0.5 / . = 1.069045
+    sd = math.sqrt(0.21875)
+    adv = group_advantages(rewards, group_size=4, kind="grpo", scale="batch")
+    assert adv.tolist() == pytest.approx([0.75 / sd, -0.25 / sd, -0.25 / sd, -0.25 / sd, 0.5 / sd, 0.5 / sd,
+                                          -0.5 / sd, -0.5 / sd], abs=1e-5)
+    # a group whose rewards are all equal: 0 under the group baseline, not under REINFORCE++'s batch baseline
+    same = torch.tensor([1.0, 1.0, 0.0, 1.0])  # groups of 2: [1, 1] and [0, 1]; batch mean 0.75, std sqrt(3)/4
+    assert group_advantages(same, 2, "grpo", scale="batch").tolist()[:2] == [0, 0]
+    assert group_advantages(same, 2, "reinforce++").tolist() == pytest.approx(
+        [0.25 / (math.sqrt(3) / 4), 0.25 / (math.sqrt(3) / 4), -0.75 / (math.sqrt(3) / 4), 0.25 / (math.sqrt(3) / 4)],
+        abs=1e-5)
+    # NaN (unscorable) samples: out of the batch statistics, advantage 0. Valid {1, 0, 1}: mean 2/3, var 2/9
+    nan = float("nan")
+    adv = group_advantages(torch.tensor([1.0, nan, 0.0, 1.0]), 2, "reinforce++")
+    assert adv.tolist() == pytest.approx([(1 / 3) / (math.sqrt(2) / 3), 0, (-2 / 3) / (math.sqrt(2) / 3),
+                                          (1 / 3) / (math.sqrt(2) / 3)], abs=1e-5)
+
+
 def test_group_advantages_exclude_nan_rewards():
     nan = float("nan")
     rewards = torch.tensor([1.0, nan, 0.0, 0.0, nan, nan, nan, nan])
@@ -209,7 +239,7 @@ def test_group_advantages_reject_bad_arguments():
     with pytest.raises(ValueError, match="kind"):
         group_advantages(rewards, group_size=3, kind="ppo")
     with pytest.raises(ValueError, match="scale"):
-        group_advantages(rewards, group_size=3, kind="grpo", scale="batch")
+        group_advantages(rewards, group_size=3, kind="grpo", scale="global")
 
 
 def test_group_advantages_accept_integer_rewards_and_leave_them_alone():

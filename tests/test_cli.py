@@ -191,6 +191,10 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["ppo", "--model", "x", "--reward", "orm"], "--reward orm and --orm DIR go together"),
     (["ppo", "--model", "x", "--zero-signal", "drop"], "--zero-signal drop/refill applies to grpo/rloo"),
     (["grpo", "--model", "x", "--refill-rounds", "2"], "--refill-rounds applies to --zero-signal refill"),
+    (["grpo", "--model", "x", "--advantage", "reinforce++", "--zero-signal", "refill"],
+     "--zero-signal drop/refill applies to grpo/rloo"),
+    (["grpo", "--model", "x", "--advantage", "rloo", "--advantage-scale", "batch"],
+     "--advantage-scale applies to --advantage grpo"),
     (["grpo", "--model", "x", "--skip-zero-signal"], "renamed: did you mean --zero-signal?"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -292,6 +296,9 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
 @pytest.mark.parametrize("command,extra", [
     ("ppo", []), ("ppo", ["--reward", "dense", "--kl-target", "0.5"]), ("grpo", ["--reward", "orm"]),
     ("ppo", ["--advantage", "rloo", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
+    # REINFORCE++ (batch mean and std) and REINFORCE++-baseline (group mean, batch std)
+    ("grpo", ["--advantage", "reinforce++", "--reward", "orm"]),
+    ("grpo", ["--advantage-scale", "batch", "--reward", "orm"]),
     # the learning step without a shared prompt cache (checkpointed passes keep none), value head included
     ("ppo", ["--gradient-checkpointing", "--reward", "orm"]),
     # the outcome part of ORM step rewards is all zeros: the signal of a group is in its summed step rewards

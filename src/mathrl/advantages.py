@@ -3,7 +3,8 @@
 - ``masked_mean`` / ``masked_var`` / ``whiten``: statistics over the mask-True entries only.
 - ``gae``: per-token Generalized Advantage Estimation (Schulman et al. 2016) for PPO (Havrilla et al. 2024, 3.2).
 - ``group_advantages``: outcome-reward baselines from G samples of one prompt: GRPO (Shao et al. 2024,
-  DeepSeekMath, section 4.1.2), Dr.GRPO (Liu et al. 2025, no std scaling) and RLOO (Ahmadian et al. 2024).
+  DeepSeekMath, section 4.1.2), Dr.GRPO (Liu et al. 2025, no std scaling), REINFORCE++-baseline (a batch std,
+  Hu et al. 2025) and RLOO (Ahmadian et al. 2024); and REINFORCE++'s batch baseline (Hu et al. 2025).
 - ``zero_signal_fraction``: the fraction of groups whose rewards are all equal (their advantages are all 0).
 - ``kl_penalty_rewards``: per-token KL(policy || reference) estimates k1, k2, k3 (Schulman,
   http://joschu.net/blog/kl-approx.html) as a reward penalty (Ziegler et al. 2019; Stiennon et al. 2020).
@@ -135,7 +136,8 @@ def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: float = 1e-6,
                      scale: str = "group") -> torch.Tensor:
-    """One advantage per sample from outcome rewards, with a baseline from the other samples of its prompt.
+    """One advantage per sample from outcome rewards, with a baseline from the other samples of its prompt (or,
+    for REINFORCE++, of the batch).
 
     rewards: (N,) float, laid out as N/G consecutive groups of G = ``group_size`` samples of one prompt. NaN
     marks an unscorable sample: it is left out of its group's statistics and gets advantage 0.
@@ -143,18 +145,26 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
     - ``kind="grpo"`` (Shao et al. 2024, DeepSeekMath, section 4.1.2, outcome supervision):
       A_i = (r_i - mean_g) / (std_g + eps), std_g the *population* standard deviation (divide by n, not n - 1)
       of the group's valid rewards. ``scale="none"``: A_i = r_i - mean_g, Dr.GRPO (Liu et al. 2025, "Understanding
-      R1-Zero-Like Training"), which drops the std division that up-weights near-uniform groups.
+      R1-Zero-Like Training"), which drops the std division that up-weights near-uniform groups. ``scale="batch"``:
+      A_i = (r_i - mean_g) / (std_B + eps), std_B the population standard deviation of the centred values
+      r - mean_g over every valid sample of the batch: REINFORCE++-baseline (Hu et al. 2025, "REINFORCE++",
+      section 3: a group baseline, then normalisation over the global batch instead of per group).
     - ``kind="rloo"`` (Ahmadian et al. 2024; Kool et al. 2019): A_i = r_i - mean of the other G - 1 valid
       rewards of the group (leave-one-out, an unbiased baseline). Needs G >= 2 (ValueError otherwise); a
       sample with no valid peer gets 0. ``scale`` does not apply (RLOO never divides by a std).
+    - ``kind="reinforce++"`` (Hu et al. 2025, section 3, with an outcome reward): A_i = (r_i - mean_B) / (std_B +
+      eps) over every valid sample of the batch: no group baseline, so G may be 1 and a group whose rewards are
+      all equal still gets advantages (the batch decides their sign). ``scale`` does not apply (always the batch).
+      Deviation: Hu et al. subtract the KL penalty from the reward per token; here, as for GRPO, the KL is a loss
+      term (``--kl-coef``).
 
     A group whose valid rewards are all equal carries no signal: all its advantages are 0 (see
     ``zero_signal_fraction``). Returns (N,) float, no gradient (rewards are data).
     """
-    if kind not in ("grpo", "rloo"):
-        raise ValueError(f"kind must be 'grpo' or 'rloo', got {kind!r}")
-    if scale not in ("group", "none"):
-        raise ValueError(f"scale must be 'group' or 'none', got {scale!r}")
+    if kind not in ("grpo", "rloo", "reinforce++"):
+        raise ValueError(f"kind must be 'grpo', 'rloo' or 'reinforce++', got {kind!r}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     if kind == "rloo" and group_size < 2:
         raise ValueError(f"RLOO needs at least 2 samples per prompt, got group_size={group_size}")
     r = _grouped(rewards.detach(), group_size)  # (N/G, G)
@@ -163,16 +173,28 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
     n_valid = valid.sum(dim=1, keepdim=True)  # (N/G, 1)
     group_sum = r0.sum(dim=1, keepdim=True)
 
-    if kind == "grpo":
+    if kind == "reinforce++":
+        centred = r0 - group_sum.sum() / n_valid.sum().clamp(min=1)
+        advantages = centred / (_batch_std(centred, valid) + eps)
+    elif kind == "grpo":
         mean = group_sum / n_valid.clamp(min=1)
         advantages = r0 - mean
         if scale == "group":
             std = torch.sqrt(torch.where(valid, advantages ** 2, 0).sum(dim=1, keepdim=True) / n_valid.clamp(min=1))
             advantages = advantages / (std + eps)
+        elif scale == "batch":
+            advantages = advantages / (_batch_std(advantages, valid) + eps)
     else:
         mean_others = (group_sum - r0) / (n_valid - 1).clamp(min=1)
         advantages = torch.where(n_valid >= 2, r0 - mean_others, 0)
     return torch.where(valid, advantages, 0).reshape(-1)
+
+
+def _batch_std(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Population standard deviation of the valid entries of x (any shape), around their mean; 0 if none."""
+    n = valid.sum().clamp(min=1)
+    mean = torch.where(valid, x, 0).sum() / n
+    return torch.sqrt(torch.where(valid, (x - mean) ** 2, 0).sum() / n)
 
 
 def group_signal(returns: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""PPO with a value head, GAE and a KL penalty to a reference model; GRPO and RLOO with group baselines.
+"""PPO with a value head, GAE and a KL penalty to a reference model; GRPO, RLOO and REINFORCE++ without a critic.
 
 The paper's PPO (Havrilla et al. 2024, section 3.2, following Ziegler et al. 2019 / trlX) and the critic-free
 variants users run today, in one loop selected by ``--advantage``:
@@ -10,8 +10,10 @@ variants users run today, in one loop selected by ``--advantage``:
   estimate log pi - log pi_ref at every token; advantages by GAE (gamma 1, lambda 0.95), whitened; clipped
   ratio (0.2) and clipped value loss; ``kl_target`` > 0 makes the coefficient adaptive (Ziegler et al.).
 - ``grpo`` (Shao et al. 2024): advantage (r - mean_group) / std_group, the same for every token of a sample;
-  ``rloo`` (Ahmadian et al. 2024): r - mean of the other samples of the prompt. No critic. With ``kl_coef`` > 0
-  the KL to the reference enters the loss (k3 estimator, as in GRPO). Groups whose samples all got the same
+  ``rloo`` (Ahmadian et al. 2024): r - mean of the other samples of the prompt; ``reinforce++`` (Hu et al. 2025):
+  (r - mean_batch) / std_batch (``--advantage grpo --advantage-scale batch``: the group baseline with the batch's
+  std, their REINFORCE++-baseline). No critic. With ``kl_coef`` > 0
+  the KL to the reference enters the loss (k3 estimator, as in GRPO; Hu et al. put it in the reward). Groups whose samples all got the same
   reward carry no signal: their fraction is logged (``zero_signal_fraction``); ``--zero-signal drop`` drops them
   and ``--zero-signal refill`` (DAPO's dynamic sampling) draws further prompts until the batch is full of groups
   with signal, every rollout drawn counted in the budget (``--max-rollouts``). The loss of these methods sits near
@@ -71,7 +73,8 @@ class Config:
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
     prompting: Prompting = group(Prompting)
-    advantage: str = field("gae", "gae (PPO with a value head), grpo or rloo (group baselines, no critic)")
+    advantage: str = field("gae", "gae (PPO with a value head), grpo or rloo (group baselines, no critic), "
+                                  "reinforce++ (the batch's mean and std, no critic: Hu et al. 2025)")
     reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
                                   "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
     orm: str = field("", "reward-model directory (reward orm)")
@@ -90,7 +93,8 @@ class Config:
     loss_aggregation: str = field("token", "token (DAPO: every token of the minibatch weighted equally), sequence "
                                            "(GRPO: mean per completion, then over completions) or constant "
                                            "(Dr.GRPO: / (completions x max_new_tokens))")
-    advantage_scale: str = field("group", "grpo: divide by the group's std (group) or not (none: Dr.GRPO)")
+    advantage_scale: str = field("group", "grpo: divide by the group's std (group), the batch's std (batch: "
+                                          "REINFORCE++-baseline) or not (none: Dr.GRPO)")
     overlong_buffer: int = field(0, "DAPO's soft overlong penalty: the reward falls linearly to -1 over the last N "
                                     "tokens before max_new_tokens (0: off)")
     mask_truncated: bool = field(False, "leave completions cut at max_new_tokens out of the policy loss (DAPO's "
@@ -102,7 +106,7 @@ class Config:
     gamma: float = field(1.0, "discount (gae)")
     lam: float = field(0.95, "GAE lambda")
     whiten_advantages: bool = field(True, "whiten GAE advantages over the batch")
-    kl_coef: float = field(0.05, "KL-to-reference coefficient (reward penalty for gae, loss term for grpo/rloo)")
+    kl_coef: float = field(0.05, "KL-to-reference coefficient (reward penalty for gae, loss term for the others)")
     kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
     kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this")
     zero_signal: str = field("keep", "grpo/rloo groups whose samples all got the same return (no advantage): keep, "
@@ -128,8 +132,8 @@ class Config:
         no_lora_with_fsdp(self.lora, self.fsdp)
         if not self.model:
             raise UsageError("--model is required (the starting policy)")
-        if self.advantage not in ("gae", "grpo", "rloo"):
-            raise UsageError(f"unknown advantage {self.advantage!r} (gae, grpo, rloo)")
+        if self.advantage not in ("gae", "grpo", "rloo", "reinforce++"):
+            raise UsageError(f"unknown advantage {self.advantage!r} (gae, grpo, rloo, reinforce++)")
         if self.advantage in ("grpo", "rloo") and self.sampling.k < 2:
             raise UsageError(f"--advantage {self.advantage} compares samples of one prompt: needs k >= 2 "
                              "(with k=1 every advantage is 0 and training is a silent no-op)")
@@ -143,9 +147,9 @@ class Config:
             raise UsageError("orm_mode must be terminal or step")
         if self.zero_signal not in ZERO_SIGNAL:
             raise UsageError(f"unknown zero_signal {self.zero_signal!r} (known: {', '.join(ZERO_SIGNAL)})")
-        if self.zero_signal != "keep" and self.advantage == "gae":
-            raise UsageError("--zero-signal drop/refill applies to grpo/rloo (a value baseline gives every sample "
-                             "an advantage)")
+        if self.zero_signal != "keep" and self.advantage in ("gae", "reinforce++"):
+            raise UsageError("--zero-signal drop/refill applies to grpo/rloo (a value or batch baseline gives every "
+                             "sample an advantage)")
         if self.refill_rounds < 1 or self.max_rollouts < 0:
             raise UsageError("refill_rounds must be >= 1 and max_rollouts >= 0")
         if self.refill_rounds != 4 and self.zero_signal != "refill":
@@ -158,9 +162,9 @@ class Config:
                              f"{', '.join(AGGREGATIONS)}")
         if self.policy_loss == "gspo" and self.advantage == "gae":
             raise UsageError("--policy-loss gspo takes one advantage per completion: use it with grpo or rloo")
-        if self.advantage_scale not in ("group", "none"):
-            raise UsageError("advantage_scale must be group or none")
-        if self.advantage_scale == "none" and self.advantage != "grpo":
+        if self.advantage_scale not in ("group", "batch", "none"):
+            raise UsageError("advantage_scale must be group, batch or none")
+        if self.advantage_scale != "group" and self.advantage != "grpo":
             raise UsageError("--advantage-scale applies to --advantage grpo")
         if not 0 <= self.overlong_buffer <= self.sampling.max_new_tokens:
             raise UsageError("overlong_buffer must lie in [0, max_new_tokens]")
@@ -528,8 +532,9 @@ def old_passes(m: Models, batch: RolloutBatch, micro: int, device):
 def advantages(cfg: Config, batch: RolloutBatch, token_rewards: torch.Tensor, kl_coef: float):
     """(advantages (N, C), returns (N, C) or None, sequence returns (N,)).
 
-    gae: GAE over the per-token rewards minus kl_coef x the k1 KL, whitened. grpo/rloo: the group baseline of the
-    sequence returns (outcome + step rewards), the same advantage for every token of a sample."""
+    gae: GAE over the per-token rewards minus kl_coef x the k1 KL, whitened. grpo/rloo/reinforce++: the group (or
+    batch) baseline of the sequence returns (outcome + step rewards), the same advantage for every token of a
+    sample."""
     action = batch.action_mask
     seq_returns = token_rewards.sum(-1)  # (N,) outcome (+ dense step credit)
     if cfg.advantage == "gae":
@@ -661,5 +666,5 @@ class GRPOConfig(Config):
     """``mathrl grpo``: the same loop with group-normalised advantages and no critic."""
 
     out: str = field("runs/grpo", "run directory (the final policy is written to OUT/model)")
-    advantage: str = field("grpo", "grpo (default here), rloo or gae")
+    advantage: str = field("grpo", "grpo (default here), rloo, reinforce++ or gae")
     kl_coef: float = field(0.0, "KL-to-reference coefficient in the loss (k3; 0: none, as in Dr.GRPO / DAPO)")
