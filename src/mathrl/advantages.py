@@ -147,12 +147,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
       of the group's valid rewards. ``scale="none"``: A_i = r_i - mean_g, Dr.GRPO (Liu et al. 2025, "Understanding
       R1-Zero-Like Training"), which drops the std division that up-weights near-uniform groups. ``scale="batch"``:
       A_i = (r_i - mean_g) / (std_B + eps), std_B the population standard deviation of the centred values
-      r - mean_g over every valid sample of the batch: REINFORCE++-baseline (Hu et al. 2025, "REINFORCE++",
-      section 3: a group baseline, then normalisation over the global batch instead of per group).
+      r - mean_g over every valid sample of the batch: REINFORCE++-baseline (Hu et al. 2025, "REINFORCE++", arXiv
+      2501.03262: a group baseline, then normalisation over the global batch instead of per group).
     - ``kind="rloo"`` (Ahmadian et al. 2024; Kool et al. 2019): A_i = r_i - mean of the other G - 1 valid
       rewards of the group (leave-one-out, an unbiased baseline). Needs G >= 2 (ValueError otherwise); a
       sample with no valid peer gets 0. ``scale`` does not apply (RLOO never divides by a std).
-    - ``kind="reinforce++"`` (Hu et al. 2025, section 3, with an outcome reward): A_i = (r_i - mean_B) / (std_B +
+    - ``kind="reinforce++"`` (Hu et al. 2025, arXiv 2501.03262, with an outcome reward): A_i = (r_i - mean_B) / (std_B +
       eps) over every valid sample of the batch: no group baseline, so G may be 1 and a group whose rewards are
       all equal still gets advantages (the batch decides their sign). ``scale`` does not apply (always the batch).
       Deviation: Hu et al. subtract the KL penalty from the reward per token; here, as for GRPO, the KL is a loss
