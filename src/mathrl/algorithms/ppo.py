@@ -12,9 +12,9 @@ variants users run today, in one loop selected by ``--advantage``:
 - ``grpo`` (Shao et al. 2024): advantage (r - mean_group) / std_group, the same for every token of a sample;
   ``rloo`` (Ahmadian et al. 2024): r - mean of the other samples of the prompt; ``reinforce++`` (Hu et al. 2025):
   (r - mean_batch) / std_batch (``--advantage grpo --advantage-scale batch``: the group baseline with the batch's
-  std, their REINFORCE++-baseline). No critic. With ``kl_coef`` > 0
-  the KL to the reference enters the loss (k3 estimator, as in GRPO; Hu et al. put it in the reward). Groups whose samples all got the same
-  reward carry no signal: their fraction is logged (``zero_signal_fraction``); ``--zero-signal drop`` drops them
+  std, their REINFORCE++-baseline). No critic. With ``kl_coef`` > 0 the KL to the reference enters the loss (k3
+  estimator, as in GRPO; Hu et al. put it in the reward). Groups whose samples all got the same reward carry no
+  signal: their fraction is logged (``zero_signal_fraction``); ``--zero-signal drop`` drops them
   and ``--zero-signal refill`` (DAPO's dynamic sampling) draws further prompts until the batch is full of groups
   with signal, every rollout drawn counted in the budget (``--max-rollouts``). The loss of these methods sits near
   zero by construction (advantages average to zero within a group, trl#2703 / #3452): watch the reward and maj@1,
