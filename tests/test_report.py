@@ -178,6 +178,7 @@ def test_report_from_fabricated_runs(tmp_path):
         assert section in md, section
     assert "torch " in md and "mathrl eval" in md  # versions and the stage commands
     assert page.count("data:image/png;base64,") >= 3 and "<table>" in page and "quick" in md
+    assert "Room above maj@1" in page and "Pretrained start on the same" in page
 
 
 def test_profile_line_applies_issue_22_criteria():

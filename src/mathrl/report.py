@@ -788,6 +788,9 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
     if guess:
         body.append(f"<p>Question-blind guesser on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, "
                     f"pass@{k} {guess[f'pass@{k}']:.3f} (verified: 0).</p>")
+        if "room" in guess:
+            body.append(f"<p>Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
+                        f"{guess['room']:+.3f}.</p>")
         if profile_line(guess, k):
             body.append(f"<p>{html.escape(profile_line(guess, k))}</p>")
     body.append("<h2>Differences (paired, 95% CI)</h2>" + _html_table(*tables["diff"]))
