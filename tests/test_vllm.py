@@ -178,21 +178,25 @@ def _changed(a, b) -> bool:
     return any(not torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _killed_and_resumed(command: str, sft_model, run: Path, resume_engine: str, extra: list) -> list:
+    """Run COMMAND with --engine vllm, SIGKILL it after its first checkpoint, resume it with RESUME_ENGINE; the
+    resumed run must finish, say it resumed and change the weights. Returns its history."""
+    _kill_after_checkpoint([command, "--model", str(sft_model), "--out", str(run), "--engine", "vllm", *extra], run)
+    assert not (run / "model").exists(), "the run finished before it could be killed"
+    r = _run([command, "--model", str(sft_model), "--out", str(run), "--resume", "--engine", resume_engine, *extra])
+    assert r.returncode == 0, r.stderr
+    assert "resumed" in r.stdout
+    assert _changed(sft_model, run / "model")
+    return json.loads((run / "history.json").read_text())
+
+
 EI = ["--rounds", "2", "--questions", "12", "-k", "2", "--max-new-tokens", "32", "--include-references",
       "--eval-size", "4", "--eval-k", "2", "--patience", "0", "--checkpoint-every", "1", "--task", "synthetic", *SMALL]
 
 
 @pytest.mark.parametrize("resume_engine", ["vllm", "mathrl"])
 def test_ei_with_vllm_trains_and_resumes_after_a_kill(sft_model, tmp_path, resume_engine):
-    run = tmp_path / "ei"
-    args = ["ei", "--model", str(sft_model), "--out", str(run), "--engine", "vllm", *EI]
-    _kill_after_checkpoint(args, run)
-    assert not (run / "model").exists(), "the run finished before it could be killed"
-    r = _run(["ei", "--model", str(sft_model), "--out", str(run), "--resume", "--engine", resume_engine, *EI])
-    assert r.returncode == 0, r.stderr
-    assert "resumed" in r.stdout
-    assert _changed(sft_model, run / "model")
-    history = json.loads((run / "history.json").read_text())
+    history = _killed_and_resumed("ei", sft_model, tmp_path / "ei", resume_engine, EI)
     rounds = [h for h in history if h.get("round", 0) >= 1]
     assert len(rounds) == 2 and all(h["rollouts"] > 0 and "maj@1" in h and "sample_accuracy" in h for h in rounds)
 
@@ -204,15 +208,7 @@ GRPO = ["--iterations", "4", "--prompts", "6", "-k", "4", "--batch-size", "12", 
 
 @pytest.mark.parametrize("resume_engine", ["vllm", "mathrl"])
 def test_grpo_with_vllm_trains_logs_the_mismatch_and_resumes_after_a_kill(sft_model, tmp_path, resume_engine):
-    run = tmp_path / "grpo"
-    args = ["grpo", "--model", str(sft_model), "--out", str(run), "--engine", "vllm", *GRPO]
-    _kill_after_checkpoint(args, run)
-    assert not (run / "model").exists(), "the run finished before it could be killed"
-    r = _run(["grpo", "--model", str(sft_model), "--out", str(run), "--resume", "--engine", resume_engine, *GRPO])
-    assert r.returncode == 0, r.stderr
-    assert "resumed" in r.stdout
-    assert _changed(sft_model, run / "model")
-    history = json.loads((run / "history.json").read_text())
+    history = _killed_and_resumed("grpo", sft_model, tmp_path / "grpo", resume_engine, GRPO)
     iters = {h["iteration"]: h for h in history if h.get("iteration", 0) >= 1}
     assert sorted(iters) == [1, 2, 3, 4]
     vllm_iters = [1, 2] + ([3, 4] if resume_engine == "vllm" else [])
