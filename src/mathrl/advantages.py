@@ -3,8 +3,9 @@
 - ``masked_mean`` / ``masked_var`` / ``whiten``: statistics over the mask-True entries only.
 - ``gae``: per-token Generalized Advantage Estimation (Schulman et al. 2016) for PPO (Havrilla et al. 2024, 3.2).
 - ``group_advantages``: outcome-reward baselines from G samples of one prompt: GRPO (Shao et al. 2024,
-  DeepSeekMath, section 4.1.2), Dr.GRPO (Liu et al. 2025, no std scaling), REINFORCE++-baseline (a batch std,
-  Hu et al. 2025) and RLOO (Ahmadian et al. 2024); and REINFORCE++'s batch baseline (Hu et al. 2025).
+  DeepSeekMath, section 4.1.2), Dr.GRPO (Liu et al. 2025, no std scaling), RLOO (Ahmadian et al. 2024), and
+  REINFORCE++ (Hu et al. 2025: the batch's mean and std; or, as REINFORCE++-baseline, the group's mean and the
+  batch's std).
 - ``zero_signal_fraction``: the fraction of groups whose rewards are all equal (their advantages are all 0).
 - ``kl_penalty_rewards``: per-token KL(policy || reference) estimates k1, k2, k3 (Schulman,
   http://joschu.net/blog/kl-approx.html) as a reward penalty (Ziegler et al. 2019; Stiennon et al. 2020).
@@ -152,9 +153,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
     - ``kind="rloo"`` (Ahmadian et al. 2024; Kool et al. 2019): A_i = r_i - mean of the other G - 1 valid
       rewards of the group (leave-one-out, an unbiased baseline). Needs G >= 2 (ValueError otherwise); a
       sample with no valid peer gets 0. ``scale`` does not apply (RLOO never divides by a std).
-    - ``kind="reinforce++"`` (Hu et al. 2025, arXiv 2501.03262, with an outcome reward): A_i = (r_i - mean_B) / (std_B +
-      eps) over every valid sample of the batch: no group baseline, so G may be 1 and a group whose rewards are
-      all equal still gets advantages (the batch decides their sign). ``scale`` does not apply (always the batch).
+    - ``kind="reinforce++"`` (Hu et al. 2025, arXiv 2501.03262, with an outcome reward):
+      A_i = (r_i - mean_B) / (std_B + eps) over every valid sample of the batch: no group baseline, so G may be 1
+      and a group whose rewards are all equal still gets advantages (the batch decides their sign). ``scale`` does
+      not apply (always the batch).
       Deviation: Hu et al. subtract the KL penalty from the reward per token; here, as for GRPO, the KL is a loss
       term (``--kl-coef``).
 

@@ -679,6 +679,9 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
     found = findings(data)
     k = data.k
     guess = guesser(cfg, data)
+    room = (f"Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
+            f"{guess['room']:+.3f}." if guess and "room" in guess else None)
+    profile = profile_line(guess, k) if guess else None
     tables = {"results": results_table(data), "diff": diff_table(data), "difficulty": difficulty_table(data),
               "budget": budget_table(data), "objectives": objectives_table(data)}
     plots = [p for p in [plot_sft(data, root), *plot_curves(data, root), plot_training(data, root)] if p]
@@ -720,11 +723,7 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
                f"their frequency), on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, pass@{k} "
                f"{guess[f'pass@{k}']:.3f}; its verified pass@{k} is 0. Answer-only pass@{k} at or below this floor "
                "says nothing about reasoning."]
-        if "room" in guess:
-            md += ["", f"Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
-                   f"{guess['room']:+.3f}."]
-        if profile_line(guess, k):
-            md += ["", profile_line(guess, k)]
+        md += [x for line in (room, profile) if line for x in ("", line)]
     md += ["", "## Differences (paired, 95% CI)", ""] + _md_table(*tables["diff"])
     if tables["objectives"][1]:
         md += ["", "## Objectives (ablation, paired, 95% CI)", "", "Each of GRPO's loss variants minus the default "
@@ -788,11 +787,7 @@ def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
     if guess:
         body.append(f"<p>Question-blind guesser on the same {guess['n']} questions: pass@1 {guess['pass@1']:.3f}, "
                     f"pass@{k} {guess[f'pass@{k}']:.3f} (verified: 0).</p>")
-        if "room" in guess:
-            body.append(f"<p>Room above maj@1: SFT's {pass_metric(data, k)} - maj@1 on those {guess['n']} questions is "
-                        f"{guess['room']:+.3f}.</p>")
-        if profile_line(guess, k):
-            body.append(f"<p>{html.escape(profile_line(guess, k))}</p>")
+        body += [f"<p>{html.escape(line)}</p>" for line in (room, profile) if line]
     body.append("<h2>Differences (paired, 95% CI)</h2>" + _html_table(*tables["diff"]))
     if tables["objectives"][1]:
         body.append("<h2>Objectives (ablation, paired, 95% CI)</h2>" + _html_table(*tables["objectives"]))
