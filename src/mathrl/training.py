@@ -70,6 +70,11 @@ class Batch:
         labels = self.labels.to(device) if self.labels is not None else None
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), labels)
 
+    def select(self, rows) -> "Batch":
+        """The rows ``rows`` (an index tensor or a slice) of every tensor."""
+        labels = self.labels[rows] if self.labels is not None else None
+        return Batch(self.input_ids[rows], self.attention_mask[rows], self.loss_mask[rows], labels)
+
     @property
     def n_targets(self) -> int:
         return int(self.loss_mask.sum())

@@ -158,10 +158,9 @@ def train(cfg: Config) -> Path:
         batch = lm_batch(rows, doc_of, cfg.document_mask)
         total = batch.n_targets  # targets in the whole batch (all ranks together under torchrun)
         mine = distributed.local_rows(len(rows))  # this rank's rows r, r+N, ...
-        batch = Batch(batch.input_ids[mine], batch.attention_mask[mine], batch.loss_mask[mine])
+        batch = batch.select(mine)
         mb = cfg.optim.micro_batch_size or cfg.optim.batch_size
-        micro = [Batch(batch.input_ids[i : i + mb], batch.attention_mask[i : i + mb], batch.loss_mask[i : i + mb])
-                 for i in range(0, len(batch.input_ids), mb)]
+        micro = [batch.select(slice(i, i + mb)) for i in range(0, len(batch.input_ids), mb)]
         set_lr(optimizer, cfg.optim.lr, lr_at(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
         loss, _ = sft_grads(model, micro, device, total)
         distributed.all_reduce_grads(model.parameters())
