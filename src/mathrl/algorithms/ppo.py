@@ -347,7 +347,8 @@ def train(cfg: Config) -> Path:
         if cfg.mask_truncated:  # DAPO's overlong filtering: truncated completions teach the policy nothing
             truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
             batch.loss_mask[truncated] = False
-        token_rewards, outcome = score(cfg, task, tokenizer, scorer, rollouts, batch_q, prompts, batch.action_mask)
+        token_rewards, outcome = drawn.rewards(batch.action_mask.shape) if drawn else \
+            score(cfg, task, tokenizer, scorer, rollouts, batch_q, prompts, batch.action_mask)
 
         # step 3: reference log-probs and old values (no gradient); step 4: advantages
         mismatch = engine_correction(m, batch, cfg, device) if engines.name(policy) != "mathrl" else {}
@@ -414,11 +415,22 @@ def train(cfg: Config) -> Path:
 
 @dataclass
 class Drawn:
-    """What one iteration drew beyond the groups it learns from (``--zero-signal refill``): its sampling rounds
-    and the fraction of all the groups drawn that carried no signal."""
+    """What one iteration drew beyond the groups it learns from (``--zero-signal refill``): its sampling rounds,
+    the fraction of all the groups drawn that carried no signal, and the kept rollouts' scores (each row's token
+    rewards up to its completion length, and its outcome), so that they are not graded twice."""
 
     rounds: int
     zero_signal_fraction: float
+    reward_rows: list[torch.Tensor]  # per kept rollout: (completion length,) token rewards
+    outcome: torch.Tensor  # (N,) per kept rollout
+
+    def rewards(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token rewards (N, C), outcome (N,)) laid out as ``score`` lays them out for the packed batch: each row
+        left-aligned (completion tokens first), zero beyond its length."""
+        token_rewards = torch.zeros(shape)
+        for i, row in enumerate(self.reward_rows):
+            token_rewards[i, : len(row)] = row
+        return token_rewards, self.outcome
 
 
 def collect(cfg: Config, st: PPOState, policy, tokenizer, task, scorer, questions, order, shots):
@@ -427,13 +439,15 @@ def collect(cfg: Config, st: PPOState, policy, tokenizer, task, scorer, question
     sec. 3.2 and Algorithm 1) it keeps only the groups whose returns differ (``advantages.group_signal``) and
     draws the next ``prompts`` prompts, up to ``refill_rounds`` more times, until ``prompts`` groups carry signal
     (the first ones drawn are kept; with fewer after the last round the iteration learns from those). Refill
-    scores each round to find the signal, and the caller scores the kept groups again (one more grading pass; a
-    second ORM pass with --reward orm). Every rollout drawn counts in ``st.rollouts_used``, kept or not, and
+    scores each round to find the signal and hands the kept rollouts' scores to the caller in ``Drawn`` (graded
+    once). Every rollout drawn counts in ``st.rollouts_used``, kept or not, and
     ``--max-rollouts`` caps the draws (no group left to draw: empty lists). Advances ``st.prompts_used`` and
     ``st.rollouts_used``."""
     k, refill = cfg.sampling.k, cfg.zero_signal == "refill"
     batch_q: list = []
     rollouts: list = []
+    reward_rows: list = []
+    outcomes: list = []
     signal_groups = total_groups = rounds = 0
     while rounds <= (cfg.refill_rounds if refill else 0) and len(batch_q) < cfg.prompts:
         n = cfg.prompts
@@ -454,16 +468,21 @@ def collect(cfg: Config, st: PPOState, policy, tokenizer, task, scorer, question
         if not refill:
             return round_q, prompts, drawn, None
         # the returns the group advantages are computed from (advantages(): outcome plus step rewards)
-        returns = score(cfg, task, tokenizer, scorer, drawn, round_q, prompts, pack_rollouts(drawn, 0).action_mask)[0]
+        returns, outcome = score(cfg, task, tokenizer, scorer, drawn, round_q, prompts,
+                                 pack_rollouts(drawn, 0).action_mask)
+        rows = [returns[i, : len(r.completion_ids)] for i, r in enumerate(drawn)]
         signal = group_signal(returns.sum(-1), k).tolist()
         signal_groups, total_groups = signal_groups + sum(signal), total_groups + n
         for j in [j for j in range(n) if signal[j]][: cfg.prompts - len(batch_q)]:
             rollouts += [dataclasses.replace(r, prompt_index=len(batch_q)) for r in drawn[j * k:(j + 1) * k]]
+            reward_rows += rows[j * k:(j + 1) * k]
+            outcomes.append(outcome[j * k:(j + 1) * k])
             batch_q.append(round_q[j])
     if rounds and not batch_q:  # no group had signal in any round: the last round's (no advantage; a KL term acts)
-        batch_q, rollouts = round_q, drawn
+        batch_q, rollouts, reward_rows, outcomes = round_q, drawn, rows, [outcome]
     prompts = [task.prompt(p, shots) for p in batch_q]
-    return batch_q, prompts, rollouts, Drawn(rounds, 1 - signal_groups / max(1, total_groups))
+    return batch_q, prompts, rollouts, Drawn(rounds, 1 - signal_groups / max(1, total_groups), reward_rows,
+                                             torch.cat(outcomes) if outcomes else torch.zeros(0))
 
 
 def score(cfg: Config, task, tokenizer, scorer, rollouts, batch_q, prompts, action: torch.Tensor):
