@@ -1,12 +1,13 @@
 """Config groups: one definition of every shared setting, flattened into flags; old spellings rejected."""
 
+import argparse
 import dataclasses
 
 import pytest
 
 from mathrl.algorithms import expert_iteration, orm, ppo, rcrl, sft
 from mathrl.cli import _commands
-from mathrl.config import build, leaves, to_dict
+from mathrl.config import add_arguments, build, from_args, given, leaves, to_dict
 from mathrl.errors import UsageError
 
 
@@ -50,3 +51,20 @@ def test_groups_validate_their_fields():
         build(rcrl.Config, {"model": "m", "lr": 0})
     assert all(dataclasses.is_dataclass(f.metadata["group"]) for f in dataclasses.fields(ppo.Config)
                if "group" in f.metadata)
+
+
+def test_given_flags_come_from_the_parser_not_from_comparing_with_the_default():
+    # on the command line a flag set to its default value was still given; one left out was not
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, sft.Config)
+    args = parser.parse_args(["--model", "m", "--lr", str(sft.Config().optim.lr), "--lora-rank", "0"])
+    cfg = from_args(sft.Config, args)
+    assert given(cfg) == {"model", "lr", "lora_rank"}
+    assert given(cfg.optim) == {"lr"} and given(cfg.lora) == {"lora_rank"} and given(cfg.run) == set()
+    # a mapping (a config file) that restates defaults is a record: only its other values count as given
+    assert given(build(sft.Config, {**to_dict(cfg), "seed": 3})) == {"model", "seed"}
+    # made in Python (no parser): the fields that differ from the class's declared defaults
+    assert given(sft.Config(model="m")) == {"model"}
+    # a LoRA-only flag given at its default value is still refused without LoRA
+    with pytest.raises(UsageError, match="--lora-alpha has no effect without LoRA"):
+        from_args(sft.Config, parser.parse_args(["--model", "m", "--lora-alpha", "0"]))

@@ -185,9 +185,11 @@ def _suggest(name: str, names) -> tuple[str | None, str | None]:
     return (new if new in names else None), (close[0] if close else None)
 
 
-def build(cls, values: dict, source: str = "config"):
+def build(cls, values: dict, source: str = "config", explicit=()):
     """An instance of config class ``cls`` from a flat mapping of flag names (or of group names to mappings);
-    unknown keys and wrong types are errors."""
+    unknown keys and wrong types are errors. The flags recorded as given (``given``) are those named in
+    ``explicit`` (the command line's) and the keys of ``values`` whose value is not the command's default: a
+    mapping that restates a default, as every run's config.yaml does, is a record, not a request."""
     where = {f.name: (grp, hint) for grp, f, _, hint in leaves(cls)}
     groups = {f.name: f.metadata for f in dataclasses.fields(cls) if "group" in f.metadata}
     flat = {}
@@ -198,17 +200,55 @@ def build(cls, values: dict, source: str = "config"):
         else:
             flat[name] = value
     top, inner = {}, {g: {} for g in groups}
+    defaults = {f.name: default for _, f, default, _ in leaves(cls)}
+    chosen = set()
     for name, value in flat.items():
         if name not in where:
             raise unknown_option(name, where, source)
         grp, hint = where[name]
-        (inner[grp] if grp else top)[name] = _coerce(name, hint, value, source)
+        value = _coerce(name, hint, value, source)
+        (inner[grp] if grp else top)[name] = value
+        if name in explicit or value != defaults[name]:
+            chosen.add(name)
     for g, meta in groups.items():
         top[g] = meta["group"](**{**meta["defaults"], **inner[g]})
+        _record_given(top[g], chosen & set(inner[g]))
     cfg = cls(**top)
+    _record_given(cfg, chosen)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+_GIVEN = "_mathrl_given"
+
+
+def _record_given(obj, names) -> None:
+    obj.__dict__[_GIVEN] = frozenset(names)
+
+
+def given(cfg) -> frozenset[str]:
+    """The flag names the user set on ``cfg`` (a command's config, or one of its groups), as ``build`` recorded
+    them from the command line and the ``--config`` file: whether a flag was given is known from the parser, never
+    by comparing its value with a copy of its default. A config made in Python without ``build`` has no record;
+    its given flags are then the fields whose value differs from the default its class declares."""
+    recorded = cfg.__dict__.get(_GIVEN)
+    if recorded is not None:
+        return recorded
+    if any("group" in f.metadata for f in dataclasses.fields(cfg)):
+        values = to_dict(cfg)
+        return frozenset(f.name for grp, f, default, _ in leaves(type(cfg)) if values[f.name] != default)
+    return frozenset(f.name for f in dataclasses.fields(cfg) if f.init and getattr(cfg, f.name) != _default(f))
+
+
+def refuse(cfg, names, why: str) -> None:
+    """A one-line ``UsageError`` when any of the flags ``names`` was given on ``cfg``: with the other settings it
+    cannot affect the run, and a flag that silently does nothing is worse than an error. ``why`` completes
+    "--flag has no effect ..." (e.g. "without --reward orm")."""
+    hit = [n for n in names if n in given(cfg)]
+    if hit:
+        flags = ", ".join("--" + n.replace("_", "-") for n in hit)
+        raise UsageError(f"{flags} {'has' if len(hit) == 1 else 'have'} no effect {why}")
 
 
 def from_args(cls, args: argparse.Namespace):
@@ -220,7 +260,7 @@ def from_args(cls, args: argparse.Namespace):
         source = args.config
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "command", "func", "subcommand")}
     values.update(flags)
-    return build(cls, values, source)
+    return build(cls, values, source, explicit=flags)
 
 
 def to_dict(cfg) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.config import field
+from mathrl.config import field, refuse
 from mathrl.errors import UsageError
 
 
@@ -243,10 +243,8 @@ class Lora:
             raise UsageError("lora_rank and lora_alpha must be >= 0")
         if self.lora_rank and not self.lora_targets:
             raise UsageError("--lora-targets: name at least one module (or all-linear)")
-        if not self.lora_rank and (self.save_merged is not None or self.lora_alpha
-                                   or list(self.lora_targets) != ["all-linear"]):
-            raise UsageError("--lora-alpha, --lora-targets and --save-merged / --no-save-merged apply to LoRA runs "
-                             "(--lora-rank > 0)")
+        if not self.lora_rank:
+            refuse(self, ("lora_alpha", "lora_targets", "save_merged"), "without LoRA (--lora-rank > 0)")
 
     @property
     def merged(self) -> bool:
