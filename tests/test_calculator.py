@@ -39,7 +39,7 @@ def test_format_and_consistency():
 @given(st.text(max_size=300))
 def test_never_raises_anything_else(text):
     # No wall-clock bound here (a stall of the shared machine failed a 10 ms one): hangs on hostile input are
-    # caught by tests/test_fuzz.py's generous 200 ms bound and measured by benchmarks/fuzz_grader.py (50 ms).
+    # caught by tests/test_fuzz.py's generous 200 ms bound and measured by tests/fuzz_grader.py (50 ms).
     try:
         evaluate(text)
     except CalculatorError:

@@ -1,19 +1,18 @@
 """Hostile completions never crash or stall a grader.
 
-benchmarks/fuzz_grader.py run in-process on 1,000 inputs, hypothesis properties of answer extraction and
+fuzz_grader.py (beside this file) run in-process on 1,000 inputs, hypothesis properties of answer extraction and
 grading, and regressions for what the fuzzer found.
 """
 
 import functools
-import importlib.util
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
+import fuzz_grader
 from mathrl.tasks import Grade, load_task
 from mathrl.tasks.answers import extract_answer
 from mathrl.tasks.calculator import MAX_ANNOTATIONS, annotations
@@ -25,17 +24,6 @@ MAX_CALL_S = 0.05  # calls take well under 10 ms; 50 ms leaves room for a loaded
 HANG_MS = 200  # the fuzz run's threshold here (the script's default is 50 ms), for the same reason
 
 
-def _load_fuzzer():
-    # benchmarks/ is not a package: load the script as a module. It must be in sys.modules before it runs,
-    # because dataclasses look their module up there.
-    spec = importlib.util.spec_from_file_location("fuzz_grader", ROOT / "benchmarks" / "fuzz_grader.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_grader"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz_grader = _load_fuzzer()
 
 
 @functools.cache

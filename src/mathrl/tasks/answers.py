@@ -126,13 +126,13 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
 # last MATH_VERIFY_WINDOW characters of a completion (where a final answer is), so that a hostile completion costs
 # a bounded parse, and parse and comparison each stop after MATH_VERIFY_TIMEOUT seconds (math-verify's alarm
 # signal: in the main thread only; elsewhere it would fail every grade, so there it runs without one). A power
-# tower such as 9**9**9 ran into math-verify's default 5 s (benchmarks/fuzz_grader.py's generators, 2026-12-06).
+# tower such as 9**9**9 ran into math-verify's default 5 s (tests/fuzz_grader.py's generators, 2026-12-06).
 MATH_VERIFY = "math-verify"
 MATH_VERIFY_WINDOW = 1000
 MATH_VERIFY_TIMEOUT = 1  # seconds (an integer: signal.alarm's unit)
 GRADERS = EXTRACTIONS + (MATH_VERIFY,)  # what --extract accepts
 # A run of digits longer than any answer (MAX_NUMBER_CHARS) is no answer here either; left in, sympy compared a
-# 1000-digit number with the reference until math-verify's 5 s timeout (benchmarks/fuzz_grader.py's huge numbers)
+# 1000-digit number with the reference until math-verify's 5 s timeout (tests/fuzz_grader.py's huge numbers)
 _LONG_DIGITS = re.compile(r"\d{%d,}" % (MAX_NUMBER_CHARS + 1))
 
 

@@ -8,7 +8,7 @@ marks, mutated reference solutions, ...; one generator drawn at random per input
 - ``task.grade(problem, text)``, ``task.extract_answer(text)`` and ``task.step_results(text)`` of every task:
   synthetic (level 3, in the qa and the prose surface), GSM8K and SVAMP (each with strict and with flexible extraction; skipped with a note when
   their data is missing), graded against a handful of their test problems;
-- ``answers.extract_answer(text, mode)`` in both modes;
+- ``answers.extract_answer(text, mode)`` in each of its modes (``answers.EXTRACTIONS``: strict, flexible, boxed);
 - ``calculator.evaluate(text)``, ``calculator.annotations(text)``, and ``calculator.consistent(expr, result)``
   on every annotation found (at most ``calculator.MAX_ANNOTATIONS`` per text);
 
@@ -22,11 +22,11 @@ and counts, per function:
 It prints a table, the first few failures (generator, function, error, the input's head) and then the lines
 ``invalid=<n>``, ``crashes=<n>``, ``hangs=<n>``, ``max_ms=<x>``; the exit code is 1 when any count is non-zero.
 
-    python benchmarks/fuzz_grader.py                       # 100,000 inputs, about a minute on one core
-    python benchmarks/fuzz_grader.py --n 2000 --seed 7     # a quick run
-    python benchmarks/fuzz_grader.py --data-dir ~/data     # GSM8K/SVAMP from DIR/gsm8k and DIR/svamp
+    python tests/fuzz_grader.py                       # 100,000 inputs, about a minute on one core
+    python tests/fuzz_grader.py --n 2000 --seed 7     # a quick run
+    python tests/fuzz_grader.py --data-dir ~/data     # GSM8K/SVAMP from DIR/gsm8k and DIR/svamp
 
-``fuzz()`` is the core, used in-process by tests/test_fuzz.py.
+``fuzz()`` is the core, used in-process by test_fuzz.py beside it.
 """
 
 from __future__ import annotations
