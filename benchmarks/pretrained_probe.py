@@ -24,7 +24,8 @@ from mathrl.evaluate import evaluate, summarize
 from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks.corpus import _recall
-from mathrl.tasks.synthetic import LEVELS, SyntheticTask
+from mathrl.tasks.synthetic import LEVELS
+from mathrl.tasks.synthetic_prose import SyntheticProseTask
 
 
 def arithmetic(model, tokenizer, level, n: int = 200, seed: int = 7) -> dict:
@@ -69,7 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device="cpu")
     model.eval()
-    task = SyntheticTask(surface="prose")
+    task = SyntheticProseTask()
     level = LEVELS[task.level]
     acc = arithmetic(model, tokenizer, level)
     print("arithmetic (greedy, 200 facts each): " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))

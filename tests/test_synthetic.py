@@ -1,11 +1,13 @@
-"""The synthetic task: determinism, splits, grading and the exact step check (tasks/synthetic.py)."""
+"""The synthetic task: determinism, splits, grading and the exact step check (tasks/synthetic.py, the generator;
+tasks/synthetic_qa.py and tasks/synthetic_prose.py, the two surfaces)."""
 
 import random
 
 import pytest
 
 from mathrl.tasks import load_task
-from mathrl.tasks.synthetic import LEVELS, check_steps, generate_problem, is_test_text
+from mathrl.tasks.synthetic import LEVELS, Level, generate_problem, is_test_text
+from mathrl.tasks.synthetic_qa import check_steps
 
 
 def test_deterministic_for_a_seed():
@@ -139,8 +141,6 @@ def test_commuted_values_are_right_for_plus_and_times_not_minus():
 
 
 def test_n_ops_weights_set_the_mix():
-    from mathrl.tasks.synthetic import Level
-
     level = Level(n_ops=(1, 2), n_distract=(0, 1), n_ops_weights=(3, 1))
     rng = random.Random(0)
     ops = [len(generate_problem(rng, level)[1].needed) for _ in range(4000)]
@@ -149,7 +149,7 @@ def test_n_ops_weights_set_the_mix():
 
 
 def test_prose_surface_grades_the_corpus_format():
-    # the pretrained start is prompted and graded in the pretraining corpus's own format (SyntheticTask docstring)
+    # the pretrained start is prompted and graded in the pretraining corpus's own format (SyntheticProseTask docstring)
     task = load_task("synthetic", surface="prose")
     qa = load_task("synthetic")
     for p in task.problems("test")[:200]:
@@ -235,3 +235,24 @@ def test_models_recorded_before_the_level_scheme_keep_their_level():
     assert recorded_level({"name": "synthetic", "level": 1}) == 0
     assert recorded_level(task_options(load_task("synthetic"))) == 1
     assert recorded_level({"name": "synthetic", "level": 3}) == 3
+
+
+def test_recorded_surface_loads_its_task_class():
+    # a model records its task with task_options; the record rebuilds the same surface's task with
+    # task_from_options, and a record from before the surface existed (no "surface" key) is the qa task
+    from mathrl.tasks import task_from_options, task_options
+    from mathrl.tasks.synthetic_prose import SyntheticProseTask
+    from mathrl.tasks.synthetic_qa import SyntheticQATask
+
+    prose, qa = load_task("synthetic", level=2, surface="prose"), load_task("synthetic", level=2)
+    assert isinstance(prose, SyntheticProseTask) and isinstance(qa, SyntheticQATask)
+    assert task_options(prose) == {"name": "synthetic", "level": 2, "levels": 2, "surface": "prose"}
+    assert task_options(qa) == {"name": "synthetic", "level": 2, "levels": 2}
+    for task, cls in ((prose, SyntheticProseTask), (qa, SyntheticQATask)):
+        meta = task_options(task)
+        again = task_from_options(meta["name"], level=meta["level"], surface=meta.get("surface"))
+        assert type(again) is cls and task_options(again) == meta
+    assert type(task_from_options("synthetic", level=1)) is SyntheticQATask
+    assert type(task_from_options("synthetic", surface="qa")) is SyntheticQATask
+    # the two surfaces write the same problems
+    assert [p.question for p in prose.problems("test")[:20]] == [p.question for p in qa.problems("test")[:20]]

@@ -39,9 +39,8 @@ from mathrl.settings import Optim, Run, resume, validate_groups
 from mathrl.models import SIZES, count_parameters, init_model, load_model
 from mathrl.runsetup import rng_state, set_rng_state, start_run, write_meta
 from mathrl.runlog import RunLogger, progress
-from mathrl.tasks import task_from_options, task_options
+from mathrl.tasks import SURFACES, task_from_options, task_options
 from mathrl.tasks.corpus import web_documents
-from mathrl.tasks.synthetic import SURFACES
 from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, set_lr, sft_grads
 
 

@@ -7,23 +7,32 @@ from mathrl.tasks.base import Grade, Problem, StepCheck, StepVerdict, Task
 from mathrl.tasks.gsm8k import GSM8KTask
 from mathrl.tasks.jsonl import PREFIXES as FILE_PREFIXES, FileTask, is_file_task
 from mathrl.tasks.svamp import SVAMPTask
-from mathrl.tasks.synthetic import SyntheticTask
+from mathrl.tasks.synthetic_prose import SyntheticProseTask
+from mathrl.tasks.synthetic_qa import SyntheticQATask
 
-TASKS = {"synthetic": SyntheticTask, "gsm8k": GSM8KTask, "svamp": SVAMPTask}
+TASKS = {"synthetic": SyntheticQATask, "gsm8k": GSM8KTask, "svamp": SVAMPTask}
+# The synthetic task's surfaces (the format a model is prompted in and writes), one task class each; ``surface``
+# picks one (a model records it with ``task_options``).
+SURFACES = {"qa": SyntheticQATask, "prose": SyntheticProseTask}
 
 __all__ = ["Grade", "Problem", "StepCheck", "StepVerdict", "Task", "TASKS", "load_task"]
 
 
 def load_task(name: str, **options) -> Task:
-    """A task by name with its options (synthetic: level, seed, train_size, test_size; gsm8k/svamp: data_dir,
-    extract; jsonl:/parquet:/datasets:PATH: question_field, answer_field, solution_field, extract). Unknown names
-    list the known ones."""
+    """A task by name with its options (synthetic: surface, level, seed, train_size, test_size; gsm8k/svamp:
+    data_dir, extract; jsonl:/parquet:/datasets:PATH: question_field, answer_field, solution_field, extract).
+    Unknown names list the known ones."""
     if is_file_task(name):
         kind, path = name.split(":", 1)
         cls, options = FileTask, {"path": path, "kind": kind, **options}
     elif name not in TASKS:
         raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)}, or {'PATH, '.join(FILE_PREFIXES)}PATH "
                          "for your own data)")
+    elif name == "synthetic":
+        surface = options.pop("surface", "qa")
+        if surface not in SURFACES:
+            raise UsageError(f"unknown synthetic surface {surface!r} (known: {', '.join(SURFACES)})")
+        cls = SURFACES[surface]
     else:
         cls = TASKS[name]
     try:

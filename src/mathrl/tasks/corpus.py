@@ -1,8 +1,9 @@
 """A "web-like" pretraining corpus for the embedded default (the pretrained-but-not-fine-tuned start of the
 paper): problem texts of the synthetic task without solutions, arithmetic drill lines over the task's operations,
 ledger lists that repeat their statements, and a stated fraction of worked solutions in the prose surface
-(``synthetic.prose_solution``, not the task's step format). The task itself (problems, grading, step checks) is
-tasks/synthetic.py; the mix the pretrained start uses is ``algorithms.pretrain.Config``'s."""
+(``synthetic.prose_solution``, not the task's step format). The tasks themselves (prompts, grading, step checks)
+are tasks/synthetic_qa.py and tasks/synthetic_prose.py; the mix the pretrained start uses is
+``algorithms.pretrain.Config``'s."""
 
 from __future__ import annotations
 
