@@ -71,7 +71,7 @@ def test_pretrain_sft_eval_pipeline(runs, start, capsys):
     pt, sft = start["pretrain"], start["sft"].parent
     assert (pt / "model" / "config.json").is_file()
     meta = json.loads((pt / "model" / "mathrl.json").read_text())
-    # prompted zero-shot in the corpus's own prose format (SyntheticTask surface "prose")
+    # prompted zero-shot in the corpus's own prose format (SyntheticProseTask)
     assert meta["shots"] == 0 and meta["task"]["surface"] == "prose"
     assert _changed(pt / "init", pt / "model") and _changed(pt / "model", sft / "model")
     records = [json.loads(line) for line in (sft / "metrics.jsonl").read_text().splitlines()]
