@@ -1,4 +1,4 @@
-"""SFT step time: eager vs ``sft --compile`` (the transformer blocks compiled, ``training.compiled``) vs the whole
+"""SFT step time: eager vs ``sft --compile`` (the transformer blocks compiled, ``compile.compiled``) vs the whole
 model compiled, and foreach vs fused AdamW; all on one model in one process, alternating.
 
     python benchmarks/sft_step.py [--model DIR] [--threads 2] [--rounds 6] [--steps 20]
@@ -34,9 +34,10 @@ def main() -> None:
     import torch
 
     from mathrl.algorithms.sft import build_examples
+    from mathrl.compile import compiled
     from mathrl.models import init_model, load_model
     from mathrl.tasks import task_from_options
-    from mathrl.training import clip_and_step, collate, compiled, epoch_batches, sft_grads
+    from mathrl.training import clip_and_step, collate, epoch_batches, sft_grads
 
     torch.set_num_threads(args.threads)
     needed = 3 * 4 + args.rounds * args.steps * 4  # batches: 3 warm-up steps and the rounds, for 4 variants

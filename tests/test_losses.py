@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mathrl.losses import PolicyStats, entropy_from_logits, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
+from mathrl.losses import PolicyStats, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
 
 T, F = True, False
 e = math.e
@@ -178,7 +178,7 @@ def test_value_loss_masked_positions_have_no_effect():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# SFT and entropy
+# SFT
 
 
 def test_sft_loss_by_hand():
@@ -192,24 +192,6 @@ def test_sft_loss_by_hand():
     assert logprobs.grad.tolist() == [[-0.5, -0.5, 0.0]]
     # with the global count 4: 3 ln 2 / 4
     assert sft_loss(logprobs, mask, total=4).item() == pytest.approx(0.75 * math.log(2))
-
-
-def test_entropy_from_logits_alignment_by_hand():
-    # logits[:, t] predicts token t + 1: position 0 is uniform over 4 (entropy ln 4), position 1 is all but
-    # one-hot (entropy ~0), position 2 predicts nothing inside the sequence
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0],
-                            [50.0, 0.0, 0.0, 0.0],
-                            [1.0, 2.0, 3.0, 4.0]]])
-    # targets are tokens 1 and 2 -> entropies of logits[:, 0] and logits[:, 1]: (ln 4 + 0) / 2
-    assert entropy_from_logits(logits, torch.tensor([[F, T, T]])).item() == pytest.approx(math.log(4) / 2, abs=1e-6)
-    # only token 1 -> ln 4
-    assert entropy_from_logits(logits, torch.tensor([[F, T, F]])).item() == pytest.approx(math.log(4), abs=1e-6)
-    # -inf logits (a banned token) contribute 0 * log 0 = 0: uniform over the 2 others -> ln 2, finite gradient
-    banned = torch.tensor([[[0.0, 0.0, -math.inf, -math.inf], [0.0, 0.0, 0.0, 0.0]]], requires_grad=True)
-    h = entropy_from_logits(banned, torch.tensor([[F, T]]))
-    assert h.item() == pytest.approx(math.log(2), abs=1e-6)
-    h.backward()
-    assert torch.isfinite(banned.grad).all()
 
 
 # ----------------------------------------------------------------------------------------------------------

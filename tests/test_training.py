@@ -83,11 +83,13 @@ def test_length_bucketed_batches_cover_every_example_once():
 def test_compiled_training_pass_matches_eager():
     # sft --compile: the compiled forward/backward gives the eager loss and gradients, for batches of two lengths
     # (one dynamic-shape graph) with padding and a partial loss mask, and shares the parameters
+    import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from mathrl.training import compiled
+    from mathrl.compile import compiled
 
     counters.clear()
+    suppress_errors = torch._dynamo.config.suppress_errors
     rng = random.Random(1)
     batches = [collate([completion_example([rng.randrange(3, 32) for _ in range(rng.randint(2, 9))],
                                            [rng.randrange(3, 32) for _ in range(rng.randint(1, 6))])
@@ -107,6 +109,8 @@ def test_compiled_training_pass_matches_eager():
     # the blocks are swapped in for the call only: the model the sampler and checkpoints use is left as it was
     assert all(type(layer).__name__ == "LlamaDecoderLayer" for layer in model.model.layers)
     assert model.config._attn_implementation == eager.config._attn_implementation
+    # the eager fallback on a failed compile is switched on for the compiled calls only, not for the whole process
+    assert torch._dynamo.config.suppress_errors == suppress_errors
 
 
 def test_default_threads_are_the_cores_this_process_may_use(monkeypatch):

@@ -63,17 +63,6 @@ def _manifest(root: Path) -> dict:
     return files
 
 
-def write_atomic_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def save_model_dir(model, tokenizer, out: Path) -> None:
     """Write a Hugging Face model directory atomically (used for RUN/model). Rank 0 only under torchrun."""
     weights = distributed.full_state_dict(model)  # FSDP: every rank takes part in gathering the weights

@@ -6,8 +6,8 @@
 - ``ppo_policy_loss``: PPO's clipped surrogate (Schulman et al. 2017, eq. 7), used by PPO, GRPO and RLOO
   (Havrilla et al. 2024, section 3.2).
 - ``value_loss``: the clipped value loss of PPO implementations (OpenAI baselines ppo2, cleanrl ``clip_vloss``).
-- ``sft_loss``: negative log-likelihood of the target tokens (Expert Iteration's fine-tuning, SFT).
-- ``entropy_from_logits``: the policy's mean entropy at the target tokens (a diagnostic or bonus).
+- ``sft_loss``: negative log-likelihood of the target tokens, the loss of pretraining, SFT and the fine-tuning of
+  Expert Iteration and RCRL (through ``training.sft_grads``).
 - ``truncated_importance_weights``: the correction for a rollout engine whose log-probs differ from the
   trainer's (vLLM): per-token weights min(pi_trainer / pi_engine, cap) and the mismatch diagnostics.
 
@@ -240,19 +240,3 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, total: int | torch.Tens
     """
     mask = mask.bool()
     return masked_token_mean(-torch.where(mask, logprobs, 0), mask, total)
-
-
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean entropy H(pi(. | x_<t)) = -sum_v p_v log p_v of the distributions that predict the target tokens.
-
-    logits: (B, T, V), the model's raw output, where ``logits[:, t]`` predicts token t + 1 (as fed to
-    ``training.token_logprobs``); mask: (B, T) bool in the usual convention. The entropy counted for target t is
-    that of ``logits[:, t - 1]``, so the same ``mask`` serves logprobs and entropy. Computed in float32;
-    differentiable (an entropy bonus). Returns a scalar tensor, the token-level mean.
-    """
-    mask = mask.bool()
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    p = torch.exp(logp)
-    entropy = -(p * torch.where(p > 0, logp, 0)).sum(dim=-1)  # (B, T-1); 0 * log 0 = 0 for -inf logits
-    entropy = torch.nn.functional.pad(entropy, (1, 0))  # (B, T): entropy[:, t] is that of the prediction of token t
-    return masked_token_mean(entropy, mask)

@@ -332,7 +332,3 @@ def kv_cache_of(output):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def context_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)

@@ -1,10 +1,13 @@
-"""The training core shared by pretraining, SFT and the fine-tuning steps of every RL algorithm.
+"""The training core shared by pretraining, SFT, Expert Iteration, RCRL and reward models, and the optimizer of
+every algorithm.
 
 Small building blocks, no trainer class: ``Example`` and ``collate`` make batches, ``token_logprobs`` is the one
-place a model turns token ids into log pi(token | prefix) (``forward_policy`` does it for rollout batches, each
-prompt forwarded once for its K completions), ``sft_grads`` accumulates the gradient of the masked
-token-level cross-entropy over micro-batches, ``make_optimizer``/``lr_at`` give AdamW with linear warmup and
-cosine decay. The loop itself lives in each algorithm's module, on screen.
+place a model turns token ids into log pi(token | prefix), ``sft_grads`` accumulates the gradient of
+``losses.sft_loss`` (the masked token-level cross-entropy) over micro-batches and ``bce_grads`` that of a reward
+model's per-token binary cross-entropy, ``make_optimizer``/``lr_at``/``clip_and_step`` give AdamW with linear
+warmup, cosine decay and gradient clipping, ``length_bucketed_batches``/``split_micro`` cut an epoch into batches
+and micro-batches, and ``train_steps`` is the fine-tuning step loop of SFT, EI, RCRL and reward models. Each
+algorithm's own loop lives in its module, on screen.
 
 Mask convention, everywhere in mathrl: ``loss_mask[b, t]`` is True where token t of row b is a target the loss
 counts (position t is predicted from tokens < t). Padding and prompt tokens are False.
@@ -15,7 +18,6 @@ gradient (tested).
 
 Shapes: B = rows, T = tokens per row, V = vocabulary.
 """
-
 from __future__ import annotations
 
 import math
@@ -25,11 +27,9 @@ from typing import Iterator, Sequence, TypeVar
 
 import torch
 
-from mathrl import checkpoint as ckpt
 from mathrl import distributed
-from mathrl.models import autocast, block_class_names, kv_cache_arg, kv_cache_of
-from mathrl.runlog import progress
-from mathrl.runsetup import rng_state, set_rng_state
+from mathrl.losses import sft_loss
+from mathrl.models import autocast, kv_cache_arg, kv_cache_of
 
 T = TypeVar("T")
 
@@ -106,7 +106,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 def sft_grads(model, micro_batches: Sequence[Batch], device, total: int | None = None) -> tuple[float, int]:
-    """Accumulate the gradient of the mean target-token NLL over all micro-batches; returns (loss, n_targets).
+    """Accumulate the gradient of ``losses.sft_loss`` (the mean target-token NLL) over all micro-batches; returns
+    (loss, n_targets).
 
     ``total``: the target tokens of the whole optimizer batch when these micro-batches are only part of it (data
     parallelism: each rank holds a share); default, the targets of these micro-batches."""
@@ -118,7 +119,7 @@ def sft_grads(model, micro_batches: Sequence[Batch], device, total: int | None =
         mb = mb.to(device)
         with autocast(model):  # bf16 compute for a bf16-mixed model; the loss and its sum stay float32
             logp = token_logprobs(model, mb.input_ids, mb.attention_mask)  # (B, T)
-        loss = -(logp * mb.loss_mask).sum() / total  # sum over this micro-batch / targets in the whole batch
+        loss = sft_loss(logp, mb.loss_mask, total)  # sum over this micro-batch / targets in the whole batch
         loss.backward()
         loss_value += loss.item()
     return loss_value, total
@@ -140,63 +141,6 @@ def bce_grads(model, micro_batches: Sequence[Batch], device, total: int | None =
         loss.backward()
         loss_value += loss.item()
     return loss_value, total
-
-
-def compiled(model):
-    """``model`` for training passes, with its transformer blocks compiled by ``torch.compile`` (what torch calls
-    regional compilation). Shares the parameters, so the optimizer, checkpoints and the sampler keep using
-    ``model`` itself; the sampler's KV-cache calls stay eager (compiling them would mean recompiling for every cache
-    length).
-
-    Why blocks and not the whole model: the blocks are identical, so one block is traced and compiled once for all
-    of them. On the embedded default (2 CPU cores) a cold compile takes ~30 s instead of 50-60 s for the whole
-    model, and an SFT step runs at ~0.8 of eager time, as with the whole model compiled (benchmarks/sft_step.py).
-    Dynamic shapes: batches vary in length, and one graph for all lengths avoids a recompile per length. On CPU
-    the compiled blocks use the plain matmul-softmax attention ("eager" in Hugging Face's terms), which inductor
-    fuses; the SDPA kernel inside a compiled CPU graph ran at about half that speed. Same math; on
-    CUDA the model's own attention is kept.
-
-    Reproducible: two same-seed SFT runs, each compiling from an empty cache, ended with bit-identical weights. A
-    whole-model compile was not (its graph holds the embedding's backward, which inductor's CPU code sums with
-    parallel atomic adds, in varying order), so a model whose blocks cannot be found (``_no_split_modules`` names
-    none) is compiled whole, faster but not bitwise reproducible. If compiling fails (say, no C++ compiler), the
-    pass runs eagerly with a warning instead of failing the run."""
-    import torch._dynamo
-
-    torch._dynamo.config.suppress_errors = True
-    block_types = block_class_names(model)
-    slots = [(parent, i) for parent in model.modules() if isinstance(parent, torch.nn.ModuleList)
-             for i, child in enumerate(parent) if type(child).__name__ in block_types]
-    if not slots:
-        return torch.compile(model, dynamic=True)
-    return _BlocksCompiled(model, slots)
-
-
-class _BlocksCompiled(torch.nn.Module):
-    """Calls ``model`` with its blocks swapped for their compiled wrappers for the duration of the call (the
-    autograd graph keeps what it needs for the backward pass), so the model itself is never left altered."""
-
-    def __init__(self, model, slots):
-        super().__init__()
-        self.model = model
-        self.mathrl_autocast = getattr(model, "mathrl_autocast", None)
-        self._slots = [(parent, i, parent[i], torch.compile(parent[i], dynamic=True)) for parent, i in slots]
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        self._attention = "eager" if on_cpu else None
-
-    def forward(self, **kwargs):
-        config = self.model.config
-        attention = config._attn_implementation
-        try:
-            for parent, i, _, fast in self._slots:
-                parent[i] = fast
-            if self._attention:
-                config._attn_implementation = self._attention
-            return self.model(**kwargs)
-        finally:
-            config._attn_implementation = attention
-            for parent, i, block, _ in self._slots:
-                parent[i] = block
 
 
 def make_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.98)) -> torch.optim.AdamW:
@@ -463,75 +407,3 @@ def pack_rollouts(rollouts, pad_id: int) -> RolloutBatch:
         old[i, :m] = torch.tensor(r.logprobs)
     return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
                         action, loss, old)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Round-based runs (Expert Iteration, RCRL): fine-tune on each round's samples, checkpoint by phase
-
-
-def round_total_steps(n_examples: int, optim, rounds) -> int:
-    """Optimizer steps of a round: ``rounds.epochs`` passes over ``n_examples`` in batches of
-    ``optim.batch_size``, capped by ``rounds.max_steps`` if > 0 (``settings.Optim``, ``settings.Rounds``)."""
-    total = math.ceil((math.ceil(n_examples / optim.batch_size) if n_examples else 0) * rounds.epochs)
-    return min(total, rounds.max_steps) if rounds.max_steps else total
-
-
-def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *, pad_id: int, device, total: int,
-                    seed: int, label: str, checkpoint_every: int, save, run_dir) -> None:
-    """The learn phase of a round: steps ``st.ft_step + 1 .. total`` over ``examples`` (``st.ft_step`` kept
-    current, so a resumed round continues where it stopped), ``save(tag)`` every ``checkpoint_every`` steps; a
-    non-finite loss stops the run naming the last good checkpoint."""
-    policy.train()
-    bar = progress(total, label, "step", initial=st.ft_step)
-    try:
-        for step in train_steps(policy, optimizer, examples, optim, pad_id=pad_id, device=device, total_steps=total,
-                                seed=seed, start_step=st.ft_step):
-            st.ft_step = step.step
-            bar.update(1)
-            bar.set_postfix(loss=f"{step.loss:.3f}")
-            if checkpoint_every and st.ft_step % checkpoint_every == 0 and st.ft_step < total:
-                save(ckpt.round_tag(st.round, st.ft_step))
-    except FloatingPointError as e:
-        raise ckpt.divergence_error(run_dir, st.ft_step, str(e)) from None
-    bar.close()
-
-
-def snapshot(model) -> dict:
-    """A copy of the weights that training changes, to restart from (EI and RCRL fine-tune from the initial
-    weights each round): every weight (this rank's shards under FSDP), or with LoRA the adapters alone (the
-    base stays frozen; copying it would double the memory of a large model)."""
-    if hasattr(model, "peft_config"):
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def restore(model, weights: dict) -> None:
-    """Load a ``snapshot`` back."""
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, weights)
-    else:
-        model.load_state_dict(weights)
-
-
-def resume_round_run(last, policy, from_dict, optim):
-    """(state, optimizer or None) of a round-based run from checkpoint ``last``: the weights and RNG state
-    restored, the optimizer too when the checkpoint was taken while fine-tuning."""
-    saved = ckpt.load_state(last)
-    ckpt.load_weights_into(policy, last)
-    set_rng_state(saved["rng"])
-    optimizer = None
-    if saved.get("optimizer") is not None:
-        optimizer = make_optimizer(policy, optim.lr, optim.weight_decay)
-        distributed.load_optimizer_state(policy, optimizer, saved["optimizer"])
-    return from_dict(saved), optimizer
-
-
-def save_round_run(run_dir, tag: int, policy, tokenizer, st, optimizer) -> None:
-    """Checkpoint ``tag`` of a round-based run: weights, ``st.to_dict()``, the RNG state, and the optimizer while
-    fine-tuning (``st.phase == "learn"``; between phases the next round starts a new one)."""
-    opt = distributed.optimizer_state(policy, optimizer) if optimizer is not None and st.phase == "learn" else None
-    ckpt.save_checkpoint(run_dir, tag, policy, tokenizer, {**st.to_dict(), "rng": rng_state(), "optimizer": opt})

@@ -44,8 +44,8 @@ from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import SamplingParams
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.training import Example, fine_tune_round, make_optimizer, restore, resume_round_run, round_total_steps, \
-    save_round_run, snapshot
+from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
+from mathrl.training import Example, make_optimizer
 
 GOOD, BAD = "[GOOD]", "[BAD]"
 

@@ -29,7 +29,8 @@ from mathrl.runsetup import formatted_task, read_meta, rng_state, set_rng_state,
 from mathrl.runlog import RunLogger, progress
 from mathrl.tasks import recorded_level, task_from_options, task_options
 from mathrl.tasks.prompting import prompt_record
-from mathrl.training import compiled, completion_example, make_optimizer, train_steps
+from mathrl.compile import compiled
+from mathrl.training import completion_example, make_optimizer, train_steps
 
 
 @dataclass

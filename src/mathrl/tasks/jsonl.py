@@ -26,7 +26,6 @@ from mathrl.tasks.base import QA_STOP_STRINGS, Problem
 from mathrl.tasks.data_files import read_jsonl
 from mathrl.tasks.gsm8k import GSM8KTask, in_dev, step_spans
 
-PREFIX = "jsonl:"
 PREFIXES = ("jsonl:", "parquet:", "datasets:")
 
 

@@ -1,0 +1,86 @@
+"""Round-based runs (Expert Iteration and RCRL): each round fine-tunes on that round's samples, and a run
+checkpoints between phases so that a resumed run continues the round where it stopped.
+
+``round_total_steps`` sizes a round's fine-tuning, ``fine_tune_round`` runs it through ``training.train_steps``,
+``snapshot``/``restore`` keep the initial weights to restart each round from (ReST-EM, Singh et al. 2023: the
+paper's choice for EI, Havrilla et al. 2024 section 3.1), ``save_round_run``/``resume_round_run`` write and read a
+round-based run's checkpoint. Shared here because the two algorithms never import each other.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from mathrl import checkpoint as ckpt
+from mathrl import distributed
+from mathrl.runlog import progress
+from mathrl.runsetup import rng_state, set_rng_state
+from mathrl.training import Example, make_optimizer, train_steps
+
+def round_total_steps(n_examples: int, optim, rounds) -> int:
+    """Optimizer steps of a round: ``rounds.epochs`` passes over ``n_examples`` in batches of
+    ``optim.batch_size``, capped by ``rounds.max_steps`` if > 0 (``settings.Optim``, ``settings.Rounds``)."""
+    total = math.ceil((math.ceil(n_examples / optim.batch_size) if n_examples else 0) * rounds.epochs)
+    return min(total, rounds.max_steps) if rounds.max_steps else total
+
+
+def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *, pad_id: int, device, total: int,
+                    seed: int, label: str, checkpoint_every: int, save, run_dir) -> None:
+    """The learn phase of a round: steps ``st.ft_step + 1 .. total`` over ``examples`` (``st.ft_step`` kept
+    current, so a resumed round continues where it stopped), ``save(tag)`` every ``checkpoint_every`` steps; a
+    non-finite loss stops the run naming the last good checkpoint."""
+    policy.train()
+    bar = progress(total, label, "step", initial=st.ft_step)
+    try:
+        for step in train_steps(policy, optimizer, examples, optim, pad_id=pad_id, device=device, total_steps=total,
+                                seed=seed, start_step=st.ft_step):
+            st.ft_step = step.step
+            bar.update(1)
+            bar.set_postfix(loss=f"{step.loss:.3f}")
+            if checkpoint_every and st.ft_step % checkpoint_every == 0 and st.ft_step < total:
+                save(ckpt.round_tag(st.round, st.ft_step))
+    except FloatingPointError as e:
+        raise ckpt.divergence_error(run_dir, st.ft_step, str(e)) from None
+    bar.close()
+
+
+def snapshot(model) -> dict:
+    """A copy of the weights that training changes, to restart from (EI and RCRL fine-tune from the initial
+    weights each round): every weight (this rank's shards under FSDP), or with LoRA the adapters alone (the
+    base stays frozen; copying it would double the memory of a large model)."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def restore(model, weights: dict) -> None:
+    """Load a ``snapshot`` back."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        model.load_state_dict(weights)
+
+
+def resume_round_run(last, policy, from_dict, optim):
+    """(state, optimizer or None) of a round-based run from checkpoint ``last``: the weights and RNG state
+    restored, the optimizer too when the checkpoint was taken while fine-tuning."""
+    saved = ckpt.load_state(last)
+    ckpt.load_weights_into(policy, last)
+    set_rng_state(saved["rng"])
+    optimizer = None
+    if saved.get("optimizer") is not None:
+        optimizer = make_optimizer(policy, optim.lr, optim.weight_decay)
+        distributed.load_optimizer_state(policy, optimizer, saved["optimizer"])
+    return from_dict(saved), optimizer
+
+
+def save_round_run(run_dir, tag: int, policy, tokenizer, st, optimizer) -> None:
+    """Checkpoint ``tag`` of a round-based run: weights, ``st.to_dict()``, the RNG state, and the optimizer while
+    fine-tuning (``st.phase == "learn"``; between phases the next round starts a new one)."""
+    opt = distributed.optimizer_state(policy, optimizer) if optimizer is not None and st.phase == "learn" else None
+    ckpt.save_checkpoint(run_dir, tag, policy, tokenizer, {**st.to_dict(), "rng": rng_state(), "optimizer": opt})
