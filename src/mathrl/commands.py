@@ -12,10 +12,12 @@ from mathrl.config import field, group
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
-from mathrl.runsetup import few_shot_examples, formatted_task, read_meta, resolve_device, setup_threads, task_of
-from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
+from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
-from mathrl.tasks import task_from_options
+from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, resolve_device, setup_threads, task_for, \
+    write_record
+from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
+from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import grader_audit
 
 
@@ -34,7 +36,7 @@ class DataConfig:
 
 
 def data_show(cfg: DataConfig) -> None:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     for p in task.problems(cfg.split)[: max(0, cfg.n)]:
         print(f"--- {p.id} (difficulty {p.difficulty})")
         print(f"question: {p.question}")
@@ -43,7 +45,7 @@ def data_show(cfg: DataConfig) -> None:
 
 
 def data_stats(cfg: DataConfig) -> None:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     problems = task.problems(cfg.split)
     if not problems:
         raise UsageError(f"split {cfg.split} of {cfg.task} is empty")
@@ -85,12 +87,9 @@ class ModelInitConfig:
 
 
 def model_init(cfg: ModelInitConfig) -> None:
-    from mathrl.runsetup import write_meta
-    from mathrl.tasks import task_options
-
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     model, tokenizer = init_model(task, cfg.out, size=cfg.size, seed=cfg.seed)
-    write_meta(cfg.out, task=task_options(task), stage="init", shots=0, size=cfg.size)
+    write_record(cfg.out, ModelRecord(task=task_options(task), stage="init", shots=0, size=cfg.size))
     print(f"wrote {cfg.out}: {count_parameters(model) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
 
 
@@ -129,32 +128,29 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     setup_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
-    task = task_of(cfg.model, cfg.data, cfg.prompting)
+    task = task_for(cfg.model, cfg.data, cfg.prompting)
     problems = task.problems(cfg.split)
     if cfg.n:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
-    condition = read_meta(cfg.model).get("condition")
+    condition = read_record(cfg.model).condition
     if condition and condition.get("dense") and cfg.sampling.engine == "vllm":
         raise UsageError(f"{cfg.model} is conditioned on dense returns (a marker forced after every step), which "
                          "--engine vllm cannot sample: use --engine mathrl")
     model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
-    engines.attach(model, tokenizer, cfg.sampling, cfg.model)
+    engine = engines.create(model, cfg.sampling, cfg.model)
     scorer = None
     if cfg.orm:
-        from mathrl.reward_model import load_reward_model
-
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     total = len(problems) + cfg.sampling.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
     bar = progress(total, "eval", "sample")
-    results = evaluate(model, tokenizer, task, problems, k=cfg.sampling.k, temperature=cfg.sampling.temperature,
-                       max_new_tokens=cfg.sampling.max_new_tokens, shots=shots, seed=cfg.run.seed,
-                       calculator=cfg.calculator,
-                       token_budget=cfg.sampling.token_budget, scorer=scorer, progress=bar.update,
-                       condition=condition, k_problems=cfg.k_problems)
+    results = evaluate(model, tokenizer, task, problems, cfg.sampling, engine=engine, shots=shots, seed=cfg.run.seed,
+                       calculator=cfg.calculator, scorer=scorer, progress=bar.update, condition=condition,
+                       k_problems=cfg.k_problems)
     bar.close()
+    engine.close()
     metrics = summarize(results)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"
     write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}")
@@ -189,8 +185,7 @@ class ScoreConfig:
 
 def run_score(cfg: ScoreConfig) -> dict:
     d = cfg.data
-    task = task_from_options(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface,
-                             fields=d.fields())
+    task = load_task(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface, **d.fields())
     problems = task.problems(cfg.split)
     by_id = {p.id: p for p in problems}
     by_question = {" ".join(p.question.split()): p for p in problems}
@@ -229,10 +224,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     if k > n_min:
         raise UsageError(f"k={k} is larger than the fewest completions on a line ({n_min})")
     if cfg.orm:
-        from mathrl.reward_model import load_reward_model
-
         rm = load_reward_model(cfg.orm, None, device=resolve_device(cfg.device))
-        rm_task = formatted_task(task, cfg.orm)  # prompted as the reward model's samples were (its mathrl.json)
+        # the same questions, prompted as the reward model's samples were (its mathrl.json)
+        rm_task = task_for(cfg.orm, cfg.data, teaching=True, surface=cfg.surface)
         for r in results:
             r.scores = rm.score_texts([rm_task.prompt(r.problem)] * len(r.texts), r.texts)
     metrics = summarize(results, k=k)

@@ -29,7 +29,7 @@ from mathrl import checkpoint as ckpt
 from mathrl import distributed
 from mathrl.models import autocast, block_class_names, kv_cache_arg, kv_cache_of
 from mathrl.runlog import progress
-from mathrl.runsetup import rng_state, set_rng_state
+from mathrl.seeds import rng_state, set_rng_state
 
 T = TypeVar("T")
 
