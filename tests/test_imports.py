@@ -1,4 +1,5 @@
-"""The import graph of src/mathrl, read from the source: no cycle, function-local imports included.
+"""The import graph of src/mathrl, read from the source: no cycle, function-local imports included; and the CLI's
+``--help`` and ``--version`` import no torch.
 
 Every ``import mathrl.x`` and ``from mathrl... import y`` anywhere in a module (at its top, inside a function, under
 ``if``/``try``) is an edge; relative imports are resolved against the module's package; ``from mathrl.pkg import
@@ -9,7 +10,12 @@ name`` is an edge to ``mathrl.pkg.name`` when that is a module, else to the pack
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -120,3 +126,66 @@ def test_no_import_cycle_in_mathrl():
 def test_settings_is_a_leaf():
     # the shared settings import only config and errors: any module may compose them, and they import no torch
     assert graph()["mathrl.settings"] <= {"mathrl", "mathrl.config", "mathrl.errors"}
+
+
+# The commands whose Config lives in a module that imports no torch. The others' Configs sit in their algorithm's
+# module, beside the loop that needs torch, so their `--help` imports torch (test_heavy_configs_are_known).
+TORCH_FREE_HELP = ("study", "data show", "data stats", "model init", "eval", "score")
+HEAVY = ("torch", "transformers")
+
+
+def _help_imports(argv: list[str]) -> list[str]:
+    """The heavy modules ``mathrl ARGV`` has imported when it returns (run in a fresh interpreter)."""
+    code = ("import contextlib, io, sys\n"
+            "from mathrl.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    code = main({argv!r})\n"
+            "assert code == 0 and out.getvalue(), (code, out.getvalue())\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], *([*c.split(), "--help"] for c in TORCH_FREE_HELP)])
+def test_help_and_version_import_no_torch(argv):
+    assert _help_imports(argv) == []
+
+
+def _imports_at_load(path: Path) -> set[str]:
+    """The modules ``path`` imports when it is loaded: its imports outside function bodies, absolute names."""
+    out, todo = set(), list(ast.parse(path.read_text(encoding="utf-8")).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+            out.add(node.module)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def test_heavy_configs_are_known():
+    # which commands' Config modules import torch or transformers when loaded (through mathrl's own imports):
+    # exactly those not in TORCH_FREE_HELP. A Config moved to a torch-free module moves its command to that list.
+    from mathrl.cli import COMMANDS
+
+    mods = modules()
+    loads = {name: {m for m in _imports_at_load(path)} for name, path in mods.items()}
+
+    def heavy(name: str, seen: set) -> bool:
+        if name in seen:
+            return False
+        seen.add(name)
+        found = loads[name]
+        if any(m.split(".")[0] in HEAVY for m in found):
+            return True
+        parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        return any(heavy(m, seen) for m in (found & set(mods)) | (parents & set(mods)))
+
+    heavy_commands = {c for c, spec in COMMANDS.items() if heavy(spec.config.split(":")[0], set())}
+    assert heavy_commands == set(COMMANDS) - set(TORCH_FREE_HELP)

@@ -1,38 +1,27 @@
-"""Small commands that are not training algorithms: data inspection, model creation, evaluation, scoring."""
+"""Small commands that are not training algorithms: data inspection, model creation, evaluation, scoring. Their
+configs are in ``commands_config.py`` (torch-free, for the CLI's ``--help``)."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl import engines
-from mathrl.config import field, group
+from mathrl.commands_config import DataConfig, EvalConfig, ModelInitConfig, ScoreConfig
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
-from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
+from mathrl.models import count_parameters, init_model, load_model, load_tokenizer
 from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
 from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, resolve_device, setup_threads, task_for, \
     write_record
-from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
 from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import grader_audit
 
 
 # ----------------------------------------------------------------------------------------------------------
 # mathrl data show / stats
-
-
-@dataclass
-class DataConfig:
-    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
-    split: str = field("test", "split")
-    n: int = field(3, "problems to show")
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (stats)")
 
 
 def data_show(cfg: DataConfig) -> None:
@@ -72,20 +61,6 @@ def data_stats(cfg: DataConfig) -> None:
 # mathrl model init
 
 
-@dataclass
-class ModelInitConfig:
-    out: str = field("runs/model-init", "directory to write the model and tokenizer to")
-    task: str = field("synthetic", "task whose text the tokenizer is trained on")
-    size: str = field("tiny", "model size: " + ", ".join(SIZES))
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    seed: int = field(0, "initialisation seed")
-
-    def validate(self) -> None:
-        if self.size not in SIZES:
-            raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
-
-
 def model_init(cfg: ModelInitConfig) -> None:
     task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     model, tokenizer = init_model(task, cfg.out, size=cfg.size, seed=cfg.seed)
@@ -95,34 +70,6 @@ def model_init(cfg: ModelInitConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # mathrl eval
-
-
-@dataclass
-class EvalConfig:
-    model: str = field("", "model directory (required)")
-    data: Data = group(Data)
-    prompting: Prompting = group(Prompting)
-    split: str = field("test", "split to evaluate")
-    n: int = field(0, "evaluate the first N problems (0: all)")
-    sampling: Sampling = group(Sampling, k=96)  # the K samples for maj@K, pass@K and rerank@K
-    k_problems: int = field(0, "draw the K samples for the first N problems only, greedy maj@1 for all (0: all)")
-    few_shot: FewShot = group(FewShot)
-    calculator: bool = field(False, "insert calculator results after '<<expr=' (GSM8K annotations)")
-    orm: str = field("", "reward-model directory for rerank@K")
-    run: Run = group(Run)
-    compute: Compute = group(Compute)
-    out: str = field("", "directory for metrics.json, metrics.md and samples.jsonl (default: MODEL/../eval-SPLIT)")
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("--model is required")
-        validate_groups(self)
-        if self.compute.gradient_checkpointing:
-            raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
-        if self.n < 0 or self.k_problems < 0:
-            raise UsageError("n and k_problems must be >= 0")
-        if self.calculator and self.sampling.engine == "vllm":
-            raise UsageError("--calculator inserts tokens while sampling, which --engine vllm cannot: use --engine mathrl")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -162,25 +109,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------
 # mathrl score
-
-
-@dataclass
-class ScoreConfig:
-    samples: str = field("", "jsonl of {\"question\" or \"id\": ..., \"completions\": [...]} (required)")
-    data: Data = group(Data, task="synthetic")  # the task the questions belong to (no model records one here)
-    surface: str | None = field(None, "synthetic: the format the completions are in, qa (default) or prose")
-    split: str = field("test", "split the questions come from")
-    k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")
-    orm: str = field("", "reward-model directory for rerank@k")
-    audit: bool = field(False, "also grade every completion with every extraction (strict, flexible, boxed) and "
-                               "report how often they agree, with examples (audit.json)")
-    device: str = field("auto", "device for the reward model")
-    out: str = field("", "output directory (required)")
-
-    def validate(self) -> None:
-        validate_groups(self)
-        if not self.samples or not self.out:
-            raise UsageError("--samples and --out are required")
 
 
 def run_score(cfg: ScoreConfig) -> dict:

@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "float32", "bfloat16", "bf16-mixed")
 ATTENTION_KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 ENGINES = ("mathrl", "vllm")
 EXEMPLARS = ("train", "wei2022")  # tasks/exemplars.py
+MODEL_SIZES = ("tiny", "tiny4", "small")  # the embedded model's sizes (models.SIZES)
 PLACEHOLDER = "{question}"  # where a prompt template takes the question (tasks/prompting.py)
 
 
