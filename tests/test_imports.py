@@ -189,3 +189,12 @@ def test_heavy_configs_are_known():
 
     heavy_commands = {c for c, spec in COMMANDS.items() if heavy(spec.config.split(":")[0], set())}
     assert heavy_commands == set(COMMANDS) - set(TORCH_FREE_HELP)
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("benchmarks/")]
+    names = [p.name for p in (SRC / "mathrl").iterdir() if p.suffix == ".py" and p.name != "__init__.py"]
+    names += [p.name + "/" for p in (SRC / "mathrl").iterdir() if (p / "__init__.py").is_file()]
+    assert not [n for n in names if n not in layout], "README.md's Layout omits these modules"
