@@ -27,10 +27,10 @@ import torch
 
 from mathrl import engines
 from mathrl.models import count_parameters, load_model
-from mathrl.runsetup import read_meta
+from mathrl.runsetup import read_record
 from mathrl.sampler import SamplingParams, sample
 from mathrl.settings import Sampling
-from mathrl.tasks import task_from_options
+from mathrl.tasks import load_task
 
 
 def large_model(base: str, out: Path) -> Path:
@@ -50,9 +50,9 @@ def large_model(base: str, out: Path) -> Path:
     return out
 
 
-def time_forward(engine_model) -> list[float]:
+def time_forward(engine) -> list[float]:
     """Accumulate the seconds vLLM's model spends in its forward passes (the engine runs in this process)."""
-    module = engine_model.mathrl_engine.llm.apply_model(lambda m: m)[0]
+    module = engine.llm.apply_model(lambda m: m)[0]
     total, forward = [0.0], module.forward
 
     def timed(*a, **kw):
@@ -68,11 +68,11 @@ def time_forward(engine_model) -> list[float]:
 
 def bench(model_dir: str, args) -> None:
     model, tok = load_model(model_dir, device="cpu")
-    meta = read_meta(model_dir).get("task", {})
-    task = task_from_options(meta.get("name", "synthetic"), level=meta.get("level"))
+    meta = read_record(model_dir).task
+    task = load_task(meta.get("name", "synthetic"), level=meta.get("level"))
     problems = task.problems("test")
     engine_model, _ = load_model(model_dir, device="cpu")  # the same weights; this copy carries the engine
-    engines.attach(engine_model, tok, Sampling(engine="vllm", token_budget=args.token_budget), model_dir)
+    engine = engines.create(engine_model, Sampling(engine="vllm", token_budget=args.token_budget), model_dir)
     print(f"model {model_dir}: {count_parameters(model) / 1e6:.2f}M parameters, {args.threads} thread(s)", flush=True)
     for k, n_prompts in ((16, args.prompts), (96, args.prompts_k96)):
         prompts = [task.prompt(p) for p in problems[:n_prompts]]
@@ -84,7 +84,7 @@ def bench(model_dir: str, args) -> None:
             return sum(len(r.completion_ids) for r in sample(model, tok, prompts, k, params))
 
         def vllm():
-            return sum(len(r.completion_ids) for r in engines.sample(engine_model, tok, prompts, k, params))
+            return sum(len(r.completion_ids) for r in engine.sample(engine_model, tok, prompts, k, params))
 
         def hf():
             with torch.no_grad():
@@ -95,7 +95,7 @@ def bench(model_dir: str, args) -> None:
             return int(((ended == 0) | ((ended == 1) & (new == eos))).sum())
 
         vllm()  # the engine starts (and the weights go in) outside the timing
-        forward_s = time_forward(engine_model)
+        forward_s = time_forward(engine)
         rates = {"mathrl": [], "vllm": [], "generate": []}
         vllm_s = 0.0
         for _ in range(args.repeats):
@@ -113,7 +113,7 @@ def bench(model_dir: str, args) -> None:
               f"{med['mathrl']:.0f}, vllm {med['vllm']:.0f}, generate {med['generate']:.0f}")
         print(f"  speedup_vs_vllm={med['mathrl'] / med['vllm']:.2f} speedup_vs_hf_generate="
               f"{med['mathrl'] / med['generate']:.2f}", flush=True)
-    engines.close(engine_model)
+    engine.close()
 
 
 def main() -> None:

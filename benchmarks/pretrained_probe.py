@@ -20,9 +20,11 @@ import random
 
 import torch
 
+from mathrl import engines
 from mathrl.evaluate import evaluate, summarize
 from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
+from mathrl.settings import Sampling
 from mathrl.tasks.corpus import _recall
 from mathrl.tasks.synthetic import LEVELS
 from mathrl.tasks.synthetic_prose import SyntheticProseTask
@@ -77,8 +79,8 @@ def main() -> None:
     first, again = copying(model, tokenizer, level)
     print(f"copying (teacher-forced next-token accuracy on ledgers): new statements {first:.3f}, repeated {again:.3f}")
     if args.k:
-        results = evaluate(model, tokenizer, task, task.problems("test")[: args.n], k=args.k, temperature=1.0,
-                           max_new_tokens=96, seed=0)
+        results = evaluate(model, tokenizer, task, task.problems("test")[: args.n],
+                           Sampling(k=args.k, temperature=1.0, max_new_tokens=96), engine=engines.Mathrl(), seed=0)
         m = summarize(results)
         print(f"prose, zero-shot, {args.n} test problems: maj@1 {m['maj@1']:.3f}, pass@{args.k} {m[f'pass@{args.k}']:.3f}, "
               f"pass@{args.k}_verified {m[f'pass@{args.k}_verified']:.3f}, samples with an answer "

@@ -18,9 +18,9 @@ import time
 import torch
 
 from mathrl.models import load_model
-from mathrl.runsetup import read_meta
+from mathrl.runsetup import read_record
 from mathrl.sampler import SamplingParams, sample
-from mathrl.tasks import task_from_options
+from mathrl.tasks import load_task
 
 
 def main() -> None:
@@ -42,9 +42,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tok = load_model(args.model, device=args.device, dtype=dtype)
-    meta = read_meta(args.model).get("task", {})
+    meta = read_record(args.model).task
     name = args.task or meta.get("name", "synthetic")
-    task = task_from_options(name, level=meta.get("level") if name == "synthetic" else None)
+    task = load_task(name, level=meta.get("level") if name == "synthetic" else None)
     problems = task.problems("test")[: args.prompts]
     prompts = [task.prompt(p) for p in problems]
     params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens)

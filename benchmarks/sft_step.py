@@ -36,12 +36,12 @@ def main() -> None:
     from mathrl.algorithms.sft import build_examples
     from mathrl.compile import compiled
     from mathrl.models import init_model, load_model
-    from mathrl.tasks import task_from_options
+    from mathrl.tasks import load_task
     from mathrl.training import clip_and_step, collate, epoch_batches, sft_grads
 
     torch.set_num_threads(args.threads)
     needed = 3 * 4 + args.rounds * args.steps * 4  # batches: 3 warm-up steps and the rounds, for 4 variants
-    task = task_from_options("synthetic", level=1, train_size=16 * needed + 400)
+    task = load_task("synthetic", level=1, train_size=16 * needed + 400)
     path = args.model or tempfile.mkdtemp(prefix="mathrl-bench-model-")
     if not args.model:
         init_model(task, path)

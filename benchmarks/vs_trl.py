@@ -42,11 +42,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mathrl.runsetup import task_for_model
+    from mathrl import engines
     from mathrl.evaluate import evaluate, summarize
+    from mathrl.runsetup import task_for
+    from mathrl.settings import Data, Sampling
     from mathrl.models import load_model
 
-    task = task_for_model(args.model, "", None, None, None)
+    task = task_for(args.model, Data())
     questions = task.problems("train")[: args.prompts * args.steps]
     test = task.problems("test")[: args.eval_size]
     work = Path(tempfile.mkdtemp(prefix="vs_trl-"))
@@ -54,7 +56,8 @@ def main() -> None:
 
     def maj1(model_dir) -> float:
         model, tok = load_model(model_dir, device="cpu")
-        return summarize(evaluate(model, tok, task, test, k=0, max_new_tokens=args.max_new_tokens))["maj@1"]
+        greedy = Sampling(k=0, max_new_tokens=args.max_new_tokens)
+        return summarize(evaluate(model, tok, task, test, greedy, engine=engines.Mathrl()))["maj@1"]
 
     def run_mathrl(rep: int) -> tuple[float, Path]:
         from mathrl.algorithms import ppo

@@ -25,11 +25,11 @@ def data_dir() -> Path:
 def tiny_model_dir(tmp_path_factory):
     """A fresh (untrained) embedded-default model for the synthetic task, shared by the tests."""
     from mathrl.models import init_model
-    from mathrl.runsetup import write_meta
+    from mathrl.runsetup import ModelRecord, write_record
     from mathrl.tasks import load_task
 
     out = tmp_path_factory.mktemp("tiny")
     task = load_task("synthetic", level=2)
     init_model(task, out, size="tiny", seed=0)
-    write_meta(out, task={"name": "synthetic", "level": 2}, stage="init", shots=0)
+    write_record(out, ModelRecord(task={"name": "synthetic", "level": 2}, stage="init", shots=0))
     return out

@@ -86,3 +86,29 @@ def test_unwritable_output_directory_is_one_line_and_exit_2(tiny_model_dir, caps
     assert main(["sft", "--model", str(tiny_model_dir), "--out", "/proc/mathrl-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write to /proc/mathrl-run") and "\n" not in err
+
+
+def test_model_record_reads_older_files_and_writes_only_what_is_set(tmp_path):
+    import json
+
+    from mathrl.runsetup import ModelRecord, read_record, write_record
+
+    # an older mathrl's record: a level before the level scheme, no exemplars, a key this one does not know
+    old = {"task": {"name": "synthetic", "level": 1}, "stage": "sft", "shots": 0, "base": "scratch", "epochs": 3}
+    (tmp_path / "mathrl.json").write_text(json.dumps(old))
+    (tmp_path / "config.json").write_text("{}")
+    record = read_record(tmp_path)
+    assert record == ModelRecord(task={"name": "synthetic", "level": 1}, stage="sft", shots=0, base="scratch")
+    assert record.exemplars == "" and record.prompting == {} and record.condition is None
+    # models.init_model's record names the task alone
+    assert ModelRecord.from_dict({"task": "gsm8k", "size": "tiny", "seed": 0}).task == {"name": "gsm8k"}
+    # none, or not a JSON object: an empty record
+    assert read_record(tmp_path / "nowhere") == ModelRecord() and read_record(None) == ModelRecord()
+    (tmp_path / "mathrl.json").write_text("[1, 2]")
+    assert read_record(tmp_path) == ModelRecord()
+    # written back: task, stage and shots always, the rest only where set
+    write_record(tmp_path, ModelRecord(task={"name": "gsm8k", "extract": "strict"}, stage="ei", shots=2,
+                                       exemplars="wei2022"))
+    assert json.loads((tmp_path / "mathrl.json").read_text()) == {
+        "task": {"name": "gsm8k", "extract": "strict"}, "stage": "ei", "shots": 2, "exemplars": "wei2022"}
+    assert read_record(tmp_path).exemplars == "wei2022"

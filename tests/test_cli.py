@@ -88,9 +88,10 @@ def test_pretrain_sft_eval_pipeline(runs, start, capsys):
     assert main(["eval", "--model", str(pt / "model"), "-n", "2", "-k", "2", "--max-new-tokens", "8",
                  "--out", str(ev_pt), "--threads", "1"]) == 0
     assert "pass@2_verified" in json.loads((ev_pt / "metrics.json").read_text())
-    from mathrl.runsetup import task_for_model
+    from mathrl.runsetup import task_for
+    from mathrl.settings import Data
 
-    task = task_for_model(str(pt / "model"), "", None, None, None)
+    task = task_for(str(pt / "model"), Data())
     p = task.problems("test")[0]
     assert task.surface == "prose" and task.prompt(p) == p.question
 

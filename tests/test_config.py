@@ -6,15 +6,15 @@ import dataclasses
 import pytest
 
 from mathrl.algorithms import expert_iteration, orm, ppo, rcrl, sft
-from mathrl.cli import _commands
+from mathrl.cli import COMMANDS, load
 from mathrl.config import add_arguments, build, from_args, given, leaves, to_dict
 from mathrl.errors import UsageError
 
 
 def test_a_shared_setting_has_one_name_and_one_help_text_in_every_command():
     helps: dict[str, set[str]] = {}
-    for cls, _, _ in _commands().values():
-        for group, f, _, _ in leaves(cls):
+    for spec in COMMANDS.values():
+        for group, f, _, _ in leaves(load(spec.config)):
             if group is not None:
                 helps.setdefault(f.name, set()).add(f.metadata["help"])
     assert {"lr", "micro_batch_size", "eval_k", "seed", "token_budget"} <= set(helps)
@@ -68,3 +68,11 @@ def test_given_flags_come_from_the_parser_not_from_comparing_with_the_default():
     # a LoRA-only flag given at its default value is still refused without LoRA
     with pytest.raises(UsageError, match="--lora-alpha has no effect without LoRA"):
         from_args(sft.Config, parser.parse_args(["--model", "m", "--lora-alpha", "0"]))
+
+
+def test_choice_values_in_settings_are_those_the_code_acts_on():
+    # settings.py names the choices without importing the modules that act on them (it must not import torch)
+    from mathrl import models, settings
+
+    assert tuple(models.SIZES) == settings.MODEL_SIZES
+    assert models.PRECISIONS is settings.PRECISIONS

@@ -12,13 +12,15 @@ from mathrl.cli import main
 from mathrl.errors import UsageError
 from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
+from mathrl.settings import Sampling
 
 
 def test_default_engine_is_mathrls_sampler(tiny_model_dir):
     model, tok = load_model(tiny_model_dir, device="cpu")
     params = SamplingParams(max_new_tokens=6, seed=3)
-    assert engines.name(model) == "mathrl"
-    a = engines.sample(model, tok, ["Question: a", "Question: b"], 3, params)
+    engine = engines.create(model, Sampling(), str(tiny_model_dir))
+    assert engine.name == "mathrl"
+    a = engine.sample(model, tok, ["Question: a", "Question: b"], 3, params)
     b = sample(model, tok, ["Question: a", "Question: b"], 3, params)
     assert [r.completion_ids for r in a] == [r.completion_ids for r in b]
     assert [r.logprobs for r in a] == [r.logprobs for r in b]

@@ -57,7 +57,7 @@ def chat(tiny_model_dir, tmp_path_factory):
 
 
 def test_qwen2_chat_model_evaluates_and_trains_with_grpo_lora_on_a_jsonl_task_and_reward_function(chat, tmp_path):
-    from mathrl.runsetup import task_of
+    from mathrl.runsetup import task_for
     from mathrl.settings import Data
 
     small = ["--max-new-tokens", "8", "--threads", "1"]
@@ -75,7 +75,7 @@ def test_qwen2_chat_model_evaluates_and_trains_with_grpo_lora_on_a_jsonl_task_an
     meta = json.loads((out / "model" / "mathrl.json").read_text())
     assert meta["prompting"]["chat_template"] is True and meta["task"]["question_field"] == "problem"
     # the next command prompts the trained model the same way without the flags
-    task = task_of(str(out / "model"), Data())
+    task = task_for(str(out / "model"), Data())
     assert task.prompt(task.problems("test")[0]).endswith("<|im_start|>assistant\n")
 
 
@@ -100,11 +100,11 @@ def test_a_reward_model_trained_on_chat_prompts_records_them_and_scores_with_the
 
 def test_chat_prompts_are_the_templates_conversation_and_the_completion_is_the_assistant_turn(chat):
     from mathrl.models import load_tokenizer
-    from mathrl.runsetup import task_of
+    from mathrl.runsetup import task_for
     from mathrl.settings import Data, Prompting
 
     data = Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final")
-    task = task_of(str(chat["model"]), data, Prompting(chat_template=True, system_prompt="Be brief.",
+    task = task_for(str(chat["model"]), data, Prompting(chat_template=True, system_prompt="Be brief.",
                                                        stop=["\n\nQ:"]))
     p, shot = task.problems("test")[0], task.problems("train")[0]
     assert task.prompt(p) == (f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{p.question}<|im_end|>\n"
@@ -120,7 +120,7 @@ def test_chat_prompts_are_the_templates_conversation_and_the_completion_is_the_a
     ids = tok(task.prompt(p), add_special_tokens=False)["input_ids"]
     assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # the markers are single special tokens
     # without --system-prompt the template's own default system message stays
-    assert task_of(str(chat["model"]), data, Prompting(chat_template=True)).prompt(p).startswith(
+    assert task_for(str(chat["model"]), data, Prompting(chat_template=True)).prompt(p).startswith(
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
 
 
@@ -131,7 +131,7 @@ def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):
 
     from mathrl.algorithms.sft import build_examples
     from mathrl.models import load_model
-    from mathrl.runsetup import task_of
+    from mathrl.runsetup import task_for
     from mathrl.sampler import SamplingParams, sample
     from mathrl.settings import Data, Prompting
 
@@ -140,7 +140,7 @@ def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):
     (model_dir / "chat_template.jinja").write_text(
         "{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    task = task_of(str(model_dir), Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final"),
+    task = task_for(str(model_dir), Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final"),
                    Prompting(chat_template=True))
     model, tok = load_model(str(model_dir), device="cpu", dtype=torch.float32)
     p = task.problems("train")[0]
@@ -153,14 +153,14 @@ def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):
 
 def test_prompt_template_file_and_stop_flags_and_what_the_model_records(chat, tmp_path):
     from mathrl.config import add_arguments, from_args
-    from mathrl.runsetup import prompt_format, task_of
+    from mathrl.runsetup import prompt_format, task_for
     from mathrl.settings import Data, Prompting
     from mathrl.tasks.prompting import PromptFormat
 
     template = tmp_path / "template.txt"
     template.write_text("Solve step by step, then write '#### N'.\n\n{question}")
     data = Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final")
-    task = task_of(str(chat["model"]), data, Prompting(chat_template=True, prompt_template=str(template)))
+    task = task_for(str(chat["model"]), data, Prompting(chat_template=True, prompt_template=str(template)))
     p = task.problems("test")[0]
     assert f"<|im_start|>user\nSolve step by step, then write '#### N'.\n\n{p.question}<|im_end|>" in task.prompt(p)
     # `--stop A --stop B` and `--stop A B` both give both
@@ -204,7 +204,7 @@ def test_prompt_template_system_prompt_and_stop_strings_in_plain_prompts():
 
 
 def test_wei2022_exemplars_are_the_eight_cot_examples_and_read_by_strict_extraction(chat):
-    from mathrl.runsetup import few_shot_examples, task_of
+    from mathrl.runsetup import few_shot_examples, task_for
     from mathrl.settings import Data
     from mathrl.tasks import load_task
     from mathrl.tasks.exemplars import WEI2022
@@ -216,7 +216,7 @@ def test_wei2022_exemplars_are_the_eight_cot_examples_and_read_by_strict_extract
     strict = GSM8KTask(extract="strict")
     assert all(strict.grade(e, e.solution).correct for e in WEI2022)
     assert [e.answer for e in WEI2022] == ["6", "5", "39", "8", "9", "29", "33", "8"]
-    task = task_of(str(chat["model"]), Data(task=f"jsonl:{chat['data']}", question_field="problem",
+    task = task_for(str(chat["model"]), Data(task=f"jsonl:{chat['data']}", question_field="problem",
                                             answer_field="final"))
     shots = few_shot_examples(task, str(chat["model"]), 8, "wei2022")
     prompt = task.prompt(task.problems("test")[0], shots)

@@ -239,8 +239,8 @@ def test_models_recorded_before_the_level_scheme_keep_their_level():
 
 def test_recorded_surface_loads_its_task_class():
     # a model records its task with task_options; the record rebuilds the same surface's task with
-    # task_from_options, and a record from before the surface existed (no "surface" key) is the qa task
-    from mathrl.tasks import task_from_options, task_options
+    # load_task, and a record from before the surface existed (no "surface" key) is the qa task
+    from mathrl.tasks import load_task, task_options
     from mathrl.tasks.synthetic_prose import SyntheticProseTask
     from mathrl.tasks.synthetic_qa import SyntheticQATask
 
@@ -250,9 +250,9 @@ def test_recorded_surface_loads_its_task_class():
     assert task_options(qa) == {"name": "synthetic", "level": 2, "levels": 2}
     for task, cls in ((prose, SyntheticProseTask), (qa, SyntheticQATask)):
         meta = task_options(task)
-        again = task_from_options(meta["name"], level=meta["level"], surface=meta.get("surface"))
+        again = load_task(meta["name"], level=meta["level"], surface=meta.get("surface"))
         assert type(again) is cls and task_options(again) == meta
-    assert type(task_from_options("synthetic", level=1)) is SyntheticQATask
-    assert type(task_from_options("synthetic", surface="qa")) is SyntheticQATask
+    assert type(load_task("synthetic", level=1)) is SyntheticQATask
+    assert type(load_task("synthetic", surface="qa")) is SyntheticQATask
     # the two surfaces write the same problems
     assert [p.question for p in prose.problems("test")[:20]] == [p.question for p in qa.problems("test")[:20]]

@@ -57,16 +57,16 @@ def task():
 
 def _engine_policy(model_dir):
     model, tok = load_model(model_dir, device="cpu")
-    engines.attach(model, tok, Sampling(engine="vllm", token_budget=8192), str(model_dir))
-    return model, tok
+    engine = engines.create(model, Sampling(engine="vllm", token_budget=8192), str(model_dir))
+    return model, tok, engine
 
 
 def test_greedy_completions_equal_mathrls(sft_model, task):
-    model, tok = _engine_policy(sft_model)
+    model, tok, engine = _engine_policy(sft_model)
     prompts = [task.prompt(p) for p in task.problems("test")[:100]]
     params = SamplingParams(temperature=0.0, max_new_tokens=96, stop_strings=task.stop_strings)
     ours = sample(model, tok, prompts, 1, params)
-    theirs = engines.sample(model, tok, prompts, 1, params)
+    theirs = engine.sample(model, tok, prompts, 1, params)
     same = [a for a, b in zip(ours, theirs) if (a.completion_ids, a.text, a.finish_reason)
             == (b.completion_ids, b.text, b.finish_reason)]
     differing = [(a.prompt_index, a.text, b.text) for a, b in zip(ours, theirs) if a not in same]
@@ -76,19 +76,19 @@ def test_greedy_completions_equal_mathrls(sft_model, task):
     worst = max(abs(x - y) for a, b in zip(ours, theirs) if a in same for x, y in zip(a.logprobs, b.logprobs))
     print(f"greedy: max |log-prob difference| {worst:.2e}")
     assert worst < LOGPROB_TOL
-    engines.close(model)
+    engine.close()
 
 
 def test_samples_are_reproducible_and_their_logprobs_the_trainers(sft_model, task):
-    model, tok = _engine_policy(sft_model)
+    model, tok, engine = _engine_policy(sft_model)
     prompts = [task.prompt(p) for p in task.problems("test")[:12]]
     params = SamplingParams(temperature=1.0, max_new_tokens=48, stop_strings=task.stop_strings, seed=5)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = engines.sample(model, tok, prompts, 4, params)
+    a = engine.sample(model, tok, prompts, 4, params)
     assert torch.equal(torch.get_rng_state(), before)  # the trainer's random stream is untouched
-    b = engines.sample(model, tok, prompts, 4, params)
-    c = engines.sample(model, tok, prompts, 4, dataclasses.replace(params, seed=6))
+    b = engine.sample(model, tok, prompts, 4, params)
+    c = engine.sample(model, tok, prompts, 4, dataclasses.replace(params, seed=6))
     assert [(r.prompt_index, r.sample_index) for r in a] == [(i, j) for i in range(12) for j in range(4)]
     assert [r.completion_ids for r in a] == [r.completion_ids for r in b]
     assert [r.completion_ids for r in a] != [r.completion_ids for r in c]
@@ -101,7 +101,7 @@ def test_samples_are_reproducible_and_their_logprobs_the_trainers(sft_model, tas
     gap = (torch.where(batch.action_mask, lp - batch.old_logprobs, 0)).abs().max()
     print(f"sampled: max |engine - trainer log-prob| {float(gap):.2e}")
     assert float(gap) < LOGPROB_TOL
-    engines.close(model)
+    engine.close()
 
 
 def test_engine_follows_the_trainers_weights_without_a_checkpoint(sft_model, task, tmp_path):
@@ -109,10 +109,10 @@ def test_engine_follows_the_trainers_weights_without_a_checkpoint(sft_model, tas
 
     model, tok = load_model(sft_model, device="cpu")
     policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    engines.attach(policy, tok, Sampling(engine="vllm", token_budget=8192), str(sft_model))
+    engine = engines.create(policy, Sampling(engine="vllm", token_budget=8192), str(sft_model))
     prompts = [task.prompt(p) for p in task.problems("test")[:20]]
     params = SamplingParams(temperature=0.0, max_new_tokens=48, stop_strings=task.stop_strings)
-    first = engines.sample(policy, tok, prompts, 1, params)
+    first = engine.sample(policy, tok, prompts, 1, params)
     files = sorted(Path(sft_model).parent.rglob("*"))
     # one optimizer step on the adapters (fused AdamW, in place, as the trainer does); the engine gets the merged
     # weights at the next sample
@@ -122,13 +122,13 @@ def test_engine_follows_the_trainers_weights_without_a_checkpoint(sft_model, tas
     (-lp[batch.action_mask].sum()).backward()
     opt.step()
     ours = sample(policy, tok, prompts, 1, params)
-    theirs = engines.sample(policy, tok, prompts, 1, params)
+    theirs = engine.sample(policy, tok, prompts, 1, params)
     assert [r.completion_ids for r in ours] != [r.completion_ids for r in first]  # the step changed the policy
     same = sum(a.completion_ids == b.completion_ids for a, b in zip(ours, theirs))
     print(f"after a LoRA step: greedy equal on {same}/20 prompts")
     assert same >= 19
     assert sorted(Path(sft_model).parent.rglob("*")) == files  # nothing written: the weights went in memory
-    engines.close(policy)
+    engine.close()
 
 
 def test_unloadable_architecture_is_one_line(sft_model, tmp_path, capsys):

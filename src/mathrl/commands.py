@@ -1,21 +1,22 @@
-"""Small commands that are not training algorithms: data inspection, model creation, evaluation, scoring."""
+"""Small commands that are not training algorithms: data inspection, model creation, evaluation, scoring. Their
+configs are in ``commands_config.py`` (torch-free, for the CLI's ``--help``)."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl import engines
-from mathrl.config import field, group
+from mathrl.commands_config import DataConfig, EvalConfig, ModelInitConfig, ScoreConfig
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
-from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
-from mathrl.runsetup import few_shot_examples, formatted_task, read_meta, resolve_device, setup_threads, task_of
-from mathrl.settings import Compute, Data, FewShot, Prompting, Run, Sampling, validate_groups
+from mathrl.models import count_parameters, init_model, load_model, load_tokenizer
+from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
-from mathrl.tasks import task_from_options
+from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, resolve_device, setup_threads, task_for, \
+    write_record
+from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import grader_audit
 
 
@@ -23,18 +24,8 @@ from mathrl.tasks.answers import grader_audit
 # mathrl data show / stats
 
 
-@dataclass
-class DataConfig:
-    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
-    split: str = field("test", "split")
-    n: int = field(3, "problems to show")
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (stats)")
-
-
 def data_show(cfg: DataConfig) -> None:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     for p in task.problems(cfg.split)[: max(0, cfg.n)]:
         print(f"--- {p.id} (difficulty {p.difficulty})")
         print(f"question: {p.question}")
@@ -43,7 +34,7 @@ def data_show(cfg: DataConfig) -> None:
 
 
 def data_stats(cfg: DataConfig) -> None:
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     problems = task.problems(cfg.split)
     if not problems:
         raise UsageError(f"split {cfg.split} of {cfg.task} is empty")
@@ -70,27 +61,10 @@ def data_stats(cfg: DataConfig) -> None:
 # mathrl model init
 
 
-@dataclass
-class ModelInitConfig:
-    out: str = field("runs/model-init", "directory to write the model and tokenizer to")
-    task: str = field("synthetic", "task whose text the tokenizer is trained on")
-    size: str = field("tiny", "model size: " + ", ".join(SIZES))
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    seed: int = field(0, "initialisation seed")
-
-    def validate(self) -> None:
-        if self.size not in SIZES:
-            raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
-
-
 def model_init(cfg: ModelInitConfig) -> None:
-    from mathrl.runsetup import write_meta
-    from mathrl.tasks import task_options
-
-    task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+    task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     model, tokenizer = init_model(task, cfg.out, size=cfg.size, seed=cfg.seed)
-    write_meta(cfg.out, task=task_options(task), stage="init", shots=0, size=cfg.size)
+    write_record(cfg.out, ModelRecord(task=task_options(task), stage="init", shots=0, size=cfg.size))
     print(f"wrote {cfg.out}: {count_parameters(model) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
 
 
@@ -98,63 +72,32 @@ def model_init(cfg: ModelInitConfig) -> None:
 # mathrl eval
 
 
-@dataclass
-class EvalConfig:
-    model: str = field("", "model directory (required)")
-    data: Data = group(Data)
-    prompting: Prompting = group(Prompting)
-    split: str = field("test", "split to evaluate")
-    n: int = field(0, "evaluate the first N problems (0: all)")
-    sampling: Sampling = group(Sampling, k=96)  # the K samples for maj@K, pass@K and rerank@K
-    k_problems: int = field(0, "draw the K samples for the first N problems only, greedy maj@1 for all (0: all)")
-    few_shot: FewShot = group(FewShot)
-    calculator: bool = field(False, "insert calculator results after '<<expr=' (GSM8K annotations)")
-    orm: str = field("", "reward-model directory for rerank@K")
-    run: Run = group(Run)
-    compute: Compute = group(Compute)
-    out: str = field("", "directory for metrics.json, metrics.md and samples.jsonl (default: MODEL/../eval-SPLIT)")
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("--model is required")
-        validate_groups(self)
-        if self.compute.gradient_checkpointing:
-            raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
-        if self.n < 0 or self.k_problems < 0:
-            raise UsageError("n and k_problems must be >= 0")
-        if self.calculator and self.sampling.engine == "vllm":
-            raise UsageError("--calculator inserts tokens while sampling, which --engine vllm cannot: use --engine mathrl")
-
-
 def run_eval(cfg: EvalConfig) -> dict:
     setup_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
-    task = task_of(cfg.model, cfg.data, cfg.prompting)
+    task = task_for(cfg.model, cfg.data, cfg.prompting)
     problems = task.problems(cfg.split)
     if cfg.n:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
-    condition = read_meta(cfg.model).get("condition")
+    condition = read_record(cfg.model).condition
     if condition and condition.get("dense") and cfg.sampling.engine == "vllm":
         raise UsageError(f"{cfg.model} is conditioned on dense returns (a marker forced after every step), which "
                          "--engine vllm cannot sample: use --engine mathrl")
     model, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
-    engines.attach(model, tokenizer, cfg.sampling, cfg.model)
+    engine = engines.create(model, cfg.sampling, cfg.model)
     scorer = None
     if cfg.orm:
-        from mathrl.reward_model import load_reward_model
-
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     total = len(problems) + cfg.sampling.k * (min(cfg.k_problems, len(problems)) if cfg.k_problems else len(problems))
     bar = progress(total, "eval", "sample")
-    results = evaluate(model, tokenizer, task, problems, k=cfg.sampling.k, temperature=cfg.sampling.temperature,
-                       max_new_tokens=cfg.sampling.max_new_tokens, shots=shots, seed=cfg.run.seed,
-                       calculator=cfg.calculator,
-                       token_budget=cfg.sampling.token_budget, scorer=scorer, progress=bar.update,
-                       condition=condition, k_problems=cfg.k_problems)
+    results = evaluate(model, tokenizer, task, problems, cfg.sampling, engine=engine, shots=shots, seed=cfg.run.seed,
+                       calculator=cfg.calculator, scorer=scorer, progress=bar.update, condition=condition,
+                       k_problems=cfg.k_problems)
     bar.close()
+    engine.close()
     metrics = summarize(results)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"
     write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}")
@@ -168,29 +111,9 @@ def run_eval(cfg: EvalConfig) -> dict:
 # mathrl score
 
 
-@dataclass
-class ScoreConfig:
-    samples: str = field("", "jsonl of {\"question\" or \"id\": ..., \"completions\": [...]} (required)")
-    data: Data = group(Data, task="synthetic")  # the task the questions belong to (no model records one here)
-    surface: str | None = field(None, "synthetic: the format the completions are in, qa (default) or prose")
-    split: str = field("test", "split the questions come from")
-    k: int = field(0, "k for maj@k / pass@k (0: the number of completions per line)")
-    orm: str = field("", "reward-model directory for rerank@k")
-    audit: bool = field(False, "also grade every completion with every extraction (strict, flexible, boxed) and "
-                               "report how often they agree, with examples (audit.json)")
-    device: str = field("auto", "device for the reward model")
-    out: str = field("", "output directory (required)")
-
-    def validate(self) -> None:
-        validate_groups(self)
-        if not self.samples or not self.out:
-            raise UsageError("--samples and --out are required")
-
-
 def run_score(cfg: ScoreConfig) -> dict:
     d = cfg.data
-    task = task_from_options(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface,
-                             fields=d.fields())
+    task = load_task(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface, **d.fields())
     problems = task.problems(cfg.split)
     by_id = {p.id: p for p in problems}
     by_question = {" ".join(p.question.split()): p for p in problems}
@@ -229,10 +152,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     if k > n_min:
         raise UsageError(f"k={k} is larger than the fewest completions on a line ({n_min})")
     if cfg.orm:
-        from mathrl.reward_model import load_reward_model
-
         rm = load_reward_model(cfg.orm, None, device=resolve_device(cfg.device))
-        rm_task = formatted_task(task, cfg.orm)  # prompted as the reward model's samples were (its mathrl.json)
+        # the same questions, prompted as the reward model's samples were (its mathrl.json)
+        rm_task = task_for(cfg.orm, cfg.data, teaching=True, surface=cfg.surface)
         for r in results:
             r.scores = rm.score_texts([rm_task.prompt(r.problem)] * len(r.texts), r.texts)
     metrics = summarize(results, k=k)

@@ -1,11 +1,9 @@
 """Rollout engines: who samples the completions. ``mathrl`` (the default) is ``sampler.sample``; ``vllm`` is vLLM,
 an optional extra (``pip install "mathrl[vllm]"``, docs/engines.md).
 
-Every sampling site calls ``sample`` here, with the same arguments and the same ``Rollout`` records back as
-``sampler.sample``, so an algorithm does not know which engine ran. The engine rides on the policy module
-(``attach``, the way ``models.autocast`` reads ``model.mathrl_autocast``): evaluation, the collect steps and the
-SORM's rollouts reach it through the model they already receive, without a new parameter at every call. A model
-with no engine attached samples with mathrl's sampler, bit for bit as before.
+A command makes its engine once (``create``) and hands it to every sampling site: ``engine.sample`` has
+``sampler.sample``'s arguments and returns the same ``Rollout`` records, so an algorithm does not know which engine
+ran. ``Mathrl`` is mathrl's sampler, bit for bit.
 
 The vLLM engine is colocated: one process, created once per run (lazily, at the first sample) from the policy's
 directory (its config; the weights always come from the trainer), in vLLM's in-process mode (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Before each sample it receives the
@@ -33,68 +31,70 @@ import tempfile
 from typing import Sequence
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mathrl import distributed
 from mathrl.errors import RunError, UsageError
+from mathrl.seeds import rng_state, set_rng_state
+from mathrl.settings import ENGINES, one_of
 from mathrl.sampler import Rollout, SamplingParams, _eos_ids, sample as mathrl_sample
 
-ENGINES = ("mathrl", "vllm")
 INSTALL = 'pip install "mathrl[vllm]"'
-_ATTR = "mathrl_engine"
-_optimizer_steps = [0]  # optimizer steps taken in this process since the first vLLM engine was attached
-_counting = []  # the hook's handle, once registered
 
 
-def _count_step(optimizer, args, kwargs) -> None:
-    _optimizer_steps[0] += 1
+class Mathrl:
+    """mathrl's own sampler (``sampler.sample``) as an engine."""
+
+    name = "mathrl"
+
+    def sample(self, model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, params: SamplingParams,
+               keys: Sequence[str] | None = None, progress=None) -> list[Rollout]:
+        """K completions per prompt, ordered by (prompt, sample)."""
+        return mathrl_sample(model, tokenizer, prompts, k, params, keys=keys, progress=progress)
+
+    def close(self) -> None:
+        pass
 
 
-def check(engine: str) -> None:
-    if engine not in ENGINES:
-        raise UsageError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-
-
-def attach(policy, tokenizer, sampling, model_dir: str) -> None:
-    """Make ``sampling.engine`` (a ``settings.Sampling``) sample for ``policy`` from now on (``mathrl``: nothing to
-    do). The vLLM engine starts at the first sample, from ``model_dir``, with a KV cache of
-    ``sampling.token_budget`` tokens; here only what can be refused at once is checked (vLLM missing, FSDP,
-    torchrun)."""
-    check(sampling.engine)
+def create(policy, sampling, model_dir: str):
+    """The engine ``sampling.engine`` (a ``settings.Sampling``) names, to sample for ``policy``: ``Mathrl``, or a
+    ``VLLMEngine`` that starts at its first sample, from ``model_dir``, with a KV cache of ``sampling.token_budget``
+    tokens. Here only what can be refused at once is checked (vLLM missing, FSDP, torchrun)."""
+    one_of(sampling.engine, ENGINES, "engine")
     if sampling.engine == "mathrl":
-        return
+        return Mathrl()
     if distributed.world_size() > 1 or distributed.is_sharded(policy):
         raise UsageError("--engine vllm runs one colocated engine in one process: not under torchrun or with --fsdp "
                          "(use --engine mathrl, or vLLM's own data/tensor parallelism outside mathrl)")
     _import_vllm()
-    if not _counting:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+    return VLLMEngine(str(model_dir), sampling.token_budget)
 
-        _counting.append(register_optimizer_step_post_hook(_count_step))
-    setattr(policy, _ATTR, VLLMEngine(str(model_dir), sampling.token_budget))
+
+# TEMPORARY, until algorithms/ppo.py holds the engine ``create`` returns and passes it on (ppo.py only; nothing else
+# may use these): the engine rides on the policy as ``mathrl_engine``, and ``sample``/``name``/``close`` find it.
+def attach(policy, tokenizer, sampling, model_dir: str) -> None:
+    policy.mathrl_engine = create(policy, sampling, model_dir)
+
+
+def of(model):
+    """TEMPORARY (see ``attach``): the engine riding on ``model``, else mathrl's sampler."""
+    return getattr(model, "mathrl_engine", None) or Mathrl()
 
 
 def name(model) -> str:
-    """The engine that samples for ``model``: "mathrl" or "vllm"."""
-    return "vllm" if getattr(model, _ATTR, None) is not None else "mathrl"
+    """TEMPORARY (see ``attach``)."""
+    return of(model).name
 
 
-def sample(model, tokenizer, prompts: Sequence[str | Sequence[int]], k: int, params: SamplingParams,
-           keys: Sequence[str] | None = None, progress=None) -> list[Rollout]:
-    """``sampler.sample``'s contract, with whichever engine ``attach`` gave ``model``: K completions per prompt,
-    ordered by (prompt, sample)."""
-    engine = getattr(model, _ATTR, None)
-    if engine is None:
-        return mathrl_sample(model, tokenizer, prompts, k, params, keys=keys, progress=progress)
-    return engine.sample(model, tokenizer, prompts, k, params, keys=keys, progress=progress)
+def sample(model, tokenizer, prompts, k: int, params: SamplingParams, keys=None, progress=None) -> list[Rollout]:
+    """TEMPORARY (see ``attach``)."""
+    return of(model).sample(model, tokenizer, prompts, k, params, keys=keys, progress=progress)
 
 
 def close(model) -> None:
-    """Shut down the engine attached to ``model`` (its KV cache is freed); the model samples with mathrl's sampler
-    afterwards."""
-    engine = getattr(model, _ATTR, None)
-    if engine is not None:
-        engine.close()
-        setattr(model, _ATTR, None)
+    """TEMPORARY (see ``attach``)."""
+    of(model).close()
+    model.mathrl_engine = None
 
 
 def _import_vllm():
@@ -151,7 +151,12 @@ def check_tokenizers(ours, theirs, where: str) -> None:
 class VLLMEngine:
     """A colocated vLLM ``LLM`` for one policy (see the module docstring)."""
 
+    name = "vllm"
+
     def __init__(self, model_dir: str, token_budget: int):
+        # optimizer steps taken in this process since the engine was made: the weights may have changed (_push)
+        self.optimizer_steps = 0
+        self.step_hook = register_optimizer_step_post_hook(self._count_step)
         self.model_dir = model_dir
         self.token_budget = token_budget
         self.llm = None
@@ -163,8 +168,6 @@ class VLLMEngine:
 
     # -- start -------------------------------------------------------------------------------------------------
     def _start(self, model, tokenizer) -> None:
-        from mathrl.runsetup import rng_state, set_rng_state
-
         vllm = _import_vllm()
         from vllm import LLM, ModelRegistry
         from vllm.platforms import current_platform
@@ -208,7 +211,11 @@ class VLLMEngine:
             set_rng_state(state)
         check_tokenizers(tokenizer, self.llm.get_tokenizer(), self.model_dir)
 
+    def _count_step(self, optimizer, args, kwargs) -> None:
+        self.optimizer_steps += 1
+
     def close(self) -> None:
+        self.step_hook.remove()
         if self.llm is not None:
             try:
                 self.llm.llm_engine.engine_core.shutdown()
@@ -224,7 +231,7 @@ class VLLMEngine:
         """Hand the engine the trainer's weights if they may have changed since the last push: an optimizer step
         was taken (fused AdamW writes parameters without bumping their version counters, measured on torch 2.13),
         or a parameter was written in place otherwise (``load_state_dict``, a resume), which bumps its counter."""
-        fingerprint = (_optimizer_steps[0], tuple((id(p), p._version) for p in model.parameters()))
+        fingerprint = (self.optimizer_steps, tuple((id(p), p._version) for p in model.parameters()))
         if fingerprint == self.pushed:
             return
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(hf_weights(model)),
@@ -236,8 +243,6 @@ class VLLMEngine:
     # -- sample ------------------------------------------------------------------------------------------------
     def sample(self, model, tokenizer, prompts, k: int, params: SamplingParams, keys=None, progress=None
                ) -> list[Rollout]:
-        from mathrl.runsetup import rng_state, set_rng_state
-
         params.validate()
         if k < 1:
             raise UsageError(f"K (samples per prompt) must be >= 1, got {k}")

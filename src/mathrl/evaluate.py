@@ -23,13 +23,13 @@ them): the K-sample metrics are then over those problems, and ``n_sampled_questi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from mathrl import distributed, engines
 from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
-from mathrl.sampler import SamplingParams
+from mathrl.sampler import sampling_params
 from mathrl.tasks.base import Grade, Problem
 
 
@@ -139,32 +139,35 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
     return m
 
 
-def evaluate(model, tokenizer, task, problems: Sequence[Problem], k: int, temperature: float = 1.0,
-             max_new_tokens: int = 128, shots: Sequence[Problem] = (), seed: int = 0, greedy: bool = True,
-             calculator: bool = False, token_budget: int = 1 << 17, scorer: Callable | None = None,
+def evaluate(model, tokenizer, task, problems: Sequence[Problem], sampling, *, engine, shots: Sequence[Problem] = (),
+             seed: int = 0, greedy: bool = True, calculator: bool = False, scorer: Callable | None = None,
              progress=None, condition: dict | None = None, k_problems: int = 0) -> list[QuestionResult]:
-    """Sample and grade; ``scorer(prompts, texts) -> scores`` (a reward model) adds rerank scores.
-    ``k_problems`` > 0: the K samples for the first ``k_problems`` problems only (the greedy one for all).
+    """Sample with ``engine`` (``engines.create``) and grade: ``sampling`` (a ``settings.Sampling``) gives K, the
+    temperature of the K samples, the completion length and the token budget. ``scorer(prompts, texts) -> scores``
+    (a reward model) adds rerank scores. ``k_problems`` > 0: the K samples for the first ``k_problems`` problems
+    only (the greedy one for all).
 
     ``condition`` (return-conditioned models): ``{"token": "[GOOD]", "dense": bool}`` appends the good-return
     token to each prompt and, when dense, forces it after every step too."""
+    k = sampling.k
     prompts = [task.prompt(p, shots) for p in problems]
     keys = [p.id for p in problems]
-    base = dict(max_new_tokens=max_new_tokens, stop_strings=task.stop_strings, calculator=calculator,
-                seed=seed, token_budget=token_budget)
+    fields = dict(calculator=calculator, seed=seed)
     sample_prompts = prompts
     if condition:
         good = tokenizer.convert_tokens_to_ids(condition["token"])
         sample_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] + [good] for p in prompts]
         if condition.get("dense"):
-            base.update(step_end=task.step_end, step_marker=(good,))
-    greedy_rollouts = engines.sample(model, tokenizer, sample_prompts, 1, SamplingParams(temperature=0.0, **base), keys=keys,
-                             progress=progress) if greedy else None
+            fields.update(step_end=task.step_end, step_marker=(good,))
+    greedy_rollouts = engine.sample(model, tokenizer, sample_prompts, 1,
+                                    sampling_params(sampling, task.stop_strings, **fields, temperature=0.0),
+                                    keys=keys, progress=progress) if greedy else None
     n_k = min(k_problems, len(problems)) if k_problems > 0 else len(problems)
     # per-question sampling streams are keyed by the problem id, so the K samples of a problem are the same
     # whichever subset is sampled
-    rollouts = engines.sample(model, tokenizer, sample_prompts[:n_k], k, SamplingParams(temperature=temperature, **base),
-                      keys=keys[:n_k], progress=progress) if k > 0 and n_k > 0 else []
+    rollouts = engine.sample(model, tokenizer, sample_prompts[:n_k], k, sampling_params(sampling, task.stop_strings,
+                                                                                          **fields),
+                             keys=keys[:n_k], progress=progress) if k > 0 and n_k > 0 else []
     results = []
     for i, p in enumerate(problems):
         texts = [r.text for r in rollouts[i * k : (i + 1) * k]] if i < n_k else []
@@ -240,15 +243,18 @@ def headline(metrics: dict, k: int | None = None) -> str:
     return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if isinstance(metrics.get(key), float))
 
 
-def evaluate_in_run(policy, tokenizer, task, problems: Sequence[Problem], ev, sampling, *, seed: int, run_dir: Path,
-                    rollouts: int, when: str, shots: Sequence[Problem] = (), condition: dict | None = None) -> dict:
-    """An RL run's evaluation: ``evaluate`` with the run's ``settings.Evaluation`` (K, temperature) and sampling
-    limits, per-question records appended to RUN/eval_questions.jsonl (tagged with the rollouts consumed, what the
-    study pairs on), the headline printed; returns the float metrics for the run's history."""
+def evaluate_in_run(policy, tokenizer, task, problems: Sequence[Problem], ev, sampling, *, engine=None, seed: int,
+                    run_dir: Path, rollouts: int, when: str, shots: Sequence[Problem] = (),
+                    condition: dict | None = None) -> dict:
+    """An RL run's evaluation: ``evaluate`` with ``engine``, the run's ``settings.Evaluation`` (K, temperature)
+    and sampling limits, per-question records appended to RUN/eval_questions.jsonl (tagged with the rollouts
+    consumed, what the study pairs on), the headline printed; returns the float metrics for the run's history."""
+    if engine is None:  # TEMPORARY, until algorithms/ppo.py passes its engine: the one riding on the policy
+        engine = engines.of(policy)
     policy.eval()
-    results = evaluate(policy, tokenizer, task, problems, k=ev.eval_k, temperature=ev.eval_temperature,
-                       max_new_tokens=sampling.max_new_tokens, shots=shots, seed=seed,
-                       token_budget=sampling.token_budget, condition=condition)
+    sampling = replace(sampling, k=ev.eval_k, temperature=ev.eval_temperature)
+    results = evaluate(policy, tokenizer, task, problems, sampling, engine=engine, shots=shots, seed=seed,
+                       condition=condition)
     metrics = summarize(results)
     if distributed.is_main():
         append_question_records(results, Path(run_dir) / "eval_questions.jsonl", rollouts=rollouts)

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 
 from mathrl.errors import UsageError
+from mathrl.settings import PRECISIONS
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 
@@ -117,9 +118,6 @@ def init_model(task, out: str | os.PathLike, size: str = "tiny", seed: int = 0, 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-PRECISIONS = ("auto", "float32", "bfloat16", "bf16-mixed")
 
 
 def resolve_precision(precision: str, device: str, for_training: bool) -> tuple[torch.dtype, torch.dtype | None]:

@@ -466,9 +466,9 @@ def guesser(cfg, data: StudyData) -> dict | None:
     if not sft or not data.k:
         return None
     try:
-        from mathrl.tasks import task_from_options
+        from mathrl.tasks import load_task
 
-        task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
+        task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
         train = [p.answer for p in task.problems("train")]
     except Exception:  # noqa: BLE001 - the report is still written without the guesser row
         return None

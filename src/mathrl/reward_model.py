@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from mathrl.errors import UsageError
-from mathrl.models import autocast
+from mathrl.models import autocast, load_tokenizer
 from mathrl.tasks.prompting import completion_text
 
 
@@ -131,8 +131,6 @@ def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> 
 
     The policy may have added tokens of its own (RCRL's return tokens, which decoding skips): every token of the
     reward model's vocabulary must then keep its id in the policy's, since the reward model reads decoded text."""
-    from mathrl.models import load_tokenizer
-
     p = Path(path)
     if not (p / "config.json").is_file():
         raise UsageError(f"reward model directory not found or incomplete: {path}")

@@ -1,29 +1,31 @@
 """Run setup, in one place: what every command does before and after its loop (run directory, device, threads,
-seeds and RNG state, the task recorded with a model and its few-shot examples, model metadata).
+seeds, the task for a model (``task_for``) and its few-shot examples, model metadata).
 
-``mathrl.json`` beside a model's weights records what mathrl knows about it: the task it was trained for (so
-``mathrl eval --model DIR`` needs no --task), the stage that produced it, how many few-shot examples its
-prompts need (2 for the pretrained checkpoint, 0 after SFT) and which (``exemplars``), and the prompt format
-(``prompting``: chat template, system prompt, prompt template, stop strings) when it is not the plain one.
+``mathrl.json`` beside a model's weights records what mathrl knows about it (``ModelRecord``): the task it was
+trained for (so ``mathrl eval --model DIR`` needs no --task), the stage that produced it, how many few-shot
+examples its prompts need (2 for the pretrained checkpoint, 0 after SFT) and which (``exemplars``), and the prompt
+format (``prompting``: chat template, system prompt, prompt template, stop strings) when it is not the plain one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
+from mathrl.config import leaves
 from mathrl.errors import UsageError
-from mathrl.settings import read_template
-from mathrl.tasks import recorded_level, task_from_options
+from mathrl.models import count_parameters, load_tokenizer, model_dir as local_model_dir
+from mathrl.seeds import seed_everything
+# TEMPORARY, until algorithms/ppo.py imports them from mathrl.seeds: the RNG-state functions under their old home
+from mathrl.seeds import rng_state, set_rng_state  # noqa: F401
+from mathrl.settings import Data, Prompting, read_template
+from mathrl.tasks import Task, load_task, recorded_level
 from mathrl.tasks.exemplars import exemplars as exemplar_problems
 from mathrl.tasks.jsonl import is_file_task
 from mathrl.tasks.prompting import PromptFormat, with_format
@@ -58,66 +60,119 @@ def resolve_device(device: str) -> str:
     return distributed.setup(device)  # under torchrun: join the process group, one GPU per rank
 
 
-def read_meta(model: str | os.PathLike) -> dict:
-    """What mathrl.json beside a model's weights records ({} when there is none). ``model``: a directory or a
-    hub id in the local cache."""
-    from mathrl.models import model_dir
+@dataclass
+class ModelRecord:
+    """What ``mathrl.json`` beside a model's weights records (module docstring). Every field may be missing from a
+    file (an older mathrl's, or a model another tool wrote): it then reads as its default here."""
 
+    task: dict = field(default_factory=dict)  # the options that rebuild the task (tasks.task_options)
+    stage: str = ""  # what wrote the model: init, pretrained, sft, ei, ppo, grpo, rcrl-sparse, orm, sorm...
+    shots: int = 0  # few-shot examples its prompts need
+    exemplars: str = ""  # which (settings.EXEMPLARS; '': the train split)
+    prompting: dict = field(default_factory=dict)  # its prompt format (PromptFormat.to_meta; {}: the plain one)
+    base: str = ""  # the model it was trained from ("scratch": a new one)
+    size: str = ""  # the embedded model's size (init, pretrain)
+    condition: dict | None = None  # return-conditioned models: {"token": "[GOOD]", "dense": bool} (rcrl.py)
+    label_ratio: float | None = None  # rcrl: the share of labelled samples it was trained on
+    kind: str = ""  # reward models: orm or sorm
+    policy: str = ""  # reward models: the policy whose samples they were trained on
+
+    @classmethod
+    def from_dict(cls, meta: dict) -> ModelRecord:
+        """The record of a parsed mathrl.json; keys it does not know (a newer mathrl's, or ``models.init_model``'s
+        ``seed``) are ignored, and a task recorded by name alone (``init_model``) is that name's defaults."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in meta.items() if k in names}
+        if isinstance(values.get("task"), str):
+            values["task"] = {"name": values["task"]}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """The JSON object written: task, stage and shots always, the other fields where they are set."""
+        return {k: v for k, v in asdict(self).items() if k in ("task", "stage", "shots") or v not in (None, "", {})}
+
+
+def read_record(model: str | os.PathLike | None) -> ModelRecord:
+    """What mathrl.json beside a model's weights records (an empty record when there is none, or no model).
+    ``model``: a directory or a hub id in the local cache."""
+    if not model:
+        return ModelRecord()
     try:
-        p = model_dir(model) / "mathrl.json"
+        p = local_model_dir(model) / "mathrl.json"
     except UsageError:
-        return {}
-    if not p.is_file():
-        return {}
+        return ModelRecord()
     try:
-        meta = json.loads(p.read_text())
+        meta = json.loads(p.read_text()) if p.is_file() else {}
     except json.JSONDecodeError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
+        meta = {}
+    return ModelRecord.from_dict(meta) if isinstance(meta, dict) else ModelRecord()
+
+
+def write_record(model_dir: str | os.PathLike, record: ModelRecord) -> None:
+    if distributed.is_main():
+        Path(model_dir, "mathrl.json").write_text(json.dumps(record.to_dict(), indent=1))
 
 
 def write_meta(model_dir: str | os.PathLike, **meta) -> None:
-    if not distributed.is_main():
-        return
-    Path(model_dir, "mathrl.json").write_text(json.dumps(meta, indent=1))
+    """TEMPORARY, until algorithms/ppo.py writes a ``ModelRecord`` with ``write_record``: its keyword form."""
+    write_record(model_dir, ModelRecord(**meta))
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def recorded_shots(model_dir: str) -> dict:
+    """TEMPORARY, until algorithms/ppo.py reads ``read_record(model).shots`` and ``.exemplars``."""
+    record = read_record(model_dir)
+    return {"shots": record.shots, **({"exemplars": record.exemplars} if record.exemplars else {})}
 
 
-def task_for_model(model_dir: str, task: str, level, data_dir, extract, fields: dict | None = None,
-                   prompting=None):
-    """The task a command should use: explicit options, else those recorded with the model. For a model mathrl
+def task_for(model: str | None, data: Data, prompting: Prompting | None = None, *, teaching: bool = False,
+             **options) -> Task:
+    """The task a command works on, for ``model`` and the ``settings.Data`` and ``settings.Prompting`` flags: the
+    one way to build a task for a model (``tasks.load_task`` builds a task alone).
+
+    Each ``data`` setting not given is the one the model records (its ``ModelRecord.task``). For a model mathrl
     did not train (no task recorded), gsm8k/svamp answers are read with flexible extraction unless --extract says
-    otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed."""
-    from mathrl.models import model_dir as local_dir
-
-    # resolved once: a clear error for a missing directory or an uncached hub id
-    meta = read_meta(local_dir(model_dir)).get("task", {})
-    name = task or meta.get("name")
+    otherwise (such a model has no reason to write mathrl's '#### N'), and the choice is printed. ``teaching``: the
+    command teaches the task to the model (SFT) rather than continuing what it records: the task is the one
+    ``data`` names, in its own surface and extraction, and only a synthetic level not given is the model's.
+    ``options``: task options the command sets itself (SFT's ``train_size``). The prompts are in the format
+    ``prompt_format`` gives (the flags, else the model's record); a chat template is the model's tokenizer's."""
+    if model and not teaching:
+        local_model_dir(model)  # a clear error for a missing directory or an uncached hub id
+    recorded = read_record(model).task
+    name = data.task or recorded.get("name")
     if not name:
-        raise UsageError(f"{model_dir} records no task; pass --task")
-    if name == "synthetic" and level is None:
-        level = recorded_level(meta)
-    if name != "synthetic" and extract is None and meta.get("name") == name:
-        extract = meta.get("extract")
-    elif name != "synthetic" and extract is None and not meta:
-        extract = "flexible"
-        print(f"{model_dir}: no task recorded with this model; {name} answers read with --extract flexible (the last "
-              "number; pass --extract strict for '#### N')")
-    # the surface (synthetic: qa or prose) a model was trained to write is part of its task
-    surface = meta.get("surface") if name == "synthetic" and meta.get("name") == name else None
-    if is_file_task(name) and meta.get("name") == name and not any((fields or {}).values()):
-        fields = {k: meta.get(k) for k in ("question_field", "answer_field", "solution_field")}
-    task = task_from_options(name, level=level, data_dir=data_dir, extract=extract, surface=surface, fields=fields)
-    return formatted_task(task, model_dir, prompting)
+        raise UsageError(f"{model} records no task; pass --task" if model else "--task is required")
+    same = recorded.get("name") == name
+    fields = data.fields()
+    opts = {"level": data.level, "data_dir": data.data_dir, "extract": data.extract}
+    if name == "synthetic" and data.level is None:
+        opts["level"] = recorded_level(recorded)
+    if not teaching and name != "synthetic":
+        if data.extract is None and same:
+            opts["extract"] = recorded.get("extract")
+        elif data.extract is None and not recorded:
+            opts["extract"] = "flexible"
+            print(f"{model}: no task recorded with this model; {name} answers read with --extract flexible (the last "
+                  "number; pass --extract strict for '#### N')")
+        if is_file_task(name) and same and not any(fields.values()):
+            fields = {k: recorded.get(k) for k in fields}
+    if not teaching and name == "synthetic" and same:
+        # the surface (synthetic: qa or prose) a model was trained to write is part of its task
+        opts["surface"] = recorded.get("surface")
+    task = load_task(name, **{**opts, **fields, **options})
+    fmt = prompt_format(model, prompting)
+    return with_format(task, fmt, chat_renderer(model) if fmt.chat_template else None)
+
+
+def task_of(model: str, data: Data, prompting: Prompting | None = None) -> Task:
+    """TEMPORARY, until algorithms/ppo.py calls ``task_for``: its old name."""
+    return task_for(model, data, prompting)
 
 
 def prompt_format(model: str | None, prompting=None) -> PromptFormat:
     """The prompt format a command uses: its flags (a ``settings.Prompting``; None: none given), each one not given
     taken from what the model records (mathrl.json ``prompting``; nothing recorded: the plain format)."""
-    recorded = PromptFormat.from_meta(read_meta(model).get("prompting", {}) if model else {})
+    recorded = PromptFormat.from_meta(read_record(model).prompting)
     if prompting is None:
         return recorded
     if prompting.prompt_template is None:
@@ -130,23 +185,14 @@ def prompt_format(model: str | None, prompting=None) -> PromptFormat:
                         stop=tuple(pick(prompting.stop, recorded.stop)))
 
 
-def formatted_task(task, model: str | None, prompting=None):
-    """``task`` prompted in the format the command asks for or the model records (``prompt_format``); a chat
-    template is the tokenizer's of ``model``."""
-    fmt = prompt_format(model, prompting)
-    return with_format(task, fmt, chat_renderer(model) if fmt.chat_template else None)
-
-
 def chat_renderer(model: str | None):
     """messages -> the prompt text by ``model``'s tokenizer's chat template, with the generation prompt (the
     assistant's turn starts where the completion starts). Special tokens in it (a BOS, ``<|im_start|>``) stay text
     here; prompts are tokenized with ``add_special_tokens=False``, which reads them back as their single ids, so
     no BOS is added twice."""
-    from mathrl.models import load_tokenizer, model_dir
-
     if not model:
         raise UsageError("--chat-template needs --model: the chat template is the model's tokenizer's")
-    tokenizer = load_tokenizer(model_dir(model))
+    tokenizer = load_tokenizer(local_model_dir(model))
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError(f"{model}: --chat-template, but its tokenizer has no chat template (a base model? use "
                          "--prompt-template FILE instead)")
@@ -155,13 +201,6 @@ def chat_renderer(model: str | None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return render
-
-
-def recorded_shots(model_dir: str) -> dict:
-    """The few-shot settings ``model_dir`` records (``shots``, and ``exemplars`` when it names them), for a model
-    trained from it that is prompted the same way."""
-    meta = read_meta(model_dir)
-    return {"shots": meta.get("shots", 0), **({"exemplars": meta["exemplars"]} if "exemplars" in meta else {})}
 
 
 # Above this many parameters a model is not the embedded default, whose learning rates the commands' defaults are
@@ -173,9 +212,6 @@ def warn_tiny_default_lr(cfg, model) -> None:
     default learning rate, which was tuned for the 0.7M-parameter embedded model (SFT 3e-3, PPO 1e-4): 10 to 1000
     times what published recipes use for 0.5B-7B models (docs/algorithms.md, "Real models").
     A rate the user gives that equals the default is taken as the default."""
-    from mathrl.config import leaves
-    from mathrl.models import count_parameters
-
     default = next(d for _, f, d, _ in leaves(type(cfg)) if f.name == "lr")
     n = count_parameters(model)
     if n > TINY_MODEL_PARAMETERS and cfg.optim.lr == default and distributed.is_main():
@@ -186,14 +222,14 @@ def warn_tiny_default_lr(cfg, model) -> None:
 def few_shot_examples(task, model_dir: str, shots: int, exemplars: str = ""):
     """The few-shot examples of the prompts: ``shots`` of them (-1: as many as the model records) from
     ``exemplars`` (``tasks.exemplars``; '': the model's recorded source, else the train split)."""
-    meta = read_meta(model_dir)
+    record = read_record(model_dir)
     if shots < 0:
-        shots = int(meta.get("shots", 0))
-    return exemplar_problems(exemplars or meta.get("exemplars", "train"), task, shots)
+        shots = int(record.shots)
+    return exemplar_problems(exemplars or record.exemplars or "train", task, shots)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Threads, seeds and RNG state
+# Threads and seeds
 
 
 def default_threads() -> int:
@@ -214,27 +250,6 @@ def setup_threads(threads: int) -> int:
     return n
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass(frozen=True)
 class RunContext:
     """Where a training run writes (``dir``) and what it runs on."""
@@ -252,8 +267,3 @@ def start_run(out: str, resume: bool, run) -> RunContext:
     device = resolve_device(run.device)
     seed_everything(run.seed)
     return RunContext(run_dir, device, threads)
-
-
-def task_of(model_dir: str, data, prompting=None):
-    """``task_for_model`` with a ``settings.Data`` group and a ``settings.Prompting`` group."""
-    return task_for_model(model_dir, data.task, data.level, data.data_dir, data.extract, data.fields(), prompting)

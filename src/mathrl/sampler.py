@@ -83,6 +83,14 @@ class SamplingParams:
             raise UsageError(f"token_budget must be >= 1, got {self.token_budget}")
 
 
+def sampling_params(sampling, stop_strings: Sequence[str] = (), **fields) -> SamplingParams:
+    """The ``SamplingParams`` of a command's ``settings.Sampling`` group (its temperature, completion length and
+    token budget) with the task's ``stop_strings``; ``fields``: the others a call site sets (seed, calculator, step
+    markers), or one it sets otherwise (an evaluation's temperature)."""
+    return SamplingParams(**{"temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens,
+                             "token_budget": sampling.token_budget, "stop_strings": tuple(stop_strings), **fields})
+
+
 @dataclass
 class Rollout:
     """One sampled completion of one prompt.

@@ -16,9 +16,27 @@ the rest of a group (``resume``, ``max_new_tokens``...) are field factories here
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 from mathrl.config import field, refuse
 from mathrl.errors import UsageError
+
+# The values of the settings that name a choice. They are defined here, with the settings, and the code that acts
+# on them imports them from here (models, engines, tasks): this module imports nothing of mathrl but config and
+# errors, so any module may compose the settings and building a config imports no torch.
+PRECISIONS = ("auto", "float32", "bfloat16", "bf16-mixed")
+ATTENTION_KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+ENGINES = ("mathrl", "vllm")
+EXEMPLARS = ("train", "wei2022")  # tasks/exemplars.py
+MODEL_SIZES = ("tiny", "tiny4", "small")  # the embedded model's sizes (models.SIZES)
+PLACEHOLDER = "{question}"  # where a prompt template takes the question (tasks/prompting.py)
+
+
+def one_of(value: str, known: Sequence[str], what: str) -> None:
+    """A one-line error for a ``what`` that is none of ``known``."""
+    if value not in known:
+        raise UsageError(f"unknown {what} {value!r} (known: {', '.join(known)})")
 
 
 def max_new_tokens():
@@ -47,13 +65,7 @@ class Run:
                                    "(CPU: float32; CUDA: bf16-mixed to train, bfloat16 to evaluate)")
 
     def validate(self) -> None:
-        from mathrl.models import PRECISIONS
-
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
-
-
-ATTENTION_KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+        one_of(self.precision, PRECISIONS, "precision")
 
 
 @dataclass
@@ -67,9 +79,8 @@ class Compute:
                                          + ", ".join(ATTENTION_KERNELS) + " (default: transformers' choice)")
 
     def validate(self) -> None:
-        if self.attn_implementation and self.attn_implementation not in ATTENTION_KERNELS:
-            raise UsageError(f"unknown attn_implementation {self.attn_implementation!r} (known: "
-                             f"{', '.join(ATTENTION_KERNELS)})")
+        if self.attn_implementation:
+            one_of(self.attn_implementation, ATTENTION_KERNELS, "attn_implementation")
 
 
 @dataclass
@@ -110,18 +121,26 @@ class Prompting:
                                          "(default: as recorded with the model, else none)")
 
     def validate(self) -> None:
-        from mathrl.tasks.prompting import check_stop, check_template
-
         if self.stop is not None:
             check_stop(self.stop)
         if self.prompt_template:
             check_template(read_template(self.prompt_template), f"--prompt-template {self.prompt_template}")
 
 
+def check_template(text: str, where: str) -> str:
+    """``text`` if it is a usable prompt template, else a one-line error naming ``where`` it came from."""
+    if PLACEHOLDER not in text:
+        raise UsageError(f"{where}: a prompt template needs a {PLACEHOLDER} placeholder (where the question goes)")
+    return text
+
+
+def check_stop(stop: Sequence[str]) -> None:
+    if any(not s for s in stop):
+        raise UsageError("--stop: a stop string may not be empty (it would stop every completion at once)")
+
+
 def read_template(path: str) -> str:
     """The text of a prompt-template file (one line for a missing or unreadable one)."""
-    from pathlib import Path
-
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -165,11 +184,9 @@ class Sampling:
                                   "pip install \"mathrl[vllm]\"; docs/engines.md)")
 
     def validate(self) -> None:
-        from mathrl.engines import check
-
         if self.k < 0 or self.max_new_tokens < 1 or self.token_budget < 1:
             raise UsageError("k must be >= 0 (eval: 0 for greedy only), max_new_tokens and token_budget >= 1")
-        check(self.engine)
+        one_of(self.engine, ENGINES, "engine")
 
     def require_samples(self) -> None:
         """Training commands learn from the K samples: K = 0 would be a run that silently does nothing."""
@@ -220,10 +237,8 @@ class FewShot:
                                "'#### N') (default: as recorded with the model, else train)")
 
     def validate(self) -> None:
-        from mathrl.tasks.exemplars import EXEMPLARS
-
-        if self.exemplars and self.exemplars not in EXEMPLARS:
-            raise UsageError(f"unknown exemplars {self.exemplars!r} (known: {', '.join(EXEMPLARS)})")
+        if self.exemplars:
+            one_of(self.exemplars, EXEMPLARS, "exemplars")
 
 
 @dataclass

@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import time
@@ -39,8 +40,7 @@ from pathlib import Path
 
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import RunError, UsageError
-from mathrl.runsetup import remove_tree
-from mathrl.settings import Prompting, validate_groups
+from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
 
 
 @dataclass
@@ -74,10 +74,8 @@ class Config:
                               "CISPO, from SFT, with GRPO's budget and seeds; not in the default)")
 
     def validate(self) -> None:
-        from mathrl.engines import check
-
         validate_groups(self)
-        check(self.engine)
+        one_of(self.engine, ENGINES, "engine")
         if self.ablation not in ("", "objectives"):
             raise UsageError(f"unknown ablation {self.ablation!r} (known: objectives)")
         if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
@@ -317,7 +315,7 @@ def _run_stage(stage: Stage, root: Path, threads: int) -> float:
     if done.is_file() or (started.is_file() and json.loads(started.read_text()) != _comparable(stage.command)):
         # the study's settings changed since this stage ran (or started): its result is stale; start it afresh
         print(f"[study] {stage.name} ran with other settings; running it again", flush=True)
-        remove_tree(out)
+        shutil.rmtree(out, ignore_errors=True)
     args = list(stage.command) + ["--out", str(out)]
     if stage.command[0] != "eval" and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         args.append("--resume")  # interrupted earlier with the same settings: continue from its last checkpoint
@@ -427,6 +425,7 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
 
 
 def main(cfg: Config) -> None:
+    # imported here: they import torch, and this module must not (`mathrl study --help` builds its Config)
     from mathrl.report import write_report
     from mathrl.runsetup import default_threads
 

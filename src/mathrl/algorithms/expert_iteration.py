@@ -37,9 +37,11 @@ from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
-from mathrl.runsetup import few_shot_examples, recorded_shots, start_run, task_of, warn_tiny_default_lr, write_meta
+from mathrl.reward_model import load_reward_model
+from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, start_run, task_for, warn_tiny_default_lr, \
+    write_record
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.sampler import SamplingParams, completion_stats
+from mathrl.sampler import completion_stats, sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
@@ -125,7 +127,7 @@ class EIState:
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data, cfg.prompting)
+    task = task_for(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
@@ -134,12 +136,10 @@ def train(cfg: Config) -> Path:
         policy = apply_lora(policy, cfg.lora, cfg.model)
     if cfg.fsdp:
         distributed.shard_model(policy)
-    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
+    engine = engines.create(policy, cfg.sampling, cfg.model)
     initial_weights = snapshot(policy)
     scorer = None
     if cfg.reward == "orm":
-        from mathrl.reward_model import load_reward_model
-
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     start_shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
     questions = task.problems("train")[: cfg.questions or None]
@@ -158,8 +158,8 @@ def train(cfg: Config) -> Path:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)
 
     def run_eval(when: str) -> dict:
-        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, seed=cfg.run.seed,
-                               run_dir=run_dir, rollouts=st.rollouts_used, when=when,
+        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, engine=engine,
+                               seed=cfg.run.seed, run_dir=run_dir, rollouts=st.rollouts_used, when=when,
                                shots=start_shots if st.policy_is_start else [])
 
     print(f"ei: {len(questions)} questions x K={cfg.sampling.k} per round, reward {cfg.reward}, retrain from "
@@ -172,7 +172,7 @@ def train(cfg: Config) -> Path:
     while st.round < cfg.rounds:
         if st.phase == "collect":
             # steps 1-3: collect K samples per question, keep the high-return ones, deduplicate into D_i
-            st.history.append(collect(cfg, task, policy, tokenizer, scorer, questions,
+            st.history.append(collect(cfg, task, engine, policy, tokenizer, scorer, questions,
                                       start_shots if st.policy_is_start else [], st))
             st.phase, st.ft_step, optimizer = "learn", 0, None
             if cfg.retrain_from == "initial":
@@ -200,7 +200,7 @@ def train(cfg: Config) -> Path:
             if eval_problems:
                 record.update(run_eval(f"after round {st.round + 1} ({st.rollouts_used} rollouts)"))
             if dev_problems:
-                record["dev_maj@1"] = dev_maj1(policy, tokenizer, task, dev_problems, cfg,
+                record["dev_maj@1"] = dev_maj1(engine, policy, tokenizer, task, dev_problems, cfg,
                                                start_shots if st.policy_is_start else [])
                 st.best, st.stale = (record["dev_maj@1"], 0) if record["dev_maj@1"] > st.best else (st.best,
                                                                                                   st.stale + 1)
@@ -214,25 +214,26 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
-    shots_recorded = recorded_shots(cfg.model) if st.policy_is_start else {"shots": 0}
-    write_meta(model_dir, task=task_options(task), stage="ei", **shots_recorded, **prompt_record(task),
-               base=cfg.model)
+    # a policy still the start model is prompted as it was (its few-shot examples); a trained one zero-shot
+    start = read_record(cfg.model) if st.policy_is_start else ModelRecord()
+    write_record(model_dir, ModelRecord(task=task_options(task), stage="ei", shots=start.shots,
+                                        exemplars=start.exemplars, **prompt_record(task), base=cfg.model))
+    engine.close()
     write_history(run_dir, st.history, cfg.eval.eval_k, "Expert Iteration")
     print(f"EI policy written to {model_dir}")
     return model_dir
 
 
-def collect(cfg: Config, task, policy, tokenizer, scorer, questions, shots, st: EIState) -> dict:
+def collect(cfg: Config, task, engine, policy, tokenizer, scorer, questions, shots, st: EIState) -> dict:
     """Steps 1-3 of a round: sample K solutions per question, keep those whose return passes the filter, add the
     new (question, normalised solution) pairs to ``st.dataset``; returns the round's record."""
     t0 = time.time()
     prompts = [task.prompt(p, shots) for p in questions]
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"ei round {st.round + 1}: sampling", "sample")
-    rollouts = engines.sample(policy, tokenizer, prompts, cfg.sampling.k, SamplingParams(
-        temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-        stop_strings=task.stop_strings, seed=cfg.run.seed + 1000 * st.round, token_budget=cfg.sampling.token_budget),
-        keys=[p.id for p in questions], progress=bar.update)
+    rollouts = engine.sample(policy, tokenizer, prompts, cfg.sampling.k,
+                             sampling_params(cfg.sampling, task.stop_strings, seed=cfg.run.seed + 1000 * st.round),
+                             keys=[p.id for p in questions], progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
     sample_time = time.time() - t0
@@ -272,11 +273,11 @@ def _items(cfg: Config, task, questions, dataset: dict) -> list:
     return items
 
 
-def dev_maj1(policy, tokenizer, task, problems, cfg: Config, shots) -> float:
+def dev_maj1(engine, policy, tokenizer, task, problems, cfg: Config, shots) -> float:
     """Greedy maj@1 on dev problems: what early stopping decides on."""
     policy.eval()
-    results = evaluate(policy, tokenizer, task, problems, k=0, max_new_tokens=cfg.sampling.max_new_tokens,
-                       shots=shots, seed=cfg.run.seed, token_budget=cfg.sampling.token_budget)
+    results = evaluate(policy, tokenizer, task, problems, dataclasses.replace(cfg.sampling, k=0), engine=engine,
+                       shots=shots, seed=cfg.run.seed)
     return summarize(results)["maj@1"]
 
 

@@ -30,10 +30,10 @@ from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling
 from mathrl.metrics import auc
 from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model, model_dir as local_model_dir
 from mathrl.reward_model import RewardModel, token_classifier
-from mathrl.runsetup import few_shot_examples, rng_state, set_rng_state, start_run, task_of, warn_tiny_default_lr, \
-    write_meta
+from mathrl.runsetup import ModelRecord, few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress
-from mathrl.sampler import SamplingParams
+from mathrl.sampler import sampling_params
+from mathrl.seeds import rng_state, set_rng_state
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import Example, make_optimizer, train_steps
@@ -105,10 +105,10 @@ def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data, cfg.prompting)
+    task = task_for(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
-    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
+    engine = engines.create(policy, cfg.sampling, cfg.model)
     shots = few_shot_examples(task, cfg.model, -1)
     questions = task.problems("train")[: cfg.questions]
     n_held = max(1, int(len(questions) * cfg.heldout))
@@ -119,12 +119,10 @@ def train(cfg: Config) -> Path:
     if not data_file.is_file():
         # step 1: collect K samples per question from the policy
         prompts = [task.prompt(p, shots) for p in questions]
-        params = SamplingParams(temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-                                stop_strings=task.stop_strings, seed=cfg.run.seed,
-                                token_budget=cfg.sampling.token_budget)
+        params = sampling_params(cfg.sampling, task.stop_strings, seed=cfg.run.seed)
         bar = progress(len(prompts) * cfg.sampling.k, "orm: sampling", "sample")
-        rollouts = engines.sample(policy, tokenizer, prompts, cfg.sampling.k, params, keys=[p.id for p in questions],
-                          progress=bar.update)
+        rollouts = engine.sample(policy, tokenizer, prompts, cfg.sampling.k, params, keys=[p.id for p in questions],
+                                 progress=bar.update)
         bar.close()
         records = []
         for r in rollouts:
@@ -134,14 +132,14 @@ def train(cfg: Config) -> Path:
                                   g.steps.first_error if g.steps is not None else None, len(task.step_spans(r.text))))
         # step 2 (SORM): label each step by whether the policy can still finish correctly from it
         if cfg.stepwise:
-            _label_steps(task, policy, tokenizer, questions, prompts, records, cfg, held_ids)
+            _label_steps(task, engine, policy, tokenizer, questions, prompts, records, cfg, held_ids)
         if distributed.is_main():
             data_file.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records))
         distributed.barrier()
         print(f"orm: labelled {len(records)} samples ({sum(r.correct for r in records) / len(records):.3f} "
               f"correct) in {time.time() - t_start:.0f}s", flush=True)
     records = [Judged(**json.loads(line)) for line in data_file.read_text().splitlines()]
-    engines.close(policy)
+    engine.close()
     policy = policy.cpu()
     del policy
 
@@ -213,8 +211,8 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(final_model(model, cfg.lora), tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage=rm.kind, kind=rm.kind, **prompt_record(task),
-               policy=cfg.model)
+    write_record(model_dir, ModelRecord(task=task_options(task), stage=rm.kind, kind=rm.kind, **prompt_record(task),
+                                        policy=cfg.model))
     within = report.get("auc_within_question", float("nan"))
     print(f"{rm.kind}: held-out AUC {report['auc']:.3f} (within a question's samples {within:.3f})"
           + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
@@ -235,7 +233,8 @@ def _example(task, tokenizer, problem, record: "Judged", shots) -> Example:
     return Example(ids, mask, labels=(0.0,) * len(prompt_ids) + tuple(labels))
 
 
-def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Config, held_ids=frozenset()) -> None:
+def _label_steps(task, engine, policy, tokenizer, questions, prompts, records, cfg: Config,
+                 held_ids=frozenset()) -> None:
     """SORM labels: for each step prefix of a training sample (not a held-out one), sample M continuations; good
     if any is correct."""
     rng = random.Random(cfg.run.seed + 1)
@@ -253,11 +252,9 @@ def _label_steps(task, policy, tokenizer, questions, prompts, records, cfg: Conf
     if not prefix_prompts:
         return
     bar = progress(len(prefix_prompts) * cfg.m, "sorm: step rollouts", "sample")
-    conts = engines.sample(policy, tokenizer, prefix_prompts, cfg.m, SamplingParams(
-        temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-        stop_strings=task.stop_strings, seed=cfg.run.seed + 7, token_budget=cfg.sampling.token_budget),
-        keys=[f"{records[i].id}/{j}" for i, j in owners],
-        progress=bar.update)
+    conts = engine.sample(policy, tokenizer, prefix_prompts, cfg.m,
+                          sampling_params(cfg.sampling, task.stop_strings, seed=cfg.run.seed + 7),
+                          keys=[f"{records[i].id}/{j}" for i, j in owners], progress=bar.update)
     bar.close()
     for n, (i, j) in enumerate(owners):
         r = records[i]

@@ -37,9 +37,10 @@ from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Optim, Run, resume, validate_groups
 from mathrl.models import SIZES, count_parameters, init_model, load_model
-from mathrl.runsetup import rng_state, set_rng_state, start_run, write_meta
+from mathrl.runsetup import ModelRecord, start_run, write_record
 from mathrl.runlog import RunLogger, progress
-from mathrl.tasks import SURFACES, task_from_options, task_options
+from mathrl.seeds import rng_state, set_rng_state
+from mathrl.tasks import SURFACES, load_task, task_options
 from mathrl.tasks.corpus import web_documents
 from mathrl.training import Batch, clip_and_step, lr_at, make_optimizer, set_lr, sft_grads
 
@@ -127,7 +128,7 @@ def lm_batch(rows: torch.Tensor, doc_of: torch.Tensor, document_mask: bool) -> B
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
-    task = task_from_options(cfg.task, level=cfg.level)
+    task = load_task(cfg.task, level=cfg.level)
     save_config(cfg, run_dir / "config.yaml")
 
     init_dir = run_dir / "init"
@@ -183,7 +184,7 @@ def train(cfg: Config) -> Path:
     ckpt.save_model_dir(model, tokenizer, model_dir)
     task_meta = {**task_options(task), **({"surface": cfg.surface} if cfg.surface != "qa" else {})}
     shots = cfg.shots if cfg.shots >= 0 else (0 if cfg.surface == "prose" else 2)
-    write_meta(model_dir, task=task_meta, stage="pretrained", shots=shots, size=cfg.size)
+    write_record(model_dir, ModelRecord(task=task_meta, stage="pretrained", shots=shots, size=cfg.size))
     print(f"pretrained model written to {model_dir}")
     return model_dir
 

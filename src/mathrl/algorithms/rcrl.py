@@ -39,9 +39,10 @@ from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, R
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
-from mathrl.runsetup import start_run, task_of, warn_tiny_default_lr, write_meta
+from mathrl.reward_model import load_reward_model
+from mathrl.runsetup import ModelRecord, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress, write_history
-from mathrl.sampler import SamplingParams
+from mathrl.sampler import sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
@@ -184,7 +185,7 @@ class RCRLState:
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device = ctx.dir, ctx.device
-    task = task_of(cfg.model, cfg.data, cfg.prompting)
+    task = task_for(cfg.model, cfg.data, cfg.prompting)
     save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
@@ -194,15 +195,13 @@ def train(cfg: Config) -> Path:
         policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=(good, bad))
     if cfg.fsdp:
         distributed.shard_model(policy)  # after the return tokens resized the embeddings
-    engines.attach(policy, tokenizer, cfg.sampling, cfg.model)
+    engine = engines.create(policy, cfg.sampling, cfg.model)
     initial_weights = snapshot(policy)
     how = cfg.step_labels
     if how == "auto":
         how = "exact" if task.name == "synthetic" else "reference"
     sorm = None
     if how == "sorm":
-        from mathrl.reward_model import load_reward_model
-
         sorm = load_reward_model(cfg.sorm, None, device=device)
     dense = cfg.returns == "dense"
     condition = {"token": GOOD, "dense": dense}
@@ -220,8 +219,9 @@ def train(cfg: Config) -> Path:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)
 
     def run_eval(when: str, condition_on) -> dict:
-        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, seed=cfg.run.seed,
-                               run_dir=run_dir, rollouts=st.rollouts_used, when=when, condition=condition_on)
+        return evaluate_in_run(policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, engine=engine,
+                               seed=cfg.run.seed, run_dir=run_dir, rollouts=st.rollouts_used, when=when,
+                               condition=condition_on)
 
     print(f"rcrl: {cfg.returns} returns ({how} step labels)" if dense else "rcrl: sparse returns",
           f"{len(questions)} questions x K={cfg.sampling.k}, {cfg.rounds} round(s), label ratio {cfg.label_ratio}, "
@@ -235,7 +235,7 @@ def train(cfg: Config) -> Path:
         if st.phase == "collect":
             # steps 1-3: collect K samples per question (conditioned on the good token once trained), label them
             # (and each step, for dense returns), balance the labels if asked
-            st.history.append(collect(cfg, task, policy, tokenizer, questions, good, how, sorm, st))
+            st.history.append(collect(cfg, task, engine, policy, tokenizer, questions, good, how, sorm, st))
             st.phase, st.ft_step, optimizer = "learn", 0, None
             restore(policy, initial_weights)
             save(ckpt.round_tag(st.round))
@@ -265,31 +265,32 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0, **prompt_record(task),
-               base=cfg.model, condition=condition, label_ratio=cfg.label_ratio)
+    write_record(model_dir, ModelRecord(task=task_options(task), stage=f"rcrl-{cfg.returns}", shots=0,
+                                        **prompt_record(task), base=cfg.model, condition=condition,
+                                        label_ratio=cfg.label_ratio))
+    engine.close()
     write_history(run_dir, st.history, cfg.eval.eval_k, f"RCRL ({cfg.returns})")
     print(f"RCRL policy written to {model_dir}")
     return model_dir
 
 
-def collect(cfg: Config, task, policy, tokenizer, questions, good: int, how: str, sorm, st: RCRLState) -> dict:
+def collect(cfg: Config, task, engine, policy, tokenizer, questions, good: int, how: str, sorm, st: RCRLState) -> dict:
     """Steps 1-3 of a round: sample, label (``st.data``), balance; returns the round's record."""
     t0 = time.time()
     dense = cfg.returns == "dense"
     prompts = [task.prompt(p) for p in questions]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    params = dict(temperature=cfg.sampling.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
-                  stop_strings=task.stop_strings, seed=cfg.run.seed + 1000 * st.round,
-                  token_budget=cfg.sampling.token_budget)
+    fields = dict(seed=cfg.run.seed + 1000 * st.round)
     sample_prompts = prompt_ids
     if st.conditioned:
         sample_prompts = [ids + [good] for ids in prompt_ids]
         if dense:
-            params.update(step_end=task.step_end, step_marker=(good,))
+            fields.update(step_end=task.step_end, step_marker=(good,))
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"rcrl round {st.round + 1}: sampling", "sample")
-    rollouts = engines.sample(policy, tokenizer, sample_prompts, cfg.sampling.k, SamplingParams(**params),
-                      keys=[p.id for p in questions], progress=bar.update)
+    rollouts = engine.sample(policy, tokenizer, sample_prompts, cfg.sampling.k,
+                             sampling_params(cfg.sampling, task.stop_strings, **fields), keys=[p.id for p in questions],
+                             progress=bar.update)
     bar.close()
     st.rollouts_used += len(rollouts)
     texts = [completion_text(prompts[r.prompt_index], r.text) for r in rollouts]

@@ -16,18 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed
+from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, max_new_tokens, \
-    no_lora_with_fsdp, resume, token_budget, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Run, Sampling, fsdp, \
+    max_new_tokens, no_lora_with_fsdp, resume, token_budget, validate_groups
 from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.models import SIZES, apply_lora, count_parameters, final_model, init_model, load_model
-from mathrl.runsetup import formatted_task, read_meta, rng_state, set_rng_state, start_run, warn_tiny_default_lr, \
-    write_meta
+from mathrl.runsetup import ModelRecord, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress
-from mathrl.tasks import recorded_level, task_from_options, task_options
+from mathrl.seeds import rng_state, set_rng_state
+from mathrl.tasks import task_options
 from mathrl.tasks.prompting import prompt_record
 from mathrl.compile import compiled
 from mathrl.training import completion_example, make_optimizer, train_steps
@@ -92,12 +92,7 @@ def build_examples(task, tokenizer, problems, whole_sequence: bool):
 def train(cfg: Config) -> Path:
     ctx = start_run(cfg.out, cfg.resume, cfg.run)
     run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
-    meta = read_meta(cfg.model) if cfg.model else {}
-    level = cfg.data.level if cfg.data.level is not None else (
-        recorded_level(meta.get("task", {})) if cfg.data.task == "synthetic" else None)
-    task = task_from_options(cfg.data.task, level=level, data_dir=cfg.data.data_dir, extract=cfg.data.extract,
-                             train_size=cfg.train_size, fields=cfg.data.fields())
-    task = formatted_task(task, cfg.model or None, cfg.prompting)
+    task = task_for(cfg.model or None, cfg.data, cfg.prompting, teaching=True, train_size=cfg.train_size)
     save_config(cfg, run_dir / "config.yaml")
 
     model_path = cfg.model
@@ -165,9 +160,10 @@ def train(cfg: Config) -> Path:
                 if dev:
                     # evaluate: maj@1 (greedy), maj@K and pass@K on the held-out dev split
                     model.eval()
-                    results = evaluate(model, tokenizer, task, dev, k=cfg.eval.eval_k,
-                                       temperature=cfg.eval.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                                       seed=cfg.run.seed, token_budget=cfg.token_budget)
+                    sampling = Sampling(k=cfg.eval.eval_k, temperature=cfg.eval.eval_temperature,
+                                        max_new_tokens=cfg.max_new_tokens, token_budget=cfg.token_budget)
+                    results = evaluate(model, tokenizer, task, dev, sampling, engine=engines.Mathrl(),
+                                       seed=cfg.run.seed)
                     model.train()
                     metrics = summarize(results)
                     if distributed.is_main():
@@ -185,8 +181,8 @@ def train(cfg: Config) -> Path:
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(final_model(model, cfg.lora), tokenizer, model_dir)
-    write_meta(model_dir, task=task_options(task), stage="sft", shots=0, **prompt_record(task),
-               base=str(cfg.model or "scratch"))
+    write_record(model_dir, ModelRecord(task=task_options(task), stage="sft", shots=0, **prompt_record(task),
+                                        base=str(cfg.model or "scratch")))
     print(f"SFT model written to {model_dir}")
     return model_dir
 

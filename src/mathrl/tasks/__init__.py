@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mathrl.errors import UsageError
 from mathrl.tasks.base import Grade, Problem, StepCheck, StepVerdict, Task
 from mathrl.tasks.gsm8k import GSM8KTask
@@ -19,12 +21,18 @@ __all__ = ["Grade", "Problem", "StepCheck", "StepVerdict", "Task", "TASKS", "loa
 
 
 def load_task(name: str, **options) -> Task:
-    """A task by name with its options (synthetic: surface, level, seed, train_size, test_size; gsm8k/svamp:
-    data_dir, extract; jsonl:/parquet:/datasets:PATH: question_field, answer_field, solution_field, extract).
-    Unknown names list the known ones."""
+    """A task by name with its options (synthetic: level, seed, train_size, test_size, surface; gsm8k/svamp:
+    data_dir, extract; jsonl:/parquet:/datasets:PATH: question_field, answer_field, solution_field, extract). An
+    option whose value is None is not given (the task's default); one the task does not take is a one-line error,
+    and so is an unknown name (listing the known ones).
+
+    This builds the task alone; the task for a model, with what the model records and its prompt format, is
+    ``runsetup.task_for``."""
+    options = {k: v for k, v in options.items() if v is not None}
     if is_file_task(name):
         kind, path = name.split(":", 1)
-        cls, options = FileTask, {"path": path, "kind": kind, **options}
+        cls, what = FileTask, f"{kind}:PATH tasks"
+        options = {"path": path, "kind": kind, **options}
     elif name not in TASKS:
         raise UsageError(f"unknown task {name!r} (known: {', '.join(TASKS)}, or {'PATH, '.join(FILE_PREFIXES)}PATH "
                          "for your own data)")
@@ -32,50 +40,17 @@ def load_task(name: str, **options) -> Task:
         surface = options.pop("surface", "qa")
         if surface not in SURFACES:
             raise UsageError(f"unknown synthetic surface {surface!r} (known: {', '.join(SURFACES)})")
-        cls = SURFACES[surface]
+        cls, what = SURFACES[surface], "the synthetic task"
     else:
-        cls = TASKS[name]
+        cls, what = TASKS[name], f"the {name} task"
+    takes = inspect.signature(cls).parameters
+    foreign = [k for k in options if k not in takes]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to {what}")
     try:
         return cls(**options)
-    except TypeError as e:
-        raise UsageError(f"bad option for task {name}: {e}") from None
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-def task_from_options(name: str, level: int | None = None, data_dir: str | None = None,
-                      extract: str | None = None, train_size: int | None = None, surface: str | None = None,
-                      fields: dict | None = None) -> Task:
-    """Build a task from the flat options every command shares; options that do not apply are errors.
-    ``fields``: question_field / answer_field / solution_field of a ``jsonl:``/``parquet:``/``datasets:PATH``
-    task."""
-    options: dict = {}
-    fields = {k: v for k, v in (fields or {}).items() if v is not None}
-    if fields and not is_file_task(name):
-        raise UsageError(f"--question-field, --answer-field and --solution-field apply to jsonl:, parquet: and "
-                         f"datasets:PATH tasks, not to {name}")
-    if is_file_task(name):
-        if level is not None or train_size is not None or surface is not None or data_dir is not None:
-            raise UsageError(f"level, train_size, surface and data_dir do not apply to {name.split(':')[0]}:PATH "
-                             "tasks")
-        return load_task(name, **fields, **({"extract": extract} if extract is not None else {}))
-    if name == "synthetic":
-        if data_dir is not None or extract is not None:
-            raise UsageError("data_dir and extract apply to gsm8k and svamp, not to the synthetic task")
-        if surface is not None:
-            options["surface"] = surface
-        if level is not None:
-            options["level"] = level
-        if train_size is not None:
-            options["train_size"] = train_size
-    else:
-        if level is not None or train_size is not None or surface is not None:
-            raise UsageError(f"level, train_size and surface apply to the synthetic task, not to {name}")
-        if data_dir is not None:
-            options["data_dir"] = data_dir
-        if extract is not None:
-            options["extract"] = extract
-    return load_task(name, **options)
 
 
 # The synthetic levels' numbering, recorded with every model: since scheme 2 (2026-12-01) level 1 has three-digit
@@ -93,7 +68,7 @@ def recorded_level(task_meta: dict) -> int | None:
 
 
 def task_options(task) -> dict:
-    """The options that rebuild ``task`` with ``task_from_options`` (stored beside models)."""
+    """The options that rebuild ``task`` with ``load_task`` (recorded beside models, ``runsetup.ModelRecord``)."""
     if task.name == "synthetic":
         # the surface only when it is not the default, so that models written before it existed read the same
         return {"name": "synthetic", "level": task.level, "levels": LEVEL_SCHEME,

@@ -11,6 +11,7 @@ exemplars' format is read by ``--extract strict`` as it is by flexible extractio
 from __future__ import annotations
 
 from mathrl.errors import UsageError
+from mathrl.settings import EXEMPLARS
 from mathrl.tasks.base import Problem
 
 _WEI2022 = (
@@ -46,9 +47,6 @@ _WEI2022 = (
 
 WEI2022 = tuple(Problem(id=f"wei2022-{i}", question=q, solution=f"{s}\n#### {a}", answer=a, difficulty=1)
                 for i, (q, s, a) in enumerate(_WEI2022))
-
-EXEMPLARS = ("train", "wei2022")
-
 
 def exemplars(name: str, task, n: int) -> list[Problem]:
     """The first ``n`` few-shot examples of source ``name`` for ``task``: its train split's first problems

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from mathrl.errors import UsageError
+from mathrl.settings import PLACEHOLDER, check_stop, check_template
 from mathrl.tasks.base import Problem
-
-PLACEHOLDER = "{question}"
 
 
 @dataclass(frozen=True)
@@ -56,18 +55,6 @@ class PromptFormat:
     def from_meta(cls, meta: dict) -> "PromptFormat":
         return cls(chat_template=bool(meta.get("chat_template", False)), system_prompt=meta.get("system_prompt", ""),
                    template=meta.get("template", ""), stop=tuple(meta.get("stop", ())))
-
-
-def check_template(text: str, where: str) -> str:
-    """``text`` if it is a usable prompt template, else a one-line error naming ``where`` it came from."""
-    if PLACEHOLDER not in text:
-        raise UsageError(f"{where}: a prompt template needs a {PLACEHOLDER} placeholder (where the question goes)")
-    return text
-
-
-def check_stop(stop: Sequence[str]) -> None:
-    if any(not s for s in stop):
-        raise UsageError("--stop: a stop string may not be empty (it would stop every completion at once)")
 
 
 def completion_text(prompt: str, text: str) -> str:
