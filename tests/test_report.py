@@ -2,17 +2,23 @@
 the report shows its rule, intervals and every section."""
 
 import json
+import re
+from html.parser import HTMLParser
 
 import pytest
 
-from mathrl.report import StudyData, findings, write_report
+from mathrl.findings import findings
+from mathrl.grid import BY_NAME, EI, EI_PRETRAINED, GRPO, PPO, PPO_DENSE, RCRL
+from mathrl.render import Section
+from mathrl.report import write_report
 from mathrl.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
 from mathrl.study import Config, plan
+from mathrl.studydata import Evaluation, Metrics, Question, RunResults, StudyData
 
 Q = 40
 
 
-def recs(greedy, c=None, n=4, verified=None):
+def rows(greedy, c=None, n=4, verified=None):
     """Per-question records as evaluations write them: greedy correctness (1/0 per question) and, per question,
     c answer-correct and c_verified step-verified samples out of n."""
     c = c if c is not None else [n * g for g in greedy]
@@ -20,6 +26,11 @@ def recs(greedy, c=None, n=4, verified=None):
     return [{"id": f"q{i}", "difficulty": 1 + i % 2, "answer": str(i), "greedy": f"x = {i}.", "greedy_correct": bool(g),
              "greedy_verified": bool(g), "n": n, "c": ci, "c_verified": vi}
             for i, (g, ci, vi) in enumerate(zip(greedy, c, verified))]
+
+
+def recs(greedy, c=None, n=4, verified=None):
+    """The same records as the report reads them."""
+    return [Question.of(r) for r in rows(greedy, c, n, verified)]
 
 
 HALF = [1] * (Q // 2) + [0] * (Q // 2)
@@ -33,11 +44,10 @@ def data_with(**models) -> StudyData:
     """A StudyData whose final evaluations are ``models`` (name -> per-seed greedy lists, or one list: shared)."""
     d = StudyData(k=4)
     for name, g in models.items():
-        if isinstance(g, dict):
-            d.evals[name] = {s: recs(x) for s, x in g.items()}
-        else:
-            d.evals[name] = {None: recs(g)}
-        d.metrics[name] = {s: {"maj@1": 0.5, "k": 4} for s in d.evals[name]}
+        records = {s: recs(x) for s, x in g.items()} if isinstance(g, dict) else {None: recs(g)}
+        d.evals[name] = Evaluation(records, {s: Metrics.of({"maj@1": 0.5, "k": 4}) for s in records})
+        if name in BY_NAME:
+            d.runs[name] = RunResults(BY_NAME[name])
     return d
 
 
@@ -51,15 +61,14 @@ def seeds(*gs):
     (NOISY_A, NOISY_B, INCONCLUSIVE),  # 0 +- 0.15: cannot tell
 ])
 def test_f1_verdicts(ei, ppo, expected):
-    d = data_with(**{"ei-sparse-sft": seeds(ei, ei), "ppo-sparse-sft": seeds(ppo, ppo),
-                     "rcrl-sparse-sft": seeds(ppo, ppo)})
+    d = data_with(**{EI.name: seeds(ei, ei), PPO.name: seeds(ppo, ppo), RCRL.name: seeds(ppo, ppo)})
     f = findings(d)["F1"]
     assert f.verdict == expected
     assert f.parts[0].seeds == 2 and f.parts[0].questions == Q
 
 
 def _f2(rl, sft, epoch_last, epoch_before):
-    d = data_with(**{"ei-sparse-sft": seeds(rl, rl), "ppo-sparse-sft": seeds(rl, rl), "sft": sft})
+    d = data_with(**{EI.name: seeds(rl, rl), PPO.name: seeds(rl, rl), "sft": sft})
     d.sft_dev = {1: epoch_before, 2: epoch_last}
     return findings(d)["F2"]
 
@@ -79,56 +88,56 @@ def test_f2_verdicts():
 
 
 def _curves(d, run, points):
-    d.curves[run] = {s: {r: recs(g) for r, g in points.items()} for s in (0, 1)}
+    d.runs[run.name] = RunResults(run, curve={s: {r: recs(g) for r, g in points.items()} for s in (0, 1)})
 
 
 def test_f3_verdicts():
     d = StudyData(k=4)
     # both gain 0 -> 1 and reach half of it at the middle point: the fractions are equal -> similar holds
-    for run in ("ei-sparse-sft", "ppo-sparse-sft"):
+    for run in (EI, PPO):
         _curves(d, run, {0: NONE, 2048: HALF, 4096: ALL})
     assert findings(d)["F3"].verdict == HOLDS
     # EI has all of its gain at the middle, PPO none of it: 1 - 0 > 0.25 -> contradicted
-    _curves(d, "ei-sparse-sft", {0: NONE, 2048: ALL, 4096: ALL})
-    _curves(d, "ppo-sparse-sft", {0: NONE, 2048: NONE, 4096: ALL})
+    _curves(d, EI, {0: NONE, 2048: ALL, 4096: ALL})
+    _curves(d, PPO, {0: NONE, 2048: NONE, 4096: ALL})
     assert findings(d)["F3"].verdict == CONTRADICTED
     # PPO does not gain: nothing to compare -> inconclusive, "cannot be tested"
-    _curves(d, "ppo-sparse-sft", {0: HALF, 2048: HALF, 4096: HALF})
+    _curves(d, PPO, {0: HALF, 2048: HALF, 4096: HALF})
     f = findings(d)["F3"]
-    assert f.verdict == INCONCLUSIVE and "cannot be tested" in f.note and "ppo-sparse-sft" in f.note
+    assert f.verdict == INCONCLUSIVE and "cannot be tested" in f.note and PPO.name in f.note
 
 
 @pytest.mark.parametrize("dense, expected", [(HALF, HOLDS), (ALL, CONTRADICTED), (NOISY_A, INCONCLUSIVE)])
 def test_f4_verdicts(dense, expected):
     sparse = NOISY_B if dense is NOISY_A else HALF if dense is ALL else HALF
-    d = data_with(**{"ppo-dense-sft": seeds(dense), "ppo-sparse-sft": seeds(sparse, sparse, sparse)})
+    d = data_with(**{PPO_DENSE.name: seeds(dense), PPO.name: seeds(sparse, sparse, sparse)})
     f = findings(d)["F4"]
     assert f.verdict == expected
     assert f.parts[0].seeds == 1  # paired on the seeds both have
 
 
 def test_f5_verdicts():
-    base = {"sft": ALL, "ei-sparse-sft": seeds(ALL)}
+    base = {"sft": ALL, EI.name: seeds(ALL)}
     # the pretrained start solves nothing -> cannot be tested
-    d = data_with(pretrain=NONE, **{"ei-sparse-pretrained": seeds(ALL)}, **base)
+    d = data_with(pretrain=NONE, **{EI_PRETRAINED.name: seeds(ALL)}, **base)
     f = findings(d)["F5"]
     assert f.verdict == INCONCLUSIVE and "cannot be tested" in f.note
     # a live start (half solved): EI from it catches up (gap 0.5 -> 0) -> holds; stays put (0.5 -> 0.5) -> contradicted
-    d = data_with(pretrain=HALF, **{"ei-sparse-pretrained": seeds(ALL)}, **base)
+    d = data_with(pretrain=HALF, **{EI_PRETRAINED.name: seeds(ALL)}, **base)
     assert findings(d)["F5"].verdict == HOLDS
-    d = data_with(pretrain=HALF, **{"ei-sparse-pretrained": seeds(HALF)}, **base)
+    d = data_with(pretrain=HALF, **{EI_PRETRAINED.name: seeds(HALF)}, **base)
     assert findings(d)["F5"].verdict == CONTRADICTED
 
 
 def test_f6_verdicts():
     d = StudyData(k=4)
-    for run in ("ei-sparse-sft", "ppo-sparse-sft"):
+    for run in (EI, PPO):
         _curves(d, run, {0: NONE, 2048: HALF, 4096: HALF})  # no change in the second half: saturated
     assert findings(d)["F6"].verdict == HOLDS
-    _curves(d, "ppo-sparse-sft", {0: NONE, 2048: NONE, 4096: ALL})
+    _curves(d, PPO, {0: NONE, 2048: NONE, 4096: ALL})
     assert findings(d)["F6"].verdict == CONTRADICTED
-    _curves(d, "ppo-sparse-sft", {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
-    _curves(d, "ei-sparse-sft", {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
+    _curves(d, PPO, {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
+    _curves(d, EI, {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
     assert findings(d)["F6"].verdict == INCONCLUSIVE
 
 
@@ -138,24 +147,23 @@ def _fake_run(root, stages):
         d.mkdir(parents=True, exist_ok=True)
         (d / "stage.json").write_text(json.dumps({"seconds": 60.0, "command": ["mathrl", *s.command]}))
         if s.group == "eval":
-            good = ALL if s.meta["model"].startswith("ei") else HALF
-            rows = recs(good)
+            good = ALL if s.run and s.run.algorithm == "EI" else HALF
             (d / "metrics.json").write_text(json.dumps({
                 "k": 4, "maj@1": sum(good) / Q, "maj@1_verified": sum(good) / Q, "pass@4": 0.9, "pass@4_verified": 0.8,
                 "maj@4": 0.5, "rerank@4": 0.4, "distinct_verified_solutions": 2.0, "distinct_answers": 3.0,
                 "by_difficulty": {"1": {"n": 20, "maj@1": 0.5}, "2": {"n": 20, "maj@1": 0.4}}}))
-            (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(good)))
         elif s.group == "rl":
             hist = [{"rollouts": r, "maj@1": 0.5, "reward": 0.4 + 0.1 * i, "kl": 0.1 * i, "completion_tokens": 30.0,
                      "entropy_estimate": 0.5} for i, r in enumerate((0, 128, 256))]
             (d / "history.json").write_text(json.dumps(hist))
             with open(d / "eval_questions.jsonl", "w") as f:
                 for r, g in ((0, HALF), (128, HALF), (256, ALL)):
-                    f.write(json.dumps({"rollouts": r, "questions": recs(g)}) + "\n")
+                    f.write(json.dumps({"rollouts": r, "questions": rows(g)}) + "\n")
         elif s.base == "sft":
             with open(d / "dev_questions.jsonl", "w") as f:
                 for e, g in ((1, HALF), (2, ALL)):
-                    f.write(json.dumps({"epoch": e, "questions": recs(g)}) + "\n")
+                    f.write(json.dumps({"epoch": e, "questions": rows(g)}) + "\n")
         elif s.group == "orm":
             (d / "report.json").write_text(json.dumps({"auc": 0.8, "n_train_samples": 40, "n_train_step_labelled": 40}))
 
@@ -197,12 +205,60 @@ def test_objectives_table_pairs_each_variant_with_grpo():
     from mathrl.report import objectives_table
 
     # DAPO right on every question where GRPO is right on half: DAPO - GRPO = +0.5 on maj@1 with every seed
-    d = data_with(**{"grpo-sparse-sft": seeds(HALF, HALF), "grpo-dapo-sft": seeds(ALL, ALL),
-                     "ppo-sparse-sft": seeds(HALF, HALF)})
-    d.meta = {"grpo-sparse-sft": {"algorithm": "GRPO", "reward": "sparse", "start": "sft"},
-              "grpo-dapo-sft": {"algorithm": "GRPO", "reward": "sparse", "start": "sft", "objective": "DAPO"},
-              "ppo-sparse-sft": {"algorithm": "PPO", "reward": "sparse", "start": "sft"}}
-    cols, rows = objectives_table(d)
-    assert [r[0] for r in rows] == ["GRPO loss as DAPO (sparse, from sft) - GRPO", "PPO (sparse, from sft) - GRPO"]
-    assert rows[0][1] == "2" and rows[0][2].startswith("+0.500") and rows[1][2].startswith("+0.000")
+    d = data_with(**{GRPO.name: seeds(HALF, HALF), "grpo-dapo-sft": seeds(ALL, ALL), PPO.name: seeds(HALF, HALF)})
+    cols, table = objectives_table(d)
+    assert [r[0] for r in table] == ["GRPO loss as DAPO (sparse, from sft) - GRPO", "PPO (sparse, from sft) - GRPO"]
+    assert table[0][1] == "2" and table[0][2].startswith("+0.500") and table[1][2].startswith("+0.000")
     assert objectives_table(data_with(sft=HALF))[1] == []  # no ablation runs: no table
+
+
+class _Text(HTMLParser):
+    """The visible text of report.html (no style, no embedded images), and its section titles."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.titles, self._in = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self._in = tag
+        self.text.append(" ")  # a tag separates words, as a line break does in markdown
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "style":
+            return
+        if self._in in ("h1", "h2"):
+            self.titles.append(data)
+        self.text.append(data)
+
+
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def test_markdown_and_html_show_the_same_sections_and_numbers(tmp_path):
+    cfg = Config(out=str(tmp_path), quick=True, seeds=2)
+    stages = plan(cfg, tmp_path)
+    _fake_run(tmp_path, stages)
+    write_report(tmp_path, cfg, stages, wall_seconds=600)
+    md = (tmp_path / "report.md").read_text()
+    page = _Text()
+    page.feed((tmp_path / "report.html").read_text())
+    md_titles = [ln.lstrip("#").strip() for ln in md.splitlines() if re.match(r"#{1,2} ", ln)]
+    assert md_titles == page.titles and len(md_titles) >= 12
+    # every number, in order (the figures are files beside report.md and embedded in report.html)
+    md_text = "\n".join(ln for ln in md.splitlines() if not ln.startswith("!["))
+    md_numbers, html_numbers = NUMBER.findall(md_text), NUMBER.findall("".join(page.text))
+    assert md_numbers == html_numbers and len(md_numbers) > 500
+    # the text the two once disagreed on is in both
+    for text in ("Question-blind guesser (samples the", "maj@1 is greedy; its interval", "Stage commands:"):
+        assert text in md and text in "".join(page.text), text
+
+
+def test_an_unmeasured_power_section_says_so_in_both_files():
+    from mathrl.render import markdown, page
+    from mathrl.report import _power
+
+    section = [Section("Power", [_power(StudyData())])]
+    assert "- not measured" in markdown(section) and "<li>not measured</li>" in page(section, "t")

@@ -90,12 +90,12 @@ def test_objectives_ablation_adds_grpo_loss_variants_on_grpos_budget_and_seeds(t
     for name, first in (("drgrpo", "--advantage-scale"), ("dapo", "--clip-high"), ("gspo", "--policy-loss"),
                         ("cispo", "--policy-loss")):
         s = stages[f"grpo-{name}-sft@2"]
-        assert f"eval-grpo-{name}-sft@2" in stages and s.meta["objective"]
+        assert f"eval-grpo-{name}-sft@2" in stages and s.run.objective
         # GRPO's command with the objective's switches inserted: same budget, prompts, K, seed and evaluations
         i = s.command.index(first)
         n_extra = len(s.command) - len(grpo)
         assert s.command[:i] + s.command[i + n_extra:] == grpo
-        assert s.meta["rollouts"] == stages["grpo-sparse-sft@2"].meta["rollouts"]
+        assert s.rollouts == stages["grpo-sparse-sft@2"].rollouts
     with pytest.raises(Exception, match="unknown ablation"):
         Config(ablation="rewards").validate()
 
@@ -124,3 +124,22 @@ def test_a_real_model_gets_published_rates_longer_completions_and_its_prompt_fla
     assert all("--lr" not in c for c in (s.command for s in plan(Config(), tmp_path)))
     with pytest.raises(UsageError, match="real model"):
         Config(prompting=Prompting(chat_template=True)).validate()
+
+
+def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
+    from mathrl.grid import RUNS
+
+    # a study directory is resumed by these names (OUT/seed-N/NAME, OUT/seed-N/eval-NAME): they must not change
+    assert [r.name for r in RUNS] == [
+        "ei-sparse-sft", "ppo-sparse-sft", "grpo-sparse-sft", "rcrl-sparse-sft", "grpo-drgrpo-sft", "grpo-dapo-sft",
+        "grpo-gspo-sft", "grpo-cispo-sft", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
+        "ei-sparse-pretrained", "ppo-sparse-pretrained"]
+    stages = plan(Config(ablation="objectives", seeds=2), tmp_path)
+    rl = [s for s in stages if s.group == "rl"]
+    assert {s.base for s in rl} == {r.name for r in RUNS}
+    assert all(s.command[0] == s.run.command and s.dir(tmp_path).name == s.run.name for s in rl)
+    assert {s.base for s in stages if s.group == "eval"} == {"eval-sft", "eval-pretrain"} | {f"eval-{r.name}" for r in RUNS}
+    # a run's flags name the reward models it reads: it waits for them
+    by = {s.name: s for s in stages}
+    assert by["ppo-orm-sft@0"].needs == ["sft", "orm"] and by["ei-sparse-pretrained@0"].needs == ["pretrain"]
+    assert by["grpo-dapo-sft@1"].command[by["grpo-dapo-sft@1"].command.index("--max-rollouts") + 1] == "4096"

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import RunError, UsageError
+from mathrl.grid import ABLATIONS, PRETRAIN, PRETRAINED, SFT, Run, runs_by_seed_count
 from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
 
 
@@ -76,8 +77,8 @@ class Config:
     def validate(self) -> None:
         validate_groups(self)
         one_of(self.engine, ENGINES, "engine")
-        if self.ablation not in ("", "objectives"):
-            raise UsageError(f"unknown ablation {self.ablation!r} (known: objectives)")
+        if self.ablation not in ("", *ABLATIONS):
+            raise UsageError(f"unknown ablation {self.ablation!r} (known: {', '.join(ABLATIONS)})")
         if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
             raise UsageError("seeds, variant_seeds and workers must be >= 1")
         if self.variant_seeds > self.seeds:
@@ -101,14 +102,18 @@ class Config:
 @dataclass
 class Stage:
     """One command of the study. ``seed`` None: a shared stage (OUT/shared/BASE), else OUT/seed-N/BASE; its
-    name is BASE or BASE@N. ``needs`` names stages."""
+    name is BASE or BASE@N. ``needs`` names stages. An RL stage and its final evaluation carry their ``run`` (a
+    row of grid.RUNS); an evaluation names the ``model`` it evaluates (a run's name, sft or the pretrained
+    start)."""
 
     base: str
     command: list[str]
     seed: int | None = None
     needs: list[str] = dc_field(default_factory=list)
     group: str = ""  # report grouping: pretrain, sft, orm, rl, eval
-    meta: dict = dc_field(default_factory=dict)
+    run: Run | None = None
+    model: str = ""
+    rollouts: int = 0  # an RL stage's rollout budget
 
     @property
     def name(self) -> str:
@@ -178,10 +183,10 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         pre = Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), *level_args, *shared_seed],
                     group="pretrain")
         stages.append(pre)
-        pretrained, start_pt = d(pre) + "/model", "pretrain"
+        pretrained, start_pt = d(pre) + "/model", PRETRAIN
         sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
     else:
-        pretrained, start_pt = cfg.model, "pretrained"
+        pretrained, start_pt = cfg.model, PRETRAINED
         sft_task = task_args
     sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, *prompting, *lr("sft"), "--epochs", str(b["sft_epochs"]),
                         "--whole-sequence-loss", "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
@@ -197,14 +202,18 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                  needs=["sft"], group="orm")
     stages += [sft, orm, sorm]
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
-    starts = {"sft": (sft_model, "sft"), "pretrained": (pretrained, start_pt)}
+    starts = {"sft": (sft_model, SFT), "pretrained": (pretrained, start_pt)}
+    # what a run's flags may name (grid.Run): the shared reward models, the budget, the overlong buffer
+    filled = {"orm": orm_model, "sorm": d(sorm) + "/model", "budget": str(budget),
+              "overlong": str(max(1, b["max_new_tokens"] // 4))}
 
-    def rl(base, algorithm, reward, start, seed, extra, objective=None):
-        model, start_stage = starts[start]
-        needs = [start_stage] if start_stage != "pretrained" else []
-        needs += ["orm"] if reward == "orm" else []
-        needs += ["sorm"] if "--sorm" in extra else []
-        common = [*run_eval, *mnt, "--seed", str(seed), *device, *(prompting if start == "pretrained" else [])]
+    def rl(run: Run, seed: int):
+        model, start_stage = starts[run.start]
+        needs = [start_stage] if start_stage != PRETRAINED else []
+        needs += run.reads(real)
+        extra = [a.format(**filled) for a in run.flags + (run.real_task_flags if real else ())]
+        algorithm = run.algorithm
+        common = [*run_eval, *mnt, "--seed", str(seed), *device, *(prompting if run.start == "pretrained" else [])]
         if algorithm == "EI":
             cmd = ["ei", "--model", model, *lr("ei"), "--rounds", "2", "--questions", str(max(1, budget // 8)),
                    "--patience", "0", *extra, *common]
@@ -218,61 +227,34 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                 # sparse terminal reward and a value head that starts at zero, lambda 0.95 passes 0.95^40 ~ 0.13 of
                 # the credit to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
                 extra = ["--lam", "1.0", *extra]
-            command = "grpo" if algorithm == "GRPO" else "ppo"
+            command = run.command
             cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations),
                    *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
-        stages.append(Stage(base, cmd, seed=seed, needs=needs, group="rl",
-                            meta={"algorithm": algorithm, "reward": reward, "start": start, "rollouts": budget,
-                                  "references": algorithm == "RCRL", **({"objective": objective} if objective else {})}))
+        stages.append(Stage(run.name, cmd, seed=seed, needs=needs, group="rl", run=run, rollouts=budget))
 
-    for seed in range(cfg.seeds):
-        rl("ei-sparse-sft", "EI", "sparse", "sft", seed, [])
-        rl("ppo-sparse-sft", "PPO", "sparse", "sft", seed, [])
-        rl("grpo-sparse-sft", "GRPO", "sparse", "sft", seed, [])
-        rl("rcrl-sparse-sft", "RCRL", "sparse", "sft", seed, [])
-    if cfg.ablation == "objectives":
-        # the policy-gradient objectives compared today, each a switch on GRPO's loss (docs/algorithms.md), with its
-        # paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling (zero-signal groups replaced
-        # by further draws, which count in the same rollout budget: --max-rollouts), soft overlong penalty over the
-        # last quarter of the length limit; GSPO's sequence-ratio clip 3e-4 / 4e-4; CISPO's weight capped at 1 + 0.28
-        overlong = str(max(1, b["max_new_tokens"] // 4))
-        for seed in range(cfg.seeds):
-            for name, extra in (("drgrpo", ["--advantage-scale", "none", "--loss-aggregation", "constant"]),
-                                ("dapo", ["--clip-high", "0.28", "--zero-signal", "refill", "--max-rollouts", str(budget),
-                                         "--overlong-buffer", overlong]),
-                                ("gspo", ["--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "3e-4",
-                                          "--clip-high", "4e-4"]),
-                                ("cispo", ["--policy-loss", "cispo", "--clip-high", "0.28"])):
-                rl(f"grpo-{name}-sft", "GRPO", "sparse", "sft", seed, extra,
-                   objective={"drgrpo": "Dr.GRPO", "dapo": "DAPO", "gspo": "GSPO", "cispo": "CISPO"}[name])
-    for seed in range(cfg.variant_seeds):
-        rl("ei-orm-sft", "EI", "orm", "sft", seed, ["--reward", "orm", "--orm", orm_model])
-        rl("ppo-dense-sft", "PPO", "dense", "sft", seed, ["--reward", "dense"])
-        rl("ppo-orm-sft", "PPO", "orm", "sft", seed, ["--reward", "orm", "--orm", orm_model])
-        rl("rcrl-dense-sft", "RCRL", "dense", "sft", seed,
-           ["--returns", "dense"] + ([] if cfg.task == "synthetic" else
-                                     ["--step-labels", "sorm", "--sorm", d(sorm) + "/model"]))
-        rl("ei-sparse-pretrained", "EI", "sparse", "pretrained", seed, [])
-        rl("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", seed, [])
+    for count, runs in runs_by_seed_count(cfg.ablation):
+        for seed in range(getattr(cfg, count)):
+            for run in runs:
+                rl(run, seed)
 
     # final evaluation of every model on the same test problems with the same sampling streams (EVAL_SEED):
     # greedy maj@1 on n_eval problems, K samples on the first k_problems (maj@K, rerank@K with the ORM, pass@K)
-    def ev(base, model, seed, needs, model_name, rerank=True, extra=()):
+    def ev(base, model, seed, needs, model_name, rerank=True, extra=(), run=None):
         orm_args = ["--orm", orm_model] if rerank else []
         stages.append(Stage(base, ["eval", "--model", model, "-n", str(n_eval), "-k", str(k), "--k-problems",
                                    str(k_problems), *orm_args, *mnt, "--seed", str(EVAL_SEED), *device, *extra],
-                            seed=seed, needs=needs + (["orm"] if rerank else []), group="eval",
-                            meta={"model": model_name, "seed": seed}))
+                            seed=seed, needs=needs + (["orm"] if rerank else []), group="eval", run=run,
+                            model=model_name))
 
-    ev("eval-sft", sft_model, None, ["sft"], "sft")
+    ev("eval-sft", sft_model, None, [SFT], SFT)
     # the synthetic pretrained start writes prose; the ORM was trained on the SFT policy's qa samples, so its
     # rerank@K of prose samples would mean nothing (rerank is shown for the SFT side only)
     prose = cfg.task == "synthetic"
-    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != "pretrained" else [], start_pt, not prose,
+    ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != PRETRAINED else [], start_pt, not prose,
        prompting)
     for s in [s for s in stages if s.group == "rl"]:
         ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
-           not (prose and s.meta["start"] == "pretrained"))
+           not (prose and s.run.start == "pretrained"), run=s.run)
     if cfg.engine != "mathrl":
         for s in stages:
             if s.command[0] in SAMPLING_COMMANDS and not _forces_steps(s):
@@ -286,7 +268,7 @@ SAMPLING_COMMANDS = ("orm", "ei", "ppo", "grpo", "rcrl", "eval")
 def _forces_steps(stage: Stage) -> bool:
     """RCRL with dense returns, and the evaluation of its model, force a marker after every step while sampling:
     mathrl's sampler only."""
-    return stage.base.removeprefix("eval-").startswith("rcrl-dense")
+    return stage.run is not None and stage.run.forces_steps
 
 
 def _with_needs(stages: list[Stage], only: list[str]) -> list[Stage]:

@@ -1,0 +1,101 @@
+"""The study's grid as data: every RL run of ``mathrl study`` in one table (``RUNS``), read by ``study.plan``
+(each row becomes one stage per seed, and its final evaluation) and by the report (labels, findings, tables).
+
+A run's name is its directory on disk (OUT/seed-N/NAME, its final evaluation OUT/seed-N/eval-NAME): a study
+directory is resumed by these names, so they stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# the shared models every RL run is compared with: the SFT model, and the pretrained start (``pretrain``: the
+# synthetic study's own pretraining stage; ``pretrained``: a given HF model, --task gsm8k/svamp --model DIR)
+SFT, PRETRAIN, PRETRAINED = "sft", "pretrain", "pretrained"
+SHARED_LABELS = {SFT: "SFT", PRETRAIN: "pretrained start", PRETRAINED: "pretrained start"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One RL run of the grid, run once per seed from ``start`` with the study's rollout budget.
+
+    ``flags`` are added to its command; plan() fills in {orm} and {sorm} (the shared reward models' directories:
+    the run reads them, so it waits for them), {budget} (the rollout budget) and {overlong} (a quarter of the
+    completion length). ``real_task_flags`` are added on a real task (gsm8k/svamp: no step checker)."""
+
+    name: str
+    algorithm: Literal["EI", "PPO", "GRPO", "RCRL"]  # the command: ei, ppo, grpo, rcrl
+    reward: Literal["sparse", "dense", "orm"]
+    start: Literal["sft", "pretrained"]
+    seeds: Literal["seeds", "variant_seeds"] = "seeds"  # which of the study's seed counts it runs
+    flags: tuple[str, ...] = ()
+    real_task_flags: tuple[str, ...] = ()
+    objective: str = ""  # the GRPO loss variant it tests (--ablation objectives)
+    ablation: str = ""  # the --ablation that adds it; "" for the paper's grid
+
+    @property
+    def command(self) -> str:
+        return self.algorithm.lower()
+
+    def reads(self, real_task: bool) -> list[str]:
+        """The shared reward models (orm, sorm) its flags pass: stages it needs besides its start."""
+        flags = self.flags + (self.real_task_flags if real_task else ())
+        return [m for m in ("orm", "sorm") if "{" + m + "}" in flags]
+
+    @property
+    def forces_steps(self) -> bool:
+        """RCRL with dense returns forces a marker after every step while sampling: mathrl's sampler only (and
+        for the evaluation of its model too)."""
+        return self.algorithm == "RCRL" and self.reward == "dense"
+
+    @property
+    def label(self) -> str:
+        name = f"GRPO loss as {self.objective}" if self.objective else self.algorithm
+        return f"{name} ({self.reward}, from {self.start})"
+
+
+# the paper's comparisons with the sparse reward from SFT (findings F1, F2, F3, F6): ``seeds`` seeds each
+EI = Run("ei-sparse-sft", "EI", "sparse", "sft")
+PPO = Run("ppo-sparse-sft", "PPO", "sparse", "sft")
+GRPO = Run("grpo-sparse-sft", "GRPO", "sparse", "sft")
+RCRL = Run("rcrl-sparse-sft", "RCRL", "sparse", "sft")
+# the policy-gradient objectives compared today, each a switch on GRPO's loss (docs/algorithms.md), with its
+# paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling (zero-signal groups replaced by
+# further draws, which count in the same rollout budget: --max-rollouts), soft overlong penalty over the last
+# quarter of the length limit; GSPO's sequence-ratio clip 3e-4 / 4e-4; CISPO's weight capped at 1 + 0.28
+OBJECTIVES = (
+    Run("grpo-drgrpo-sft", "GRPO", "sparse", "sft", objective="Dr.GRPO", ablation="objectives",
+        flags=("--advantage-scale", "none", "--loss-aggregation", "constant")),
+    Run("grpo-dapo-sft", "GRPO", "sparse", "sft", objective="DAPO", ablation="objectives",
+        flags=("--clip-high", "0.28", "--zero-signal", "refill", "--max-rollouts", "{budget}", "--overlong-buffer",
+               "{overlong}")),
+    Run("grpo-gspo-sft", "GRPO", "sparse", "sft", objective="GSPO", ablation="objectives",
+        flags=("--policy-loss", "gspo", "--loss-aggregation", "sequence", "--clip", "3e-4", "--clip-high", "4e-4")),
+    Run("grpo-cispo-sft", "GRPO", "sparse", "sft", objective="CISPO", ablation="objectives",
+        flags=("--policy-loss", "cispo", "--clip-high", "0.28")),
+)
+# the reward variants (F4) and the pretrained start (F5): ``variant_seeds`` seeds each. Dense RCRL on a real task
+# labels steps with the SORM (there is no exact step checker)
+EI_ORM = Run("ei-orm-sft", "EI", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
+PPO_DENSE = Run("ppo-dense-sft", "PPO", "dense", "sft", "variant_seeds", ("--reward", "dense"))
+PPO_ORM = Run("ppo-orm-sft", "PPO", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
+RCRL_DENSE = Run("rcrl-dense-sft", "RCRL", "dense", "sft", "variant_seeds", ("--returns", "dense"),
+                 real_task_flags=("--step-labels", "sorm", "--sorm", "{sorm}"))
+EI_PRETRAINED = Run("ei-sparse-pretrained", "EI", "sparse", "pretrained", "variant_seeds")
+PPO_PRETRAINED = Run("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", "variant_seeds")
+
+# in the order the study plans them (and the report lists them): per seed, the paper's sparse runs, then the
+# ablation's, then per variant seed the variants
+RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED, PPO_PRETRAINED)
+ABLATIONS = sorted({r.ablation for r in RUNS} - {""})
+BY_NAME = {r.name: r for r in RUNS}
+
+
+def runs_by_seed_count(ablation: str) -> list[tuple[str, list[Run]]]:
+    """The runs of a study, in blocks that share a seed count: ("seeds", the paper's sparse runs), ("seeds", the
+    ablation's runs), ("variant_seeds", the variants). Each block is planned seed by seed."""
+    paper = [r for r in RUNS if not r.ablation]
+    return [("seeds", [r for r in paper if r.seeds == "seeds"]),
+            ("seeds", [r for r in RUNS if ablation and r.ablation == ablation]),
+            ("variant_seeds", [r for r in paper if r.seeds == "variant_seeds"])]

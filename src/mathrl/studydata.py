@@ -1,0 +1,189 @@
+"""What the study report reads, as typed records: ``collect`` reads the stages' outputs into a ``StudyData``.
+
+Per-question records come from every evaluation (``samples.jsonl`` of the final evaluations,
+``eval_questions.jsonl`` of the RL runs' in-run evaluations, ``dev_questions.jsonl`` of SFT's epochs), so every
+difference can be paired over the same questions and, where runs have several seeds, over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
+
+Seed = int | None  # None: a shared model, evaluated once
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of one evaluation: its greedy answer's correctness and, when it was sampled, ``c`` correct
+    and ``c_verified`` step-verified of ``n`` samples. None: not measured."""
+
+    id: str
+    n: int = 0
+    c: int | None = None
+    c_verified: int | None = None
+    greedy_correct: bool | None = None
+    greedy_verified: bool | None = None
+    answer: Any = None
+    question: str | None = None
+    greedy: str | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> "Question":
+        return cls(id=row["id"], n=row.get("n") or 0, c=row.get("c"), c_verified=row.get("c_verified"),
+                   greedy_correct=row.get("greedy_correct"), greedy_verified=row.get("greedy_verified"),
+                   answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"))
+
+
+Records = list[Question]
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """maj@1 of the ``n`` test questions of one difficulty level (metrics.json's by_difficulty)."""
+
+    n: int | None
+    maj1: float | None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """metrics.json of one final evaluation: its K, the aggregate metrics by name (maj@1, pass@K, rerank@K,
+    distinct_answers, ...) and maj@1 per difficulty level."""
+
+    k: int
+    values: dict[str, float]
+    by_difficulty: dict[str, Difficulty]
+
+    @classmethod
+    def of(cls, m: dict) -> "Metrics":
+        return cls(k=m.get("k", 0), values={k: v for k, v in m.items() if isinstance(v, (int, float))},
+                   by_difficulty={lv: Difficulty(d.get("n"), d.get("maj@1"))
+                                  for lv, d in (m.get("by_difficulty") or {}).items()})
+
+
+@dataclass
+class Evaluation:
+    """One model's final evaluation: per-question records and metrics, per seed (``{None: ...}`` when shared)."""
+
+    records: dict[Seed, Records] = field(default_factory=dict)
+    metrics: dict[Seed, Metrics] = field(default_factory=dict)
+
+
+@dataclass
+class RunResults:
+    """One RL run of the grid over its seeds: ``history[seed]`` its logged rows (keys vary by algorithm),
+    ``curve[seed][rollouts]`` its in-run evaluations' records."""
+
+    run: Run
+    rollouts: int = 0  # the run's rollout budget
+    history: dict[int, list[dict]] = field(default_factory=dict)
+    curve: dict[int, dict[int, Records]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """report.json of the ORM or SORM: held-out AUCs, training samples, and the SORM's step checks."""
+
+    auc: float | None = None
+    auc_within_question: float | None = None
+    n_train_samples: int | None = None
+    n_train_step_labelled: int | None = None
+    step_precision: float | None = None
+    step_recall: float | None = None
+
+    @classmethod
+    def of(cls, r: dict) -> "RewardModel":
+        return cls(**{k: r.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished stage: its wall time and the command it ran."""
+
+    seconds: float
+    command: list[str]
+
+
+@dataclass
+class StudyData:
+    """What the report reads. ``evals[model]``: final evaluations by model name (sft, pretrain or pretrained,
+    a run's name); ``runs[name]``: every planned RL run, in the grid's order; ``sft_dev[epoch]``: SFT's dev
+    records per epoch; ``finished[stage name]``: the stages that ran to the end."""
+
+    k: int = 0
+    evals: dict[str, Evaluation] = field(default_factory=dict)
+    runs: dict[str, RunResults] = field(default_factory=dict)
+    sft_dev: dict[int, Records] = field(default_factory=dict)
+    reward_models: dict[str, RewardModel] = field(default_factory=dict)
+    finished: dict[str, Finished] = field(default_factory=dict)
+    verified: bool = True  # the task checks steps (synthetic): pass@K findings use verified pass@K
+
+    @property
+    def pretrained(self) -> str:
+        """The pretrained start's model name: the synthetic study's own pretraining, or a given model."""
+        return PRETRAIN if PRETRAIN in self.evals else PRETRAINED
+
+    def order(self) -> list[str]:
+        """The evaluated models: the shared ones, then the runs in the grid's order."""
+        return [m for m in (PRETRAIN, PRETRAINED, SFT) if m in self.evals] + [r for r in self.runs if r in self.evals]
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _jsonl(path: Path) -> list:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+    return out
+
+
+def collect(root: Path, stages) -> StudyData:
+    """Read what the stages (study.Stage) wrote under ``root``."""
+    data = StudyData()
+    for s in stages:
+        d = s.dir(root)
+        done = _load(d / "stage.json")
+        if done:
+            data.finished[s.name] = Finished(done["seconds"], done["command"])
+        if s.group == "eval":
+            m = _load(d / "metrics.json") if done else None  # an evaluation that did not finish is not read
+            if m:
+                e = data.evals.setdefault(s.model, Evaluation())
+                e.metrics[s.seed] = Metrics.of(m)
+                e.records[s.seed] = [Question.of(r) for r in _jsonl(d / "samples.jsonl")]
+                data.k = data.k or m.get("k", 0)
+                data.verified = data.verified and "maj@1_verified" in m
+        elif s.group == "rl":
+            r = data.runs.setdefault(s.base, RunResults(s.run, s.rollouts))
+            h = _load(d / "history.json")
+            if h:
+                r.history[s.seed] = h
+            points = {}
+            for row in _jsonl(d / "eval_questions.jsonl"):
+                # a resumed run may repeat a point: the last counts
+                points[row["rollouts"]] = [Question.of(q) for q in row["questions"]]
+            if points:
+                r.curve[s.seed] = points
+        elif s.group == "orm":
+            rep = _load(d / "report.json")
+            if rep:
+                data.reward_models[s.base] = RewardModel.of(rep)
+        elif s.base == SFT:
+            for row in _jsonl(d / "dev_questions.jsonl"):
+                data.sft_dev[row["epoch"]] = [Question.of(q) for q in row["questions"]]
+    return data
