@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl import engines
-from mathrl.config import field, group
+from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.evaluate import (QuestionResult, by_extraction, evaluate, extraction_record, format_side_by_side,
                              format_table, headline, side_by_side, summarize, write_report)
@@ -121,6 +121,7 @@ class EvalConfig:
         validate_groups(self)
         if self.compute.gradient_checkpointing:
             raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
+        refuse(self.run, ("report_to",), "on mathrl eval, which logs no training run (its metrics go to --out)")
         if self.n < 0 or self.k_problems < 0:
             raise UsageError("n and k_problems must be >= 0")
         if self.calculator and self.sampling.engine == "vllm":

@@ -45,12 +45,17 @@ class Run:
     precision: str = field("auto", "float32, bfloat16 (bf16 weights: updates below bf16's resolution are lost), "
                                    "bf16-mixed (float32 weights and optimizer state, bf16 compute), or auto "
                                    "(CPU: float32; CUDA: bf16-mixed to train, bfloat16 to evaluate)")
+    report_to: str = field("tensorboard", "training runs: experiment trackers, comma-separated: tensorboard, wandb, "
+                                          "trackio (pip install \"mathrl[wandb]\" / \"mathrl[trackio]\"), or none; "
+                                          "RUN/metrics.jsonl is always written")
 
     def validate(self) -> None:
         from mathrl.models import PRECISIONS
+        from mathrl.runlog import parse_report_to
 
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})")
+        parse_report_to(self.report_to)
 
 
 ATTENTION_KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
