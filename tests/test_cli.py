@@ -1,5 +1,6 @@
 """Smoke runs of every CLI command on tiny configs, and the one-line errors of bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -53,12 +54,12 @@ def orm_model(runs, start):
     return out / "model"
 
 
-def test_data_commands(capsys, data_dir):
+def test_data_commands(capsys, data_dir, data_counts):
     assert main(["data", "show", "--task", "synthetic", "-n", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("question:") == 2 and "####" in out
     assert main(["data", "stats", "--task", "svamp", "--data-dir", str(data_dir / "svamp"), "--split", "all"]) == 0
-    assert "1000 problems" in capsys.readouterr().out
+    assert f"{data_counts['svamp']} problems" in capsys.readouterr().out
 
 
 def test_model_init(runs, capsys):
@@ -105,16 +106,19 @@ def _gsm8k_references(data_dir, path, rewrite=lambda answer: answer, n=None):
             out.write(json.dumps({"question": row["question"], "completions": [rewrite(row["answer"])]}) + "\n")
 
 
-def test_score_gsm8k_references_is_perfect(tmp_path, data_dir):
+def test_score_gsm8k_references_is_perfect(tmp_path, data_dir, data_counts):
     samples = tmp_path / "refs.jsonl"
     _gsm8k_references(data_dir, samples)
     assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples),
                  "--out", str(tmp_path / "scored")]) == 0
     metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
-    assert metrics["maj@1"] == metrics["pass@1"] == 1.0 and metrics["n_questions"] == 1319
+    n = data_counts["gsm8k/test"]
+    assert metrics["maj@1"] == metrics["pass@1"] == 1.0 and metrics["n_questions"] == n
     assert metrics["n_unmatched"] == 0
+    # the references end in '#### N': strict and flexible (the headline here: no extraction recorded) both read it
+    assert metrics["extract"] == "flexible" and metrics["by_extraction"]["strict"]["pass@1"] == 1.0
     scored = (tmp_path / "scored" / "scored.jsonl").read_text().splitlines()
-    assert len(scored) == 1319 and json.loads(scored[0])["correct"] == [True]
+    assert len(scored) == n and json.loads(scored[0])["correct"] == [True]
 
 
 def test_score_with_math_verify_extraction(tmp_path, data_dir):
@@ -132,13 +136,71 @@ def test_score_warns_when_strict_extraction_finds_no_answers(tmp_path, data_dir,
     # GSM8K references ending in "A: 26" (as GPT-3's published solutions do) instead of "#### 26"
     samples = tmp_path / "a.jsonl"
     # "... A: 26" instead of "... #### 26"
-    _gsm8k_references(data_dir, samples, lambda a: a.split("####")[0] + "A: " + a.split("####")[1].strip(), 50)
+    _gsm8k_references(data_dir, samples, lambda a: a.split("####")[0] + "A: " + a.split("####")[1].strip(), 30)
     args = ["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples)]
-    assert main([*args, "--out", str(tmp_path / "strict")]) == 0
+    assert main([*args, "--extract", "strict", "--out", str(tmp_path / "strict")]) == 0
     assert "warning: 100% of completions have no '#### N' answer" in capsys.readouterr().out
-    assert main([*args, "--extract", "flexible", "--out", str(tmp_path / "flex")]) == 0
+    assert main([*args, "--out", str(tmp_path / "flex")]) == 0  # the default for completions from elsewhere
     assert "warning" not in capsys.readouterr().out
     assert json.loads((tmp_path / "flex" / "metrics.json").read_text())["maj@1"] == 1.0
+
+
+def test_score_grades_prose_completions_flexibly_with_every_extraction_side_by_side(tmp_path, data_dir, capsys):
+    # GSM8K test 0 (Janet's ducks, answer 18) and test 1 (the robe, answer 3), four prose completions each, as
+    # another model writes them: no '#### N' but one
+    completions = {
+        "gsm8k-test-0": ["She has 16 - 3 - 4 = 9 eggs left. 9 * 2 = 18. She makes $18 every day.",
+                         "16 - 3 - 4 = 9 eggs, so she makes 9 * $2 = $18.",
+                         "She sells 16 - 3 = 13 eggs for 13 * 2 = 26 dollars.",
+                         "The answer is \\boxed{18}."],
+        "gsm8k-test-1": ["Half of 2 is 1, so 2 + 1 = 3 bolts.",
+                         "It takes 2 + 1 = 3 bolts in total.\n#### 3",
+                         "2 bolts of blue and 2 of white make 4.",
+                         "2 / 2 = 1 white bolt; 3 bolts in all."]}
+    samples = tmp_path / "prose.jsonl"
+    samples.write_text("".join(json.dumps({"id": i, "completions": c}) + "\n" for i, c in completions.items()))
+    args = ["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(samples)]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    out = capsys.readouterr().out
+    assert "answers graded with --extract flexible" in out and "| strict |" in out and "| flexible (headline) |" in out
+    assert main([*args, "--extract", "flexible", "--out", str(tmp_path / "flexible")]) == 0
+    default, flexible = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("default", "flexible"))
+    assert default == flexible  # defaults grade as --extract flexible does
+    # by hand, the last number of each completion: ducks 18, 18, 26, 18 (the boxed 18); robe 3, 3, 4, 3
+    # flexible: 3 of 4 right on each: sample accuracy 6/8, pass@1 = (3/4 + 3/4) / 2, pass@4 = 1, both votes right
+    assert default["extract"] == "flexible"
+    table = default["by_extraction"]
+    assert (default["pass@1"], default["pass@4"], default["maj@4"]) == (0.75, 1.0, 1.0)
+    assert table["flexible"] == {k: v for k, v in default.items() if k in table["flexible"]}
+    # strict: only the robe's second completion has '#### N' (right): pass@1 = (0/4 + 1/4) / 2, pass@4 = (0 + 1) / 2,
+    # 7 of 8 without an answer; boxed: only the ducks' fourth, likewise
+    for mode in ("strict", "boxed"):
+        assert table[mode]["pass@1"] == 0.125 and table[mode]["pass@4"] == 0.5
+        assert table[mode]["sample_accuracy"] == 0.125 and table[mode]["no_answer_rate"] == 0.875
+    assert table["flexible"]["no_answer_rate"] == 0.0
+    assert ("math-verify" in table) == (importlib.util.find_spec("math_verify") is not None)
+    # per completion, each extraction's answer and verdict
+    scored = [json.loads(line) for line in (tmp_path / "default" / "scored.jsonl").read_text().splitlines()]
+    ducks, robe = scored
+    assert ducks["answers"] == ["18", "18", "26", "18"] and ducks["correct"] == [True, True, False, True]
+    assert ducks["by_extraction"]["strict"] == {"answers": [None] * 4, "correct": [False] * 4}
+    assert ducks["by_extraction"]["boxed"] == {"answers": [None, None, None, "18"], "correct": [False] * 3 + [True]}
+    assert robe["by_extraction"]["strict"]["correct"] == [False, True, False, False]
+    assert robe["by_extraction"]["flexible"]["answers"] == ["3", "3", "4", "3"]
+    # --extract strict still chooses the headline explicitly; the side-by-side table is the same
+    assert main([*args, "--extract", "strict", "--out", str(tmp_path / "strict")]) == 0
+    strict = json.loads((tmp_path / "strict" / "metrics.json").read_text())
+    assert strict["extract"] == "strict" and strict["pass@1"] == 0.125 and strict["by_extraction"] == table
+    # a samples file whose every line records the extraction it was graded with (mathrl eval's samples.jsonl
+    # for a model mathrl trained records strict) is graded with that one
+    recorded = tmp_path / "recorded.jsonl"
+    recorded.write_text("".join(json.dumps({"id": i, "completions": c, "extract": "strict"}) + "\n"
+                                for i, c in completions.items()))
+    capsys.readouterr()
+    assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(recorded),
+                 "--out", str(tmp_path / "recorded")]) == 0
+    assert "--extract strict (as recorded in" in capsys.readouterr().out
+    assert json.loads((tmp_path / "recorded" / "metrics.json").read_text())["pass@1"] == 0.125
 
 
 def test_score_reports_unmatched_questions(tmp_path, capsys):
@@ -473,7 +535,15 @@ def test_a_model_mathrl_did_not_train_is_graded_with_flexible_extraction(tmp_pat
     args = ["eval", "--model", str(other), "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "-n", "2",
             "-k", "1", "--max-new-tokens", "4", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "e")]) == 0
-    assert "answers read with --extract flexible" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "answers read with --extract flexible" in out and "| flexible (headline) |" in out
+    # strict, flexible and boxed side by side in metrics.json and samples.jsonl, which records the headline one
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["extract"] == "flexible" and {"strict", "flexible", "boxed"} <= set(metrics["by_extraction"])
+    assert metrics["by_extraction"]["flexible"]["maj@1"] == metrics["maj@1"]
+    row = json.loads((tmp_path / "e" / "samples.jsonl").read_text().splitlines()[0])
+    assert row["extract"] == "flexible" and row["by_extraction"]["flexible"]["answers"] == row["answers"]
+    assert row["by_extraction"]["strict"]["greedy_answer"] is None or "####" in row["greedy"]
     assert main([*args, "--extract", "strict", "--out", str(tmp_path / "s")]) == 0
     assert "--extract flexible" not in capsys.readouterr().out.split("warning")[0]
 
@@ -593,7 +663,7 @@ def test_your_own_data_as_parquet_or_a_datasets_folder(start, tmp_path, monkeypa
     assert "row 1 has no field 'question'" in err[1] and 'pip install "mathrl[data]"' in err[2]
 
 
-def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys):
+def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, data_counts, capsys):
     from mathrl.tasks import load_task
 
     # GSM8K references: strict and flexible both read the '#### N' line; no reference has a \boxed{}
@@ -602,7 +672,7 @@ def test_score_audit_shows_where_the_graders_disagree(tmp_path, data_dir, capsys
     assert main(["score", "--task", "gsm8k", "--data-dir", str(data_dir / "gsm8k"), "--samples", str(refs),
                  "--audit", "--out", str(tmp_path / "a")]) == 0
     audit = json.loads((tmp_path / "a" / "audit.json").read_text())
-    assert audit["n_completions"] == 1319 and audit["accuracy"]["strict"] == 1.0
+    assert audit["n_completions"] == data_counts["gsm8k/test"] and audit["accuracy"]["strict"] == 1.0
     assert audit["accuracy"]["boxed"] == 0.0 and "| strict~flexible |" in capsys.readouterr().out
     # hand-made hostile completions for one problem whose answer is A: by hand, strict is right on 1 and 4 only,
     # flexible on 2, 4 and 5 (the last number), boxed on 3 and 5

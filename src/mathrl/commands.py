@@ -10,14 +10,15 @@ from pathlib import Path
 from mathrl import engines
 from mathrl.commands_config import DataConfig, EvalConfig, ModelInitConfig, ScoreConfig
 from mathrl.errors import UsageError
-from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
+from mathrl.evaluate import (QuestionResult, by_extraction, evaluate, extraction_record, format_side_by_side,
+                             format_table, headline, side_by_side, summarize, write_report)
 from mathrl.models import count_parameters, init_model, load_model, load_tokenizer
 from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
 from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, resolve_device, setup_threads, task_for, \
     write_record
 from mathrl.tasks import load_task, task_options
-from mathrl.tasks.answers import grader_audit
+from mathrl.tasks.answers import GRADERS, grader_audit
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,9 +100,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     bar.close()
     engine.close()
     metrics = summarize(results)
+    graded = add_side_by_side(task, results, metrics)
     out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"
-    write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}")
+    write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}", graded=graded)
     print(headline(metrics))
+    print_side_by_side(metrics)
     warn_no_answer(task, metrics)
     print(f"wrote {out}/metrics.json, metrics.md, samples.jsonl")
     return metrics
@@ -111,18 +114,12 @@ def run_eval(cfg: EvalConfig) -> dict:
 # mathrl score
 
 
-def run_score(cfg: ScoreConfig) -> dict:
-    d = cfg.data
-    task = load_task(d.task, level=d.level, data_dir=d.data_dir, extract=d.extract, surface=cfg.surface, **d.fields())
-    problems = task.problems(cfg.split)
-    by_id = {p.id: p for p in problems}
-    by_question = {" ".join(p.question.split()): p for p in problems}
-    path = Path(cfg.samples)
+def read_samples(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of each line of a ``mathrl score`` samples file, checked: a list of completions and a
+    question or an id."""
     if not path.is_file():
-        raise UsageError(f"file not found: {cfg.samples}")
-    results: list[QuestionResult] = []
-    unmatched: list[str] = []
-    n_min = None
+        raise UsageError(f"file not found: {path}")
+    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -134,18 +131,73 @@ def run_score(cfg: ScoreConfig) -> dict:
             comps = row.get("completions") if isinstance(row, dict) else None
             if not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps):
                 raise UsageError(f"{path}:{lineno}: needs a non-empty list of strings under 'completions'")
-            if "id" in row:
-                problem = by_id.get(str(row["id"]))
-            elif isinstance(row.get("question"), str):
-                problem = by_question.get(" ".join(row["question"].split()))
-            else:
+            if "id" not in row and not isinstance(row.get("question"), str):
                 raise UsageError(f"{path}:{lineno}: needs a 'question' or an 'id'")
-            if problem is None:
-                unmatched.append(str(row.get("id", row.get("question", "")))[:80])
-                continue
-            grades = [task.grade(problem, c) for c in comps]
-            results.append(QuestionResult(problem=problem, samples=grades, texts=list(comps)))
-            n_min = len(comps) if n_min is None else min(n_min, len(comps))
+            rows.append((lineno, row))
+    return rows
+
+
+def score_extraction(task_name: str, extract: str | None, rows: list[tuple[int, dict]], samples: str
+                     ) -> tuple[str | None, str]:
+    """The headline extraction of ``mathrl score`` and why: ``--extract`` when given; else the one every line
+    records (``extract``: ``mathrl eval``'s samples.jsonl records the extraction it graded a model's completions
+    with); else flexible, the last number, since completions written elsewhere rarely end in '#### N' (as
+    ``mathrl eval`` grades a model mathrl did not train). The synthetic task has its own format: None."""
+    if extract is not None or task_name == "synthetic":
+        return extract, ""
+    recorded = {row.get("extract") for _, row in rows}
+    if len(recorded) == 1 and next(iter(recorded)) in GRADERS:
+        mode = next(iter(recorded))
+        return mode, f"as recorded in {samples} by mathrl eval"
+    return "flexible", "completions from elsewhere: the last number; --extract strict reads '#### N'"
+
+
+def add_side_by_side(task, results: list[QuestionResult], metrics: dict, k: int | None = None
+                     ) -> dict[str, list[QuestionResult]] | None:
+    """Grade ``results`` under every extraction of ``evaluate.side_by_side(task)`` too: adds ``extract`` (the
+    headline's) and ``by_extraction`` to ``metrics``; returns the results under each extraction (None for a task
+    without extraction modes)."""
+    modes = side_by_side(task)
+    if not modes:
+        return None
+    graded, table = by_extraction(results, modes, task.extract, k)
+    metrics["extract"] = task.extract
+    metrics["by_extraction"] = table
+    return graded
+
+
+def print_side_by_side(metrics: dict) -> None:
+    if metrics.get("by_extraction"):
+        print(f"answer metrics by extraction (headline: {metrics['extract']}):")
+        print(format_side_by_side(metrics))
+
+
+def run_score(cfg: ScoreConfig) -> dict:
+    d = cfg.data
+    path = Path(cfg.samples)
+    rows = read_samples(path)
+    extract, why = score_extraction(d.task, d.extract, rows, cfg.samples)
+    task = load_task(d.task, level=d.level, data_dir=d.data_dir, extract=extract, surface=cfg.surface, **d.fields())
+    if why:
+        print(f"{task.name} answers graded with --extract {extract} ({why}); every extraction side by side below")
+    problems = task.problems(cfg.split)
+    by_id = {p.id: p for p in problems}
+    by_question = {" ".join(p.question.split()): p for p in problems}
+    results: list[QuestionResult] = []
+    unmatched: list[str] = []
+    n_min = None
+    for lineno, row in rows:
+        comps = row["completions"]
+        if "id" in row:
+            problem = by_id.get(str(row["id"]))
+        else:
+            problem = by_question.get(" ".join(row["question"].split()))
+        if problem is None:
+            unmatched.append(str(row.get("id", row.get("question", "")))[:80])
+            continue
+        grades = [task.grade(problem, c) for c in comps]
+        results.append(QuestionResult(problem=problem, samples=grades, texts=list(comps)))
+        n_min = len(comps) if n_min is None else min(n_min, len(comps))
     if not results:
         raise UsageError(f"no line of {path} matched a problem of {task.name}/{cfg.split}")
     k = cfg.k or n_min
@@ -158,23 +210,28 @@ def run_score(cfg: ScoreConfig) -> dict:
         for r in results:
             r.scores = rm.score_texts([rm_task.prompt(r.problem)] * len(r.texts), r.texts)
     metrics = summarize(results, k=k)
+    metrics["n_unmatched"] = len(unmatched)
+    graded = add_side_by_side(task, results, metrics, k)
     # maj@1 from samples: with one completion per line, the vote is that completion; with several, pass@1 is the
     # mean sample accuracy, neither a greedy answer nor a vote, and maj@1 is left out
-    if "maj@1" not in metrics and "pass@1" in metrics and n_min == 1:
-        metrics["maj@1"] = metrics["pass@1"]
-    metrics["n_unmatched"] = len(unmatched)
+    for m in (metrics, *(metrics.get("by_extraction") or {}).values()):
+        if "maj@1" not in m and "pass@1" in m and n_min == 1:
+            m["maj@1"] = m["pass@1"]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "metrics.md").write_text(format_table(metrics, f"{cfg.samples} on {task.name}/{cfg.split}"))
     with open(out / "scored.jsonl", "w") as f:
-        for r in results:
+        for i, r in enumerate(results):
             row = {"id": r.problem.id, "reference": r.problem.answer, "answers": [g.answer for g in r.samples],
                    "correct": [g.correct for g in r.samples]}
             if r.samples[0].steps is not None:
                 row["verified"] = [g.verified for g in r.samples]
             if r.scores is not None:
                 row["scores"] = r.scores
+            if graded:
+                row["extract"] = metrics["extract"]
+                row["by_extraction"] = extraction_record(graded, i)
             f.write(json.dumps(row) + "\n")
     if cfg.audit:
         audit = grader_audit([(t, r.problem.answer, r.problem.id) for r in results for t in r.texts])
@@ -183,6 +240,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     if unmatched:
         print(f"warning: {len(unmatched)} line(s) matched no problem, e.g. {unmatched[0]!r}")
     print(headline(metrics, k))
+    print_side_by_side(metrics)
     warn_no_answer(task, metrics)
     print(f"wrote {out}/metrics.json and {out}/scored.jsonl")
     return metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.config import field, group
+from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.settings import MODEL_SIZES, Compute, Data, FewShot, Prompting, Run, Sampling, one_of, validate_groups
 
@@ -59,6 +59,7 @@ class EvalConfig:
         validate_groups(self)
         if self.compute.gradient_checkpointing:
             raise UsageError("--gradient-checkpointing saves memory in training; eval trains nothing")
+        refuse(self.run, ("report_to",), "on mathrl eval, which logs no training run (its metrics go to --out)")
         if self.n < 0 or self.k_problems < 0:
             raise UsageError("n and k_problems must be >= 0")
         if self.calculator and self.sampling.engine == "vllm":

@@ -17,11 +17,18 @@ completion with the task, and ``summarize`` turns the graded results into metric
 With ``k_problems`` the K samples are drawn for the first ``k_problems`` problems only (greedy maj@1 on all of
 them): the K-sample metrics are then over those problems, and ``n_sampled_questions`` says how many.
 
-``score_samples`` computes the same metrics for completions produced elsewhere (``mathrl score``).
+``mathrl score`` computes the same metrics for completions produced elsewhere.
+
+Side by side (``mathrl eval`` and ``score``, tasks whose answers are read by an extraction mode: gsm8k, svamp, your
+own data): every completion is also graded with each extraction of ``side_by_side`` (strict, flexible, boxed, and
+math-verify when installed) and the answer metrics of each (maj@k, pass@k, rerank@k, sample_accuracy,
+no_answer_rate) are reported under ``by_extraction``, as lm-evaluation-harness reports strict-match and
+flexible-extract for GSM8K; the top-level metrics are the headline extraction's (the task's ``extract``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +37,7 @@ from typing import Callable, Sequence
 from mathrl import distributed, engines
 from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
 from mathrl.sampler import sampling_params
+from mathrl.tasks.answers import EXTRACTIONS, MATH_VERIFY, grade_text
 from mathrl.tasks.base import Grade, Problem
 
 
@@ -139,6 +147,63 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
     return m
 
 
+def side_by_side(task) -> tuple[str, ...]:
+    """The extractions a task's completions are graded with side by side: strict, flexible and boxed, and
+    math-verify where its package is installed, for tasks whose answers an extraction mode reads (gsm8k, svamp,
+    your own data); none for the synthetic task, whose answer format is its own."""
+    if getattr(task, "extract", None) is None:
+        return ()
+    return EXTRACTIONS + ((MATH_VERIFY,) if importlib.util.find_spec("math_verify") else ())
+
+
+def regrade(results: Sequence[QuestionResult], mode: str) -> list[QuestionResult]:
+    """The same completions graded by answer alone under extraction ``mode`` (``answers.grade_text``)."""
+    def grade(r, text):
+        return Grade(*grade_text(text, r.problem.answer, mode))
+
+    return [replace(r, samples=[grade(r, t) for t in r.texts],
+                    greedy=grade(r, r.greedy_text) if r.greedy_text is not None else None) for r in results]
+
+
+def is_answer_metric(key: str) -> bool:
+    """The metrics that depend on which extraction reads the answers (reported per extraction)."""
+    return key.startswith(("maj@", "pass@", "rerank@")) or key in ("sample_accuracy", "no_answer_rate")
+
+
+def by_extraction(results: Sequence[QuestionResult], modes: Sequence[str], headline_mode: str,
+                  k: int | None = None) -> tuple[dict[str, list[QuestionResult]], dict[str, dict]]:
+    """(the results graded under each of ``modes``, each one's answer metrics). ``results`` are already graded
+    under ``headline_mode`` and are reused for it."""
+    graded = {m: list(results) if m == headline_mode else regrade(results, m) for m in modes}
+    metrics = {m: {key: v for key, v in summarize(g, k).items() if is_answer_metric(key)} for m, g in graded.items()}
+    return graded, metrics
+
+
+def format_side_by_side(metrics: dict) -> str:
+    """The extractions' answer metrics as a table, the headline extraction starred ('' when there are none)."""
+    table = metrics.get("by_extraction") or {}
+    if not table:
+        return ""
+    cols = list(next(iter(table.values())))
+    lines = ["| extraction | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for mode, row in table.items():
+        name = f"{mode} (headline)" if mode == metrics.get("extract") else mode
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if isinstance(row.get(c), float)
+                                                 else str(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def extraction_record(graded: dict[str, list[QuestionResult]], i: int) -> dict:
+    """Question ``i``'s answer and verdict under each extraction, per completion (and for the greedy one)."""
+    out = {}
+    for mode, results in graded.items():
+        r = results[i]
+        out[mode] = {"answers": [g.answer for g in r.samples], "correct": [g.correct for g in r.samples]}
+        if r.greedy is not None:
+            out[mode].update(greedy_answer=r.greedy.answer, greedy_correct=r.greedy.correct)
+    return out
+
+
 def evaluate(model, tokenizer, task, problems: Sequence[Problem], sampling, *, engine, shots: Sequence[Problem] = (),
              seed: int = 0, greedy: bool = True, calculator: bool = False, scorer: Callable | None = None,
              progress=None, condition: dict | None = None, k_problems: int = 0) -> list[QuestionResult]:
@@ -183,14 +248,17 @@ def evaluate(model, tokenizer, task, problems: Sequence[Problem], sampling, *, e
     return results
 
 
-def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, title: str = "evaluation") -> None:
-    """metrics.json, a readable metrics.md table, and samples.jsonl (one line per question)."""
+def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, title: str = "evaluation",
+                 graded: dict[str, list[QuestionResult]] | None = None) -> None:
+    """metrics.json, a readable metrics.md table, and samples.jsonl (one line per question). ``graded``: the
+    results under each extraction (``by_extraction``), written per question beside the headline's; each line then
+    records the headline extraction (``extract``), which ``mathrl score`` reads back."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "metrics.md").write_text(format_table(metrics, title))
     with open(out / "samples.jsonl", "w") as f:
-        for r in results:
+        for i, r in enumerate(results):
             row = {**question_record(r), "question": r.problem.question, "answer": r.problem.answer,
                    "greedy": r.greedy_text, "greedy_answer": r.greedy.answer if r.greedy else None, "completions": r.texts,
                    "answers": [g.answer for g in r.samples], "correct": [g.correct for g in r.samples]}
@@ -199,6 +267,9 @@ def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, ti
                 row["first_error"] = [g.steps.first_error for g in r.samples]
             if r.scores is not None:
                 row["scores"] = r.scores
+            if graded:
+                row["extract"] = metrics.get("extract")
+                row["by_extraction"] = extraction_record(graded, i)
             f.write(json.dumps(row) + "\n")
 
 
@@ -223,7 +294,7 @@ def append_question_records(results: Sequence[QuestionResult], path: Path, **tag
 def format_table(metrics: dict, title: str = "evaluation") -> str:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     for key, value in metrics.items():
-        if key == "by_difficulty":
+        if isinstance(value, dict):  # by_difficulty, by_extraction: their own tables below
             continue
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
     by = metrics.get("by_difficulty") or {}
@@ -233,6 +304,8 @@ def format_table(metrics: dict, title: str = "evaluation") -> str:
         for d, e in by.items():
             cells = [f"{e[c]:.3f}" if isinstance(e.get(c), float) else str(e.get(c, "")) for c in cols]
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if metrics.get("by_extraction"):
+        lines += ["", "The answer metrics under each extraction:", "", format_side_by_side(metrics)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,28 +1,114 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per logged step), tensorboard event files, progress bars.
+"""Run logging: ``metrics.jsonl`` (one JSON object per logged step, always), the experiment trackers of
+``--report-to`` (TensorBoard event files in RUN/tb, Weights & Biases, trackio), progress bars.
 
 On resume the log is cut back to the resumed step, so a resumed run's metrics.jsonl reads like an
 uninterrupted one.
+
+Trackers get every numeric metric of each metrics.jsonl record at its step (TensorBoard the finite ones), not
+``time`` (each keeps its own clock). Weights & Biases and trackio are optional extras, used through their own
+packages (``pip install "mathrl[wandb]"`` / ``"mathrl[trackio]"``) and configured by their own environment
+(``WANDB_MODE=offline``, ``WANDB_PROJECT``, ``WANDB_DIR``, ``TRACKIO_DIR``...); both get the run's config
+(RUN/config.yaml) and provenance once, at the start. A W&B run writes under RUN/wandb unless ``$WANDB_DIR`` says
+otherwise; trackio keeps its local store (``$TRACKIO_DIR``, else ``$HF_HOME/trackio``). Both runs are named after
+the run directory in project ``mathrl`` (``$WANDB_PROJECT`` overrides W&B's); a resumed run continues its W&B run
+(its id is kept in RUN/trackers.json) and its trackio run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
 from mathrl import distributed
+from mathrl.errors import UsageError
 from mathrl.plots import metrics_vs_x
+from mathrl.settings import parse_report_to
+
+PROJECT = "mathrl"
+
+
+def provenance() -> dict:
+    """What produced a run: the command line, Python, the platform, the main packages' versions, the git commit of
+    the source (when it is a checkout)."""
+    import importlib.metadata as md
+
+    out = {"command": " ".join(sys.argv), "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("mathrl", "torch", "transformers", "tokenizers", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _recorded_config(run_dir: Path) -> dict:
+    """RUN/config.yaml, which every training command writes before it opens its logger ({} without one)."""
+    path = run_dir / "config.yaml"
+    try:
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except yaml.YAMLError:
+        return {}
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _start_wandb(run_dir: Path, config: dict, resuming: bool):
+    import wandb
+
+    ids_path = run_dir / "trackers.json"
+    ids = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
+    kwargs = {"project": os.environ.get("WANDB_PROJECT") or PROJECT, "name": run_dir.resolve().name,
+              "config": config}
+    if not os.environ.get("WANDB_DIR"):
+        kwargs["dir"] = str(run_dir)  # RUN/wandb/ beside the run's other logs
+    if resuming and ids.get("wandb"):
+        kwargs.update(id=ids["wandb"], resume="allow")
+    try:
+        run = wandb.init(**kwargs)
+    except Exception as e:  # noqa: BLE001 - not logged in, no network while online...: one line, the tracker's word
+        raise UsageError(f"--report-to wandb: {_first_line(e)} (WANDB_MODE=offline logs without an account)") from None
+    ids_path.write_text(json.dumps({**ids, "wandb": run.id}))
+    return run
+
+
+def _start_trackio(run_dir: Path, config: dict, resuming: bool):
+    import trackio
+
+    try:
+        return trackio.init(project=PROJECT, name=run_dir.resolve().name, config=config,
+                            resume="allow" if resuming else "never")
+    except Exception as e:  # noqa: BLE001 - as above
+        raise UsageError(f"--report-to trackio: {_first_line(e)}") from None
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+    """metrics.jsonl, and the trackers of ``report_to`` (default: the run's recorded ``--report-to``, from
+    RUN/config.yaml; tensorboard without one)."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None, report_to: str | None = None):
         self.active = distributed.is_main()  # under torchrun, rank 0 logs for all
+        self.tb = self.wandb = self.trackio = None
         if not self.active:
-            self.tb = None
             return
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -33,14 +119,22 @@ class RunLogger:
             kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _step_of(ln) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self.start = time.time()
-        self.tb = None
-        if tensorboard:
+        config = _recorded_config(self.run_dir)
+        trackers = parse_report_to(report_to if report_to is not None else config.get("report_to", "tensorboard"))
+        if "tensorboard" in trackers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # pragma: no cover - tensorboard is a dependency, but stay usable without it
                 self.tb = None
+        if "wandb" in trackers or "trackio" in trackers:
+            # the config and provenance, once: each tracker shows them beside the run
+            tracked = {**config, "provenance": provenance()}
+            if "wandb" in trackers:
+                self.wandb = _start_wandb(self.run_dir, tracked, resume_step is not None)
+            if "trackio" in trackers:
+                self.trackio = _start_trackio(self.run_dir, tracked, resume_step is not None)
 
     def log(self, step: int, **metrics) -> None:
         if not self.active:
@@ -49,15 +143,25 @@ class RunLogger:
         record.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items()
+                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            for k, v in scalars.items():
+                if math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        if self.trackio is not None:
+            self.trackio.log(scalars, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.trackio is not None:
+            self.trackio.finish()
 
 
 def _step_of(line: str) -> int:

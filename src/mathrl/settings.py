@@ -15,6 +15,7 @@ the rest of a group (``resume``, ``max_new_tokens``...) are field factories here
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,26 @@ def fsdp():
     return field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one device)")
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")  # --report-to (runlog.py logs to them)
+
+
+def parse_report_to(value: str) -> tuple[str, ...]:
+    """The trackers ``--report-to`` names (comma-separated, or ``none``), each checked: a known name whose package
+    is installed (one line naming the pip command otherwise)."""
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if names == ("none",):
+        return ()
+    if not names or "none" in names:
+        raise UsageError(f"--report-to {value!r}: name trackers ({', '.join(TRACKERS)}), or none alone")
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise UsageError(f"--report-to: unknown tracker {unknown[0]!r} (known: {', '.join(TRACKERS)}, none)")
+    for name in ("wandb", "trackio"):
+        if name in names and importlib.util.find_spec(name) is None:
+            raise UsageError(f'--report-to {name} needs the {name} package: pip install "mathrl[{name}]"')
+    return names
+
+
 @dataclass
 class Run:
     seed: int = field(0, "random seed (initialisation, sampling and data order)")
@@ -63,9 +84,13 @@ class Run:
     precision: str = field("auto", "float32, bfloat16 (bf16 weights: updates below bf16's resolution are lost), "
                                    "bf16-mixed (float32 weights and optimizer state, bf16 compute), or auto "
                                    "(CPU: float32; CUDA: bf16-mixed to train, bfloat16 to evaluate)")
+    report_to: str = field("tensorboard", "training runs: experiment trackers, comma-separated: tensorboard, wandb, "
+                                          "trackio (pip install \"mathrl[wandb]\" / \"mathrl[trackio]\"), or none; "
+                                          "RUN/metrics.jsonl is always written")
 
     def validate(self) -> None:
         one_of(self.precision, PRECISIONS, "precision")
+        parse_report_to(self.report_to)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""GSM8K (Cobbe et al. 2021) in its official jsonl format: ``{"question": ..., "answer": ...}``.
+"""GSM8K (Cobbe et al. 2021) in its official jsonl format: ``{"question": ..., "answer": ...}`` (a local copy,
+else the hub's openai/gsm8k "main", the same rows, through ``datasets``: ``data_files.py``).
 
 Reference solutions carry calculator annotations ``<<expr=result>>`` and end with ``#### <answer>``. Answer
 extraction follows lm-evaluation-harness's GSM8K task: "strict" reads the number after the last ``####``
@@ -21,7 +22,7 @@ from mathrl.errors import UsageError
 from mathrl.tasks.answers import check_extract, extract_answer, extract_flexible, grade_text, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Grade, Problem, qa_prompt
 from mathrl.tasks.calculator import annotations
-from mathrl.tasks.data_files import find_data_dir, read_jsonl
+from mathrl.tasks.data_files import HUB, find_data_dir, hub_rows, read_jsonl
 
 MAX_STEP_LINES = 64
 
@@ -75,6 +76,7 @@ class GSM8KTask:
         self.extract = extract
         self.data_dir = data_dir
         self._cache: dict[str, list[Problem]] = {}
+        self._hub: dict[str, list[dict]] | None = None  # the hub copy's rows per split, when there is no local one
 
     def problems(self, split: str) -> list[Problem]:
         """train / test: the official files; dev: a fixed 5% of train (``in_dev``), for monitoring. Commands that
@@ -85,7 +87,15 @@ class GSM8KTask:
             return [p for p in self.problems("train") if in_dev(p.id)]
         if split not in self._cache:
             directory = find_data_dir("gsm8k", self.data_dir, f"{split}.jsonl")
-            self._cache[split] = load_gsm8k(Path(directory) / f"{split}.jsonl", split)
+            if directory is not None:
+                self._cache[split] = load_gsm8k(directory / f"{split}.jsonl", split)
+            else:  # no local copy: the published one (openai/gsm8k, the same rows), through datasets' cache
+                if self._hub is None:
+                    self._hub = hub_rows("gsm8k")
+                rows = self._hub
+                if split not in rows:
+                    raise UsageError(f"{HUB['gsm8k'][0]} has no {split} split (found: {', '.join(rows)})")
+                self._cache[split] = gsm8k_problems(rows[split], split, HUB["gsm8k"][0])
         return self._cache[split]
 
     def prompt(self, problem: Problem, shots: Sequence[Problem] = ()) -> str:
@@ -109,12 +119,20 @@ class GSM8KTask:
 
 
 def load_gsm8k(path: Path, split: str) -> list[Problem]:
+    return gsm8k_problems(read_jsonl(path, ("question", "answer")), split, str(path))
+
+
+def gsm8k_problems(rows: list[dict], split: str, source: str) -> list[Problem]:
+    """Problems from GSM8K rows ``{"question", "answer"}`` (the jsonl's, or the hub copy's); ``source`` names
+    where they come from in errors."""
     problems = []
-    for i, row in enumerate(read_jsonl(path, ("question", "answer"))):
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise UsageError(f"{source}: row {i + 1} lacks the string fields question and answer")
         solution = row["answer"].strip()
         answer = extract_answer(solution, "strict")
         if answer is None:
-            raise UsageError(f"{path}: row {i + 1} has no '#### <number>' answer line")
+            raise UsageError(f"{source}: row {i + 1} has no '#### <number>' answer line")
         problems.append(Problem(
             id=f"gsm8k-{split}-{i}",
             question=row["question"].strip(),

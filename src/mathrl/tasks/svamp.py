@@ -1,4 +1,5 @@
-"""SVAMP (Patel et al. 2021): 1,000 one- or two-operation word problems in ``SVAMP.json``.
+"""SVAMP (Patel et al. 2021): 1,000 one- or two-operation word problems in ``SVAMP.json`` (a local copy, else the
+hub's ChilleD/SVAMP through ``datasets``: ``data_files.py``).
 
 Each record has ``ID``, ``Body``, ``Question``, ``Equation`` (e.g. ``( 76.0 - 25.0 )``) and ``Answer`` (a float).
 One record (chal-680) has an ``Answer`` (1) that its ``Equation`` ((4-2)+3 = 5) contradicts; we grade against
@@ -24,7 +25,7 @@ from mathrl.errors import UsageError
 from mathrl.tasks.answers import check_extract, normalize_number
 from mathrl.tasks.base import QA_STOP_STRINGS, Problem
 from mathrl.tasks.calculator import CalculatorError, evaluate, format_number
-from mathrl.tasks.data_files import find_data_dir
+from mathrl.tasks.data_files import HUB, find_data_dir, hub_rows
 from mathrl.tasks.gsm8k import GSM8KTask, in_dev
 
 SPLITS = ("train", "test", "dev", "all")
@@ -60,7 +61,11 @@ class SVAMPTask:
             raise UsageError(f"unknown split {split!r} for task svamp (known: {', '.join(SPLITS)})")
         if self._all is None:
             directory = find_data_dir("svamp", self.data_dir, "SVAMP.json")
-            self._all = load_svamp(Path(directory) / "SVAMP.json")
+            if directory is not None:
+                self._all = load_svamp(directory / "SVAMP.json")
+            else:  # no local copy: the published one (ChilleD/SVAMP), its splits merged back into SVAMP.json's order
+                records = [r for rows in hub_rows("svamp").values() for r in rows]
+                self._all = svamp_problems(sorted(records, key=_id_order), HUB["svamp"][0])
         if split == "dev":
             return [p for p in self._all if p.meta["split"] == "train" and in_dev(p.id)]
         return [p for p in self._all if split == "all" or p.meta["split"] == split]
@@ -75,6 +80,12 @@ class SVAMPTask:
     step_spans = GSM8KTask.step_spans
 
 
+def _id_order(record: dict):
+    """SVAMP.json's order: chal-1, chal-2, ... chal-1000 (by the ID's number)."""
+    prefix, _, number = str(record.get("ID", "")).rpartition("-")
+    return (prefix, int(number)) if number.isdigit() else (str(record.get("ID", "")), 0)
+
+
 def load_svamp(path: Path) -> list[Problem]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
@@ -82,6 +93,11 @@ def load_svamp(path: Path) -> list[Problem]:
         raise UsageError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if not isinstance(records, list):
         raise UsageError(f"{path}: expected a JSON list of problems")
+    return svamp_problems(records, str(path))
+
+
+def svamp_problems(records: list, path: str) -> list[Problem]:
+    """Problems from SVAMP records (SVAMP.json's, or the hub copy's); ``path`` names where they come from."""
     problems = []
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not all(k in r for k in ("ID", "Body", "Question", "Equation", "Answer")):
