@@ -19,7 +19,7 @@ from mathrl import __version__
 def _commands():
     # imported here so that `mathrl --help` stays fast
     from mathrl import commands, study
-    from mathrl.algorithms import expert_iteration, orm, ppo, pretrain, rcrl, sft
+    from mathrl.algorithms import expert_iteration, grpo, orm, ppo, pretrain, rcrl, sft
 
     return {
         "study": (study.Config, study.main, "the whole paper grid on one task, with a report (report.md/.html)"),
@@ -30,8 +30,8 @@ def _commands():
         "sft": (sft.Config, sft.main, "supervised fine-tuning, with per-epoch dev metrics"),
         "ei": (expert_iteration.Config, expert_iteration.main, "Expert Iteration: sample K, keep the correct, fine-tune"),
         "orm train": (orm.Config, orm.main, "train an outcome (or --stepwise) reward model on policy samples"),
-        "ppo": (ppo.Config, ppo.main, "PPO with value head, GAE, KL penalty (--advantage grpo|rloo for group baselines)"),
-        "grpo": (ppo.GRPOConfig, ppo.main, "GRPO: PPO's loop with group-normalised advantages, no critic"),
+        "ppo": (ppo.Config, ppo.main, "PPO with value head, GAE, KL penalty in the reward"),
+        "grpo": (grpo.Config, grpo.main, "GRPO, RLOO, REINFORCE++ (--advantage): group or batch baselines, no critic"),
         "rcrl": (rcrl.Config, rcrl.main, "return-conditioned RL: train on good and bad samples marked by returns"),
         "eval": (commands.EvalConfig, commands.run_eval, "maj@1, maj@K, pass@K, rerank@K and more for a model"),
         "score": (commands.ScoreConfig, commands.run_score, "the same metrics for completions produced elsewhere"),

@@ -27,7 +27,7 @@ import torch
 
 from mathrl import checkpoint as ckpt
 from mathrl import distributed
-from mathrl.models import autocast, block_class_names, kv_cache_arg, kv_cache_of
+from mathrl.models import autocast, block_class_names
 from mathrl.runlog import progress
 from mathrl.runsetup import rng_state, set_rng_state
 
@@ -330,139 +330,6 @@ def train_steps(model, optimizer, examples: Sequence[Example], optim, *, pad_id:
             step += 1
             yield StepStats(step=step, epoch=step / per_epoch, loss=loss, grad_norm=norm, lr=lr * multiplier,
                             n_tokens=int(n_tokens))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Rollout batches: the learning step of the policy-gradient methods (PPO, GRPO, RLOO)
-
-
-def forward_policy(model, head, batch: RolloutBatch, with_values: bool, device="cpu"):
-    """(logprobs (N, C), values (N, C) or None) of the completion tokens of a rollout batch.
-
-    logprobs[n, c] = log pi(completion token c | prompt, completion tokens < c); values[n, c] = V(the same prefix).
-    Each distinct prompt is forwarded once (left-padded, P rows) and its key/value cache is shared by its
-    completions (N rows, right-padded): with K samples per prompt this saves (K - 1) / K of the prompt tokens'
-    compute in the forward and the backward pass, and the gradient flows through the shared cache. The vocabulary
-    projection runs only where a completion token is predicted. Equal to one plain forward pass over
-    prompt + completion (tests/test_training.py checks log-probs and gradients).
-    """
-    with autocast(model):
-        if getattr(model, "mathrl_checkpointing", False) and model.training and torch.is_grad_enabled():
-            return _forward_policy_whole(model, head, batch, with_values, device)
-        return _forward_policy(model, head, batch, with_values, device)
-
-
-def _forward_policy_whole(model, head, batch: RolloutBatch, with_values: bool, device):
-    """``forward_policy`` by one pass over each row's prompt + completion, without a shared prompt cache: a
-    checkpointed training pass cannot keep a KV cache (transformers drops it so that the recomputation in the
-    backward pass does not write it twice), so gradient checkpointing pays the prompt once per completion."""
-    rows = batch.prompt_of.to(device)
-    pids = batch.prompt_ids.to(device).index_select(0, rows)  # (N, Lp) left-padded
-    pmask = batch.prompt_mask.to(device).index_select(0, rows)
-    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
-    attention = torch.cat([pmask, cmask.long()], dim=-1)  # (N, Lp + C)
-    c = cids.shape[1]
-    # the logits of the last C + 1 positions: the prompt's last token predicts completion token 0
-    out = model(input_ids=torch.cat([pids, cids], dim=-1), attention_mask=attention,
-                position_ids=(attention.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=c + 1,
-                output_hidden_states=with_values)
-    logits = out.logits[:, :-1].float()  # (N, C, V)
-    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    if not with_values:
-        return logprobs, None
-    return logprobs, head(out.hidden_states[-1][:, -c - 1 : -1])
-
-
-def _forward_policy(model, head, batch: RolloutBatch, with_values: bool, device):
-    from transformers import DynamicCache
-
-    pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
-    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
-    rows = batch.prompt_of.to(device)
-    out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
-                  **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
-                  output_hidden_states=with_values)
-    cache = kv_cache_of(out_p)
-    for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
-        layer.batch_select_indices(rows)
-    attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
-    positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
-    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, **kv_cache_arg(cache),
-                  use_cache=True, output_hidden_states=with_values)
-    # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
-    logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
-    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    if not with_values:
-        return logprobs, None
-    hidden = torch.cat([out_p.hidden_states[-1][:, -1:].index_select(0, rows), out_c.hidden_states[-1][:, :-1]], 1)
-    return logprobs, head(hidden)
-
-
-@dataclass
-class RolloutBatch:
-    """One rollout batch, prompts stored once. Completion-aligned tensors are (N, C), right-padded; the mask
-    convention is training.py's (True = a token the loss counts); position c is completion token c."""
-
-    prompt_ids: torch.Tensor  # (P, Lp) distinct prompts, left-padded
-    prompt_mask: torch.Tensor  # (P, Lp) 1 on prompt tokens
-    prompt_of: torch.Tensor  # (N,) row -> its prompt's row in prompt_ids
-    completion_ids: torch.Tensor  # (N, C)
-    action_mask: torch.Tensor  # (N, C) completion tokens (the episode)
-    loss_mask: torch.Tensor  # (N, C) completion tokens the policy sampled (not calculator insertions)
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor | None = None
-    old_values: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-    outcome: torch.Tensor | None = None  # (N,) the outcome return of each rollout (before KL)
-    is_weights: torch.Tensor | None = None  # (N, C) truncated importance weights (--engine vllm), else None
-
-    def select(self, idx: torch.Tensor) -> RolloutBatch:
-        """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
-        used, prompt_of = torch.unique(self.prompt_of.index_select(0, idx), return_inverse=True)
-        pmask = self.prompt_mask.index_select(0, used)
-        lp = int(pmask.sum(-1).max()) if len(used) else 0
-        c = int(self.action_mask.index_select(0, idx).sum(-1).max()) if len(idx) else 0
-
-        def pick(x):
-            if x is None:
-                return None
-            x = x.index_select(0, idx)
-            return x[:, :c] if x.dim() == 2 else x
-
-        return RolloutBatch(
-            self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :], pmask[:, pmask.shape[1] - lp :],
-            prompt_of, pick(self.completion_ids), pick(self.action_mask), pick(self.loss_mask),
-            pick(self.old_logprobs), pick(self.ref_logprobs), pick(self.old_values), pick(self.advantages),
-            pick(self.returns), pick(self.outcome), pick(self.is_weights))
-
-
-def pack_rollouts(rollouts, pad_id: int) -> RolloutBatch:
-    """Rollouts -> a RolloutBatch (old log-probs from the sampler; the rest is filled in later)."""
-    firsts = {}
-    for r in rollouts:
-        firsts.setdefault(r.prompt_index, r.prompt_ids)
-    order = sorted(firsts)
-    lp = max(len(firsts[i]) for i in order)
-    prompt_ids = torch.full((len(order), lp), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(order), lp), dtype=torch.long)
-    for j, i in enumerate(order):
-        prompt_ids[j, lp - len(firsts[i]) :] = torch.tensor(firsts[i])
-        prompt_mask[j, lp - len(firsts[i]) :] = 1
-    slot = {i: j for j, i in enumerate(order)}
-    n, c = len(rollouts), max(len(r.completion_ids) for r in rollouts)
-    ids = torch.full((n, c), pad_id, dtype=torch.long)
-    action = torch.zeros((n, c), dtype=torch.bool)
-    loss = torch.zeros((n, c), dtype=torch.bool)
-    old = torch.zeros((n, c))
-    for i, r in enumerate(rollouts):
-        m = len(r.completion_ids)
-        ids[i, :m] = torch.tensor(r.completion_ids)
-        action[i, :m] = True
-        loss[i, :m] = torch.tensor(r.sampled_mask, dtype=torch.bool)
-        old[i, :m] = torch.tensor(r.logprobs)
-    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
-                        action, loss, old)
 
 
 # ----------------------------------------------------------------------------------------------------------
