@@ -45,7 +45,7 @@ from mathrl.advantages import group_advantages, group_signal, kl_penalty_rewards
 from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
-from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, masked_token_mean, ppo_policy_loss
+from mathrl.losses import AGGREGATIONS, POLICY_LOSSES, aggregate, ppo_policy_loss
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rollouts import OPTIM, Experience, LearnStats, Scores, Scoring, checkpoint_every, clip, eval_every, \
     forward_policy, iterations, kl_bound, minibatches, next_problems, old_policy, optimizer_step, pack_rollouts, \
@@ -406,14 +406,16 @@ def objective(cfg: Config, logprobs: torch.Tensor, part: Experience, n_loss: int
     (n, C): the policy term (``--policy-loss``) plus kl_coef x the k3 KL to the reference, reduced over the
     minibatch's ``n_loss`` loss tokens and ``n_rows`` rows (``--loss-aggregation``)."""
     lmask = part.batch.loss_mask.to(device)
+    # the policy term and the KL term reduced alike (losses.aggregate): GRPO's eq. 3 averages both inside each
+    # sequence, then over sequences; the reduction is linear, so aggregating the sum or each term is the same
+    how, total, max_len = cfg.loss_aggregation, max(1, n_loss), cfg.sampling.max_new_tokens
     loss, pstats = ppo_policy_loss(logprobs, part.old_logprobs.to(device), part.advantages.to(device), lmask,
-                                   clip=cfg.clip, total=max(1, n_loss), clip_high=cfg.clip_high or None,
-                                   kind=cfg.policy_loss, aggregation=cfg.loss_aggregation, n_rows=n_rows,
-                                   max_len=cfg.sampling.max_new_tokens,
+                                   clip=cfg.clip, total=total, clip_high=cfg.clip_high or None, kind=cfg.policy_loss,
+                                   aggregation=how, n_rows=n_rows, max_len=max_len,
                                    is_weights=part.is_weights.to(device) if part.is_weights is not None else None)
     if cfg.kl_coef > 0:
         _, kl = kl_penalty_rewards(logprobs, part.ref_logprobs.to(device), lmask, 1.0, "k3")
-        loss = loss + cfg.kl_coef * masked_token_mean(kl, lmask, max(1, n_loss))
+        loss = loss + cfg.kl_coef * aggregate(kl, lmask, how, total, n_rows, max_len)
     return loss, pstats, float("nan")
 
 
