@@ -48,8 +48,8 @@ def commands(d: Path) -> list[tuple[str, list[str]]]:
         ("grpo", ["grpo", "--model", sft, "--out", str(d / "grpo"), "--iterations", "3", "--prompts", "4", "-k", "4",
                   "--batch-size", "8", "--reward", "orm", "--orm", orm, *small_eval]),
         ("rloo-kl", ["grpo", "--model", sft, "--out", str(d / "rloo"), "--advantage", "rloo", "--iterations", "2",
-                     "--prompts", "4", "-k", "2", "--batch-size", "4", "--kl-coef", "0.1", "--reward", "orm", "--orm", orm,
-                     "--orm-mode", "step", *small_eval]),
+                     "--prompts", "4", "-k", "2", "--batch-size", "4", "--kl-coef", "0.1", "--reward", "orm",
+                     "--orm", orm, "--orm-mode", "step", *small_eval]),
         # grpo's switches: dynamic sampling within a rollout budget, DAPO's length shaping and clip-higher
         ("grpo-refill", ["grpo", "--model", sft, "--out", str(d / "grpo-refill"), "--iterations", "3", "--prompts",
                          "4", "-k", "4", "--batch-size", "8", "--reward", "dense", "--zero-signal", "refill",

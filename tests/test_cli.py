@@ -202,7 +202,8 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["ppo", "--model", "x", "--kl-coef", "0", "--kl-target", "1"], "--kl-target has no effect with --kl-coef 0"),
     (["grpo", "--model", "x", "--kl-bound", "5"], "--kl-bound has no effect with --kl-coef 0"),
     (["ppo", "--model", "x", "--vllm-is-cap", "3"], "--vllm-is-cap has no effect without --engine vllm"),
-    (["grpo", "--model", "x", "--eval-size", "0", "--eval-every", "2"], "--eval-every has no effect with --eval-size 0"),
+    (["grpo", "--model", "x", "--eval-size", "0", "--eval-every", "2"],
+     "--eval-every has no effect with --eval-size 0"),
     (["grpo", "--model", "x", "--policy-loss", "cispo", "--clip-high", "0.28", "--clip", "0.1"],
      "--clip has no effect with --policy-loss cispo and --clip-high"),
     (["grpo", "--model", "x", "--skip-zero-signal"], "renamed: did you mean --zero-signal?"),
@@ -305,7 +306,8 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
 
 @pytest.mark.parametrize("command,extra", [
     ("ppo", []), ("ppo", ["--reward", "dense", "--kl-target", "0.5"]), ("grpo", ["--reward", "orm"]),
-    ("grpo", ["--advantage", "rloo", "--kl-coef", "0.05", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
+    ("grpo", ["--advantage", "rloo", "--kl-coef", "0.05", "--reward", "orm"]),
+    ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
     # REINFORCE++ (batch mean and std) and REINFORCE++-baseline (group mean, batch std)
     ("grpo", ["--advantage", "reinforce++", "--reward", "orm"]),
     ("grpo", ["--advantage-scale", "batch", "--reward", "orm"]),

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mathrl.advantages import kl_penalty_rewards
-from mathrl.losses import PolicyStats, aggregate, entropy_from_logits, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
+from mathrl.losses import PolicyStats, aggregate, entropy_from_logits, masked_token_mean, ppo_policy_loss, sft_loss, \
+    value_loss
 
 T, F = True, False
 e = math.e

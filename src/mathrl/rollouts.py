@@ -2,18 +2,11 @@
 drawing rollouts, scoring them through the task, the passes that need no gradient, and one optimizer step over a
 minibatch of rollouts.
 
-Each stage returns a frozen value that the next stage takes as an argument; nothing is filled in later, so the
-order of the calls in a loop is the order of the data (torchtune's ``Trajectory`` is the model):
-
-    sample              -> prompts, list[Rollout]  K completions for each problem (``engines.sample``)
-    pack_rollouts       -> RolloutBatch            token tensors, each prompt stored once, the sampler's log-probs
-    score               -> Scores                  per-token rewards and each rollout's outcome, through the task
-    old_policy          -> OldPolicy               pi_old of the PPO ratio (the sampler's log-probs, or with
-                                                   --engine vllm the trainer's, with truncated IS weights)
-    reference_logprobs  -> (N, C)                  the reference model's log-probs (the KL term)
-    value_estimates     -> (N, C)                  the value head's V (PPO)
-    Experience                                     what the learning step reads, selected by rows
-    optimizer_step      -> UpdateStats             one minibatch: micro-batches, gradient all-reduce, clip, step
+Each stage returns a frozen value that the next takes as an argument, never filled in later, so the order of the
+calls is the order of the data (torchtune's ``Trajectory`` is the model): ``sample`` -> ``pack_rollouts``
+(``RolloutBatch``) -> ``score`` (``Scores``) -> ``old_policy`` (``OldPolicy``: pi_old of the PPO ratio, with
+--engine vllm the trainer's, with truncated IS weights), ``reference_logprobs``, ``value_estimates`` ->
+``Experience`` (what the learning step reads) -> ``optimizer_step`` per minibatch (``UpdateStats``).
 
 Mask convention (training.py's): True = a token the loss counts. Shapes: N rollouts, C completion tokens
 (right-padded; position c is completion token c), P distinct prompts, Lp prompt tokens (left-padded).
@@ -215,7 +208,7 @@ class Scores:
         """(N,) each rollout's return: outcome plus step rewards (what group baselines compare)."""
         return self.token_rewards.sum(-1)
 
-    def select(self, idx: torch.Tensor) -> Scores:
+    def select(self, idx: torch.Tensor) -> Scores:  # rows idx
         return Scores(self.token_rewards.index_select(0, idx), self.outcome.index_select(0, idx))
 
     @staticmethod
