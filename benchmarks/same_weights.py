@@ -1,6 +1,6 @@
 """md5 of the final weights of same-seed eager runs of every training command on the embedded default.
 
-Used to show that a refactor changed no behaviour (issue 23): run it before and after, compare the printed md5s.
+Used to show that a refactor changed no behaviour: run it before and after, compare the printed md5s.
 Tiny settings (a few steps each, 1 thread; GRPO and RLOO on the ORM's scores, so that groups carry signal), ~3 min on 2 CPU cores:
 
     python benchmarks/same_weights.py [--out DIR]
@@ -47,9 +47,21 @@ def commands(d: Path) -> list[tuple[str, list[str]]]:
                  "--epochs", "1", "--max-new-tokens", "16"]),
         ("grpo", ["grpo", "--model", sft, "--out", str(d / "grpo"), "--iterations", "3", "--prompts", "4", "-k", "4",
                   "--batch-size", "8", "--reward", "orm", "--orm", orm, *small_eval]),
-        ("rloo-kl", ["ppo", "--model", sft, "--out", str(d / "rloo"), "--advantage", "rloo", "--iterations", "2",
-                     "--prompts", "4", "-k", "2", "--batch-size", "4", "--kl-coef", "0.1", "--reward", "orm", "--orm", orm,
-                     "--orm-mode", "step", *small_eval]),
+        ("rloo-kl", ["grpo", "--model", sft, "--out", str(d / "rloo"), "--advantage", "rloo", "--iterations", "2",
+                     "--prompts", "4", "-k", "2", "--batch-size", "4", "--kl-coef", "0.1", "--reward", "orm",
+                     "--orm", orm, "--orm-mode", "step", *small_eval]),
+        # grpo's switches: dynamic sampling within a rollout budget, DAPO's length shaping and clip-higher
+        ("grpo-refill", ["grpo", "--model", sft, "--out", str(d / "grpo-refill"), "--iterations", "3", "--prompts",
+                         "4", "-k", "4", "--batch-size", "8", "--reward", "dense", "--zero-signal", "refill",
+                         "--max-rollouts", "40", "--overlong-buffer", "4", "--mask-truncated", "--clip-high", "0.28",
+                         *small_eval]),
+        ("gspo-seq", ["grpo", "--model", sft, "--out", str(d / "gspo-seq"), "--iterations", "2", "--prompts", "4",
+                      "-k", "4", "--batch-size", "8", "--reward", "orm", "--orm", orm, "--policy-loss", "gspo",
+                      "--loss-aggregation", "sequence", "--clip", "0.05", "--zero-signal", "drop", *small_eval]),
+        ("reinforce++", ["grpo", "--model", sft, "--out", str(d / "reinforce++"), "--advantage", "reinforce++",
+                         "--iterations", "2", "--prompts", "4", "-k", "2", "--batch-size", "4", "--reward", "orm",
+                         "--orm", orm, "--policy-loss", "cispo", "--clip-high", "0.28", "--loss-aggregation",
+                         "constant", "--micro-batch-size", "2", *small_eval]),
         ("rcrl", ["rcrl", "--model", sft, "--out", str(d / "rcrl"), "--questions", "8", "-k", "2", *small_eval]),
         ("rcrl-dense", ["rcrl", "--model", sft, "--out", str(d / "rcrl-dense"), "--returns", "dense",
                         "--questions", "8", "-k", "2", *small_eval]),

@@ -60,16 +60,16 @@ def main() -> None:
         return summarize(evaluate(model, tok, task, test, greedy, engine=engines.Mathrl()))["maj@1"]
 
     def run_mathrl(rep: int) -> tuple[float, Path]:
-        from mathrl.algorithms import ppo
+        from mathrl.algorithms import grpo
         from mathrl.config import build
 
         out = work / f"mathrl-{rep}"
-        cfg = build(ppo.GRPOConfig, dict(model=args.model, out=str(out), iterations=args.steps, prompts=args.prompts,
+        cfg = build(grpo.Config, dict(model=args.model, out=str(out), iterations=args.steps, prompts=args.prompts,
                                          k=args.group, max_new_tokens=args.max_new_tokens, lr=args.lr, warmup_steps=0,
                                          ppo_epochs=1, batch_size=args.prompts * args.group, eval_size=0,
                                          checkpoint_every=args.steps, threads=args.threads, seed=args.seed + rep))
         t0 = time.perf_counter()
-        ppo.train(cfg)
+        grpo.train(cfg)
         end_to_end.append(n_completions / (time.perf_counter() - t0))
         loop = sum(h["iteration_seconds"] for h in json.loads((out / "history.json").read_text()))
         return n_completions / loop, out / "model"

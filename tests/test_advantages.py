@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, kl_penalty_rewards, masked_mean, masked_var, \
-    whiten, zero_signal_fraction
+from mathrl.advantages import adaptive_kl_coef, gae, group_advantages, group_signal, kl_penalty_rewards, masked_mean, \
+    masked_var, whiten, zero_signal_fraction
 
 T, F = True, False
 
@@ -325,3 +325,24 @@ def test_overlong_penalty_by_hand():
     assert overlong_penalty(90, 100, 20) == pytest.approx(-0.5)
     assert overlong_penalty(100, 100, 20) == pytest.approx(-1.0)
     assert overlong_penalty(101, 100, 20) == -1.0 and overlong_penalty(99, 100, 0) == 0.0
+
+
+def test_a_group_of_equal_non_binary_rewards_gets_exactly_zero_advantage():
+    """Eight rewards of 0.7 (a user's reward function): 0.7 is not exact in float32, and a float32 mean of the eight
+    misses it by a rounding step, which the std epsilon (1e-6) used to blow up into the same non-zero advantage for
+    every sample. The group carries no signal (``group_signal``): every advantage is exactly 0, under every baseline
+    that is the group's. Binary groups are unchanged, by hand: [1, 0 x 7] has mean 1/8, centred 7/8 and -1/8,
+    population std sqrt((49 + 7) / 64 / 8) = sqrt(7) / 8, so A = 7/8 / (sqrt(7)/8) = sqrt(7) = 2.6457513 and
+    -1/8 / (sqrt(7)/8) = -1/sqrt(7) = -0.3779645 (RLOO: 1 - 0 = 1 and 0 - 1/7 = -0.1428571)."""
+    equal = torch.full((8,), 0.7)
+    binary = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    rewards = torch.cat([equal, binary])
+    for kind, kw in (("grpo", {}), ("grpo", {"scale": "none"}), ("grpo", {"scale": "batch"}), ("rloo", {})):
+        adv = group_advantages(rewards, 8, kind, **kw)
+        assert torch.equal(adv[:8], torch.zeros(8)), (kind, kw, adv[:8])
+    grpo = group_advantages(rewards, 8, "grpo")[8:]
+    assert grpo[0].item() == pytest.approx(math.sqrt(7), rel=1e-5)
+    assert grpo[1:].tolist() == pytest.approx([-1 / math.sqrt(7)] * 7, rel=1e-5)
+    assert group_advantages(rewards, 8, "rloo")[8:].tolist() == pytest.approx([1.0] + [-1 / 7] * 7, rel=1e-6)
+    # the same groups count as without signal
+    assert group_signal(rewards, 8).tolist() == [False, True] and zero_signal_fraction(rewards, 8) == 0.5

@@ -49,7 +49,7 @@ def arch_model(request, tiny_model_dir, tmp_path_factory):
 def test_sampled_logprobs_equal_the_training_forward_pass(arch_model, recwarn):
     from mathrl.models import load_model
     from mathrl.sampler import SamplingParams, sample
-    from mathrl.training import forward_policy, pack_rollouts
+    from mathrl.rollouts import forward_policy, pack_rollouts
 
     name, path = arch_model
     model, tok = load_model(str(path), device="cpu", dtype=torch.float32)
@@ -62,7 +62,7 @@ def test_sampled_logprobs_equal_the_training_forward_pass(arch_model, recwarn):
     assert bool(fallback) == (name in ("gemma3_text", "mistral")), name
     batch = pack_rollouts(rollouts, tok.pad_token_id)
     logp, _ = forward_policy(model, None, batch, False)
-    assert torch.allclose(logp[batch.action_mask], batch.old_logprobs[batch.action_mask], atol=2e-4), name
+    assert torch.allclose(logp[batch.action_mask], batch.sampled_logprobs[batch.action_mask], atol=2e-4), name
 
 
 def test_reward_model_trains_on_every_architecture(arch_model, tmp_path):

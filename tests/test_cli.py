@@ -252,12 +252,23 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     # impossible combinations
     (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
     (["ppo", "--model", "x", "--reward", "orm"], "--reward orm and --orm DIR go together"),
-    (["ppo", "--model", "x", "--zero-signal", "drop"], "--zero-signal drop/refill applies to grpo/rloo"),
-    (["grpo", "--model", "x", "--refill-rounds", "2"], "--refill-rounds applies to --zero-signal refill"),
+    (["ppo", "--model", "x", "--zero-signal", "drop"], "unknown flag --zero-signal: it is a `mathrl grpo` setting"),
+    (["ppo", "--model", "x", "--advantage", "rloo"], "critic-free: mathrl grpo --advantage grpo|rloo|reinforce++"),
+    (["grpo", "--model", "x", "--lam", "1"], "unknown flag --lam: it is a `mathrl ppo` setting"),
+    (["grpo", "--model", "x", "--refill-rounds", "2"], "--refill-rounds has no effect without --zero-signal refill"),
     (["grpo", "--model", "x", "--advantage", "reinforce++", "--zero-signal", "refill"],
      "--zero-signal drop/refill applies to grpo/rloo"),
     (["grpo", "--model", "x", "--advantage", "rloo", "--advantage-scale", "batch"],
-     "--advantage-scale applies to --advantage grpo"),
+     "--advantage-scale has no effect with --advantage rloo"),
+    # flags that cannot affect the run given the others
+    (["grpo", "--model", "x", "--orm-mode", "step"], "--orm-mode has no effect without --reward orm"),
+    (["ppo", "--model", "x", "--kl-coef", "0", "--kl-target", "1"], "--kl-target has no effect with --kl-coef 0"),
+    (["grpo", "--model", "x", "--kl-bound", "5"], "--kl-bound has no effect with --kl-coef 0"),
+    (["ppo", "--model", "x", "--vllm-is-cap", "3"], "--vllm-is-cap has no effect without --engine vllm"),
+    (["grpo", "--model", "x", "--eval-size", "0", "--eval-every", "2"],
+     "--eval-every has no effect with --eval-size 0"),
+    (["grpo", "--model", "x", "--policy-loss", "cispo", "--clip-high", "0.28", "--clip", "0.1"],
+     "--clip has no effect with --policy-loss cispo and --clip-high"),
     (["grpo", "--model", "x", "--skip-zero-signal"], "renamed: did you mean --zero-signal?"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -358,7 +369,8 @@ def test_reward_model_with_another_tokenizer_is_refused(start, tmp_path, data_di
 
 @pytest.mark.parametrize("command,extra", [
     ("ppo", []), ("ppo", ["--reward", "dense", "--kl-target", "0.5"]), ("grpo", ["--reward", "orm"]),
-    ("ppo", ["--advantage", "rloo", "--reward", "orm"]), ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
+    ("grpo", ["--advantage", "rloo", "--kl-coef", "0.05", "--reward", "orm"]),
+    ("ppo", ["--lora-rank", "2", "--reward", "orm"]),
     # REINFORCE++ (batch mean and std) and REINFORCE++-baseline (group mean, batch std)
     ("grpo", ["--advantage", "reinforce++", "--reward", "orm"]),
     ("grpo", ["--advantage-scale", "batch", "--reward", "orm"]),
@@ -382,8 +394,9 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
     assert history[-1]["iteration"] == 2 and history[-1]["rollouts"] == 16
     assert "maj@1" in history[0] and all("loss" in h and "grad_norm" in h for h in history[1:])
     assert all({"clipfrac_low", "clipfrac_high", "ratio_mean", "truncation_rate"} <= set(h) for h in history[1:])
-    # the KL is measured when there is a reference model: PPO, or a KL term; `mathrl grpo` (kl_coef 0) keeps none
-    assert ("kl" in history[-1]) == (command == "ppo")  # `mathrl ppo --advantage rloo` has kl_coef 0.05
+    # the KL is measured when there is a reference model: PPO (kl_coef 0.05), or a KL term; `mathrl grpo` (kl_coef
+    # 0) keeps none
+    assert ("kl" in history[-1]) == (command == "ppo" or "--kl-coef" in extra)
     if "--kl-target" in extra:  # adaptive KL: the coefficient moves with the measured KL
         assert history[1]["kl_coef"] == 0.05 and history[2]["kl_coef"] != history[1]["kl_coef"]
     if "--zero-signal" in extra:

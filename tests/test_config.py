@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from mathrl.algorithms import expert_iteration, orm, ppo, rcrl, sft
+from mathrl.algorithms import expert_iteration, grpo, orm, ppo, rcrl, sft
 from mathrl.cli import COMMANDS, load
 from mathrl.config import add_arguments, build, from_args, given, leaves, to_dict
 from mathrl.errors import UsageError
@@ -24,7 +24,7 @@ def test_a_shared_setting_has_one_name_and_one_help_text_in_every_command():
 def test_commands_set_their_own_defaults_where_they_compose_a_group():
     assert build(ppo.Config, {"model": "m"}).optim.lr == 1e-4
     assert build(sft.Config, {}).optim.lr == 3e-3 and build(sft.Config, {}).eval.eval_split == "dev"
-    assert build(ppo.GRPOConfig, {"model": "m"}).advantage == "grpo"
+    assert build(grpo.Config, {"model": "m"}).advantage == "grpo" and build(grpo.Config, {"model": "m"}).kl_coef == 0
     assert build(expert_iteration.Config, {"model": "m", "lr": 0.01}).optim.lr == 0.01
 
 
@@ -42,6 +42,26 @@ def test_flat_and_nested_mappings_and_the_saved_config_round_trip():
 def test_old_spellings_name_the_new_one(cls, key, new):
     with pytest.raises(UsageError, match=f"renamed: did you mean '{new}'"):
         build(cls, {"model": "m", key: 1} if key != "policy" else {key: "m"})
+
+
+def test_config_files_of_the_single_ppo_grpo_loop_still_load():
+    # config.yaml of a PPO run of earlier versions: the critic-free settings at the values of a PPO run
+    old_ppo = {"model": "m", "advantage": "gae", "clip_high": 0.0, "policy_loss": "ppo", "loss_aggregation": "token",
+               "advantage_scale": "group", "overlong_buffer": 0, "mask_truncated": False, "zero_signal": "keep",
+               "refill_rounds": 4, "max_rollouts": 0, "reward": "sparse", "kl_coef": 0.05, "lam": 1.0}
+    assert build(ppo.Config, old_ppo).lam == 1.0
+    # ... and of a GRPO run: the critic's settings at their defaults
+    old_grpo = {"model": "m", "advantage": "rloo", "value_clip": 0.2, "vf_coef": 0.5, "value_trunk_grad": False,
+                "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "kl_target": 0.0, "kl_coef": 0.1}
+    assert build(grpo.Config, old_grpo).advantage == "rloo"
+    # a critic-free run of `mathrl ppo --advantage rloo` is `mathrl grpo --advantage rloo` now; a setting of the
+    # other loop at any other value is refused, naming that loop
+    with pytest.raises(UsageError, match="mathrl grpo --advantage"):
+        build(ppo.Config, {**old_ppo, "advantage": "rloo"})
+    with pytest.raises(UsageError, match="mathrl ppo"):
+        build(grpo.Config, {**old_grpo, "gamma": 0.9})
+    for cls in (ppo.Config, grpo.Config):
+        assert not set(cls.RETIRED) & {f.name for _, f, _, _ in leaves(cls)}
 
 
 def test_groups_validate_their_fields():

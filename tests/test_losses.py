@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from mathrl.losses import PolicyStats, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
+from mathrl.advantages import kl_penalty_rewards
+from mathrl.losses import PolicyStats, aggregate, masked_token_mean, ppo_policy_loss, sft_loss, value_loss
 
 T, F = True, False
 e = math.e
@@ -287,3 +288,37 @@ def test_ppo_loss_importance_weights_scale_each_token():
     plain, _ = ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), adv, mask)
     ones, _ = ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), adv, mask, is_weights=torch.ones(1, 2))
     assert float(plain) == pytest.approx(0.5) and float(ones) == float(plain)
+
+
+def test_kl_term_aggregates_like_the_policy_term():
+    """``aggregate`` reduces any per-token term the same way: here GRPO's k3 KL. Row 0 has one token with
+    log(pi / pi_ref) = ln 2, so k3 = exp(-ln 2) - 1 + ln 2 = 0.5 - 1 + 0.6931472 = 0.1931472; row 1 has three
+    tokens with log ratio 0 (k3 = 0). token: 0.1931472 / 4 tokens = 0.0482868; sequence (GRPO eq. 3): the row
+    means 0.1931472 and 0, then their mean = 0.0965736; constant (Dr.GRPO): 0.1931472 / (2 rows x 4) = 0.0241434."""
+    mask = torch.tensor([[T, F, F], [T, T, T]])
+    logp = torch.tensor([[math.log(2), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    _, kl = kl_penalty_rewards(logp, torch.zeros(2, 3), mask, 1.0, "k3")
+    assert float(aggregate(kl, mask, "token", total=4)) == pytest.approx(0.1931472 / 4)
+    assert float(aggregate(kl, mask, "sequence", n_rows=2)) == pytest.approx(0.1931472 / 2)
+    assert float(aggregate(kl, mask, "constant", n_rows=2, max_len=4)) == pytest.approx(0.1931472 / 8)
+
+
+def test_grpo_objective_aggregates_its_kl_term_with_the_policy_term():
+    """`mathrl grpo --kl-coef 0.5`: with advantages 0 the objective is 0.5 x the KL term alone, aggregated as
+    --loss-aggregation says (numbers of test_kl_term_aggregates_like_the_policy_term): token 0.5 x 0.0482868,
+    sequence 0.5 x 0.0965736, constant 0.5 x 0.0241434. (The KL term used to be a token mean under every
+    aggregation.)"""
+    from mathrl.algorithms import grpo
+    from mathrl.config import build
+    from mathrl.rollouts import Experience, RolloutBatch
+
+    mask = torch.tensor([[T, F, F], [T, T, T]])
+    logp = torch.tensor([[math.log(2), 0.0, 0.0], [0.0, 0.0, 0.0]])
+    batch = RolloutBatch(torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long),
+                         torch.zeros(2, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long), mask, mask, logp)
+    part = Experience(batch, old_logprobs=logp, advantages=torch.zeros(2, 3), ref_logprobs=torch.zeros(2, 3))
+    for aggregation, kl in (("token", 0.1931472 / 4), ("sequence", 0.1931472 / 2), ("constant", 0.1931472 / 8)):
+        cfg = build(grpo.Config, {"model": "m", "kl_coef": 0.5, "loss_aggregation": aggregation,
+                                  "max_new_tokens": 4})
+        loss, _, _ = grpo.objective(cfg, logp, part, n_loss=4, n_rows=2, device="cpu")
+        assert float(loss) == pytest.approx(0.5 * kl), aggregation

@@ -1,4 +1,4 @@
-"""The PPO/GRPO learning step's forward pass (training.forward_policy: each prompt once, its key/value cache shared by
+"""The PPO/GRPO learning step's forward pass (rollouts.forward_policy: each prompt once, its key/value cache shared by
 its completions, the vocabulary projection only at completion positions) equals one plain forward pass per rollout
 over prompt + completion: log-probs, values and the gradients of both."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mathrl.algorithms.ppo import ValueHead
-from mathrl.training import forward_policy, pack_rollouts as _pack
+from mathrl.rollouts import forward_policy, pack_rollouts as _pack
 from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import load_task
@@ -105,7 +105,7 @@ def test_orm_step_rewards_are_potential_shaping_that_telescopes_to_the_final_sco
     (or -0.1) at the end: sum 0.3 = 0.8 - 0.5 either way."""
     from types import SimpleNamespace
 
-    from mathrl.algorithms.ppo import _add_step_rewards
+    from mathrl.rollouts import _add_step_rewards
     from mathrl.models import load_tokenizer
     from mathrl.tasks import load_task
 
@@ -124,8 +124,7 @@ def test_orm_step_rewards_are_potential_shaping_that_telescopes_to_the_final_sco
     ids = tok(text, add_special_tokens=False)["input_ids"]
     rollout = SimpleNamespace(text=text, completion_ids=ids, prompt_index=0)
     rewards = torch.zeros((1, len(ids)))
-    _add_step_rewards(task, tok, Scorer(), [rollout], [p], ["q"], rewards,
-                      SimpleNamespace(reward="orm", orm_mode="step"))
+    _add_step_rewards(task, tok, Scorer(), [rollout], [p], ["q"], rewards, "orm")
     assert float(rewards.sum()) == pytest.approx(0.8 - 0.5)
     nonzero = rewards[0][rewards[0] != 0].tolist()
     # +0.1 after step 1 (+0.3 after step 2), then the final correction 0.8 - s_last on the last token ("#### N")

@@ -144,7 +144,7 @@ def test_embedding_rows_without_a_token_are_never_sampled(tiny_model_dir, tmp_pa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mathrl.models import load_model, load_tokenizer
-    from mathrl.training import forward_policy, pack_rollouts
+    from mathrl.rollouts import forward_policy, pack_rollouts
 
     tok = load_tokenizer(str(tiny_model_dir))
     config = AutoConfig.from_pretrained(str(tiny_model_dir))
@@ -159,4 +159,4 @@ def test_embedding_rows_without_a_token_are_never_sampled(tiny_model_dir, tmp_pa
     assert len(ids) >= 40 and max(ids) < len(tok)
     logp, _ = forward_policy(model, None, pack_rollouts(rollouts, tok.pad_token_id), False)
     batch = pack_rollouts(rollouts, tok.pad_token_id)
-    assert torch.allclose(logp[batch.action_mask], batch.old_logprobs[batch.action_mask], atol=1e-4)
+    assert torch.allclose(logp[batch.action_mask], batch.sampled_logprobs[batch.action_mask], atol=1e-4)

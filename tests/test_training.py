@@ -152,7 +152,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir
     from mathrl.models import load_model
     from mathrl.sampler import SamplingParams, sample
     from mathrl.settings import Compute
-    from mathrl.training import forward_policy, pack_rollouts
+    from mathrl.rollouts import forward_policy, pack_rollouts
 
     plain, tok = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32, for_training=True)
     ckpt, _ = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32, for_training=True,
@@ -172,7 +172,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir
     (l1, lp1, g1), (l2, lp2, g2) = out["plain"], out["checkpointed"]
     assert l1 == pytest.approx(l2, abs=1e-6)
     assert torch.allclose(lp1[rb.action_mask], lp2[rb.action_mask], atol=1e-5)
-    assert torch.allclose(lp1[rb.action_mask], rb.old_logprobs[rb.action_mask], atol=1e-4)  # the sampler's, too
+    assert torch.allclose(lp1[rb.action_mask], rb.sampled_logprobs[rb.action_mask], atol=1e-4)  # the sampler's, too
     # the rollout path sums in another order (one sequence instead of a shared cache): equal up to float rounding
     assert all(torch.allclose(g1[n], g2[n], atol=5e-5) for n in g1), max((g1[n] - g2[n]).abs().max() for n in g1)
 

@@ -29,7 +29,7 @@ from mathrl.models import load_model
 from mathrl.sampler import SamplingParams, sample
 from mathrl.settings import Sampling
 from mathrl.tasks import load_task
-from mathrl.training import forward_policy, pack_rollouts
+from mathrl.rollouts import forward_policy, pack_rollouts
 
 pytestmark = pytest.mark.vllm
 
@@ -98,7 +98,7 @@ def test_samples_are_reproducible_and_their_logprobs_the_trainers(sft_model, tas
     batch = pack_rollouts(a, tok.pad_token_id)
     with torch.no_grad():
         lp, _ = forward_policy(model, None, batch, False, "cpu")
-    gap = (torch.where(batch.action_mask, lp - batch.old_logprobs, 0)).abs().max()
+    gap = (torch.where(batch.action_mask, lp - batch.sampled_logprobs, 0)).abs().max()
     print(f"sampled: max |engine - trainer log-prob| {float(gap):.2e}")
     assert float(gap) < LOGPROB_TOL
     engine.close()

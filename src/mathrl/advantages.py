@@ -160,8 +160,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
       Deviation: Hu et al. subtract the KL penalty from the reward per token; here, as for GRPO, the KL is a loss
       term (``--kl-coef``).
 
-    A group whose valid rewards are all equal carries no signal: all its advantages are 0 (see
-    ``zero_signal_fraction``). Returns (N,) float, no gradient (rewards are data).
+    A group whose valid rewards are all equal carries no signal (``group_signal``): under grpo and rloo all its
+    advantages are exactly 0 (detected by comparing the rewards, not through their rounded mean), whatever the
+    rewards' values. Returns (N,) float, no gradient (rewards are data).
     """
     if kind not in ("grpo", "rloo", "reinforce++"):
         raise ValueError(f"kind must be 'grpo', 'rloo' or 'reinforce++', got {kind!r}")
@@ -174,13 +175,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
     r0 = torch.where(valid, r, 0)
     n_valid = valid.sum(dim=1, keepdim=True)  # (N/G, 1)
     group_sum = r0.sum(dim=1, keepdim=True)
+    # a group whose valid rewards are all equal gets exactly 0 from a group baseline: its float32 mean can miss the
+    # common value by a rounding step (eight rewards of 0.7), which the std division would scale up
+    no_signal = ~_signal(r, valid).unsqueeze(-1)  # (N/G, 1)
 
     if kind == "reinforce++":
         centred = r0 - group_sum.sum() / n_valid.sum().clamp(min=1)
         advantages = centred / (_batch_std(centred, valid) + eps)
     elif kind == "grpo":
         mean = group_sum / n_valid.clamp(min=1)
-        advantages = r0 - mean
+        advantages = torch.where(no_signal, 0, r0 - mean)
         if scale == "group":
             std = torch.sqrt(torch.where(valid, advantages ** 2, 0).sum(dim=1, keepdim=True) / n_valid.clamp(min=1))
             advantages = advantages / (std + eps)
@@ -188,7 +192,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, eps: flo
             advantages = advantages / (_batch_std(advantages, valid) + eps)
     else:
         mean_others = (group_sum - r0) / (n_valid - 1).clamp(min=1)
-        advantages = torch.where(n_valid >= 2, r0 - mean_others, 0)
+        advantages = torch.where((n_valid >= 2) & ~no_signal, r0 - mean_others, 0)
     return torch.where(valid, advantages, 0).reshape(-1)
 
 
@@ -211,7 +215,12 @@ def group_signal(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     returns: (N,) float -> (N/G,) bool.
     """
     r = _grouped(returns.detach(), group_size)  # (N/G, G)
-    valid = ~torch.isnan(r)
+    return _signal(r, ~torch.isnan(r))
+
+
+def _signal(r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(N/G, G) grouped values and their validity -> (N/G,) bool: at least 2 valid values, not all equal (compared
+    exactly, never through a rounded mean)."""
     highest = torch.where(valid, r, -math.inf).max(dim=1).values
     lowest = torch.where(valid, r, math.inf).min(dim=1).values
     return (valid.sum(dim=1) >= 2) & (highest != lowest)

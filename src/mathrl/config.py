@@ -161,7 +161,10 @@ def unknown_flag(cls, extra: list[str]) -> UsageError:
     if not flags:
         return UsageError(f"unrecognized arguments: {' '.join(extra)}")
     names = {f.name for _, f, _, _ in leaves(cls)}
-    renamed, close = _suggest(flags[0][2:].split("=")[0].replace("-", "_"), names)
+    name = flags[0][2:].split("=")[0].replace("-", "_")
+    if name in getattr(cls, "RETIRED", {}):
+        return UsageError(f"unknown flag {flags[0]}: it {cls.RETIRED[name][1]}")
+    renamed, close = _suggest(name, names)
     as_flag = "--" + (renamed or close or "").replace("_", "-")
     if renamed:
         return UsageError(f"unknown flag {flags[0]} (renamed: did you mean {as_flag}?)")
@@ -202,7 +205,12 @@ def build(cls, values: dict, source: str = "config", explicit=()):
     top, inner = {}, {g: {} for g in groups}
     defaults = {f.name: default for _, f, default, _ in leaves(cls)}
     chosen = set()
+    retired = getattr(cls, "RETIRED", {})  # {name: (the value still read back, why any other is refused)}
     for name, value in flat.items():
+        if name not in where and name in retired:
+            if value == retired[name][0]:
+                continue  # an older config file's record of a setting this command no longer has
+            raise UsageError(f"{source}: {name} {value!r} {retired[name][1]}")
         if name not in where:
             raise unknown_option(name, where, source)
         grp, hint = where[name]

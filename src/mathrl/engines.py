@@ -70,33 +70,6 @@ def create(policy, sampling, model_dir: str):
     return VLLMEngine(str(model_dir), sampling.token_budget)
 
 
-# TEMPORARY, until algorithms/ppo.py holds the engine ``create`` returns and passes it on (ppo.py only; nothing else
-# may use these): the engine rides on the policy as ``mathrl_engine``, and ``sample``/``name``/``close`` find it.
-def attach(policy, tokenizer, sampling, model_dir: str) -> None:
-    policy.mathrl_engine = create(policy, sampling, model_dir)
-
-
-def of(model):
-    """TEMPORARY (see ``attach``): the engine riding on ``model``, else mathrl's sampler."""
-    return getattr(model, "mathrl_engine", None) or Mathrl()
-
-
-def name(model) -> str:
-    """TEMPORARY (see ``attach``)."""
-    return of(model).name
-
-
-def sample(model, tokenizer, prompts, k: int, params: SamplingParams, keys=None, progress=None) -> list[Rollout]:
-    """TEMPORARY (see ``attach``)."""
-    return of(model).sample(model, tokenizer, prompts, k, params, keys=keys, progress=progress)
-
-
-def close(model) -> None:
-    """TEMPORARY (see ``attach``)."""
-    of(model).close()
-    model.mathrl_engine = None
-
-
 def _import_vllm():
     # In-process engine core: the only way to hand it the trainer's tensors without a copy through a socket
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

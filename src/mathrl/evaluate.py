@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mathrl import distributed, engines
+from mathrl import distributed
 from mathrl.metrics import auc, distinct_count, maj_at_k, normalize_solution, pass_at_k, rerank_at_k
 from mathrl.sampler import sampling_params
 from mathrl.tasks.answers import EXTRACTIONS, MATH_VERIFY, grade_text
@@ -316,14 +316,12 @@ def headline(metrics: dict, k: int | None = None) -> str:
     return "  ".join(f"{key}={metrics[key]:.3f}" for key in keys if isinstance(metrics.get(key), float))
 
 
-def evaluate_in_run(policy, tokenizer, task, problems: Sequence[Problem], ev, sampling, *, engine=None, seed: int,
+def evaluate_in_run(policy, tokenizer, task, problems: Sequence[Problem], ev, sampling, *, engine, seed: int,
                     run_dir: Path, rollouts: int, when: str, shots: Sequence[Problem] = (),
                     condition: dict | None = None) -> dict:
     """An RL run's evaluation: ``evaluate`` with ``engine``, the run's ``settings.Evaluation`` (K, temperature)
     and sampling limits, per-question records appended to RUN/eval_questions.jsonl (tagged with the rollouts
     consumed, what the study pairs on), the headline printed; returns the float metrics for the run's history."""
-    if engine is None:  # TEMPORARY, until algorithms/ppo.py passes its engine: the one riding on the policy
-        engine = engines.of(policy)
     policy.eval()
     sampling = replace(sampling, k=ev.eval_k, temperature=ev.eval_temperature)
     results = evaluate(policy, tokenizer, task, problems, sampling, engine=engine, shots=shots, seed=seed,

@@ -68,7 +68,9 @@ POLICY_LOSSES = ("ppo", "gspo", "cispo")
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token", total=None,
               n_rows: int | None = None, max_len: int | None = None) -> torch.Tensor:
-    """Reduce a per-token loss (B, T) to a scalar, the way the objective family differs:
+    """Reduce a per-token loss (B, T) to a scalar, the way the objective family differs (one reduction for every
+    term of an objective: ``ppo_policy_loss`` reduces the policy term with it and ``mathrl grpo`` its k3 KL term,
+    as GRPO's eq. 3 averages both together inside each sequence):
 
     - ``token`` (DAPO, Yu et al. 2025 eq. 12; the default): sum over all target tokens / ``total`` target tokens of
       the optimizer batch, every token weighted equally;

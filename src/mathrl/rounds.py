@@ -15,7 +15,7 @@ from typing import Sequence
 from mathrl import checkpoint as ckpt
 from mathrl import distributed
 from mathrl.runlog import progress
-from mathrl.runsetup import rng_state, set_rng_state
+from mathrl.seeds import rng_state, set_rng_state
 from mathrl.training import Example, make_optimizer, train_steps
 
 def round_total_steps(n_examples: int, optim, rounds) -> int:

@@ -22,8 +22,6 @@ from mathrl.config import leaves
 from mathrl.errors import UsageError
 from mathrl.models import count_parameters, load_tokenizer, model_dir as local_model_dir
 from mathrl.seeds import seed_everything
-# TEMPORARY, until algorithms/ppo.py imports them from mathrl.seeds: the RNG-state functions under their old home
-from mathrl.seeds import rng_state, set_rng_state  # noqa: F401
 from mathrl.settings import Data, Prompting, read_template
 from mathrl.tasks import Task, load_task, recorded_level
 from mathrl.tasks.exemplars import exemplars as exemplar_problems
@@ -113,17 +111,6 @@ def write_record(model_dir: str | os.PathLike, record: ModelRecord) -> None:
         Path(model_dir, "mathrl.json").write_text(json.dumps(record.to_dict(), indent=1))
 
 
-def write_meta(model_dir: str | os.PathLike, **meta) -> None:
-    """TEMPORARY, until algorithms/ppo.py writes a ``ModelRecord`` with ``write_record``: its keyword form."""
-    write_record(model_dir, ModelRecord(**meta))
-
-
-def recorded_shots(model_dir: str) -> dict:
-    """TEMPORARY, until algorithms/ppo.py reads ``read_record(model).shots`` and ``.exemplars``."""
-    record = read_record(model_dir)
-    return {"shots": record.shots, **({"exemplars": record.exemplars} if record.exemplars else {})}
-
-
 def task_for(model: str | None, data: Data, prompting: Prompting | None = None, *, teaching: bool = False,
              **options) -> Task:
     """The task a command works on, for ``model`` and the ``settings.Data`` and ``settings.Prompting`` flags: the
@@ -162,11 +149,6 @@ def task_for(model: str | None, data: Data, prompting: Prompting | None = None, 
     task = load_task(name, **{**opts, **fields, **options})
     fmt = prompt_format(model, prompting)
     return with_format(task, fmt, chat_renderer(model) if fmt.chat_template else None)
-
-
-def task_of(model: str, data: Data, prompting: Prompting | None = None) -> Task:
-    """TEMPORARY, until algorithms/ppo.py calls ``task_for``: its old name."""
-    return task_for(model, data, prompting)
 
 
 def prompt_format(model: str | None, prompting=None) -> PromptFormat:

@@ -320,7 +320,7 @@ def _run_stage(stage: Stage, root: Path, threads: int) -> float:
 # modules every stage imports, loaded once by the fork server (names, not the CLI: the child runs `mathrl` as
 # `python -m mathrl` does)
 _PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "mathrl.commands",
-            "mathrl.algorithms.expert_iteration", "mathrl.algorithms.orm", "mathrl.algorithms.ppo",
+            "mathrl.algorithms.expert_iteration", "mathrl.algorithms.grpo", "mathrl.algorithms.orm", "mathrl.algorithms.ppo",
             "mathrl.algorithms.pretrain", "mathrl.algorithms.rcrl", "mathrl.algorithms.sft"]
 
 

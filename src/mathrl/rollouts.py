@@ -1,0 +1,502 @@
+"""What the two policy-gradient loops share (``algorithms/ppo.py`` with a critic, ``algorithms/grpo.py`` without):
+drawing rollouts, scoring them through the task, the passes that need no gradient, and one optimizer step over a
+minibatch of rollouts.
+
+Each stage returns a frozen value that the next takes as an argument, never filled in later, so the order of the
+calls is the order of the data (torchtune's ``Trajectory`` is the model): ``sample`` -> ``pack_rollouts``
+(``RolloutBatch``) -> ``score`` (``Scores``) -> ``old_policy`` (``OldPolicy``: pi_old of the PPO ratio, with
+--engine vllm the trainer's, with truncated IS weights), ``reference_logprobs``, ``value_estimates`` ->
+``Experience`` (what the learning step reads) -> ``optimizer_step`` per minibatch (``UpdateStats``).
+
+Mask convention (training.py's): True = a token the loss counts. Shapes: N rollouts, C completion tokens
+(right-padded; position c is completion token c), P distinct prompts, Lp prompt tokens (left-padded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mathrl import checkpoint as ckpt
+from mathrl import distributed
+from mathrl.config import field, refuse
+from mathrl.errors import UsageError
+from mathrl.losses import truncated_importance_weights
+from mathrl.models import autocast, kv_cache_arg, kv_cache_of
+from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, overlong_penalty, user_reward
+from mathrl.sampler import sampling_params
+from mathrl.training import clip_and_step, split_micro
+
+# ----------------------------------------------------------------------------------------------------------
+# The settings both loops take (one name, one default, one help text)
+
+
+@dataclass
+class Scoring:
+    """How rollouts are scored (``score``)."""
+
+    reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
+                                  "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
+    orm: str = field("", "reward-model directory (reward orm)")
+    orm_mode: str = field("terminal", "orm reward: terminal (score at the end) or step (score changes at step ends)")
+
+    def validate(self) -> None:
+        if is_user_reward(self.reward):
+            user_reward(self.reward)  # import it now: a typo fails before any work
+        elif self.reward not in ("sparse", "verified", "dense", "orm"):
+            raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm, module:function)")
+        if (self.reward == "orm") != bool(self.orm):
+            raise UsageError("--reward orm and --orm DIR go together")
+        if self.orm_mode not in ("terminal", "step"):
+            raise UsageError("orm_mode must be terminal or step")
+        if self.reward != "orm":
+            refuse(self, ["orm_mode"], "without --reward orm")
+
+    @property
+    def orm_steps(self) -> bool:
+        return self.reward == "orm" and self.orm_mode == "step"
+
+
+# AdamW at a constant learning rate after a short warmup; batch_size: rollouts per optimizer step (a minibatch)
+OPTIM = dict(lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
+
+
+def iterations():
+    return field(40, "rollout batches")
+
+
+def prompts():
+    return field(64, "prompts per rollout batch")
+
+
+def ppo_epochs():
+    return field(2, "passes over each rollout batch")
+
+
+def clip():
+    return field(0.2, "PPO ratio clip (the lower side, and the upper one unless --clip-high)")
+
+
+def kl_bound():
+    return field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this (with a "
+                       "reference model: --kl-coef > 0)")
+
+
+def vllm_is_cap():
+    return field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine (TIS)")
+
+
+def eval_every():
+    return field(10, "iterations between evaluations (0: only at the end)")
+
+
+def checkpoint_every():
+    return field(5, "iterations between checkpoints")
+
+
+def validate_shared(cfg) -> None:
+    """The checks of the settings above, the same in both loops."""
+    cfg.scoring.validate()
+    for name in ("iterations", "prompts", "ppo_epochs", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"{name} must be >= 1")
+    if cfg.clip <= 0 or cfg.kl_coef < 0 or cfg.kl_bound <= 0:
+        raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
+    if cfg.vllm_is_cap < 1:
+        raise UsageError("--vllm-is-cap must be >= 1")
+    if cfg.sampling.engine != "vllm":
+        refuse(cfg, ["vllm_is_cap"], "without --engine vllm (the trainer samples with its own log-probs)")
+    if cfg.kl_coef == 0:
+        refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
+    if not cfg.eval.eval_size:
+        refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Collect
+
+
+def next_problems(questions: list, order: list[int], start: int, n: int) -> list:
+    """The ``n`` problems after position ``start`` of a fixed shuffled pass (``order``) over ``questions``."""
+    return [questions[order[(start + j) % len(order)]] for j in range(n)]
+
+
+def sample(engine, policy, tokenizer, task, problems: list, shots, sampling, seed: int) -> tuple[list[str], list]:
+    """(prompts, rollouts): ``engine`` draws ``sampling.k`` completions of each problem's prompt, ordered by (prompt, sample);
+    ``rollout.prompt_index`` indexes ``problems``."""
+    prompts = [task.prompt(p, shots) for p in problems]
+    policy.eval()
+    rollouts = engine.sample(policy, tokenizer, prompts, sampling.k,
+                             sampling_params(sampling, task.stop_strings, seed=seed), keys=[p.id for p in problems])
+    return prompts, rollouts
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """One rollout batch, prompts stored once. Completion-aligned tensors are (N, C), right-padded."""
+
+    prompt_ids: torch.Tensor  # (P, Lp) distinct prompts, left-padded
+    prompt_mask: torch.Tensor  # (P, Lp) 1 on prompt tokens
+    prompt_of: torch.Tensor  # (N,) row -> its prompt's row in prompt_ids
+    completion_ids: torch.Tensor  # (N, C)
+    action_mask: torch.Tensor  # (N, C) completion tokens (the episode)
+    loss_mask: torch.Tensor  # (N, C) completion tokens the policy loss counts (sampled, not calculator insertions)
+    sampled_logprobs: torch.Tensor  # (N, C) log-probs of the tokens under the engine that sampled them
+
+    def select(self, idx: torch.Tensor) -> RolloutBatch:
+        """Rows ``idx``, with only their prompts, and padding trimmed to the longest selected row and prompt."""
+        used, prompt_of = torch.unique(self.prompt_of.index_select(0, idx), return_inverse=True)
+        pmask = self.prompt_mask.index_select(0, used)
+        lp = int(pmask.sum(-1).max()) if len(used) else 0
+        c = int(self.action_mask.index_select(0, idx).sum(-1).max()) if len(idx) else 0
+        pick = lambda x: x.index_select(0, idx)[:, :c]  # noqa: E731
+        return RolloutBatch(self.prompt_ids.index_select(0, used)[:, pmask.shape[1] - lp :],
+                            pmask[:, pmask.shape[1] - lp :], prompt_of, pick(self.completion_ids),
+                            pick(self.action_mask), pick(self.loss_mask), pick(self.sampled_logprobs))
+
+
+def pack_rollouts(rollouts, pad_id: int, mask_truncated: bool = False) -> RolloutBatch:
+    """Rollouts -> a RolloutBatch. ``mask_truncated``: completions cut at the length limit get no loss tokens
+    (DAPO's overlong filtering, Yu et al. 2025, section 3.4)."""
+    firsts = {}
+    for r in rollouts:
+        firsts.setdefault(r.prompt_index, r.prompt_ids)
+    order = sorted(firsts)
+    lp = max(len(firsts[i]) for i in order)
+    prompt_ids = torch.full((len(order), lp), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(order), lp), dtype=torch.long)
+    for j, i in enumerate(order):
+        prompt_ids[j, lp - len(firsts[i]) :] = torch.tensor(firsts[i])
+        prompt_mask[j, lp - len(firsts[i]) :] = 1
+    slot = {i: j for j, i in enumerate(order)}
+    n, c = len(rollouts), max(len(r.completion_ids) for r in rollouts)
+    ids = torch.full((n, c), pad_id, dtype=torch.long)
+    action = torch.zeros((n, c), dtype=torch.bool)
+    loss = torch.zeros((n, c), dtype=torch.bool)
+    logprobs = torch.zeros((n, c))
+    for i, r in enumerate(rollouts):
+        m = len(r.completion_ids)
+        ids[i, :m] = torch.tensor(r.completion_ids)
+        action[i, :m] = True
+        loss[i, :m] = torch.tensor(r.sampled_mask, dtype=torch.bool)
+        logprobs[i, :m] = torch.tensor(r.logprobs)
+    if mask_truncated:
+        loss &= ~torch.tensor([r.finish_reason == "length" for r in rollouts]).unsqueeze(-1)
+    return RolloutBatch(prompt_ids, prompt_mask, torch.tensor([slot[r.prompt_index] for r in rollouts]), ids,
+                        action, loss, logprobs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Score
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The scores of N rollouts: ``token_rewards`` (N, C), the outcome reward at each row's last token plus step
+    rewards at step-end tokens and any overlong penalty, 0 beyond the row's length; ``outcome`` (N,), each
+    rollout's outcome reward (the logged ``reward``)."""
+
+    token_rewards: torch.Tensor
+    outcome: torch.Tensor
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """(N,) each rollout's return: outcome plus step rewards (what group baselines compare)."""
+        return self.token_rewards.sum(-1)
+
+    def select(self, idx: torch.Tensor) -> Scores:  # rows idx
+        return Scores(self.token_rewards.index_select(0, idx), self.outcome.index_select(0, idx))
+
+    @staticmethod
+    def concat(parts: list[Scores], width: int) -> Scores:
+        """The rows of ``parts`` in order, as (N, ``width``) token rewards (rows are 0 beyond their length)."""
+        rows = [torch.nn.functional.pad(p.token_rewards, (0, max(0, width - p.token_rewards.shape[1])))[:, :width]
+                for p in parts]
+        return Scores(torch.cat(rows), torch.cat([p.outcome for p in parts]))
+
+
+def score(scoring: Scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list[str], *,
+          overlong_buffer: int = 0, max_new_tokens: int = 0) -> Scores:
+    """Score ``rollouts`` (``rollout.prompt_index`` indexes ``problems`` and ``prompts``) through the task: the
+    outcome reward (``--reward``; ``orm`` is the loaded reward model with ``--reward orm``) at each row's last
+    token, step rewards at step-end tokens (dense: matched reference steps; orm step: the ORM's score changes),
+    and DAPO's soft overlong penalty (Yu et al. 2025, eq. 13) at the last token, not part of the outcome."""
+    row_problems = [problems[r.prompt_index] for r in rollouts]
+    texts = [r.text for r in rollouts]
+    if scoring.orm_steps:
+        outcome = [0.0] * len(rollouts)  # the ORM's final score arrives through the step rewards
+    else:
+        kind = "sparse" if scoring.reward == "dense" else scoring.reward
+        outcome = outcome_rewards(task, row_problems, texts, kind, orm.score_texts if orm else None,
+                                  [prompts[r.prompt_index] for r in rollouts])
+    outcome_t = torch.tensor(outcome, dtype=torch.float32)
+    last = torch.tensor([len(r.completion_ids) - 1 for r in rollouts])
+    token_rewards = torch.zeros((len(rollouts), int(last.max()) + 1))  # (N, C)
+    token_rewards[torch.arange(len(rollouts)), last] = outcome_t
+    if scoring.reward == "dense" or scoring.orm_steps:
+        _add_step_rewards(task, tokenizer, orm, rollouts, row_problems, prompts, token_rewards, scoring.reward)
+    if overlong_buffer:
+        penalty = torch.tensor([overlong_penalty(len(r.completion_ids), max_new_tokens, overlong_buffer)
+                                for r in rollouts])
+        token_rewards[torch.arange(len(rollouts)), last] += penalty
+    return Scores(token_rewards, outcome_t)
+
+
+def _add_step_rewards(task, tokenizer, orm, rollouts, problems, prompts, token_rewards, reward: str) -> None:
+    """Dense rewards at step-end tokens, added into ``token_rewards`` (N, C), which ``score`` owns: matched
+    reference steps (dense) or ORM score changes (orm, step)."""
+    for i, (r, p) in enumerate(zip(rollouts, problems)):
+        text = r.text
+        spans = task.step_spans(text)
+        if not spans:
+            continue
+        positions = _token_positions(tokenizer, r.completion_ids, [end for _, end in spans])
+        if reward == "dense":
+            step_rewards = dense_step_rewards(task, p, text)
+        else:  # orm, step: potential-based shaping with the ORM's p(correct) after each step
+            scores = orm.score_texts([prompts[r.prompt_index]] * len(spans), [text[:end] for _, end in spans])
+            step_rewards = [b - a for a, b in zip([0.5] + scores[:-1], scores)]
+            final = orm.score_texts([prompts[r.prompt_index]], [text])[0]
+            token_rewards[i, len(r.completion_ids) - 1] += final - scores[-1]
+        for pos, rew in zip(positions, step_rewards):
+            token_rewards[i, pos] += rew
+
+
+def _token_positions(tokenizer, completion_ids, char_ends) -> list[int]:
+    """For each character offset, the index of the completion token whose text reaches it."""
+    out, pos = [], 0
+    lengths = [len(tokenizer.decode(completion_ids[: i + 1], skip_special_tokens=True))
+               for i in range(len(completion_ids))]
+    for end in char_ends:
+        while pos < len(lengths) - 1 and lengths[pos] < end:
+            pos += 1
+        out.append(pos)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The passes without gradient: old policy, reference, values
+
+
+@dataclass(frozen=True)
+class OldPolicy:
+    """pi_old, the denominator of the PPO ratio: ``logprobs`` (N, C); ``is_weights`` (N, C), the truncated
+    importance weights of an engine whose log-probs differ from the trainer's (None with mathrl's sampler);
+    ``mismatch``, that engine's diagnostics for the log (empty with mathrl's sampler)."""
+
+    logprobs: torch.Tensor
+    is_weights: torch.Tensor | None
+    mismatch: dict
+
+
+@torch.no_grad()
+def old_policy(engine, policy, batch: RolloutBatch, cap: float, micro: int, device) -> OldPolicy:
+    """mathrl's sampler computes its log-probs with the trainer's model: they are pi_old. vLLM's come from its own
+    kernels and batching (mu): recompute them with the trainer (pi_old from here on) and weight each token's loss
+    by min(pi_old / mu, ``cap``) (``losses.truncated_importance_weights``)."""
+    if engine.name == "mathrl":
+        return OldPolicy(batch.sampled_logprobs, None, {})
+    old = _no_grad_pass(policy, None, batch, micro, device, values=False)
+    weights, stats = truncated_importance_weights(old, batch.sampled_logprobs, batch.loss_mask, cap)
+    return OldPolicy(old, weights, {"mismatch_kl": stats.kl, "is_capped_fraction": stats.capped_fraction,
+                                    "is_max_ratio": stats.max_ratio})
+
+
+@torch.no_grad()
+def reference_logprobs(policy, reference, batch: RolloutBatch, micro: int, device) -> torch.Tensor:
+    """(N, C) log-probs of the rollouts under the reference: the frozen copy ``reference``, or with LoRA
+    (``reference`` None) the policy with its adapters disabled (the start model)."""
+    if reference is not None:
+        return _no_grad_pass(reference, None, batch, micro, device, values=False)
+    with policy.disable_adapter():
+        return _no_grad_pass(policy, None, batch, micro, device, values=False)
+
+
+@torch.no_grad()
+def value_estimates(policy, head, batch: RolloutBatch, micro: int, device) -> torch.Tensor:
+    """(N, C) the value head's V of each completion prefix, at rollout time (PPO's old values)."""
+    return _no_grad_pass(policy, head, batch, micro, device, values=True)
+
+
+def _no_grad_pass(model, head, batch: RolloutBatch, micro: int, device, values: bool) -> torch.Tensor:
+    out = torch.zeros_like(batch.sampled_logprobs)
+    for rows in split_micro(torch.arange(len(out)), micro):
+        lp, v = forward_policy(model, head, batch.select(rows), values, device)
+        x = v if values else lp
+        out[rows, : x.shape[1]] = x.cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learn
+
+
+@dataclass(frozen=True)
+class Experience:
+    """What the learning step reads, built once per iteration from the stages above. (N, C) each, or None
+    where a loop has no such term."""
+
+    batch: RolloutBatch
+    old_logprobs: torch.Tensor  # pi_old (OldPolicy.logprobs)
+    advantages: torch.Tensor  # 0 outside action_mask
+    is_weights: torch.Tensor | None = None  # OldPolicy.is_weights
+    ref_logprobs: torch.Tensor | None = None  # GRPO with a KL term
+    old_values: torch.Tensor | None = None  # PPO
+    returns: torch.Tensor | None = None  # PPO: the value targets
+
+    def select(self, idx: torch.Tensor) -> Experience:
+        batch = self.batch.select(idx)
+        c = batch.action_mask.shape[1]
+        picked = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "batch"}
+        return Experience(batch, **{k: None if x is None else x.index_select(0, idx)[:, :c] for k, x in picked.items()})
+
+
+def minibatches(keep: torch.Tensor, size: int, epochs: int, seed: int):
+    """``epochs`` passes over the rows ``keep`` (N',) in a random order each, cut into minibatches of ``size``."""
+    n_mb = max(1, math.ceil(len(keep) / size)) if len(keep) else 0
+    for epoch in range(epochs if len(keep) else 0):
+        perm = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed + epoch))]
+        for j in range(n_mb):
+            yield perm[j * size : (j + 1) * size]
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """One optimizer step's diagnostics (means over its micro-batches); ``LearnStats`` averages them by name."""
+
+    loss: float
+    grad_norm: float
+    clipfrac: float
+    approx_kl: float
+    clipfrac_low: float  # ratio below 1 - clip where A < 0
+    clipfrac_high: float  # ratio above 1 + clip_high where A > 0
+    ratio_mean: float  # mean importance ratio pi / pi_old
+    value_clipfrac: float  # PPO's value loss; NaN without a critic
+
+
+@dataclass(frozen=True)
+class LearnStats(UpdateStats):
+    """Means over the optimizer steps of one iteration (NaN when no step ran)."""
+
+    steps: int = 0
+
+    @classmethod
+    def of(cls, steps: list[UpdateStats]) -> LearnStats:
+        return cls(steps=len(steps), **{f.name: _mean(getattr(s, f.name) for s in steps)
+                                        for f in dataclasses.fields(UpdateStats)})
+
+    def record(self, value_head: bool) -> dict:
+        """The iteration record's learning metrics (none when no step ran; ``value_clipfrac`` with a critic)."""
+        if not self.steps:
+            return {}
+        names = [f.name for f in dataclasses.fields(UpdateStats) if value_head or f.name != "value_clipfrac"]
+        return {name: getattr(self, name) for name in names}
+
+
+def optimizer_step(mb: Experience, rows: torch.Tensor, micro_loss, optimizer, params, micro: int, grad_clip: float,
+                   sharded: bool, run_dir, iteration: int) -> UpdateStats:
+    """One optimizer step on minibatch ``mb``, its gradient accumulated over micro-batches of ``rows`` (this
+    rank's share, similar lengths together: less padding) and, under torchrun, over ranks. ``micro_loss(part)``
+    -> (loss, losses.PolicyStats, value clipfrac) of a micro-batch ``part`` of ``mb``, a sum over its tokens divided by
+    the minibatch's counts (exact accumulation, as in training.py). A non-finite loss stops the run."""
+    all_rows, rows = rows, rows[torch.tensor(distributed.local_rows(len(rows)), dtype=torch.long)]
+    rows = rows[torch.argsort(mb.batch.action_mask.index_select(0, rows).sum(-1), stable=True)]
+    chunks = list(split_micro(rows, micro))
+    if sharded:
+        # FSDP gathers weights in every forward pass, so all ranks must run as many passes as rank 0 (which has the
+        # most rows); the extra ones forward a row with weight 0 in the loss
+        n_passes = len(list(split_micro(range(math.ceil(len(all_rows) / distributed.world_size())), micro)))
+        chunks += [None] * (n_passes - len(chunks))
+    optimizer.zero_grad(set_to_none=True)
+    loss_value, parts = 0.0, []
+    for chunk in chunks:
+        loss, pstats, v_clipfrac = micro_loss(mb.select(chunk if chunk is not None else all_rows[:1]))
+        if chunk is None:
+            loss.mul(0.0).backward()
+            continue
+        loss.backward()
+        loss_value += loss.item()
+        parts.append((pstats, v_clipfrac))
+    distributed.all_reduce_grads(params)
+    (loss_value,) = distributed.all_reduce_sum([loss_value])
+    if not math.isfinite(loss_value):
+        raise ckpt.divergence_error(run_dir, iteration, f"loss became {loss_value}")
+    norm = clip_and_step(params, optimizer, grad_clip)  # frees the gradients before sampling
+    policy_means = {name: _mean(getattr(p, name) for p, _ in parts)
+                    for name in ("clipfrac", "approx_kl", "clipfrac_low", "clipfrac_high", "ratio_mean")}
+    return UpdateStats(loss=loss_value, grad_norm=float(norm), value_clipfrac=_mean(float(v) for _, v in parts),
+                       **policy_means)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The forward pass of the learning step
+
+
+def forward_policy(model, head, batch: RolloutBatch, with_values: bool, device="cpu"):
+    """(logprobs (N, C), values (N, C) or None) of the completion tokens of a rollout batch.
+
+    logprobs[n, c] = log pi(completion token c | prompt, completion tokens < c); values[n, c] = V(the same prefix).
+    Each distinct prompt is forwarded once (left-padded, P rows) and its key/value cache is shared by its
+    completions (N rows, right-padded): with K samples per prompt this saves (K - 1) / K of the prompt tokens'
+    compute in the forward and the backward pass, and the gradient flows through the shared cache. The vocabulary
+    projection runs only where a completion token is predicted. Equal to one plain forward pass over
+    prompt + completion (tests/test_training.py checks log-probs and gradients).
+    """
+    with autocast(model):
+        if getattr(model, "mathrl_checkpointing", False) and model.training and torch.is_grad_enabled():
+            return _forward_policy_whole(model, head, batch, with_values, device)
+        return _forward_policy(model, head, batch, with_values, device)
+
+
+def _forward_policy_whole(model, head, batch: RolloutBatch, with_values: bool, device):
+    """``forward_policy`` by one pass over each row's prompt + completion, without a shared prompt cache: a
+    checkpointed training pass cannot keep a KV cache (transformers drops it so that the recomputation in the
+    backward pass does not write it twice), so gradient checkpointing pays the prompt once per completion."""
+    rows = batch.prompt_of.to(device)
+    pids = batch.prompt_ids.to(device).index_select(0, rows)  # (N, Lp) left-padded
+    pmask = batch.prompt_mask.to(device).index_select(0, rows)
+    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
+    attention = torch.cat([pmask, cmask.long()], dim=-1)  # (N, Lp + C)
+    c = cids.shape[1]
+    # the logits of the last C + 1 positions: the prompt's last token predicts completion token 0
+    out = model(input_ids=torch.cat([pids, cids], dim=-1), attention_mask=attention,
+                position_ids=(attention.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=c + 1,
+                output_hidden_states=with_values)
+    logits = out.logits[:, :-1].float()  # (N, C, V)
+    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if not with_values:
+        return logprobs, None
+    return logprobs, head(out.hidden_states[-1][:, -c - 1 : -1])
+
+
+def _forward_policy(model, head, batch: RolloutBatch, with_values: bool, device):
+    from transformers import DynamicCache
+
+    pids, pmask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
+    cids, cmask = batch.completion_ids.to(device), batch.action_mask.to(device)
+    rows = batch.prompt_of.to(device)
+    out_p = model(input_ids=pids, attention_mask=pmask, position_ids=(pmask.cumsum(-1) - 1).clamp(min=0),
+                  **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
+                  output_hidden_states=with_values)
+    cache = kv_cache_of(out_p)
+    for layer in cache.layers:  # (P, ...) -> (N, ...): each completion row reads its prompt's keys and values
+        layer.batch_select_indices(rows)
+    attention = torch.cat([pmask.index_select(0, rows), cmask.long()], dim=-1)  # (N, Lp + C)
+    positions = pmask.sum(-1, keepdim=True).index_select(0, rows) + torch.arange(cids.shape[1], device=device)
+    out_c = model(input_ids=cids, attention_mask=attention, position_ids=positions, **kv_cache_arg(cache),
+                  use_cache=True, output_hidden_states=with_values)
+    # the prediction of completion token c is read at the position before it: the prompt's last token for c = 0
+    logits = torch.cat([out_p.logits[:, -1:].index_select(0, rows), out_c.logits[:, :-1]], dim=1).float()
+    logprobs = logits.gather(-1, cids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if not with_values:
+        return logprobs, None
+    hidden = torch.cat([out_p.hidden_states[-1][:, -1:].index_select(0, rows), out_c.hidden_states[-1][:, :-1]], 1)
+    return logprobs, head(hidden)
