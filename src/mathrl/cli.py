@@ -24,7 +24,7 @@ def _commands():
     return {
         "study": (study.Config, study.main, "the whole paper grid on one task, with a report (report.md/.html)"),
         "data show": (commands.DataConfig, commands.data_show, "print problems with reference solutions and answers"),
-        "data stats": (commands.DataConfig, commands.data_stats, "counts and length statistics of a split"),
+        "data stats": (commands.DataStatsConfig, commands.data_stats, "counts and length statistics of a split"),
         "model init": (commands.ModelInitConfig, commands.model_init, "create the embedded default model + tokenizer"),
         "pretrain": (pretrain.Config, pretrain.main, "pretrain the embedded default (the paper's pretrained start)"),
         "sft": (sft.Config, sft.main, "supervised fine-tuning, with per-epoch dev metrics"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl import engines
-from mathrl.config import field, group
+from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.evaluate import QuestionResult, evaluate, format_table, headline, summarize, write_report
 from mathrl.models import SIZES, count_parameters, init_model, load_model, load_tokenizer
@@ -23,14 +23,42 @@ from mathrl.tasks.answers import grader_audit
 # mathrl data show / stats
 
 
+def _data_task():
+    return field("synthetic", "task: synthetic, gsm8k or svamp")
+
+
+def _data_split():
+    return field("test", "split")
+
+
+def _data_level():
+    return field(None, "synthetic task level")
+
+
+def _data_dir():
+    return field(None, "gsm8k/svamp data directory")
+
+
 @dataclass
 class DataConfig:
-    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
-    split: str = field("test", "split")
+    """``data show``: the first problems of a split."""
+
+    task: str = _data_task()
+    split: str = _data_split()
     n: int = field(3, "problems to show")
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (stats)")
+    level: int | None = _data_level()
+    data_dir: str | None = _data_dir()
+
+
+@dataclass
+class DataStatsConfig:
+    """``data stats``: counts and lengths of a whole split (``n`` would not apply; ``tokenizer`` does not to show)."""
+
+    task: str = _data_task()
+    split: str = _data_split()
+    level: int | None = _data_level()
+    data_dir: str | None = _data_dir()
+    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (default: characters)")
 
 
 def data_show(cfg: DataConfig) -> None:
@@ -42,7 +70,7 @@ def data_show(cfg: DataConfig) -> None:
         print(f"answer:   {p.answer}")
 
 
-def data_stats(cfg: DataConfig) -> None:
+def data_stats(cfg: DataStatsConfig) -> None:
     task = task_from_options(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     problems = task.problems(cfg.split)
     if not problems:
@@ -124,6 +152,13 @@ class EvalConfig:
             raise UsageError("n and k_problems must be >= 0")
         if self.calculator and self.sampling.engine == "vllm":
             raise UsageError("--calculator inserts tokens while sampling, which --engine vllm cannot: use --engine mathrl")
+        if not self.sampling.k:
+            # -k 0: greedy maj@1 only; these settings shape the K samples or score them
+            refuse(self.sampling, ("temperature",), "with -k 0 (greedy decoding only)")
+            refuse(self, ("k_problems", "orm"), "with -k 0 (greedy decoding only: no samples to draw or rerank)")
+        if (self.data.task or read_meta(self.model).get("task", {}).get("name")) == "synthetic":
+            refuse(self, ("calculator",), "on the synthetic task (its solutions have no <<expr=result>> "
+                                          "annotations to complete)")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -185,6 +220,8 @@ class ScoreConfig:
         validate_groups(self)
         if not self.samples or not self.out:
             raise UsageError("--samples and --out are required")
+        if not self.orm:
+            refuse(self, ("device",), "without --orm (only the reward model runs on a device)")
 
 
 def run_score(cfg: ScoreConfig) -> dict:

@@ -189,6 +189,8 @@ class Evaluation:
     def validate(self) -> None:
         if self.eval_size < 0 or self.eval_k < 0:
             raise UsageError("eval_size and eval_k must be >= 0")
+        if not self.eval_size:
+            refuse(self, ("eval_k", "eval_temperature", "eval_split"), "with --eval-size 0 (no in-run evaluation)")
 
 
 @dataclass
@@ -224,6 +226,8 @@ class FewShot:
 
         if self.exemplars and self.exemplars not in EXEMPLARS:
             raise UsageError(f"unknown exemplars {self.exemplars!r} (known: {', '.join(EXEMPLARS)})")
+        if self.shots == 0:
+            refuse(self, ("exemplars",), "with --shots 0 (no few-shot examples)")
 
 
 @dataclass

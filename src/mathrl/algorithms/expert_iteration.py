@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
     no_lora_with_fsdp, resume, validate_groups
@@ -85,8 +85,14 @@ class Config:
             raise UsageError(f"unknown reward {self.reward!r} (known: {', '.join(OUTCOME_REWARDS)}, module:function)")
         if self.reward == "orm" and not self.orm:
             raise UsageError("--reward orm needs --orm DIR")
-        if self.orm and self.reward != "orm":
-            raise UsageError("--orm is only used with --reward orm")
+        if self.reward != "orm":
+            refuse(self, ("orm",), "without --reward orm")
+        if self.reward in ("sparse", "verified"):
+            refuse(self, ("orm_threshold",), f"with --reward {self.reward} (a 0/1 return: kept when it is 1)")
+        if not self.patience:
+            refuse(self, ("patience_size",), "with --patience 0 (no early stopping)")
+        if self.rounds == 1:
+            refuse(self, ("retrain_from",), "with --rounds 1 (the only round fine-tunes the start model)")
         if self.retrain_from not in ("initial", "last"):
             raise UsageError("retrain_from must be 'initial' or 'last'")
         if self.rounds < 1:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, no_lora_with_fsdp, resume, \
     validate_groups
@@ -77,6 +77,8 @@ class Config:
             raise UsageError("heldout must lie in (0, 1)")
         if self.epochs <= 0:
             raise UsageError("epochs must be > 0")
+        if not self.stepwise:
+            refuse(self, ("m", "sorm_samples"), "without --stepwise (they make a SORM's step labels)")
 
 
 @dataclass

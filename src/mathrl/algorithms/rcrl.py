@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
     no_lora_with_fsdp, resume, validate_groups
@@ -96,10 +96,12 @@ class Config:
             raise UsageError("returns must be sparse or dense")
         if self.step_labels not in ("auto", "exact", "sorm", "reference"):
             raise UsageError("step_labels must be auto, exact, sorm or reference")
-        if self.returns == "sparse" and self.step_labels != "auto":
-            raise UsageError("--step-labels applies to --returns dense")
-        if (self.step_labels == "sorm") != bool(self.sorm):
-            raise UsageError("--step-labels sorm and --sorm DIR go together")
+        if self.returns == "sparse":
+            refuse(self, ("step_labels",), "with --returns sparse (only dense returns label steps)")
+        if self.step_labels == "sorm" and not self.sorm:
+            raise UsageError("--step-labels sorm needs --sorm DIR")
+        if self.step_labels != "sorm" or self.returns == "sparse":
+            refuse(self, ("sorm",), "without --returns dense --step-labels sorm")
         if self.label_ratio not in ("natural", "balanced"):
             raise UsageError("label_ratio must be natural or balanced")
         if self.rounds < 1:
