@@ -91,7 +91,8 @@ def test_unwritable_output_directory_is_one_line_and_exit_2(tiny_model_dir, caps
 def test_model_record_reads_older_files_and_writes_only_what_is_set(tmp_path):
     import json
 
-    from mathrl.runsetup import ModelRecord, read_record, write_record
+    from mathrl.record import ModelRecord, read_record
+    from mathrl.runsetup import write_record
 
     # an older mathrl's record: a level before the level scheme, no exemplars, a key this one does not know
     old = {"task": {"name": "synthetic", "level": 1}, "stage": "sft", "shots": 0, "base": "scratch", "epochs": 3}

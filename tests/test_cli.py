@@ -251,7 +251,7 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["sft", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
     # impossible combinations
     (["grpo", "--model", "x", "-k", "1"], "needs k >= 2"),
-    (["ppo", "--model", "x", "--reward", "orm"], "--reward orm and --orm DIR go together"),
+    (["ppo", "--model", "x", "--reward", "orm"], "--reward orm needs --orm DIR"),
     (["ppo", "--model", "x", "--zero-signal", "drop"], "unknown flag --zero-signal: it is a `mathrl grpo` setting"),
     (["ppo", "--model", "x", "--advantage", "rloo"], "critic-free: mathrl grpo --advantage grpo|rloo|reinforce++"),
     (["grpo", "--model", "x", "--lam", "1"], "unknown flag --lam: it is a `mathrl ppo` setting"),
@@ -270,6 +270,11 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["grpo", "--model", "x", "--policy-loss", "cispo", "--clip-high", "0.28", "--clip", "0.1"],
      "--clip has no effect with --policy-loss cispo and --clip-high"),
     (["grpo", "--model", "x", "--skip-zero-signal"], "renamed: did you mean --zero-signal?"),
+    # flags that cannot affect the run with the others given (every such refusal: tests/test_flags.py)
+    (["ei", "--model", "x", "--orm-threshold", "0.7"], "--orm-threshold has no effect with --reward sparse"),
+    (["sft", "--model", "x", "--size", "small"], "--size has no effect with --model"),
+    (["orm", "train", "--model", "x", "--m", "2"], "--m has no effect without --stepwise"),
+    (["data", "stats", "-n", "2"], "unrecognized arguments: -n 2"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -415,8 +420,9 @@ def test_policy_gradient_smoke(start, orm_model, tmp_path, command, extra):
 def test_lora_on_every_trainer_changes_the_weights(start, tmp_path, command, extra):
     out = tmp_path / command
     argv = ["orm", "train"] if command == "orm" else [command]
+    sampled = [] if command == "sft" else ["--max-new-tokens", "8"]  # SFT without dev evaluations samples nothing
     assert main([*argv, "--model", str(start["sft"]), "--out", str(out), "--lora-rank", "2", "--lora-alpha", "8",
-                 "--lora-targets", "q_proj", "v_proj", "--max-new-tokens", "8", "--threads", "1", *extra]) == 0
+                 "--lora-targets", "q_proj", "v_proj", *sampled, "--threads", "1", *extra]) == 0
     assert (out / "model" / "config.json").is_file()  # merged weights: an ordinary model directory
     before, after = _weights(start["sft"]), _weights(out / "model")
     assert _changed(start["sft"], out / "model")

@@ -37,7 +37,7 @@ COMMANDS = {
                      "the whole paper grid on one task, with a report (report.md/.html)"),
     "data show": Command("mathrl.commands_config:DataConfig", "mathrl.commands:data_show",
                          "print problems with reference solutions and answers"),
-    "data stats": Command("mathrl.commands_config:DataConfig", "mathrl.commands:data_stats",
+    "data stats": Command("mathrl.commands_config:DataStatsConfig", "mathrl.commands:data_stats",
                           "counts and length statistics of a split"),
     "model init": Command("mathrl.commands_config:ModelInitConfig", "mathrl.commands:model_init",
                           "create the embedded default model + tokenizer"),

@@ -8,15 +8,15 @@ import statistics
 from pathlib import Path
 
 from mathrl import engines
-from mathrl.commands_config import DataConfig, EvalConfig, ModelInitConfig, ScoreConfig
+from mathrl.commands_config import DataConfig, DataStatsConfig, EvalConfig, ModelInitConfig, ScoreConfig
 from mathrl.errors import UsageError
 from mathrl.evaluate import (QuestionResult, by_extraction, evaluate, extraction_record, format_side_by_side,
                              format_table, headline, side_by_side, summarize, write_report)
 from mathrl.models import count_parameters, init_model, load_model, load_tokenizer
+from mathrl.record import ModelRecord, read_record
 from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
-from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, resolve_device, setup_threads, task_for, \
-    write_record
+from mathrl.runsetup import few_shot_examples, resolve_device, setup_threads, task_for, write_record
 from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import GRADERS, grader_audit
 
@@ -34,7 +34,7 @@ def data_show(cfg: DataConfig) -> None:
         print(f"answer:   {p.answer}")
 
 
-def data_stats(cfg: DataConfig) -> None:
+def data_stats(cfg: DataStatsConfig) -> None:
     task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     problems = task.problems(cfg.split)
     if not problems:

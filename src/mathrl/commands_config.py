@@ -2,7 +2,7 @@
 
 They live apart from the code that runs them because that code imports torch and this module must not: the CLI
 builds ``mathrl COMMAND --help`` from a Config, and that should take a moment, not the seconds torch's import
-costs. This module imports only the settings layer (``settings.py``, ``config.py``, ``errors.py``).
+costs. This module imports only the settings layer (``settings.py``, ``config.py``, ``errors.py``) and ``record.py``.
 """
 
 from __future__ import annotations
@@ -11,17 +11,46 @@ from dataclasses import dataclass
 
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
+from mathrl.record import read_record
 from mathrl.settings import MODEL_SIZES, Compute, Data, FewShot, Prompting, Run, Sampling, one_of, validate_groups
+
+
+def _data_task():
+    return field("synthetic", "task: synthetic, gsm8k or svamp")
+
+
+def _data_split():
+    return field("test", "split")
+
+
+def _data_level():
+    return field(None, "synthetic task level")
+
+
+def _data_dir():
+    return field(None, "gsm8k/svamp data directory")
 
 
 @dataclass
 class DataConfig:
-    task: str = field("synthetic", "task: synthetic, gsm8k or svamp")
-    split: str = field("test", "split")
+    """``data show``: the first problems of a split."""
+
+    task: str = _data_task()
+    split: str = _data_split()
     n: int = field(3, "problems to show")
-    level: int | None = field(None, "synthetic task level")
-    data_dir: str | None = field(None, "gsm8k/svamp data directory")
-    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (stats)")
+    level: int | None = _data_level()
+    data_dir: str | None = _data_dir()
+
+
+@dataclass
+class DataStatsConfig:
+    """``data stats``: counts and lengths of a whole split (``n`` would not apply; ``tokenizer`` does not to show)."""
+
+    task: str = _data_task()
+    split: str = _data_split()
+    level: int | None = _data_level()
+    data_dir: str | None = _data_dir()
+    tokenizer: str | None = field(None, "model directory whose tokenizer counts tokens (default: characters)")
 
 
 @dataclass
@@ -64,6 +93,13 @@ class EvalConfig:
             raise UsageError("n and k_problems must be >= 0")
         if self.calculator and self.sampling.engine == "vllm":
             raise UsageError("--calculator inserts tokens while sampling, which --engine vllm cannot: use --engine mathrl")
+        if not self.sampling.k:
+            # -k 0: greedy maj@1 only; these settings shape the K samples or score them
+            refuse(self.sampling, ("temperature",), "with -k 0 (greedy decoding only)")
+            refuse(self, ("k_problems", "orm"), "with -k 0 (greedy decoding only: no samples to draw or rerank)")
+        if (self.data.task or read_record(self.model).task.get("name")) == "synthetic":
+            refuse(self, ("calculator",), "on the synthetic task (its solutions have no <<expr=result>> "
+                                          "annotations to complete)")
 
 
 @dataclass
@@ -83,3 +119,5 @@ class ScoreConfig:
         validate_groups(self)
         if not self.samples or not self.out:
             raise UsageError("--samples and --out are required")
+        if not self.orm:
+            refuse(self, ("device",), "without --orm (only the reward model runs on a device)")

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 
 from mathrl.errors import UsageError
+from mathrl.record import model_dir
 from mathrl.settings import PRECISIONS
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -165,23 +166,6 @@ def load_tokenizer(path: str | os.PathLike):
     return tokenizer
 
 
-def model_dir(path: str | os.PathLike) -> Path:
-    """The local directory of a model named by ``path``: a directory, or a hub id ('Qwen/Qwen2.5-0.5B') found in
-    the local Hugging Face cache (never a download: the hub may be unreachable, and a run should not wait on it)."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    if not p.exists() and _looks_like_hub_id(path):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(str(path), local_files_only=True))
-        except Exception:  # noqa: BLE001 - any miss is the same message
-            raise UsageError(f"{path}: no such directory, and not in the local Hugging Face cache "
-                             "(download it first, e.g. `hf download " + str(path) + "`, or pass a directory)") from None
-    raise UsageError(f"model directory not found: {path}")
-
-
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
                for_training: bool = False, precision: str = "auto", compute=None):
     """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``); a
@@ -295,12 +279,6 @@ def check_vocab(model, tokenizer, where: str = "model") -> None:
             f"{where}: tokenizer has {len(tokenizer)} tokens but the model's embedding table has {n_embed} rows "
             "(tokenizer and model do not belong together)"
         )
-
-
-def _looks_like_hub_id(path) -> bool:
-    """'gpt2' or 'owner/name': what the hub accepts; anything with more parts or a leading . or / is a path."""
-    parts = str(path).split("/")
-    return len(parts) <= 2 and all(parts) and not str(path).startswith((".", "~"))
 
 
 def block_class_names(model) -> set[str]:

@@ -48,12 +48,12 @@ class Scoring:
             user_reward(self.reward)  # import it now: a typo fails before any work
         elif self.reward not in ("sparse", "verified", "dense", "orm"):
             raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm, module:function)")
-        if (self.reward == "orm") != bool(self.orm):
-            raise UsageError("--reward orm and --orm DIR go together")
+        if self.reward != "orm":
+            refuse(self, ["orm", "orm_mode"], "without --reward orm")
+        elif not self.orm:
+            raise UsageError("--reward orm needs --orm DIR (the reward model)")
         if self.orm_mode not in ("terminal", "step"):
             raise UsageError("orm_mode must be terminal or step")
-        if self.reward != "orm":
-            refuse(self, ["orm_mode"], "without --reward orm")
 
     @property
     def orm_steps(self) -> bool:

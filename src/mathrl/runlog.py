@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from mathrl import distributed
+from mathrl.config import to_dict
 from mathrl.errors import UsageError
 from mathrl.plots import metrics_vs_x
 from mathrl.settings import parse_report_to
@@ -56,15 +56,6 @@ def provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
-
-
-def _recorded_config(run_dir: Path) -> dict:
-    """RUN/config.yaml, which every training command writes before it opens its logger ({} without one)."""
-    path = run_dir / "config.yaml"
-    try:
-        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    except yaml.YAMLError:
-        return {}
 
 
 def _first_line(e: Exception) -> str:
@@ -102,10 +93,10 @@ def _start_trackio(run_dir: Path, config: dict, resuming: bool):
 
 
 class RunLogger:
-    """metrics.jsonl, and the trackers of ``report_to`` (default: the run's recorded ``--report-to``, from
-    RUN/config.yaml; tensorboard without one)."""
+    """metrics.jsonl, and the trackers the run's config names (``cfg.run.report_to``, a ``settings.Run``); the
+    trackers also get the config itself (its flat flag names, as in RUN/config.yaml) and the run's provenance."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, report_to: str | None = None):
+    def __init__(self, run_dir: Path, cfg, resume_step: int | None = None):
         self.active = distributed.is_main()  # under torchrun, rank 0 logs for all
         self.tb = self.wandb = self.trackio = None
         if not self.active:
@@ -119,8 +110,7 @@ class RunLogger:
             kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _step_of(ln) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self.start = time.time()
-        config = _recorded_config(self.run_dir)
-        trackers = parse_report_to(report_to if report_to is not None else config.get("report_to", "tensorboard"))
+        trackers = parse_report_to(cfg.run.report_to)
         if "tensorboard" in trackers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -130,7 +120,7 @@ class RunLogger:
                 self.tb = None
         if "wandb" in trackers or "trackio" in trackers:
             # the config and provenance, once: each tracker shows them beside the run
-            tracked = {**config, "provenance": provenance()}
+            tracked = {**to_dict(cfg), "provenance": provenance()}
             if "wandb" in trackers:
                 self.wandb = _start_wandb(self.run_dir, tracked, resume_step is not None)
             if "trackio" in trackers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +20,8 @@ from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
 from mathrl.config import leaves
 from mathrl.errors import UsageError
-from mathrl.models import count_parameters, load_tokenizer, model_dir as local_model_dir
+from mathrl.models import count_parameters, load_tokenizer
+from mathrl.record import ModelRecord, model_dir, read_record
 from mathrl.seeds import seed_everything
 from mathrl.settings import Data, Prompting, read_template
 from mathrl.tasks import Task, load_task, recorded_level
@@ -58,54 +59,6 @@ def resolve_device(device: str) -> str:
     return distributed.setup(device)  # under torchrun: join the process group, one GPU per rank
 
 
-@dataclass
-class ModelRecord:
-    """What ``mathrl.json`` beside a model's weights records (module docstring). Every field may be missing from a
-    file (an older mathrl's, or a model another tool wrote): it then reads as its default here."""
-
-    task: dict = field(default_factory=dict)  # the options that rebuild the task (tasks.task_options)
-    stage: str = ""  # what wrote the model: init, pretrained, sft, ei, ppo, grpo, rcrl-sparse, orm, sorm...
-    shots: int = 0  # few-shot examples its prompts need
-    exemplars: str = ""  # which (settings.EXEMPLARS; '': the train split)
-    prompting: dict = field(default_factory=dict)  # its prompt format (PromptFormat.to_meta; {}: the plain one)
-    base: str = ""  # the model it was trained from ("scratch": a new one)
-    size: str = ""  # the embedded model's size (init, pretrain)
-    condition: dict | None = None  # return-conditioned models: {"token": "[GOOD]", "dense": bool} (rcrl.py)
-    label_ratio: float | None = None  # rcrl: the share of labelled samples it was trained on
-    kind: str = ""  # reward models: orm or sorm
-    policy: str = ""  # reward models: the policy whose samples they were trained on
-
-    @classmethod
-    def from_dict(cls, meta: dict) -> ModelRecord:
-        """The record of a parsed mathrl.json; keys it does not know (a newer mathrl's, or ``models.init_model``'s
-        ``seed``) are ignored, and a task recorded by name alone (``init_model``) is that name's defaults."""
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in meta.items() if k in names}
-        if isinstance(values.get("task"), str):
-            values["task"] = {"name": values["task"]}
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        """The JSON object written: task, stage and shots always, the other fields where they are set."""
-        return {k: v for k, v in asdict(self).items() if k in ("task", "stage", "shots") or v not in (None, "", {})}
-
-
-def read_record(model: str | os.PathLike | None) -> ModelRecord:
-    """What mathrl.json beside a model's weights records (an empty record when there is none, or no model).
-    ``model``: a directory or a hub id in the local cache."""
-    if not model:
-        return ModelRecord()
-    try:
-        p = local_model_dir(model) / "mathrl.json"
-    except UsageError:
-        return ModelRecord()
-    try:
-        meta = json.loads(p.read_text()) if p.is_file() else {}
-    except json.JSONDecodeError:
-        meta = {}
-    return ModelRecord.from_dict(meta) if isinstance(meta, dict) else ModelRecord()
-
-
 def write_record(model_dir: str | os.PathLike, record: ModelRecord) -> None:
     if distributed.is_main():
         Path(model_dir, "mathrl.json").write_text(json.dumps(record.to_dict(), indent=1))
@@ -124,7 +77,7 @@ def task_for(model: str | None, data: Data, prompting: Prompting | None = None, 
     ``options``: task options the command sets itself (SFT's ``train_size``). The prompts are in the format
     ``prompt_format`` gives (the flags, else the model's record); a chat template is the model's tokenizer's."""
     if model and not teaching:
-        local_model_dir(model)  # a clear error for a missing directory or an uncached hub id
+        model_dir(model)  # a clear error for a missing directory or an uncached hub id
     recorded = read_record(model).task
     name = data.task or recorded.get("name")
     if not name:
@@ -174,7 +127,7 @@ def chat_renderer(model: str | None):
     no BOS is added twice."""
     if not model:
         raise UsageError("--chat-template needs --model: the chat template is the model's tokenizer's")
-    tokenizer = load_tokenizer(local_model_dir(model))
+    tokenizer = load_tokenizer(model_dir(model))
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError(f"{model}: --chat-template, but its tokenizer has no chat template (a base model? use "
                          "--prompt-template FILE instead)")

@@ -231,6 +231,8 @@ class Evaluation:
     def validate(self) -> None:
         if self.eval_size < 0 or self.eval_k < 0:
             raise UsageError("eval_size and eval_k must be >= 0")
+        if not self.eval_size:
+            refuse(self, ("eval_k", "eval_temperature", "eval_split"), "with --eval-size 0 (no in-run evaluation)")
 
 
 @dataclass
@@ -264,6 +266,8 @@ class FewShot:
     def validate(self) -> None:
         if self.exemplars:
             one_of(self.exemplars, EXEMPLARS, "exemplars")
+        if self.shots == 0:
+            refuse(self, ("exemplars",), "with --shots 0 (no few-shot examples)")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import RunError, UsageError
 from mathrl.grid import ABLATIONS, PRETRAIN, PRETRAINED, SFT, Run, runs_by_seed_count
 from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
@@ -92,11 +92,15 @@ class Config:
         if self.task != "synthetic" and not self.model:
             raise UsageError(f"--task {self.task} needs --model DIR (a pretrained model; the embedded pretraining "
                              "only exists for the synthetic task)")
-        if self.task == "synthetic" and self.model:
-            raise UsageError("--model applies to gsm8k/svamp; the synthetic study pretrains its own model")
-        if self.task == "synthetic" and _prompting_args(self.prompting):
-            raise UsageError("--chat-template, --system-prompt, --prompt-template and --stop apply to a real model "
-                             "(--task gsm8k/svamp --model DIR); the embedded one is prompted in its own formats")
+        if self.task == "synthetic":
+            refuse(self, ("model",), "on the synthetic task (the study pretrains its own model; --model is for "
+                                     "gsm8k/svamp)")
+            refuse(self, ("data_dir",), "on the synthetic task (it is generated; --data-dir is for gsm8k/svamp)")
+            refuse(self.prompting, ("chat_template", "system_prompt", "prompt_template", "stop"),
+                   "on the synthetic task (the embedded model is prompted in its own formats; they apply to a real "
+                   "model: --task gsm8k/svamp --model DIR)")
+        else:
+            refuse(self, ("level",), f"with --task {self.task} (levels are the synthetic task's)")
 
 
 @dataclass

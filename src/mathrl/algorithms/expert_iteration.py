@@ -29,8 +29,9 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
+from mathrl.record import ModelRecord, read_record
 from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
     no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
@@ -38,8 +39,7 @@ from mathrl.metrics import normalize_solution
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
 from mathrl.reward_model import load_reward_model
-from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, start_run, task_for, warn_tiny_default_lr, \
-    write_record
+from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import completion_stats, sampling_params
 from mathrl.tasks import task_options
@@ -87,8 +87,14 @@ class Config:
             raise UsageError(f"unknown reward {self.reward!r} (known: {', '.join(OUTCOME_REWARDS)}, module:function)")
         if self.reward == "orm" and not self.orm:
             raise UsageError("--reward orm needs --orm DIR")
-        if self.orm and self.reward != "orm":
-            raise UsageError("--orm is only used with --reward orm")
+        if self.reward != "orm":
+            refuse(self, ("orm",), "without --reward orm")
+        if self.reward in ("sparse", "verified"):
+            refuse(self, ("orm_threshold",), f"with --reward {self.reward} (a 0/1 return: kept when it is 1)")
+        if not self.patience:
+            refuse(self, ("patience_size",), "with --patience 0 (no early stopping)")
+        if self.rounds == 1:
+            refuse(self, ("retrain_from",), "with --rounds 1 (the only round fine-tunes the start model)")
         if self.retrain_from not in ("initial", "last"):
             raise UsageError("retrain_from must be 'initial' or 'last'")
         if self.rounds < 1:
@@ -152,7 +158,7 @@ def train(cfg: Config) -> Path:
     if last is not None:
         st, optimizer = resume_round_run(last, policy, EIState.from_dict, cfg.optim)
         print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}, fine-tuning step {st.ft_step}")
-    logger = RunLogger(run_dir, resume_step=st.round if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)

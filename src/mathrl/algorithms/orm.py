@@ -23,14 +23,15 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
 from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, no_lora_with_fsdp, resume, \
     validate_groups
 from mathrl.metrics import auc
-from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model, model_dir as local_model_dir
+from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model
+from mathrl.record import ModelRecord, model_dir as local_model_dir
 from mathrl.reward_model import RewardModel, token_classifier
-from mathrl.runsetup import ModelRecord, few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
+from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import sampling_params
 from mathrl.seeds import rng_state, set_rng_state
@@ -77,6 +78,8 @@ class Config:
             raise UsageError("heldout must lie in (0, 1)")
         if self.epochs <= 0:
             raise UsageError("epochs must be > 0")
+        if not self.stepwise:
+            refuse(self, ("m", "sorm_samples"), "without --stepwise (they make a SORM's step labels)")
 
 
 @dataclass
@@ -181,7 +184,7 @@ def train(cfg: Config) -> Path:
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
-    logger = RunLogger(run_dir, resume_step=step if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=step if last is not None else None)
     bar = progress(total, "orm: training", "step", initial=step)
     model.train()
     t_train = time.time()

@@ -39,14 +39,14 @@ from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.losses import ppo_policy_loss, value_loss
 from mathrl.models import apply_lora, final_model, load_model
+from mathrl.record import ModelRecord, read_record
 from mathrl.rollouts import OPTIM, Experience, LearnStats, RolloutBatch, Scores, Scoring, checkpoint_every, clip, \
     eval_every, forward_policy, iterations, kl_bound, minibatches, next_problems, old_policy, optimizer_step, \
     pack_rollouts, ppo_epochs, prompts, reference_logprobs, sample, score, validate_shared, value_estimates, \
     vllm_is_cap
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.reward_model import load_reward_model
-from mathrl.runsetup import ModelRecord, few_shot_examples, read_record, start_run, task_for, warn_tiny_default_lr, \
-    write_record
+from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.sampler import completion_stats
 from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, \
@@ -213,7 +213,7 @@ def train(cfg: Config) -> Path:
         set_rng_state(saved["rng"])
         st = PPOState.from_dict(saved, cfg.prompts)
         print(f"resumed {run_dir} at iteration {st.iteration}")
-    logger = RunLogger(run_dir, resume_step=st.iteration if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=st.iteration if last is not None else None)
 
     def run_eval() -> dict:
         return evaluate_in_run(m.policy, tokenizer, task, eval_problems, cfg.eval, cfg.sampling, engine=engine,

@@ -35,9 +35,10 @@ from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.config import field, group, save as save_config
 from mathrl.errors import UsageError
+from mathrl.record import ModelRecord
 from mathrl.settings import Optim, Run, resume, validate_groups
 from mathrl.models import SIZES, count_parameters, init_model, load_model
-from mathrl.runsetup import ModelRecord, start_run, write_record
+from mathrl.runsetup import start_run, write_record
 from mathrl.runlog import RunLogger, progress
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.tasks import SURFACES, load_task, task_options
@@ -146,7 +147,7 @@ def train(cfg: Config) -> Path:
         set_rng_state(state["rng"])
         start = state["step"]
         print(f"resumed {run_dir} at step {start}")
-    logger = RunLogger(run_dir, resume_step=start if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=start if last is not None else None)
     print(f"pretrain: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.optim.batch_size} x "
           f"{cfg.seq_len} tokens, {threads} threads, {device}")
 

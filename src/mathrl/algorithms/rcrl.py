@@ -32,15 +32,16 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
+from mathrl.record import ModelRecord
 from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
     no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
 from mathrl.reward_model import load_reward_model
-from mathrl.runsetup import ModelRecord, start_run, task_for, warn_tiny_default_lr, write_record
+from mathrl.runsetup import start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import sampling_params
 from mathrl.tasks import task_options
@@ -97,10 +98,12 @@ class Config:
             raise UsageError("returns must be sparse or dense")
         if self.step_labels not in ("auto", "exact", "sorm", "reference"):
             raise UsageError("step_labels must be auto, exact, sorm or reference")
-        if self.returns == "sparse" and self.step_labels != "auto":
-            raise UsageError("--step-labels applies to --returns dense")
-        if (self.step_labels == "sorm") != bool(self.sorm):
-            raise UsageError("--step-labels sorm and --sorm DIR go together")
+        if self.returns == "sparse":
+            refuse(self, ("step_labels",), "with --returns sparse (only dense returns label steps)")
+        if self.step_labels == "sorm" and not self.sorm:
+            raise UsageError("--step-labels sorm needs --sorm DIR")
+        if self.step_labels != "sorm" or self.returns == "sparse":
+            refuse(self, ("sorm",), "without --returns dense --step-labels sorm")
         if self.label_ratio not in ("natural", "balanced"):
             raise UsageError("label_ratio must be natural or balanced")
         if self.rounds < 1:
@@ -213,7 +216,7 @@ def train(cfg: Config) -> Path:
     if last is not None:
         st, optimizer = resume_round_run(last, policy, RCRLState.from_dict, cfg.optim)
         print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}")
-    logger = RunLogger(run_dir, resume_step=st.round if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, save as save_config
+from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import UsageError
+from mathrl.record import ModelRecord
 from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Run, Sampling, fsdp, \
     max_new_tokens, no_lora_with_fsdp, resume, token_budget, validate_groups
 from mathrl.evaluate import append_question_records, evaluate, headline, summarize
 from mathrl.models import SIZES, apply_lora, count_parameters, final_model, init_model, load_model
-from mathrl.runsetup import ModelRecord, start_run, task_for, warn_tiny_default_lr, write_record
+from mathrl.runsetup import start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.tasks import task_options
@@ -40,7 +41,7 @@ class Config:
     size: str = field("tiny", "size of a fresh model (when --model is empty)")
     data: Data = group(Data, task="synthetic")
     prompting: Prompting = group(Prompting)  # the prompts of training and of the dev evaluations
-    train_size: int | None = field(None, "synthetic: number of train problems (default 7500)")
+    train_size: int | None = field(None, "synthetic: number of train problems (default: the task's, 20000)")
     epochs: int = field(3, "passes over the train split")
     # batch_size 16: the tiny model learns per step (16 beat 32 at equal time)
     optim: Optim = group(Optim, lr=3e-3, warmup_steps=100, batch_size=16)
@@ -71,6 +72,11 @@ class Config:
                 raise UsageError(f"{name} must be >= 1")
         if self.size not in SIZES:
             raise UsageError(f"unknown size {self.size!r} (known: {', '.join(SIZES)})")
+        if self.model:
+            refuse(self, ("size",), "with --model (it sizes a fresh model)")
+        if not self.eval.eval_size:
+            refuse(self, ("max_new_tokens", "token_budget"), "with --eval-size 0 (they limit the dev evaluations' "
+                                                             "sampling; training samples nothing)")
         if self.checkpoint_every < 0:
             raise UsageError("checkpoint_every must be >= 0")
         if self.compile and self.fsdp:
@@ -127,7 +133,7 @@ def train(cfg: Config) -> Path:
         set_rng_state(state["rng"])
         step = state["step"]
         print(f"resumed {run_dir} at step {step}")
-    logger = RunLogger(run_dir, resume_step=step if last is not None else None)
+    logger = RunLogger(run_dir, cfg, resume_step=step if last is not None else None)
     print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} train problems, "
           f"{cfg.epochs} epochs x {steps_per_epoch} steps, {threads} threads, {device}")
 
