@@ -5,7 +5,7 @@ completion with the task, and ``summarize`` turns the graded results into metric
 
 - ``maj@1``, ``maj@k``, ``pass@k`` (k = 1, 2, 4, ... up to K, and K), ``rerank@k`` when reward-model scores exist;
 - the same with ``_verified`` where the task checks steps (answer right *and* every step right), since small
-  answer spaces let lucky guesses pass answer-only checks (shared/notes/synthetic-task.md, 5.3);
+  answer spaces let lucky guesses pass answer-only checks (docs/metrics.md: a question-blind guesser's pass@96);
 - ``sample_accuracy`` (mean over all K samples), ``step_accuracy`` (fraction of written steps that are right),
   ``first_error_step`` (mean index of the first wrong step among process-wrong samples),
   ``lucky_fraction`` (answer-correct samples with a wrong step, over answer-correct samples);

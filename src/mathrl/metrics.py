@@ -9,7 +9,8 @@
   samples score the fraction of them that are correct (same rule).
 - **pass@k**: the unbiased estimator of Chen et al. 2021 (Codex), ``1 - C(n-c, k) / C(n, k)`` from n >= k samples
   of which c are correct, in the numerically stable product form ``1 - prod_{i=n-c+1..n} (1 - k/i)``.
-  (verl's best@k bootstrap and OpenRLHF's max-over-n are biased; see shared/notes/peers.md, K.)
+  (A bootstrap of the best of k resampled samples, or the max over all n > k samples, overestimates pass@k: both
+  count a question solved by any of more than k draws.)
 
 When n > k samples are available, maj@k and rerank@k are averaged over ``n_subsets`` fixed pseudo-random
 subsets of size k (deterministic), an estimate of their expectation rather than the "first k" draw.

@@ -3,7 +3,7 @@
 The embedded default is a ``transformers`` Llama (rotary positions, RMSNorm, SwiGLU, tied embeddings) sized
 0.7M ("tiny", 3 blocks; the default), 0.9M ("tiny4") or 1.9M ("small") parameters, with a byte-level BPE
 tokenizer trained locally by ``tokenizers`` on text of the task. Digits are always split into single tokens (as
-in Llama and PaLM: shared/notes synthetic-task.md section 3) so every number is spelled with the same ten digit
+in Llama and PaLM, whose tokenizers split numbers into digits) so every number is spelled with the same ten digit
 tokens. On the synthetic task's closed vocabulary, BPE merges every template word and name into one token,
 giving the "closed word vocabulary + single digits" tokenizer; on GSM8K text it is an ordinary small BPE. Both
 are saved with ``save_pretrained``, so any HF tool loads them.
@@ -227,7 +227,7 @@ def gradient_checkpointing(model, where: str = "model") -> None:
     """Recompute each block's activations in the backward pass (``--gradient-checkpointing``). Non-reentrant
     checkpointing: the reentrant kind needs inputs that require gradients, which frozen LoRA embeddings lack.
     A training forward pass with checkpointing cannot keep a KV cache (transformers drops it), so
-    ``training.forward_policy`` then runs prompt and completion as one sequence instead of sharing the prompt's
+    ``rollouts.forward_policy`` then runs prompt and completion as one sequence instead of sharing the prompt's
     cache."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise UsageError(f"{where}: {type(model).__name__} does not support gradient checkpointing")
@@ -236,7 +236,7 @@ def gradient_checkpointing(model, where: str = "model") -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # pragma: no cover - transformers < 5
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.mathrl_checkpointing = True  # read by training.forward_policy (transformers renames its own flag in 5.x)
+    model.mathrl_checkpointing = True  # read by rollouts.forward_policy (transformers renames its own flag in 5.x)
 
 
 def apply_lora(model, lora, base: str | os.PathLike, task_type: str = "CAUSAL_LM", trainable_tokens=()):

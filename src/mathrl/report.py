@@ -151,7 +151,8 @@ def guesser(cfg, data: StudyData) -> dict | None:
     if pk and greedy:
         out["room"] = (sum(pk) - sum(greedy)) / len(sampled)
     # the pretrained start's profile on the same questions (the paper's: low maj@1, non-trivial pass@K), against
-    # issue 22's criteria: maj@1 <= 0.10, verified pass@K >= 0.20, answer-only pass@K >= the guesser's + 0.20
+    # the criteria of a live start (docs/results.md, "A live pretrained start"): maj@1 <= 0.10, verified
+    # pass@K >= 0.20, answer-only pass@K >= the guesser's + 0.20
     pt = final(data, data.pretrained).get(None)
     if pt:
         ids = {r.id for r in sampled}
@@ -164,7 +165,8 @@ def guesser(cfg, data: StudyData) -> dict | None:
 
 
 def profile_line(guess: dict, k: int) -> str | None:
-    """One sentence: is the pretrained start live (issue 22's criteria), with its numbers and the guesser's."""
+    """One sentence: is the pretrained start live (maj@1 <= 0.10, verified pass@K >= 0.20, answer-only pass@K >=
+    the guesser's + 0.20, as in ``guesser``), with its numbers and the guesser's."""
     pt = guess.get("pretrained")
     if not pt:
         return None

@@ -128,7 +128,7 @@ class Stage:
 
 
 # Budgets: full (the report's default) and quick. Pretrain + SFT (6,000 steps of 8 x 256 tokens; 20,000 problems x
-# 2 epochs) is calibrated for the three-digit default task (docs/results.md, issue 22): the pretrained start then
+# 2 epochs) is calibrated for the three-digit default task (docs/results.md, "A live pretrained start"): the pretrained start then
 # solves some problems when sampled (4,500 steps did not), and SFT from it reaches in 2 epochs what 6 epochs reached
 # from the former 240-step start.
 # Every RL run gets the same rollout budget from either start (rollouts = samples drawn for training; in-run
