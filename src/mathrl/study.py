@@ -128,9 +128,9 @@ class Stage:
 
 
 # Budgets: full (the report's default) and quick. Pretrain + SFT (6,000 steps of 8 x 256 tokens; 20,000 problems x
-# 2 epochs) is calibrated for the three-digit default task (docs/results.md, "A live pretrained start"): the pretrained start then
-# solves some problems when sampled (4,500 steps did not), and SFT from it reaches in 2 epochs what 6 epochs reached
-# from the former 240-step start.
+# 2 epochs) is calibrated for the three-digit default task (docs/results.md, "A live pretrained start"): the
+# pretrained start then solves some problems when sampled (4,500 steps did not), and SFT from it reaches in 2 epochs
+# what 6 epochs reached from the former 240-step start.
 # Every RL run gets the same rollout budget from either start (rollouts = samples drawn for training; in-run
 # evaluations are not counted): EI 2 rounds x rollouts/8 questions x K=4, PPO and GRPO rollouts/256 iterations of
 # 256 samples (64 prompts x 4, 32 x 8), RCRL one round of rollouts/4 questions x 4. EI and PPO are evaluated at 0,
