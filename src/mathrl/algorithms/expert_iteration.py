@@ -27,14 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.expert_iteration_config import Config
 from mathrl.config import save as save_config
 from mathrl.record import ModelRecord, read_record
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
-from mathrl.models import apply_lora, final_model, load_model
+from mathrl.models import final_model, load_model
 from mathrl.rewards import is_user_reward, outcome_rewards
 from mathrl.reward_model import load_reward_model
 from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
@@ -42,7 +41,7 @@ from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import completion_stats, sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
+from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
 from mathrl.training import completion_example, make_optimizer
 
 
@@ -79,12 +78,7 @@ def train(cfg: Config) -> Path:
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)
-    if cfg.lora.lora_rank:
-        policy = apply_lora(policy, cfg.lora, cfg.model)
-    if cfg.fsdp:
-        distributed.shard_model(policy)
-    engine = engines.create(policy, cfg.sampling, cfg.model)
-    initial_weights = snapshot(policy)
+    policy, engine, initial_weights = round_policy(cfg, policy)  # LoRA or FSDP, the engine, the weights to restart from
     scorer = None
     if cfg.reward == "orm":
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
@@ -94,12 +88,8 @@ def train(cfg: Config) -> Path:
     # early stopping decides on dev problems, never on the test split the curves report
     dev_problems = task.problems("dev")[: cfg.patience_size] if cfg.patience else []
 
-    st, optimizer = EIState(), None
-    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-    if last is not None:
-        st, optimizer = resume_round_run(last, policy, EIState.from_dict, cfg.optim)
-        print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}, fine-tuning step {st.ft_step}")
-    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
+    st, optimizer, resumed = resume_round_run(run_dir, cfg.resume, policy, EIState(), EIState.from_dict, cfg.optim)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if resumed else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)

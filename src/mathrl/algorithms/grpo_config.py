@@ -27,22 +27,31 @@ RETIRED = {"value_clip": (0.2, _PPO), "vf_coef": (0.5, _PPO), "value_trunk_grad"
 
 @dataclass
 class Config:
+    # in the loop's order: collect, score, advantages, learn, evaluate, checkpoint
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/grpo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
     prompting: Prompting = group(Prompting)
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)  # k: the group size (>= 2 for grpo and rloo)
+    # groups without signal (DAPO's dynamic sampling, Yu et al. 2025)
+    zero_signal: str = field("keep", "groups whose samples all got the same return (no advantage; grpo and rloo): "
+                                     "keep, drop them, or refill (DAPO's dynamic sampling: drop them and sample "
+                                     "further prompts until --prompts groups carry signal; every rollout drawn counts)")
+    refill_rounds: int = field(4, "--zero-signal refill: extra sampling rounds per iteration at most (then the "
+                                  "iteration learns from the groups it has)")
+    max_rollouts: int = field(0, "stop once this many rollouts were drawn (0: after --iterations); the budget of a "
+                                 "run whose iterations draw a varying number (--zero-signal refill)")
     scoring: Scoring = group(Scoring)
     overlong_buffer: int = field(0, "DAPO's soft overlong penalty: the reward falls linearly to -1 over the last N "
                                     "tokens before max_new_tokens (0: off)")
-    pg: PolicyGradient = group(PolicyGradient)
-    # the baseline, the policy-loss family and the KL term (Shao et al. 2024; Ahmadian et al. 2024; Hu et al. 2025;
-    # DAPO: Yu et al. 2025; GSPO; CISPO)
+    # the baseline (Shao et al. 2024; Ahmadian et al. 2024; Hu et al. 2025)
     advantage: str = field("grpo", "grpo or rloo (group baselines), reinforce++ (the batch's mean and std: Hu et al. "
                                    "2025)")
     advantage_scale: str = field("group", "grpo: divide by the group's std (group), the batch's std (batch: "
                                           "REINFORCE++-baseline) or not (none: Dr.GRPO)")
+    pg: PolicyGradient = group(PolicyGradient)
+    # the policy-loss family (PPO, GSPO, CISPO; DAPO's clip-higher) and the KL term
     policy_loss: str = field("ppo", "ppo (clipped ratio per token), gspo (one ratio per sequence) or cispo "
                                     "(clipped, detached importance weight x log pi)")
     clip_high: float = field(0.0, "upper ratio clip (DAPO clip-higher: 0.28; 0: the same as --clip)")
@@ -53,14 +62,6 @@ class Config:
                                         "overlong filtering)")
     kl_coef: float = field(0.0, "KL-to-reference coefficient in the loss (k3; 0: none and no reference model, as "
                                 "in Dr.GRPO / DAPO)")
-    # groups without signal (DAPO's dynamic sampling)
-    zero_signal: str = field("keep", "groups whose samples all got the same return (no advantage; grpo and rloo): "
-                                     "keep, drop them, or refill (DAPO's dynamic sampling: drop them and sample "
-                                     "further prompts until --prompts groups carry signal; every rollout drawn counts)")
-    refill_rounds: int = field(4, "--zero-signal refill: extra sampling rounds per iteration at most (then the "
-                                  "iteration learns from the groups it has)")
-    max_rollouts: int = field(0, "stop once this many rollouts were drawn (0: after --iterations); the budget of a "
-                                 "run whose iterations draw a varying number (--zero-signal refill)")
     optim: Optim = group(Optim, **OPTIM)
     lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
     fsdp: bool = fsdp()

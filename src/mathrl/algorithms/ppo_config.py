@@ -22,6 +22,7 @@ RETIRED = {"advantage": ("gae", _GRPO), "clip_high": (0.0, _GRPO), "policy_loss"
 
 @dataclass
 class Config:
+    # in the loop's order: collect, score, advantages, learn, evaluate, checkpoint
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
@@ -29,18 +30,20 @@ class Config:
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)
     scoring: Scoring = group(Scoring)
+    # the rewards: the outcome (scoring) minus kl_coef x the KL to the reference (Ziegler et al. 2019)
+    kl_coef: float = field(0.05, "KL-to-reference coefficient of the per-token reward penalty (0: no reference "
+                                 "model)")
+    kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
+    # GAE's advantages (trlX's defaults)
+    gamma: float = field(1.0, "discount")
+    lam: float = field(0.95, "GAE lambda")
+    whiten_advantages: bool = field(True, "whiten GAE advantages over the batch")
     pg: PolicyGradient = group(PolicyGradient)
-    # the critic and GAE (Ziegler et al. 2019; trlX's defaults)
+    # the critic's loss
     value_clip: float = field(0.2, "value-loss clip")
     vf_coef: float = field(0.5, "value-loss weight")
     value_trunk_grad: bool = field(False, "let the value loss train the shared trunk too (default: the value head "
                                           "reads the trunk's hidden states but its gradient stops there)")
-    gamma: float = field(1.0, "discount")
-    lam: float = field(0.95, "GAE lambda")
-    whiten_advantages: bool = field(True, "whiten GAE advantages over the batch")
-    kl_coef: float = field(0.05, "KL-to-reference coefficient of the per-token reward penalty (0: no reference "
-                                 "model)")
-    kl_target: float = field(0.0, "adaptive KL: target KL per sequence (0: fixed coefficient)")
     optim: Optim = group(Optim, **OPTIM)
     lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
     fsdp: bool = fsdp()

@@ -30,13 +30,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.rcrl_config import Config
 from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
 from mathrl.evaluate import evaluate_in_run
-from mathrl.models import apply_lora, final_model, load_model
+from mathrl.models import final_model, load_model
 from mathrl.rewards import dense_step_rewards, outcome_rewards
 from mathrl.reward_model import load_reward_model
 from mathrl.runsetup import start_run, task_for, warn_tiny_default_lr, write_record
@@ -44,7 +43,7 @@ from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
+from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
 from mathrl.training import Example, make_optimizer
 
 GOOD, BAD = "[GOOD]", "[BAD]"
@@ -134,12 +133,8 @@ def train(cfg: Config) -> Path:
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)
     good, bad = add_return_tokens(policy, tokenizer)
-    if cfg.lora.lora_rank:
-        policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=(good, bad))
-    if cfg.fsdp:
-        distributed.shard_model(policy)  # after the return tokens resized the embeddings
-    engine = engines.create(policy, cfg.sampling, cfg.model)
-    initial_weights = snapshot(policy)
+    # then LoRA (the return tokens' embeddings train in full) or FSDP, the engine, the weights to restart from
+    policy, engine, initial_weights = round_policy(cfg, policy, trainable_tokens=(good, bad))
     how = cfg.step_labels
     if how == "auto":
         how = "exact" if task.name == "synthetic" else "reference"
@@ -151,12 +146,9 @@ def train(cfg: Config) -> Path:
     questions = task.problems("train")[: cfg.questions or None]
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
 
-    st, optimizer = RCRLState(), None
-    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-    if last is not None:
-        st, optimizer = resume_round_run(last, policy, RCRLState.from_dict, cfg.optim)
-        print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}")
-    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
+    st, optimizer, resumed = resume_round_run(run_dir, cfg.resume, policy, RCRLState(), RCRLState.from_dict,
+                                              cfg.optim)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if resumed else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)
