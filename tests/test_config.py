@@ -95,4 +95,9 @@ def test_choice_values_in_settings_are_those_the_code_acts_on():
     from mathrl import models, settings
 
     assert tuple(models.SIZES) == settings.MODEL_SIZES
+    # grpo's config names the policy losses and aggregations without importing losses.py (torch) either
+    from mathrl import losses
+    from mathrl.algorithms import grpo_config
+
+    assert grpo_config.POLICY_LOSSES == losses.POLICY_LOSSES and grpo_config.AGGREGATIONS == losses.AGGREGATIONS
     assert models.PRECISIONS is settings.PRECISIONS

@@ -24,8 +24,8 @@ from mathrl.errors import MathRLError
 class Command:
     """A subcommand: where its Config is (``module:Name``), the function that runs it (``module:function``) and
     its one-line help. Modules are named, not imported: ``mathrl --help`` imports none of them, and ``mathrl CMD``
-    imports CMD's alone. A Config lives in a module that does not import torch where the command allows it
-    (``commands_config.py``, ``study.py``), so that ``mathrl CMD --help`` does not import torch either."""
+    imports CMD's alone. Every Config lives in a module that does not import torch (``commands_config.py``,
+    ``study.py``, ``algorithms/*_config.py``), so that ``mathrl CMD --help`` does not import torch either."""
 
     config: str
     run: str
@@ -41,19 +41,19 @@ COMMANDS = {
                           "counts and length statistics of a split"),
     "model init": Command("mathrl.commands_config:ModelInitConfig", "mathrl.commands:model_init",
                           "create the embedded default model + tokenizer"),
-    "pretrain": Command("mathrl.algorithms.pretrain:Config", "mathrl.algorithms.pretrain:main",
+    "pretrain": Command("mathrl.algorithms.pretrain_config:Config", "mathrl.algorithms.pretrain:main",
                         "pretrain the embedded default (the paper's pretrained start)"),
-    "sft": Command("mathrl.algorithms.sft:Config", "mathrl.algorithms.sft:main",
+    "sft": Command("mathrl.algorithms.sft_config:Config", "mathrl.algorithms.sft:main",
                    "supervised fine-tuning, with per-epoch dev metrics"),
-    "ei": Command("mathrl.algorithms.expert_iteration:Config", "mathrl.algorithms.expert_iteration:main",
+    "ei": Command("mathrl.algorithms.expert_iteration_config:Config", "mathrl.algorithms.expert_iteration:main",
                   "Expert Iteration: sample K, keep the correct, fine-tune"),
-    "orm train": Command("mathrl.algorithms.orm:Config", "mathrl.algorithms.orm:main",
+    "orm train": Command("mathrl.algorithms.orm_config:Config", "mathrl.algorithms.orm:main",
                          "train an outcome (or --stepwise) reward model on policy samples"),
-    "ppo": Command("mathrl.algorithms.ppo:Config", "mathrl.algorithms.ppo:main",
+    "ppo": Command("mathrl.algorithms.ppo_config:Config", "mathrl.algorithms.ppo:main",
                    "PPO with value head, GAE, KL penalty in the reward"),
-    "grpo": Command("mathrl.algorithms.grpo:Config", "mathrl.algorithms.grpo:main",
+    "grpo": Command("mathrl.algorithms.grpo_config:Config", "mathrl.algorithms.grpo:main",
                     "GRPO, RLOO, REINFORCE++ (--advantage): group or batch baselines, no critic"),
-    "rcrl": Command("mathrl.algorithms.rcrl:Config", "mathrl.algorithms.rcrl:main",
+    "rcrl": Command("mathrl.algorithms.rcrl_config:Config", "mathrl.algorithms.rcrl:main",
                     "return-conditioned RL: train on good and bad samples marked by returns"),
     "eval": Command("mathrl.commands_config:EvalConfig", "mathrl.commands:run_eval",
                     "maj@1, maj@K, pass@K, rerank@K and more for a model"),

@@ -8,6 +8,9 @@ calls is the order of the data (torchtune's ``Trajectory`` is the model): ``samp
 --engine vllm the trainer's, with truncated IS weights), ``reference_logprobs``, ``value_estimates`` ->
 ``Experience`` (what the learning step reads) -> ``optimizer_step`` per minibatch (``UpdateStats``).
 
+The settings both loops take are ``algorithms/policy_gradient_config.py`` (``Scoring``, ``PolicyGradient``; no
+torch there, for ``--help``), the setup and bookkeeping of their runs ``pg_run.py``.
+
 Mask convention (training.py's): True = a token the loss counts. Shapes: N rollouts, C completion tokens
 (right-padded; position c is completion token c), P distinct prompts, Lp prompt tokens (left-padded).
 """
@@ -22,98 +25,11 @@ import torch
 
 from mathrl import checkpoint as ckpt
 from mathrl import distributed
-from mathrl.config import field, refuse
-from mathrl.errors import UsageError
 from mathrl.losses import truncated_importance_weights
 from mathrl.models import autocast, kv_cache_arg, kv_cache_of
-from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, overlong_penalty, user_reward
+from mathrl.rewards import dense_step_rewards, outcome_rewards, overlong_penalty
 from mathrl.sampler import sampling_params
 from mathrl.training import clip_and_step, split_micro
-
-# ----------------------------------------------------------------------------------------------------------
-# The settings both loops take (one name, one default, one help text)
-
-
-@dataclass
-class Scoring:
-    """How rollouts are scored (``score``)."""
-
-    reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
-                                  "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
-    orm: str = field("", "reward-model directory (reward orm)")
-    orm_mode: str = field("terminal", "orm reward: terminal (score at the end) or step (score changes at step ends)")
-
-    def validate(self) -> None:
-        if is_user_reward(self.reward):
-            user_reward(self.reward)  # import it now: a typo fails before any work
-        elif self.reward not in ("sparse", "verified", "dense", "orm"):
-            raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm, module:function)")
-        if self.reward != "orm":
-            refuse(self, ["orm", "orm_mode"], "without --reward orm")
-        elif not self.orm:
-            raise UsageError("--reward orm needs --orm DIR (the reward model)")
-        if self.orm_mode not in ("terminal", "step"):
-            raise UsageError("orm_mode must be terminal or step")
-
-    @property
-    def orm_steps(self) -> bool:
-        return self.reward == "orm" and self.orm_mode == "step"
-
-
-# AdamW at a constant learning rate after a short warmup; batch_size: rollouts per optimizer step (a minibatch)
-OPTIM = dict(lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
-
-
-def iterations():
-    return field(40, "rollout batches")
-
-
-def prompts():
-    return field(64, "prompts per rollout batch")
-
-
-def ppo_epochs():
-    return field(2, "passes over each rollout batch")
-
-
-def clip():
-    return field(0.2, "PPO ratio clip (the lower side, and the upper one unless --clip-high)")
-
-
-def kl_bound():
-    return field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this (with a "
-                       "reference model: --kl-coef > 0)")
-
-
-def vllm_is_cap():
-    return field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine (TIS)")
-
-
-def eval_every():
-    return field(10, "iterations between evaluations (0: only at the end)")
-
-
-def checkpoint_every():
-    return field(5, "iterations between checkpoints")
-
-
-def validate_shared(cfg) -> None:
-    """The checks of the settings above, the same in both loops."""
-    cfg.scoring.validate()
-    for name in ("iterations", "prompts", "ppo_epochs", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"{name} must be >= 1")
-    if cfg.clip <= 0 or cfg.kl_coef < 0 or cfg.kl_bound <= 0:
-        raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
-    if cfg.vllm_is_cap < 1:
-        raise UsageError("--vllm-is-cap must be >= 1")
-    if cfg.sampling.engine != "vllm":
-        refuse(cfg, ["vllm_is_cap"], "without --engine vllm (the trainer samples with its own log-probs)")
-    if cfg.kl_coef == 0:
-        refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
-    if not cfg.eval.eval_size:
-        refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Collect
@@ -218,12 +134,13 @@ class Scores:
         return Scores(torch.cat(rows), torch.cat([p.outcome for p in parts]))
 
 
-def score(scoring: Scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list[str], *,
+def score(scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list[str], *,
           overlong_buffer: int = 0, max_new_tokens: int = 0) -> Scores:
-    """Score ``rollouts`` (``rollout.prompt_index`` indexes ``problems`` and ``prompts``) through the task: the
-    outcome reward (``--reward``; ``orm`` is the loaded reward model with ``--reward orm``) at each row's last
-    token, step rewards at step-end tokens (dense: matched reference steps; orm step: the ORM's score changes),
-    and DAPO's soft overlong penalty (Yu et al. 2025, eq. 13) at the last token, not part of the outcome."""
+    """Score ``rollouts`` (``rollout.prompt_index`` indexes ``problems`` and ``prompts``) through the task, as
+    ``scoring`` (``policy_gradient_config.Scoring``) says: the outcome reward (``--reward``; ``orm`` is the loaded
+    reward model with ``--reward orm``) at each row's last token, step rewards at step-end tokens (dense: matched
+    reference steps; orm step: the ORM's score changes), and DAPO's soft overlong penalty (Yu et al. 2025,
+    eq. 13) at the last token, not part of the outcome."""
     row_problems = [problems[r.prompt_index] for r in rollouts]
     texts = [r.text for r in rollouts]
     if scoring.orm_steps:

@@ -2,6 +2,7 @@
 checkpoints between phases so that a resumed run continues the round where it stopped.
 
 ``round_total_steps`` sizes a round's fine-tuning, ``fine_tune_round`` runs it through ``training.train_steps``,
+``round_policy`` readies the start model (adapters or shards, its engine, its initial weights),
 ``snapshot``/``restore`` keep the initial weights to restart each round from (ReST-EM, Singh et al. 2023: the
 paper's choice for EI, Havrilla et al. 2024 section 3.1), ``save_round_run``/``resume_round_run`` write and read a
 round-based run's checkpoint. Shared here because the two algorithms never import each other.
@@ -13,7 +14,8 @@ import math
 from typing import Sequence
 
 from mathrl import checkpoint as ckpt
-from mathrl import distributed
+from mathrl import distributed, engines
+from mathrl.models import apply_lora
 from mathrl.runlog import progress
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.training import Example, make_optimizer, train_steps
@@ -45,6 +47,18 @@ def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *
     bar.close()
 
 
+def round_policy(cfg, policy, trainable_tokens=()):
+    """(policy, engine, initial weights) of a round-based run: the loaded start model with LoRA adapters
+    (``trainable_tokens``: embeddings that train in full beside them) or, under ``--fsdp``, sharded; the rollout
+    engine created after both; and the ``snapshot`` each round restarts from (``restore``)."""
+    if cfg.lora.lora_rank:
+        policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=trainable_tokens)
+    if cfg.fsdp:
+        distributed.shard_model(policy)
+    engine = engines.create(policy, cfg.sampling, cfg.model)
+    return policy, engine, snapshot(policy)
+
+
 def snapshot(model) -> dict:
     """A copy of the weights that training changes, to restart from (EI and RCRL fine-tune from the initial
     weights each round): every weight (this rank's shards under FSDP), or with LoRA the adapters alone (the
@@ -66,9 +80,13 @@ def restore(model, weights: dict) -> None:
         model.load_state_dict(weights)
 
 
-def resume_round_run(last, policy, from_dict, optim):
-    """(state, optimizer or None) of a round-based run from checkpoint ``last``: the weights and RNG state
-    restored, the optimizer too when the checkpoint was taken while fine-tuning."""
+def resume_round_run(run_dir, resume: bool, policy, fresh, from_dict, optim):
+    """(state, optimizer or None, resumed) of a round-based run: with ``resume`` and a checkpoint in ``run_dir``,
+    the last one's state (``from_dict``), its weights and RNG state restored, and the optimizer too when it was
+    taken while fine-tuning; else (``fresh``, None, False)."""
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if last is None:
+        return fresh, None, False
     saved = ckpt.load_state(last)
     ckpt.load_weights_into(policy, last)
     set_rng_state(saved["rng"])
@@ -76,7 +94,9 @@ def resume_round_run(last, policy, from_dict, optim):
     if saved.get("optimizer") is not None:
         optimizer = make_optimizer(policy, optim.lr, optim.weight_decay)
         distributed.load_optimizer_state(policy, optimizer, saved["optimizer"])
-    return from_dict(saved), optimizer
+    st = from_dict(saved)
+    print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}, fine-tuning step {st.ft_step}")
+    return st, optimizer, True
 
 
 def save_round_run(run_dir, tag: int, policy, tokenizer, st, optimizer) -> None:

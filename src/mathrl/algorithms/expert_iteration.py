@@ -27,82 +27,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, refuse, save as save_config
-from mathrl.errors import UsageError
+from mathrl.algorithms.expert_iteration_config import Config
+from mathrl.config import save as save_config
 from mathrl.record import ModelRecord, read_record
-from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
-    no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
-from mathrl.models import apply_lora, final_model, load_model
-from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, outcome_rewards, user_reward
+from mathrl.models import final_model, load_model
+from mathrl.rewards import is_user_reward, outcome_rewards
 from mathrl.reward_model import load_reward_model
 from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import completion_stats, sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
+from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
 from mathrl.training import completion_example, make_optimizer
-
-
-@dataclass
-class Config:
-    model: str = field("", "starting checkpoint: an SFT model, or a pretrained one (few-shot prompted) (required)")
-    out: str = field("runs/ei", "run directory (the final policy is written to OUT/model)")
-    data: Data = group(Data)
-    prompting: Prompting = group(Prompting)
-    rounds: int = field(3, "maximum number of rounds")
-    patience: int = field(2, "stop after this many rounds without a dev maj@1 improvement (0: never)")
-    patience_size: int = field(200, "dev problems whose greedy maj@1 decides early stopping (patience)")
-    questions: int = field(4000, "training questions per round (0: the whole train split)")
-    sampling: Sampling = group(Sampling)  # k: the paper's efficient setting is 4
-    few_shot: FewShot = group(FewShot)  # while the policy is the start model (zero-shot after its first round)
-    reward: str = field("sparse", "filter: sparse (answer correct), verified (answer and steps), orm, or "
-                                  "module:function (your own, TRL's signature)")
-    orm: str = field("", "reward-model directory (reward orm)")
-    orm_threshold: float = field(0.5, "keep samples whose reward-model (or module:function) score is at least this")
-    include_references: bool = field(False, "also train on the reference solutions of the sampled questions")
-    retrain_from: str = field("initial", "initial (ReST-EM: fine-tune the start model each round) or last")
-    rounds_ft: Rounds = group(Rounds)
-    optim: Optim = group(Optim)
-    lora: Lora = group(Lora)  # retrain_from initial: each round's fine-tuning starts from fresh adapters
-    eval: Evaluation = group(Evaluation)
-    fsdp: bool = fsdp()
-    run: Run = group(Run)
-    compute: Compute = group(Compute)
-    resume: bool = resume()
-
-    def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
-        if not self.model:
-            raise UsageError("--model is required (an SFT or pretrained model directory)")
-        if is_user_reward(self.reward):
-            user_reward(self.reward)  # import it now: a typo fails before any work
-        elif self.reward not in OUTCOME_REWARDS:
-            raise UsageError(f"unknown reward {self.reward!r} (known: {', '.join(OUTCOME_REWARDS)}, module:function)")
-        if self.reward == "orm" and not self.orm:
-            raise UsageError("--reward orm needs --orm DIR")
-        if self.reward != "orm":
-            refuse(self, ("orm",), "without --reward orm")
-        if self.reward in ("sparse", "verified"):
-            refuse(self, ("orm_threshold",), f"with --reward {self.reward} (a 0/1 return: kept when it is 1)")
-        if not self.patience:
-            refuse(self, ("patience_size",), "with --patience 0 (no early stopping)")
-        if self.rounds == 1:
-            refuse(self, ("retrain_from",), "with --rounds 1 (the only round fine-tunes the start model)")
-        if self.retrain_from not in ("initial", "last"):
-            raise UsageError("retrain_from must be 'initial' or 'last'")
-        if self.rounds < 1:
-            raise UsageError("rounds must be >= 1")
-        if min(self.patience, self.questions, self.patience_size) < 0:
-            raise UsageError("patience, patience_size and questions must be >= 0")
-        if self.patience and not self.patience_size:
-            raise UsageError("--patience needs dev problems to decide on (--patience-size > 0)")
 
 
 @dataclass
@@ -138,12 +78,7 @@ def train(cfg: Config) -> Path:
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)
-    if cfg.lora.lora_rank:
-        policy = apply_lora(policy, cfg.lora, cfg.model)
-    if cfg.fsdp:
-        distributed.shard_model(policy)
-    engine = engines.create(policy, cfg.sampling, cfg.model)
-    initial_weights = snapshot(policy)
+    policy, engine, initial_weights = round_policy(cfg, policy)  # LoRA or FSDP, the engine, the weights to restart from
     scorer = None
     if cfg.reward == "orm":
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
@@ -153,12 +88,8 @@ def train(cfg: Config) -> Path:
     # early stopping decides on dev problems, never on the test split the curves report
     dev_problems = task.problems("dev")[: cfg.patience_size] if cfg.patience else []
 
-    st, optimizer = EIState(), None
-    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-    if last is not None:
-        st, optimizer = resume_round_run(last, policy, EIState.from_dict, cfg.optim)
-        print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}, fine-tuning step {st.ft_step}")
-    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
+    st, optimizer, resumed = resume_round_run(run_dir, cfg.resume, policy, EIState(), EIState.from_dict, cfg.optim)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if resumed else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, refuse, save as save_config
+from mathrl.algorithms.orm_config import Config
+from mathrl.config import save as save_config
 from mathrl.errors import UsageError
-from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, no_lora_with_fsdp, resume, \
-    validate_groups
 from mathrl.metrics import auc
 from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model
 from mathrl.record import ModelRecord, model_dir as local_model_dir
@@ -38,48 +37,6 @@ from mathrl.seeds import rng_state, set_rng_state
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
 from mathrl.training import Example, make_optimizer, train_steps
-
-
-@dataclass
-class Config:
-    model: str = field("", "policy model directory whose samples are labelled (required)")
-    out: str = field("runs/orm", "run directory (the reward model is written to OUT/model)")
-    data: Data = group(Data)
-    prompting: Prompting = group(Prompting)
-    stepwise: bool = field(False, "train a stepwise ORM (SORM) with rollout-estimated step labels")
-    questions: int = field(2000, "training questions to sample from")
-    sampling: Sampling = group(Sampling)
-    m: int = field(4, "SORM: continuations sampled from each step prefix")
-    sorm_samples: int = field(1500, "SORM: training samples that get rollout step labels (the SORM trains on "
-                                        "those only)")
-    balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
-    heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
-    epochs: float = field(2.0, "passes over the labelled samples")
-    optim: Optim = group(Optim)
-    lora: Lora = group(Lora)  # adapters on the trunk; the new scalar head trains in full
-    fsdp: bool = fsdp()
-    checkpoint_every: int = field(100, "optimizer steps between checkpoints")
-    run: Run = group(Run)
-    compute: Compute = group(Compute)
-    resume: bool = resume()
-
-    def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
-        if self.lora.save_merged is False:
-            raise UsageError("--no-save-merged: a reward model is saved with its adapters merged (its new head has "
-                             "no base model to go onto)")
-        if not self.model:
-            raise UsageError("--model is required (the policy whose samples the reward model judges)")
-        if self.questions < 2 or self.m < 1:
-            raise UsageError("questions must be >= 2 and m >= 1")
-        if not 0 < self.heldout < 1:
-            raise UsageError("heldout must lie in (0, 1)")
-        if self.epochs <= 0:
-            raise UsageError("epochs must be > 0")
-        if not self.stepwise:
-            refuse(self, ("m", "sorm_samples"), "without --stepwise (they make a SORM's step labels)")
 
 
 @dataclass

@@ -30,84 +30,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
-from mathrl.config import field, group, refuse, save as save_config
-from mathrl.errors import UsageError
+from mathrl.algorithms.rcrl_config import Config
+from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
-from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
-    no_lora_with_fsdp, resume, validate_groups
 from mathrl.evaluate import evaluate_in_run
-from mathrl.models import apply_lora, final_model, load_model
-from mathrl.rewards import dense_step_rewards, is_user_reward, outcome_rewards, user_reward
+from mathrl.models import final_model, load_model
+from mathrl.rewards import dense_step_rewards, outcome_rewards
 from mathrl.reward_model import load_reward_model
 from mathrl.runsetup import start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_total_steps, save_round_run, snapshot
+from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
 from mathrl.training import Example, make_optimizer
 
 GOOD, BAD = "[GOOD]", "[BAD]"
-
-
-@dataclass
-class Config:
-    model: str = field("", "starting checkpoint (an SFT model) (required)")
-    out: str = field("runs/rcrl", "run directory (the final policy is written to OUT/model)")
-    data: Data = group(Data)
-    prompting: Prompting = group(Prompting)
-    returns: str = field("sparse", "sparse (one return token per solution) or dense (one per step)")
-    reward: str = field("sparse", "what marks a solution good: sparse (its answer is right) or module:function "
-                                  "(your own, TRL's signature: good when its score >= 0.5)")
-    step_labels: str = field("auto", "dense: exact (synthetic step checker), sorm, reference (matched results), "
-                                     "or auto (exact where the task checks steps, else reference)")
-    sorm: str = field("", "SORM directory (step_labels sorm)")
-    label_ratio: str = field("natural", "natural, or balanced (as many bad samples as good ones)")
-    rounds: int = field(1, "rounds of collect -> label -> fine-tune")
-    questions: int = field(4000, "training questions per round (0: the whole train split)")
-    sampling: Sampling = group(Sampling)
-    include_references: bool = field(True, "also train on the reference solutions, marked good")
-    rounds_ft: Rounds = group(Rounds)
-    optim: Optim = group(Optim)
-    lora: Lora = group(Lora)  # the return tokens' embeddings train in full beside the adapters
-    eval: Evaluation = group(Evaluation)
-    fsdp: bool = fsdp()
-    run: Run = group(Run)
-    compute: Compute = group(Compute)
-    resume: bool = resume()
-
-    def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
-        if not self.model:
-            raise UsageError("--model is required (an SFT model directory)")
-        if self.lora.save_merged is False:
-            raise UsageError("--no-save-merged: rcrl adds the return tokens to the vocabulary, so its adapters do not "
-                             "fit the start model; its LoRA runs save merged weights")
-        if self.returns == "dense" and self.sampling.engine == "vllm":
-            raise UsageError("--returns dense forces a return marker after every step while sampling, which --engine "
-                             "vllm cannot: use --engine mathrl (or --returns sparse)")
-        if is_user_reward(self.reward):
-            user_reward(self.reward)  # import it now: a typo fails before any work
-        elif self.reward != "sparse":
-            raise UsageError(f"unknown reward {self.reward!r} for rcrl (sparse, or module:function)")
-        if self.returns not in ("sparse", "dense"):
-            raise UsageError("returns must be sparse or dense")
-        if self.step_labels not in ("auto", "exact", "sorm", "reference"):
-            raise UsageError("step_labels must be auto, exact, sorm or reference")
-        if self.returns == "sparse":
-            refuse(self, ("step_labels",), "with --returns sparse (only dense returns label steps)")
-        if self.step_labels == "sorm" and not self.sorm:
-            raise UsageError("--step-labels sorm needs --sorm DIR")
-        if self.step_labels != "sorm" or self.returns == "sparse":
-            refuse(self, ("sorm",), "without --returns dense --step-labels sorm")
-        if self.label_ratio not in ("natural", "balanced"):
-            raise UsageError("label_ratio must be natural or balanced")
-        if self.rounds < 1:
-            raise UsageError("rounds must be >= 1")
 
 
 def add_return_tokens(model, tokenizer) -> tuple[int, int]:
@@ -194,12 +133,8 @@ def train(cfg: Config) -> Path:
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)
     good, bad = add_return_tokens(policy, tokenizer)
-    if cfg.lora.lora_rank:
-        policy = apply_lora(policy, cfg.lora, cfg.model, trainable_tokens=(good, bad))
-    if cfg.fsdp:
-        distributed.shard_model(policy)  # after the return tokens resized the embeddings
-    engine = engines.create(policy, cfg.sampling, cfg.model)
-    initial_weights = snapshot(policy)
+    # then LoRA (the return tokens' embeddings train in full) or FSDP, the engine, the weights to restart from
+    policy, engine, initial_weights = round_policy(cfg, policy, trainable_tokens=(good, bad))
     how = cfg.step_labels
     if how == "auto":
         how = "exact" if task.name == "synthetic" else "reference"
@@ -211,12 +146,9 @@ def train(cfg: Config) -> Path:
     questions = task.problems("train")[: cfg.questions or None]
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
 
-    st, optimizer = RCRLState(), None
-    last = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-    if last is not None:
-        st, optimizer = resume_round_run(last, policy, RCRLState.from_dict, cfg.optim)
-        print(f"resumed {run_dir}: round {st.round + 1}, phase {st.phase}")
-    logger = RunLogger(run_dir, cfg, resume_step=st.round if last is not None else None)
+    st, optimizer, resumed = resume_round_run(run_dir, cfg.resume, policy, RCRLState(), RCRLState.from_dict,
+                                              cfg.optim)
+    logger = RunLogger(run_dir, cfg, resume_step=st.round if resumed else None)
 
     def save(tag: int) -> None:
         save_round_run(run_dir, tag, policy, tokenizer, st, optimizer)

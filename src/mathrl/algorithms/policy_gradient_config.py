@@ -1,0 +1,100 @@
+"""The settings PPO and GRPO share, defined once and composed by both Configs (``ppo_config.py``,
+``grpo_config.py``): how rollouts are scored (``Scoring``), the loop's shape and guards (``PolicyGradient``), the
+optimizer defaults (``OPTIM``) and the checks both make (``validate_policy_gradient``). Groups are flattened into
+flags (``config.py``): ``--iterations``, ``--clip``... keep one name, one default and one help text in both.
+
+Why a module of its own beside ``rollouts.py`` (the stages the two loops share, which import torch): the CLI builds
+``mathrl ppo --help`` from the Config, and importing torch for it would take seconds. Like every ``*_config.py``
+of this package it imports no torch: only the settings layer (``config.py``, ``settings.py``, ``errors.py``) and
+``rewards.py``, whose ``user_reward`` imports a ``--reward module:function`` while the config is validated, so
+that a typo fails before any work (the user's module is the user's code; mathrl's side of it imports no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mathrl.config import field, refuse
+from mathrl.errors import UsageError
+from mathrl.rewards import is_user_reward, user_reward
+from mathrl.settings import no_lora_with_fsdp, validate_groups
+
+
+@dataclass
+class Scoring:
+    """How rollouts are scored (``rollouts.score``)."""
+
+    reward: str = field("sparse", "sparse (answer correct), verified, dense (+ matched steps), orm, or "
+                                  "module:function (your own, TRL's signature: f(prompts, completions, **columns))")
+    orm: str = field("", "reward-model directory (reward orm)")
+    orm_mode: str = field("terminal", "orm reward: terminal (score at the end) or step (score changes at step ends)")
+
+    def validate(self) -> None:
+        if is_user_reward(self.reward):
+            user_reward(self.reward)  # import it now: a typo fails before any work
+        elif self.reward not in ("sparse", "verified", "dense", "orm"):
+            raise UsageError(f"unknown reward {self.reward!r} (sparse, verified, dense, orm, module:function)")
+        if self.reward != "orm":
+            refuse(self, ["orm", "orm_mode"], "without --reward orm")
+        elif not self.orm:
+            raise UsageError("--reward orm needs --orm DIR (the reward model)")
+        if self.orm_mode not in ("terminal", "step"):
+            raise UsageError("orm_mode must be terminal or step")
+
+    @property
+    def orm_steps(self) -> bool:
+        return self.reward == "orm" and self.orm_mode == "step"
+
+
+@dataclass
+class PolicyGradient:
+    """The loop: ``iterations`` x (collect ``prompts`` x K rollouts, learn in ``ppo_epochs`` passes of clipped
+    updates), its divergence guard, and how often it evaluates (``checkpoint_every`` is a field of each Config:
+    the Rounds group of EI and RCRL has a flag of that name that counts fine-tuning steps)."""
+
+    iterations: int = field(40, "rollout batches")
+    prompts: int = field(64, "prompts per rollout batch")
+    ppo_epochs: int = field(2, "passes over each rollout batch")
+    clip: float = field(0.2, "PPO ratio clip (the lower side, and the upper one unless --clip-high)")
+    kl_bound: float = field(10.0, "stop (divergence) when the mean KL to the reference per sequence exceeds this "
+                                  "(with a reference model: --kl-coef > 0)")
+    vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine "
+                                    "(TIS)")
+    eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
+
+    def validate(self) -> None:
+        for name in ("iterations", "prompts", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1")
+
+
+def checkpoint_every():
+    return field(5, "iterations between checkpoints")
+
+
+# AdamW at a constant learning rate after a short warmup; batch_size: rollouts per optimizer step (a minibatch)
+OPTIM = dict(lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_size=64)
+
+
+def validate_policy_gradient(cfg) -> None:
+    """The checks of a PPO or GRPO config that concern what both share (each Config's ``validate`` goes on with
+    its own settings)."""
+    validate_groups(cfg)
+    cfg.scoring.validate()
+    cfg.pg.validate()
+    if cfg.checkpoint_every < 1:
+        raise UsageError("checkpoint_every must be >= 1")
+    if cfg.pg.clip <= 0 or cfg.kl_coef < 0 or cfg.pg.kl_bound <= 0:
+        raise UsageError("clip and kl_bound must be > 0; kl_coef >= 0")
+    if cfg.pg.vllm_is_cap < 1:
+        raise UsageError("--vllm-is-cap must be >= 1")
+    if cfg.sampling.engine != "vllm":
+        refuse(cfg, ["vllm_is_cap"], "without --engine vllm (the trainer samples with its own log-probs)")
+    if cfg.kl_coef == 0:
+        refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
+    if not cfg.eval.eval_size:
+        refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
+    cfg.sampling.require_samples()
+    no_lora_with_fsdp(cfg.lora, cfg.fsdp)
+    if not cfg.model:
+        raise UsageError("--model is required (the starting policy)")

@@ -1,0 +1,160 @@
+"""The setup and bookkeeping that the two policy-gradient loops share (``algorithms/ppo.py``, ``algorithms/grpo.py``),
+as plain functions each loop calls in its own ``train()``: the policy and its frozen reference (``load_policy``),
+what a run draws from and evaluates on (``run_inputs``), resuming (``resume_checkpoint``), the in-run evaluation
+(``evaluate_policy``), the divergence guard on the KL (``sequence_kl``, ``check_kl``), the learning-rate schedule
+of the learning step (``planned_steps``, ``schedule_lr``), checkpoints (``save_iteration``) and the final model
+(``write_policy``). The stages of an iteration (collect, score, the passes without gradient, the optimizer step)
+are ``rollouts.py``; the settings both loops take are ``algorithms/policy_gradient_config.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mathrl import checkpoint as ckpt
+from mathrl import distributed
+from mathrl.evaluate import evaluate_in_run
+from mathrl.models import apply_lora, final_model, load_model
+from mathrl.record import ModelRecord, read_record
+from mathrl.reward_model import load_reward_model
+from mathrl.runlog import write_history
+from mathrl.runsetup import few_shot_examples, warn_tiny_default_lr, write_record
+from mathrl.seeds import rng_state, set_rng_state
+from mathrl.tasks import task_options
+from mathrl.tasks.prompting import prompt_record
+from mathrl.training import lr_at, set_lr
+
+
+def load_policy(cfg, device: str, with_reference: bool):
+    """(policy, reference or None, tokenizer): the start model ``cfg.model`` ready to train (LoRA adapters, or FSDP
+    shards before the optimizer sees the parameters) and, ``with_reference`` (a KL term), a frozen copy of it. With
+    LoRA the reference is the policy with its adapters disabled (``rollouts.reference_logprobs``): None here, and
+    no copy in memory; without a KL term there is no reference and no extra pass."""
+    policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
+                                   compute=cfg.compute)
+    warn_tiny_default_lr(cfg, policy)
+    reference = None
+    if cfg.lora.lora_rank:
+        policy = apply_lora(policy, cfg.lora, cfg.model)
+    elif with_reference:
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    if cfg.fsdp:
+        distributed.shard_model(policy)
+        if reference is not None:
+            distributed.shard_model(reference)
+            # the frozen reference has no backward pass, where FSDP would reshard its root (embeddings, head)
+            reference.set_reshard_after_forward(True, recurse=False)
+    return policy, reference, tokenizer
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run draws from and evaluates on, fixed for the run: the train ``questions`` walked in one shuffled
+    ``order`` (``rollouts.next_problems``), the few-shot ``shots`` of every prompt, the ``eval_problems`` of the
+    in-run evaluations, and the reward model ``orm`` (``--reward orm``; else None)."""
+
+    questions: list
+    order: list[int]
+    shots: list
+    eval_problems: list
+    orm: object | None
+
+
+def run_inputs(cfg, task, tokenizer, device) -> Inputs:
+    orm = load_reward_model(cfg.scoring.orm, tokenizer, device=device) if cfg.scoring.reward == "orm" else None
+    shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
+    questions = task.problems("train")
+    eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
+    order = list(range(len(questions)))
+    random.Random(cfg.run.seed).shuffle(order)
+    return Inputs(questions, order, shots, eval_problems, orm)
+
+
+def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, fresh, prompts: int):
+    """(state, saved): with ``resume``, the last good checkpoint in ``run_dir`` read back (``saved``, the dict
+    ``save_iteration`` wrote) and its loop state as an instance of ``fresh``'s dataclass, with the policy's weights
+    (with LoRA the adapters: the base weights are the start model's), the optimizer's state over ``trained`` (the
+    modules it steps) and the RNG state restored; else (``fresh``, None). A checkpoint written before
+    ``prompts_used`` existed drew ``prompts`` per iteration; keys the state does not have (the constant
+    ``kl_coef`` that GRPO checkpoints of the single PPO/GRPO loop of earlier versions recorded) are left out."""
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if last is None:
+        return fresh, None
+    saved = ckpt.load_state(last)
+    ckpt.load_weights_into(policy, last)
+    distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
+    set_rng_state(saved["rng"])
+    d = {"prompts_used": saved["iteration"] * prompts, **saved}
+    st = type(fresh)(**{f.name: d[f.name] for f in dataclasses.fields(fresh)})
+    print(f"resumed {run_dir} at iteration {st.iteration}")
+    return st, saved
+
+
+def evaluate_policy(cfg, policy, tokenizer, task, engine, inputs: Inputs, run_dir: Path, iteration: int,
+                    rollouts: int) -> dict:
+    """The in-run evaluation after ``iteration`` iterations (``rollouts`` drawn so far): its float metrics."""
+    return evaluate_in_run(policy, tokenizer, task, inputs.eval_problems, cfg.eval, cfg.sampling, engine=engine,
+                           seed=cfg.run.seed, run_dir=run_dir, rollouts=rollouts, shots=inputs.shots,
+                           when=f"at iteration {iteration} ({rollouts} rollouts)")
+
+
+def evaluation_due(cfg, inputs: Inputs, iteration: int, last: bool) -> bool:
+    """Whether iteration ``iteration`` ends with an evaluation: every ``eval_every`` iterations and after the last."""
+    return bool(inputs.eval_problems) and (last or bool(cfg.pg.eval_every and iteration % cfg.pg.eval_every == 0))
+
+
+def sequence_kl(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, action_mask: torch.Tensor) -> float:
+    """The mean over rollouts of the k1 KL estimate log pi_old - log pi_ref summed over each completion (N, C)
+    (NaN without a reference)."""
+    if ref_logprobs is None:
+        return float("nan")
+    return float(torch.where(action_mask, old_logprobs - ref_logprobs, 0.0).sum(-1).mean())
+
+
+def check_kl(run_dir: Path, iteration: int, kl_seq: float, bound: float) -> None:
+    """Stop the run (divergence; the last good checkpoint is kept) when the KL per sequence is not finite or
+    exceeds ``bound``."""
+    if not math.isfinite(kl_seq) or kl_seq > bound:
+        raise ckpt.divergence_error(run_dir, iteration, f"KL to the reference reached {kl_seq:.2f} > "
+                                                        f"kl_bound {bound}")
+
+
+def planned_steps(cfg) -> int:
+    """The learning-rate schedule's length: every optimizer step the run plans (``ppo_epochs`` passes over each
+    iteration's ``prompts`` x K rollouts in minibatches of ``batch_size``; skipped minibatches included)."""
+    per_pass = max(1, math.ceil(cfg.pg.prompts * cfg.sampling.k / cfg.optim.batch_size))
+    return cfg.pg.iterations * cfg.pg.ppo_epochs * per_pass
+
+
+def schedule_lr(optimizer, optim, step: int, total: int) -> None:
+    """Set the learning rate of optimizer step ``step`` of ``total`` (``settings.Optim``: warmup, then decay)."""
+    set_lr(optimizer, optim.lr, lr_at(step, total, optim.warmup_steps, optim.min_lr_ratio))
+
+
+def save_iteration(run_dir: Path, st, policy, tokenizer, trained, optimizer, eval_k: int, title: str,
+                   **extra) -> None:
+    """Checkpoint iteration ``st.iteration``: the policy's weights, the loop state ``st`` (a dataclass), the
+    optimizer's state over ``trained``, the RNG state and ``extra`` (PPO's value head); and the history so far."""
+    state = {**dataclasses.asdict(st), "optimizer": distributed.optimizer_state(trained, optimizer), "rng": rng_state()}
+    ckpt.save_checkpoint(run_dir, st.iteration, policy, tokenizer, {**state, **extra})
+    write_history(run_dir, st.history, eval_k, title)
+
+
+def write_policy(cfg, run_dir: Path, policy, tokenizer, task, stage: str) -> Path:
+    """RUN/model: the trained policy (LoRA: as ``--save-merged`` says) and its mathrl.json, which keeps the start
+    model's few-shot prompting (``stage``: what trained it)."""
+    model_dir = run_dir / "model"
+    ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)
+    start = read_record(cfg.model)
+    write_record(model_dir, ModelRecord(task=task_options(task), stage=stage, shots=start.shots,
+                                        exemplars=start.exemplars, **prompt_record(task), base=cfg.model))
+    return model_dir
