@@ -13,10 +13,10 @@ and ``ppo.learn``, whose forward + backward is the loop's own clipped policy los
 same weights (restored after the phases that train). Without --model a fresh tiny model is initialised: its
 completions run to the length limit, so report numbers with a trained model.
 
-FLOPs (per token fed, a Llama with untied costs counted once):
+FLOPs (matrix multiplies only: norms, activations and the embedding lookup are not counted):
 - linear layers: 2 x (the transformer blocks' matrix parameters) per token fed;
-- the vocabulary projection: 2 x hidden x vocab per position whose log-probability the phase uses (every
-  completion token; for the fine-tune its loss tokens), the embedding lookup free;
+- the vocabulary projection (tied to the embedding, a matmul all the same): 2 x hidden x vocab per position whose
+  log-probability the phase uses (every completion token; for the fine-tune its loss tokens);
 - attention: 4 x (heads x head size) x layers per (query, key) pair of the causal mask (scores and weighted
   values), each completion attending to its prompt and its own earlier tokens;
 - the value head (PPO): 2 x (hidden^2 + hidden) per completion token;
@@ -29,8 +29,9 @@ attention is counted as in GFLOP. ``exec/need`` is their ratio: above 1 is work 
 
 The limit: the median over ``--repeats`` of the best of 5 float32 matmuls of 2048 x 2048 @ 2048 x 2048 on the
 same thread count, measured before each repeat; model-shaped matmuls (rows x hidden @ hidden x 4 hidden) for
-reference. ``--profile`` adds a torch.profiler run of the sampler at K=16 (32 prompts): how much of its time is
-spent in matmul kernels, in other torch operators, and outside them (Python, dispatch).
+reference. ``--profile`` adds torch.profiler runs of the sampler at K=16 (32 prompts) and of one PPO learning
+step: how much of their time is spent in matmul kernels, in other torch operators, and outside them (Python,
+dispatch).
 
 Prints a table of medians (the spread is min-max over repeats), ``limit_gflops=...`` and ``fraction_<phase>=...``.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import shutil
 import statistics
 import tempfile
 import time
@@ -233,7 +235,7 @@ def main() -> None:
     ap.add_argument("--model", default="", help="model directory (default: a fresh tiny model)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="also profile the sampler's decode at K=16")
+    ap.add_argument("--profile", action="store_true", help="also profile the sampler at K=16 and the PPO learning step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -407,6 +409,9 @@ def main() -> None:
         learn_once()
         fraction = op_profile(learn_once, time.perf_counter() - t0, "\nPPO learn (2 epochs x 4 minibatches)")
         print(f"learn_matmul_fraction={fraction:.3f}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.model:
+        shutil.rmtree(model_dir, ignore_errors=True)
     print(f"\nlimit_gflops={limit:.1f}")
     for name, f in fractions.items():
         print(f"fraction_{name}={f:.3f}")
