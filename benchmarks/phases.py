@@ -286,14 +286,14 @@ def main() -> None:
                                    pcfg.optim.lr, pcfg.optim.weight_decay)
         st = ppo.PPOState(kl_coef=pcfg.kl_coef)
         micro = pcfg.optim.micro_batch_size
-        problems = next_problems(questions, list(range(len(questions))), rep * pcfg.prompts, pcfg.prompts)
+        problems = next_problems(questions, list(range(len(questions))), rep * pcfg.pg.prompts, pcfg.pg.prompts)
         t0, e0 = time.perf_counter(), executed.flops
         prompt_texts, rollouts = sample(engine, m.policy, tok, task, problems, shots, pcfg.sampling, seed=rep)
         add("ppo_sample", t0, e0, *needed(shape, rollouts, fed_last=False))
         t0, e0 = time.perf_counter(), executed.flops
         batch = pack_rollouts(rollouts, tok.pad_token_id)
         scores = score(pcfg.scoring, task, tok, None, rollouts, problems, prompt_texts)
-        old = old_policy(engine, m.policy, batch, pcfg.vllm_is_cap, micro, "cpu")
+        old = old_policy(engine, m.policy, batch, pcfg.pg.vllm_is_cap, micro, "cpu")
         add("ppo_score", t0, e0, 0, 0)
         t0, e0 = time.perf_counter(), executed.flops
         ref = reference_logprobs(m.policy, m.reference, batch, micro, "cpu")
@@ -309,13 +309,13 @@ def main() -> None:
         step_timer = StepTimer(optimizer)
         ppo.learn(pcfg, m, optimizer, params, exp, st, "cpu", run_dir)
         extra.setdefault("ppo_adamw", []).append(step_timer.seconds)
-        tokens, flops = needed(shape, rollouts, passes=pcfg.ppo_epochs, value_head=True)
+        tokens, flops = needed(shape, rollouts, passes=pcfg.pg.ppo_epochs, value_head=True)
         add("ppo_learn", t0, e0, tokens, 3 * flops)
         # how often the learning step forwards each prompt: minibatches are random rows, and forward_policy shares
         # a prompt's keys/values only among the rows of one micro-batch
-        mbs = minibatches(torch.arange(len(rollouts)), pcfg.optim.batch_size, pcfg.ppo_epochs, pcfg.run.seed)
+        mbs = minibatches(torch.arange(len(rollouts)), pcfg.optim.batch_size, pcfg.pg.ppo_epochs, pcfg.run.seed)
         forwards = sum(len(torch.unique(batch.prompt_of[mb])) for mb in mbs)  # ppo.learn's minibatches at iteration 0
-        extra.setdefault("prompt_forwards", []).append(forwards / pcfg.ppo_epochs / len(problems))
+        extra.setdefault("prompt_forwards", []).append(forwards / pcfg.pg.ppo_epochs / len(problems))
         extra.setdefault("completion_tokens", []).append(sum(len(r.completion_ids) for r in rollouts) / len(rollouts))
         extra.setdefault("prompt_tokens", []).append(sum(p for p, _ in groups(rollouts)) / len(problems))
 
