@@ -19,6 +19,7 @@ from mathrl.runlog import progress
 from mathrl.runsetup import few_shot_examples, resolve_device, setup_threads, task_for, write_record
 from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import GRADERS, grader_audit
+from mathrl.tasks.data_files import jsonl_lines
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,23 +118,14 @@ def run_eval(cfg: EvalConfig) -> dict:
 def read_samples(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) of each line of a ``mathrl score`` samples file, checked: a list of completions and a
     question or an id."""
-    if not path.is_file():
-        raise UsageError(f"file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            comps = row.get("completions") if isinstance(row, dict) else None
-            if not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps):
-                raise UsageError(f"{path}:{lineno}: needs a non-empty list of strings under 'completions'")
-            if "id" not in row and not isinstance(row.get("question"), str):
-                raise UsageError(f"{path}:{lineno}: needs a 'question' or an 'id'")
-            rows.append((lineno, row))
+    for lineno, row in jsonl_lines(path):
+        comps = row.get("completions") if isinstance(row, dict) else None
+        if not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps):
+            raise UsageError(f"{path}:{lineno}: needs a non-empty list of strings under 'completions'")
+        if "id" not in row and not isinstance(row.get("question"), str):
+            raise UsageError(f"{path}:{lineno}: needs a 'question' or an 'id'")
+        rows.append((lineno, row))
     return rows
 
 

@@ -301,6 +301,16 @@ def no_lora_with_fsdp(lora: Lora, fsdp: bool) -> None:
                          "anyway); use one or the other")
 
 
+def validate_sampling_trainer(cfg, model: str) -> None:
+    """What every trainer that samples from a start model checks first (EI, RCRL, reward models, PPO, GRPO): its
+    groups, at least one sample per prompt, no LoRA under FSDP, and the start model (``model``: what it must be)."""
+    validate_groups(cfg)
+    cfg.sampling.require_samples()
+    no_lora_with_fsdp(cfg.lora, cfg.fsdp)
+    if not cfg.model:
+        raise UsageError(f"--model is required ({model})")
+
+
 def validate_groups(cfg) -> None:
     """Validate every group of ``cfg`` (its own ``validate`` checks the rest)."""
     for value in vars(cfg).values():

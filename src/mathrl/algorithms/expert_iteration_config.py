@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, user_reward
-from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
-    no_lora_with_fsdp, resume, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, \
+    fsdp, resume, validate_sampling_trainer
 
 
 @dataclass
@@ -40,11 +40,7 @@ class Config:
     resume: bool = resume()
 
     def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
-        if not self.model:
-            raise UsageError("--model is required (an SFT or pretrained model directory)")
+        validate_sampling_trainer(self, "an SFT or pretrained model directory")
         if is_user_reward(self.reward):
             user_reward(self.reward)  # import it now: a typo fails before any work
         elif self.reward not in OUTCOME_REWARDS:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, no_lora_with_fsdp, resume, \
-    validate_groups
+from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, resume, \
+    validate_sampling_trainer
 
 
 @dataclass
@@ -35,14 +35,10 @@ class Config:
     resume: bool = resume()
 
     def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
+        validate_sampling_trainer(self, "the policy whose samples the reward model judges")
         if self.lora.save_merged is False:
             raise UsageError("--no-save-merged: a reward model is saved with its adapters merged (its new head has "
                              "no base model to go onto)")
-        if not self.model:
-            raise UsageError("--model is required (the policy whose samples the reward model judges)")
         if self.questions < 2 or self.m < 1:
             raise UsageError("questions must be >= 2 and m >= 1")
         if not 0 < self.heldout < 1:

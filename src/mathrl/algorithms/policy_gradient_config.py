@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mathrl.config import field, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import no_lora_with_fsdp, validate_groups
+from mathrl.settings import validate_sampling_trainer
 
 
 @dataclass
@@ -79,7 +79,7 @@ OPTIM = dict(lr=1e-4, warmup_steps=5, weight_decay=0.0, min_lr_ratio=1.0, batch_
 def validate_policy_gradient(cfg) -> None:
     """The checks of a PPO or GRPO config that concern what both share (each Config's ``validate`` goes on with
     its own settings)."""
-    validate_groups(cfg)
+    validate_sampling_trainer(cfg, "the starting policy")
     cfg.scoring.validate()
     cfg.pg.validate()
     if cfg.checkpoint_every < 1:
@@ -94,7 +94,3 @@ def validate_policy_gradient(cfg) -> None:
         refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
     if not cfg.eval.eval_size:
         refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
-    cfg.sampling.require_samples()
-    no_lora_with_fsdp(cfg.lora, cfg.fsdp)
-    if not cfg.model:
-        raise UsageError("--model is required (the starting policy)")

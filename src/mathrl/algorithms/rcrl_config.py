@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, \
-    no_lora_with_fsdp, resume, validate_groups
+from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, resume, \
+    validate_sampling_trainer
 
 
 @dataclass
@@ -39,11 +39,7 @@ class Config:
     resume: bool = resume()
 
     def validate(self) -> None:
-        validate_groups(self)
-        self.sampling.require_samples()
-        no_lora_with_fsdp(self.lora, self.fsdp)
-        if not self.model:
-            raise UsageError("--model is required (an SFT model directory)")
+        validate_sampling_trainer(self, "an SFT model directory")
         if self.lora.save_merged is False:
             raise UsageError("--no-save-merged: rcrl adds the return tokens to the vocabulary, so its adapters do not "
                              "fit the start model; its LoRA runs save merged weights")

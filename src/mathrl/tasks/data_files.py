@@ -74,20 +74,26 @@ def hub_rows(task: str) -> dict[str, list[dict]]:
     return {split: [dict(row) for row in data[split]] for split in data}
 
 
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a jsonl file; a malformed line is an error naming the file and line."""
+def jsonl_lines(path: Path):
+    """(line number, parsed value) of each non-blank line of a jsonl file; a missing file or a line that is not
+    JSON is a one-line error naming the file and line."""
     if not path.is_file():
         raise UsageError(f"file not found: {path}")
-    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in required):
-                raise UsageError(f"{path}:{lineno}: expected an object with string fields {', '.join(required)}")
-            rows.append(row)
+
+
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a jsonl file; a malformed line is an error naming the file and line."""
+    rows = []
+    for lineno, row in jsonl_lines(path):
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in required):
+            raise UsageError(f"{path}:{lineno}: expected an object with string fields {', '.join(required)}")
+        rows.append(row)
     return rows
