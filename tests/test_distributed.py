@@ -184,3 +184,19 @@ def test_fsdp_ppo_matches_one_process(tiny_model_dir, tmp_path):
 def test_fsdp_with_lora_is_refused(tiny_model_dir, tmp_path):
     r = _mathrl(["ppo", "--model", str(tiny_model_dir), "--fsdp", "--lora-rank", "4", "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and "--fsdp with --lora-rank" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_studys_data_parallel_pretrain_matches_one_process(tmp_path):
+    # the study pretrains as one 1-thread rank per core (study._launch with ranks=2); its model must be the one a
+    # single process trains, to float rounding (each rank forwards half of every batch, the gradients are summed)
+    from mathrl.study import _launch
+
+    args = ["pretrain", "--steps", "4", "--batch-size", "4", "--seq-len", "48", "--checkpoint-every", "4",
+            "--threads", "1"]
+    one = _mathrl(args + ["--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    log = tmp_path / "two.log"
+    assert _launch(args + ["--out", str(tmp_path / "two")], log, ranks=2) == 0, log.read_text()[-2000:]
+    assert log.read_text().count("pretrained model written") == 1  # rank 0 alone logs
+    assert _max_diff(tmp_path / "one" / "model", tmp_path / "one" / "init") > 1e-4  # it trained
+    assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5

@@ -118,6 +118,9 @@ class Stage:
     run: Run | None = None
     model: str = ""
     rollouts: int = 0  # an RL stage's rollout budget
+    # runs alone with every core as that many 1-thread torchrun ranks (data parallel) instead of one process with
+    # that many threads: pretraining, the study's one stage that runs alone (see run_stages)
+    data_parallel: bool = False
 
     @property
     def name(self) -> str:
@@ -185,7 +188,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     if cfg.task == "synthetic":
         # the corpus mix and batch are pretrain's defaults (its docstring); the budget is the study's
         pre = Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), *level_args, *shared_seed],
-                    group="pretrain")
+                    group="pretrain", data_parallel=True)
         stages.append(pre)
         pretrained, start_pt = d(pre) + "/model", PRETRAIN
         sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
@@ -305,13 +308,14 @@ def _run_stage(stage: Stage, root: Path, threads: int) -> float:
     args = list(stage.command) + ["--out", str(out)]
     if stage.command[0] != "eval" and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         args.append("--resume")  # interrupted earlier with the same settings: continue from its last checkpoint
-    args += ["--threads", str(threads)]
+    ranks = threads if stage.data_parallel else 1
+    args += ["--threads", str(threads // ranks)]
     out.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(_comparable(stage.command)))
     with open(out / "log.txt", "a") as log:
-        log.write(f"$ mathrl {' '.join(args)}\n")
+        log.write(f"$ {f'torchrun --nproc_per_node {ranks} -m ' if ranks > 1 else ''}mathrl {' '.join(args)}\n")
     t0 = time.time()
-    returncode = _launch(args, out / "log.txt")
+    returncode = _launch(args, out / "log.txt", ranks)
     seconds = time.time() - t0
     if returncode != 0:
         tail = (out / "log.txt").read_text().strip().splitlines()[-1:] or [""]
@@ -328,9 +332,16 @@ _PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama",
             "mathrl.algorithms.pretrain", "mathrl.algorithms.rcrl", "mathrl.algorithms.sft"]
 
 
-def _launch(args: list[str], log: Path) -> int:
-    """Run `mathrl ARGS` in a new process with its output appended to ``log``; returns its exit status."""
+def _launch(args: list[str], log: Path, ranks: int = 1) -> int:
+    """Run `mathrl ARGS` in a new process with its output appended to ``log``; returns its exit status. With
+    ``ranks`` > 1: as that many data-parallel processes under torchrun (standalone: its rendezvous on this host)."""
     env = {"MATHRL_PROGRESS": "0"}  # no progress bars in log files
+    if ranks > 1:
+        # OMP_NUM_THREADS: torchrun sets it to 1 anyway when it starts several ranks; said here so the log shows it
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        with open(log, "a") as f:
+            return subprocess.run([*launcher, "-m", "mathrl", *args], stdout=f, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1", **env)).returncode
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
         with open(log, "a") as f:
             return subprocess.run([sys.executable, "-m", "mathrl", *args], stdout=f, stderr=subprocess.STDOUT,
@@ -395,9 +406,13 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
             for s in ready[: workers - len(running)]:
                 pending.pop(s.name)
                 print(f"[study] start {s.name}", flush=True)
-                # a stage that runs alone (pretrain) gets every core; otherwise one thread each: SFT runs beside the
-                # pretrained start's stages, since two 1-thread stages use 2 cores better than one 2-thread stage
-                # (SFT 9,769 tokens/s on 1 thread in the 2026-12-06 study, 11,765 on 2 in the 2026-12-01 one)
+                # a stage that runs alone (pretrain) gets every core, pretraining as one 1-thread rank per core
+                # (Stage.data_parallel); otherwise one thread each: SFT runs beside the pretrained start's stages,
+                # since two 1-thread stages use 2 cores better than one 2-thread stage (SFT 9,769 tokens/s on 1
+                # thread in the 2026-12-06 study, 11,765 on 2 in the 2026-12-01 one). Two 1-thread ranks also
+                # keep going when another process takes a core: a 2-thread process waits on its slower thread at
+                # every operation (measured on 2 cores with a competing matmul loop: 2 ranks 13.7k tokens/s, one
+                # 2-thread process 6.0k; alone 20.7k and 19.5k; docs/results.md)
                 alone = workers == 1 or (not running and len(ready) == 1)
                 running[pool.submit(_run_stage, s, root, total_threads if alone else threads)] = s
             if not running:
