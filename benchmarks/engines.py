@@ -27,7 +27,7 @@ import torch
 
 from mathrl import engines
 from mathrl.models import count_parameters, load_model
-from mathrl.runsetup import read_record
+from mathrl.record import read_record
 from mathrl.sampler import SamplingParams, sample
 from mathrl.settings import Sampling
 from mathrl.tasks import load_task

@@ -18,7 +18,7 @@ import time
 import torch
 
 from mathrl.models import load_model
-from mathrl.runsetup import read_record
+from mathrl.record import read_record
 from mathrl.sampler import SamplingParams, sample
 from mathrl.tasks import load_task
 

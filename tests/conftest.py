@@ -42,7 +42,8 @@ def data_counts(data_dir) -> dict:
 def tiny_model_dir(tmp_path_factory):
     """A fresh (untrained) embedded-default model for the synthetic task, shared by the tests."""
     from mathrl.models import init_model
-    from mathrl.runsetup import ModelRecord, write_record
+    from mathrl.record import ModelRecord
+    from mathrl.runsetup import write_record
     from mathrl.tasks import load_task
 
     out = tmp_path_factory.mktemp("tiny")
