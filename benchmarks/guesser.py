@@ -3,8 +3,8 @@ the train answers' frequencies (``metrics.guesser_pass_at_k``), and the share of
 
     python benchmarks/guesser.py [--k 96]
 
-Prints one line per level and ``default_guesser_pass_at_k=`` for the default level (issue 22 asks < 0.2 at
-k = 96: answer-only pass@96 above that floor says something about reasoning).
+Prints one line per level and ``default_guesser_pass_at_k=`` for the default level (the default
+task keeps it < 0.2 at k = 96: answer-only pass@96 above that floor says something about reasoning).
 """
 
 from __future__ import annotations

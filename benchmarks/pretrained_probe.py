@@ -1,4 +1,4 @@
-"""Probe what a pretrained embedded model has learned, skill by skill (issue 22's pretrained start).
+"""Probe what a pretrained embedded model has learned, skill by skill (the study's pretrained start).
 
 Prints, for a model written by `mathrl pretrain` (or a checkpoint's model directory):
 

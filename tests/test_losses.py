@@ -196,7 +196,7 @@ def test_sft_loss_by_hand():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The objective family: one loss, named switches (issue 26)
+# The objective family: one loss, named switches (DAPO, Dr.GRPO, GSPO, CISPO)
 
 
 def _family_batch():

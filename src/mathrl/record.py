@@ -49,7 +49,7 @@ class ModelRecord:
     file (an older mathrl's, or a model another tool wrote): it then reads as its default here."""
 
     task: dict = field(default_factory=dict)  # the options that rebuild the task (tasks.task_options)
-    stage: str = ""  # what wrote the model: init, pretrained, sft, ei, ppo, grpo, rcrl-sparse, orm, sorm...
+    stage: str = ""  # what wrote the model: init, pretrained, sft, ei, gae (ppo), grpo/rloo/reinforce++, rcrl-sparse, orm, sorm...
     shots: int = 0  # few-shot examples its prompts need
     exemplars: str = ""  # which (settings.EXEMPLARS; '': the train split)
     prompting: dict = field(default_factory=dict)  # its prompt format (PromptFormat.to_meta; {}: the plain one)

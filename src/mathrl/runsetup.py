@@ -1,11 +1,6 @@
 """Run setup, in one place: what every command does before and after its loop (run directory, device, threads,
-seeds, the task for a model (``task_for``) and its few-shot examples, model metadata).
-
-``mathrl.json`` beside a model's weights records what mathrl knows about it (``ModelRecord``): the task it was
-trained for (so ``mathrl eval --model DIR`` needs no --task), the stage that produced it, how many few-shot
-examples its prompts need (2 for the pretrained checkpoint, 0 after SFT) and which (``exemplars``), and the prompt
-format (``prompting``: chat template, system prompt, prompt template, stop strings) when it is not the plain one.
-"""
+seeds, the task for a model (``task_for``) and its few-shot examples, writing a model's ``mathrl.json``
+(``write_record``; what it records and how it is read: ``record.py``)."""
 
 from __future__ import annotations
 

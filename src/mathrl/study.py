@@ -163,6 +163,16 @@ def _prompting_args(p: Prompting) -> list[str]:
     return args + [a for stop in (p.stop or []) for a in ("--stop", stop)]
 
 
+def _on_cpu(device: str) -> bool:
+    """Whether the study's stages run on the CPU (one torchrun rank per core is then the way to use the cores; on
+    a GPU one process drives it)."""
+    if device != "auto":
+        return device == "cpu"
+    import torch  # here, not at the top: `mathrl study --help` imports no torch
+
+    return not torch.cuda.is_available()
+
+
 def plan(cfg: Config, root: Path) -> list[Stage]:
     """Every stage of the study, in dependency order."""
     b = dict(BUDGETS["quick" if cfg.quick else "full"])
@@ -184,11 +194,14 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     sft_compile = cfg.sft_compile if cfg.sft_compile is not None else not cfg.quick
     run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
     shared_seed = ["--seed", "0", *device]
+    # every stage that reads the task's data reads it where the study was told to (a model records its task's
+    # name and options, not where its data lay)
+    data_dir = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     stages: list[Stage] = []
     if cfg.task == "synthetic":
         # the corpus mix and batch are pretrain's defaults (its docstring); the budget is the study's
         pre = Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), *level_args, *shared_seed],
-                    group="pretrain", data_parallel=True)
+                    group="pretrain", data_parallel=_on_cpu(cfg.device))
         stages.append(pre)
         pretrained, start_pt = d(pre) + "/model", PRETRAIN
         sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
@@ -200,12 +213,12 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                         *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
                 needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft")
     orm = Stage("orm", ["orm", "train", "--model", d(sft) + "/model", "--questions", str(b["orm_questions"]), *lr("orm"), *mnt,
-                        *shared_seed], needs=["sft"], group="orm")
+                        *data_dir, *shared_seed], needs=["sft"], group="orm")
     # the SORM labels the steps of every sample it trains on: questions x K=4 training samples, all labelled
     n_sorm = b["sorm_questions"]
     sorm = Stage("sorm", ["orm", "train", "--stepwise", "--model", d(sft) + "/model", "--questions",
                           str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *lr("orm"), *mnt,
-                          *shared_seed],
+                          *data_dir, *shared_seed],
                  needs=["sft"], group="orm")
     stages += [sft, orm, sorm]
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
@@ -220,7 +233,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         needs += run.reads(real)
         extra = [a.format(**filled) for a in run.flags + (run.real_task_flags if real else ())]
         algorithm = run.algorithm
-        common = [*run_eval, *mnt, "--seed", str(seed), *device, *(prompting if run.start == "pretrained" else [])]
+        common = [*run_eval, *mnt, *data_dir, "--seed", str(seed), *device,
+                  *(prompting if run.start == "pretrained" else [])]
         if algorithm == "EI":
             cmd = ["ei", "--model", model, *lr("ei"), "--rounds", "2", "--questions", str(max(1, budget // 8)),
                    "--patience", "0", *extra, *common]
@@ -249,7 +263,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     def ev(base, model, seed, needs, model_name, rerank=True, extra=(), run=None):
         orm_args = ["--orm", orm_model] if rerank else []
         stages.append(Stage(base, ["eval", "--model", model, "-n", str(n_eval), "-k", str(k), "--k-problems",
-                                   str(k_problems), *orm_args, *mnt, "--seed", str(EVAL_SEED), *device, *extra],
+                                   str(k_problems), *orm_args, *mnt, *data_dir, "--seed", str(EVAL_SEED), *device,
+                                   *extra],
                             seed=seed, needs=needs + (["orm"] if rerank else []), group="eval", run=run,
                             model=model_name))
 

@@ -89,7 +89,7 @@ def train(cfg: Config) -> Path:
         st.history.append({"iteration": 0, "rollouts": 0, **run_eval()})
         logger.log(0, **st.history[-1])
     bar = progress(cfg.pg.iterations, cfg.advantage, "iter", initial=st.iteration)
-    while st.iteration < cfg.pg.iterations and not (cfg.max_rollouts and st.rollouts_used >= cfg.max_rollouts):
+    while st.iteration < cfg.pg.iterations and not budget_spent(cfg, st):
         t0 = time.time()
         # collect and score: groups of K samples (refill: with signal), their per-token rewards and outcomes
         got = collect(cfg, st, engine, policy, tokenizer, task, inputs)
@@ -123,14 +123,13 @@ def train(cfg: Config) -> Path:
         if with_kl:
             check_kl(run_dir, st.iteration, kl_seq, cfg.pg.kl_bound)
         bar.update(1)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{kl_seq:.3f}")
+        bar.set_postfix(reward=f"{record['reward']:.3f}", **({"kl": f"{kl_seq:.3f}"} if with_kl else {}))
         print(f"iteration {st.iteration}/{cfg.pg.iterations}: reward {record['reward']:.3f}"
               + (f", kl {kl_seq:.3f}" if with_kl else "")
               + f", zero-signal groups {got.zero_signal_fraction:.2f}"
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
         # evaluate
-        last_iteration = st.iteration == cfg.pg.iterations or bool(cfg.max_rollouts and
-                                                                   st.rollouts_used >= cfg.max_rollouts)
+        last_iteration = st.iteration == cfg.pg.iterations or budget_spent(cfg, st)
         if evaluation_due(cfg, inputs, st.iteration, last_iteration):
             record.update(run_eval())
         st.history.append(record)
@@ -159,6 +158,11 @@ class Collected:
     scores: Scores
     rounds: int
     zero_signal_fraction: float
+
+
+def budget_spent(cfg: Config, st: GRPOState) -> bool:
+    """True once ``--max-rollouts`` leaves less than one group of K to draw (whole groups are drawn)."""
+    return bool(cfg.max_rollouts) and cfg.max_rollouts - st.rollouts_used < cfg.sampling.k
 
 
 def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs: Inputs) -> Collected | None:

@@ -153,7 +153,7 @@ def train(cfg: Config) -> Path:
         if cfg.kl_target > 0:
             st.kl_coef = adaptive_kl_coef(st.kl_coef, kl_seq, cfg.kl_target, 10_000, len(rollouts))
         bar.update(1)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{kl_seq:.3f}")
+        bar.set_postfix(reward=f"{record['reward']:.3f}", **({"kl": f"{kl_seq:.3f}"} if ref is not None else {}))
         print(f"iteration {st.iteration}/{cfg.pg.iterations}: reward {record['reward']:.3f}"
               + (f", kl {kl_seq:.3f}" if ref is not None else "")
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)

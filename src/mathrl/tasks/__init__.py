@@ -68,7 +68,7 @@ def recorded_level(task_meta: dict) -> int | None:
 
 
 def task_options(task) -> dict:
-    """The options that rebuild ``task`` with ``load_task`` (recorded beside models, ``runsetup.ModelRecord``)."""
+    """The options that rebuild ``task`` with ``load_task`` (recorded beside models, ``record.ModelRecord``)."""
     if task.name == "synthetic":
         # the surface only when it is not the default, so that models written before it existed read the same
         return {"name": "synthetic", "level": task.level, "levels": LEVEL_SCHEME,
