@@ -714,3 +714,15 @@ def test_eval_with_k_0_is_greedy_only(start, tmp_path):
                  "--out", str(tmp_path / "g"), "--threads", "1"]) == 0
     metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
     assert "maj@1" in metrics and not any(k.startswith("pass@") for k in metrics)
+
+
+def test_a_rollout_budget_not_a_multiple_of_k_ends_with_its_last_whole_group():
+    # groups of K are drawn whole: with --max-rollouts 10 and K=4 the run stops after 8 rollouts, and that
+    # iteration is the last one (its evaluation and checkpoint are due), not a loop that finds nothing to draw
+    from mathrl.algorithms.grpo import GRPOState, budget_spent
+    from mathrl.algorithms.grpo_config import Config
+    from mathrl.settings import Sampling
+
+    cfg = Config(model="m", max_rollouts=10, sampling=Sampling(k=4))
+    assert [budget_spent(cfg, GRPOState(rollouts_used=n)) for n in (0, 4, 6, 8)] == [False, False, False, True]
+    assert not budget_spent(Config(model="m", sampling=Sampling(k=4)), GRPOState(rollouts_used=10 ** 6))
