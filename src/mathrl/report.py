@@ -21,6 +21,7 @@ from mathrl.plots import pyplot
 from mathrl.render import Code, Figures, Item, Items, Para, Section, Table, markdown, page
 from mathrl.stats import RULES
 from mathrl.studydata import StudyData, collect
+from mathrl.tasks import load_task
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,8 +134,6 @@ def guesser(cfg, data: StudyData) -> dict | None:
     if not sft or not data.k:
         return None
     try:
-        from mathrl.tasks import load_task
-
         task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
         train = [p.answer for p in task.problems("train")]
     except Exception:  # noqa: BLE001 - the report is still written without the guesser row
