@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from mathrl import stagecache
 from mathrl.findings import findings
 from mathrl.grid import BY_NAME, EI, EI_PRETRAINED, GRPO, PPO, PPO_DENSE, RCRL
 from mathrl.render import Section
@@ -145,7 +146,8 @@ def _fake_run(root, stages):
     for s in stages:
         d = s.dir(root)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "stage.json").write_text(json.dumps({"seconds": 60.0, "command": ["mathrl", *s.command]}))
+        # finished and current (the plan lists a stage after those it needs)
+        stagecache.finish(d, ["mathrl", *s.command], 60.0, stagecache.inputs(s, root, {t.name: t for t in stages}))
         if s.group == "eval":
             good = ALL if s.run and s.run.algorithm == "EI" else HALF
             (d / "metrics.json").write_text(json.dumps({

@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 
+from mathrl import stagecache
 from mathrl.report import write_report
 from mathrl.study import Config, plan
 
@@ -33,7 +34,8 @@ def fake_study(root, stages):
         d = s.dir(root)
         d.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(zlib.crc32(str(d.relative_to(root)).encode()))
-        (d / "stage.json").write_text(json.dumps({"seconds": 60.0, "command": ["mathrl", *s.command]}))
+        # finished and current (the plan lists a stage after those it needs)
+        stagecache.finish(d, ["mathrl", *s.command], 60.0, stagecache.inputs(s, root, {t.name: t for t in stages}))
         name = s.dir(root).name
         if name.startswith("eval-"):
             rows = records(rng, ACCURACY[name.removeprefix("eval-")])

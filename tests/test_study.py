@@ -1,25 +1,75 @@
-"""Study orchestration: stage caching is keyed by the stage's command."""
+"""Study orchestration: a stage's result is reused while its command and what it reads are unchanged."""
 
 import json
 
 import pytest
 
-from mathrl.study import Config, Stage, _comparable, _finished, plan
+from mathrl import stagecache, study
+from mathrl.study import Config, Stage, plan
 
 
 def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     stage = Stage("sft", ["sft", "--epochs", "3", "--seed", "0"])
-    assert not _finished(stage, tmp_path)
+    by_name = {"sft": stage}
+    assert not stagecache.is_current(stage, tmp_path, by_name)
     (tmp_path / "shared" / "sft").mkdir(parents=True)
-    record = {"command": ["mathrl", "sft", "--epochs", "3", "--seed", "0", "--out", "x", "--resume", "--threads", "2"],
-              "seconds": 1.0}
+    stagecache.finish(tmp_path / "shared" / "sft", ["mathrl", "sft", "--epochs", "3", "--seed", "0", "--out", "x",
+                                                      "--resume", "--threads", "2"], 1.0,
+                      stagecache.inputs(stage, tmp_path, by_name))
+    assert stagecache.is_current(stage, tmp_path, by_name)  # threads, out and resume do not change a result
+    other = Stage("sft", ["sft", "--epochs", "2", "--seed", "0"])
+    assert not stagecache.is_current(other, tmp_path, {"sft": other})
+    # a record from before inputs were recorded cannot be shown current
+    record = json.loads((tmp_path / "shared" / "sft" / "stage.json").read_text())
+    del record["inputs"]
     (tmp_path / "shared" / "sft" / "stage.json").write_text(json.dumps(record))
-    assert _finished(stage, tmp_path)  # threads, out and resume do not change a result
-    assert not _finished(Stage("sft", ["sft", "--epochs", "2", "--seed", "0"]), tmp_path)
+    assert not stagecache.is_current(stage, tmp_path, by_name)
 
 
 def test_comparable_drops_only_run_mechanics():
-    assert _comparable(["ei", "--threads", "1", "--rounds", "2", "--out", "d", "--resume"]) == ["ei", "--rounds", "2"]
+    assert stagecache.comparable(["ei", "--threads", "1", "--rounds", "2", "--out", "d", "--resume"]) == \
+        ["ei", "--rounds", "2"]
+
+
+def _run_plan(cfg, root, monkeypatch) -> list[str]:
+    """study.run_stages with each stage's command replaced by a stub that succeeds; the stages it ran."""
+    ran = []
+
+    def launch(args, log, ranks=1):
+        out = args[args.index("--out") + 1]
+        ran.append(next(s.name for s in stages if str(s.dir(root)) == out))
+        return 0
+
+    monkeypatch.setattr(study, "_launch", launch)
+    stages = plan(cfg, root)
+    study.run_stages(stages, root, workers=2, total_threads=2)
+    return ran
+
+
+def test_a_changed_budget_reruns_the_rl_stages_and_every_evaluation_of_their_models(tmp_path, monkeypatch):
+    quick = dict(quick=True, out=str(tmp_path))
+    first = _run_plan(Config(**quick), tmp_path, monkeypatch)
+    assert len(first) == len(plan(Config(**quick), tmp_path))
+    assert _run_plan(Config(**quick), tmp_path, monkeypatch) == []  # nothing changed: everything reused
+    again = set(_run_plan(Config(**quick, rollouts=1024), tmp_path, monkeypatch))
+    stages = plan(Config(**quick, rollouts=1024), tmp_path)
+    rl = {s.name for s in stages if s.group == "rl"}
+    evals_of_rl = {s.name for s in stages if s.group == "eval" and s.run is not None}
+    assert rl and evals_of_rl and again == rl | evals_of_rl  # the evaluations' commands did not change: their models did
+    assert not again & {"pretrain", "sft", "orm", "sorm", "eval-sft", "eval-pretrain"}
+
+
+def test_a_changed_model_outside_the_study_reruns_what_reads_it(tmp_path, monkeypatch):
+    # a user's pretrained model (gsm8k --model DIR): retrained in place, everything downstream of it runs again
+    model = tmp_path / "user-model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    cfg = Config(quick=True, out=str(tmp_path / "study"), task="gsm8k", model=str(model))
+    root = tmp_path / "study"
+    assert _run_plan(cfg, root, monkeypatch)
+    assert _run_plan(cfg, root, monkeypatch) == []
+    (model / "model.safetensors").write_bytes(b"new weights")
+    assert set(_run_plan(cfg, root, monkeypatch)) == {s.name for s in plan(cfg, root)}
 
 
 def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):

@@ -15,8 +15,11 @@ not SFT's.
 
 Every stage is one ``mathrl`` command run in its own process with its own run directory, its log in
 ``log.txt``. The processes are forked from a server that has imported torch and transformers once (their
-import costs ~7 s of CPU per process). A finished stage leaves ``stage.json`` (its command and wall time) and is
-skipped when the study runs again; an interrupted one is resumed from its last checkpoint. Stages that do not
+import costs ~7 s of CPU per process); pretraining runs alone, as one 1-thread torchrun rank per core on a CPU. A
+finished stage leaves ``stage.json`` and is reused when the study runs again while it is current: the same command
+and the same inputs (the run ids of the stages it needs, the files it reads outside the study: ``stagecache.py``),
+so a changed setting re-runs its stage and everything downstream. An interrupted stage is resumed from its last
+checkpoint when its command and inputs are unchanged, else started afresh. Stages that do not
 depend on each other run ``workers`` at a time, sharing ``threads`` (on 2 cores two 1-thread processes give
 ~1.5x the throughput of one 2-thread process).
 
@@ -38,6 +41,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
+from mathrl import stagecache
 from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import RunError, UsageError
 from mathrl.grid import ABLATIONS, PRETRAIN, PRETRAINED, SFT, Run, runs_by_seed_count
@@ -309,16 +313,15 @@ def _with_needs(stages: list[Stage], only: list[str]) -> list[Stage]:
     return [s for s in stages if s.name in keep]
 
 
-def _run_stage(stage: Stage, root: Path, threads: int) -> float:
-    """Run one stage (resuming it if it was interrupted); returns its wall time."""
+def _run_stage(stage: Stage, root: Path, threads: int, reads: dict) -> float:
+    """Run one stage that is not current (resuming it if it was interrupted with the same command and inputs,
+    ``reads``: ``stagecache.inputs``); returns its wall time."""
     out = stage.dir(root)
-    done = out / "stage.json"
-    if _finished(stage, root):
-        return json.loads(done.read_text())["seconds"]
     started = out / "command.json"
-    if done.is_file() or (started.is_file() and json.loads(started.read_text()) != _comparable(stage.command)):
-        # the study's settings changed since this stage ran (or started): its result is stale; start it afresh
-        print(f"[study] {stage.name} ran with other settings; running it again", flush=True)
+    begun = {"command": stagecache.comparable(stage.command), "inputs": reads}
+    if (out / "stage.json").is_file() or (started.is_file() and _load_json(started) != begun):
+        # its command or what it reads changed since it ran (or started): its result is stale; start it afresh
+        print(f"[study] {stage.name} ran with other settings or inputs; running it again", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     args = list(stage.command) + ["--out", str(out)]
     if stage.command[0] != "eval" and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
@@ -326,7 +329,7 @@ def _run_stage(stage: Stage, root: Path, threads: int) -> float:
     ranks = threads if stage.data_parallel else 1
     args += ["--threads", str(threads // ranks)]
     out.mkdir(parents=True, exist_ok=True)
-    started.write_text(json.dumps(_comparable(stage.command)))
+    started.write_text(json.dumps(begun))
     with open(out / "log.txt", "a") as log:
         log.write(f"$ {f'torchrun --nproc_per_node {ranks} -m ' if ranks > 1 else ''}mathrl {' '.join(args)}\n")
     t0 = time.time()
@@ -336,8 +339,15 @@ def _run_stage(stage: Stage, root: Path, threads: int) -> float:
         tail = (out / "log.txt").read_text().strip().splitlines()[-1:] or [""]
         raise RunError(f"study stage {stage.name} failed (exit {returncode}): {tail[0]} "
                        f"(log: {out / 'log.txt'}); rerun the study to resume")
-    done.write_text(json.dumps({"command": ["mathrl", *args], "seconds": round(seconds, 1)}, indent=1))
+    stagecache.finish(out, ["mathrl", *args], seconds, reads)
     return seconds
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 # modules every stage imports, loaded once by the fork server (names, not the CLI: the child runs `mathrl` as
@@ -381,43 +391,23 @@ def _stage_main(args: list[str], log: str, env: dict) -> None:
     runpy.run_module("mathrl", run_name="__main__", alter_sys=True)
 
 
-def _finished(stage: Stage, root: Path) -> bool:
-    """True when the stage ran to the end with the same command (stage.json records it)."""
-    done = stage.dir(root) / "stage.json"
-    if not done.is_file():
-        return False
-    try:
-        return _comparable(json.loads(done.read_text())["command"][1:]) == _comparable(stage.command)
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False
-
-
-def _comparable(command: list[str]) -> list[str]:
-    """A stage command without the flags that do not change its result (threads, output, resume)."""
-    out, skip = [], False
-    for a in command:
-        if skip:
-            skip = False
-        elif a in ("--threads", "--out"):
-            skip = True
-        elif a != "--resume":
-            out.append(a)
-    return out
-
-
 def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int) -> None:
-    """Run stages respecting ``needs``, up to ``workers`` at once."""
+    """Run stages respecting ``needs``, up to ``workers`` at once; a stage whose result is current
+    (``stagecache.is_current``, checked once the stages it needs are done) is reused."""
     pending = {s.name: s for s in stages}
-    finished = {s.name for s in stages if _finished(s, root)}
-    for name in finished:
-        pending.pop(name)
-    known = {s.name for s in stages}
+    by_name = dict(pending)
+    finished: set[str] = set()
     running = {}
     threads = max(1, total_threads // max(1, workers))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending or running:
-            ready = [s for s in pending.values()
-                     if all(n in finished or n not in known for n in s.needs)]
+            ready = [s for s in pending.values() if all(n in finished or n not in by_name for n in s.needs)]
+            reused = [s for s in ready if stagecache.is_current(s, root, by_name)]
+            for s in reused:
+                pending.pop(s.name)
+                finished.add(s.name)
+            if reused:
+                continue  # what they unblock may be current too
             for s in ready[: workers - len(running)]:
                 pending.pop(s.name)
                 print(f"[study] start {s.name}", flush=True)
@@ -429,7 +419,8 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 # every operation (measured on 2 cores with a competing matmul loop: 2 ranks 13.7k tokens/s, one
                 # 2-thread process 6.0k; alone 20.7k and 19.5k; docs/results.md)
                 alone = workers == 1 or (not running and len(ready) == 1)
-                running[pool.submit(_run_stage, s, root, total_threads if alone else threads)] = s
+                running[pool.submit(_run_stage, s, root, total_threads if alone else threads,
+                                    stagecache.inputs(s, root, by_name))] = s
             if not running:
                 raise RunError(f"study: stages {', '.join(pending)} wait on stages that cannot run")
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
+from mathrl.stagecache import is_current
 
 Seed = int | None  # None: a shared model, evaluated once
 
@@ -153,15 +154,19 @@ def _jsonl(path: Path) -> list:
 
 
 def collect(root: Path, stages) -> StudyData:
-    """Read what the stages (study.Stage) wrote under ``root``."""
+    """Read what the stages (study.Stage) wrote under ``root``: only the current ones (``stagecache.is_current``:
+    a stage whose command or inputs changed since it ran, e.g. the evaluation of a model trained again, is not
+    read, so the report never shows a result of what is no longer there)."""
     data = StudyData()
+    by_name, memo = {s.name: s for s in stages}, {}
     for s in stages:
         d = s.dir(root)
-        done = _load(d / "stage.json")
-        if done:
-            data.finished[s.name] = Finished(done["seconds"], done["command"])
+        done = _load(d / "stage.json") if is_current(s, root, by_name, memo) else None
+        if not done:
+            continue  # not finished, or stale: nothing of it is read
+        data.finished[s.name] = Finished(done["seconds"], done["command"])
         if s.group == "eval":
-            m = _load(d / "metrics.json") if done else None  # an evaluation that did not finish is not read
+            m = _load(d / "metrics.json")
             if m:
                 e = data.evals.setdefault(s.model, Evaluation())
                 e.metrics[s.seed] = Metrics.of(m)
