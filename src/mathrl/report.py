@@ -375,10 +375,11 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     sft = final(data, SFT).get(None) or []
     n_k = sum(1 for r in sft if r.n >= (k or 1))
     quick = " (quick: a pipeline check, its numbers are not results)" if cfg.quick else ""
-    intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. Final evaluation: greedy maj@1 on "
-             f"{len(sft)} test problems, K={k} samples on the first {n_k} of them, the same problems and per-question "
-             f"sampling streams for every model. RL seeds: {cfg.seeds} for EI/PPO/GRPO/RCRL (sparse, from SFT), "
-             f"{cfg.variant_seeds} for the reward variants and the pretrained start; one shared pretrain, SFT, ORM "
+    evaluation = (f"Final evaluation: greedy maj@1 on {len(sft)} test problems, K={k} samples on the first {n_k} of "
+                  "them, the same problems and per-question sampling streams for every model." if sft else
+                  "Final evaluation: not run yet (the SFT model's, which sets the test problems, is missing).")
+    intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. {evaluation} RL seeds: {cfg.seeds} for "
+             f"EI/PPO/GRPO/RCRL (sparse, from SFT), {cfg.variant_seeds} for the reward variants and the pretrained start; one shared pretrain, SFT, ORM "
              f"and SORM. Wall time {wall_seconds / 60:.1f} min.")
     method = ("Intervals: 95% crossed bootstrap over seeds and test questions (stats.py: each replicate resamples "
               "seeds and questions with replacement, the same draw for every model, so differences are paired), "

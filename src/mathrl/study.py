@@ -444,7 +444,8 @@ def main(cfg: Config) -> None:
     save_config(cfg, root / "study.yaml")
     total_threads = cfg.threads or default_threads()
     t0 = time.time()
-    stages = _with_needs(plan(cfg, root), cfg.only)
+    every = plan(cfg, root)
+    stages = _with_needs(every, cfg.only)
     print(f"[study] {len(stages)} stages, {cfg.workers} at a time, {total_threads} threads", flush=True)
     if cfg.engine != "mathrl":
         kept = [s.name for s in stages if s.command[0] in SAMPLING_COMMANDS and _forces_steps(s)]
@@ -456,6 +457,7 @@ def main(cfg: Config) -> None:
     earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
     wall = earlier + time.time() - t0
     timing.write_text(json.dumps({"seconds": round(wall, 1)}))
-    report = write_report(root, cfg, stages, wall_seconds=wall)
+    # the report covers the whole study as it now is on disk (its current stages), not only those --only ran
+    report = write_report(root, cfg, every, wall_seconds=wall)
     print(f"[study] finished in {(time.time() - t0) / 60:.1f} min ({wall / 60:.1f} min over all invocations): "
           f"{report}.md and {report}.html")
