@@ -273,6 +273,13 @@ def test_truncated_importance_weights_by_hand():
     w, stats = truncated_importance_weights(trainer, trainer, mask, cap=1.5)
     assert torch.equal(w[mask], torch.ones(2)) and stats.kl == 0 and stats.capped_fraction == 0
     assert math.isnan(truncated_importance_weights(trainer, engine, torch.zeros_like(mask), 2.0)[1].max_ratio)
+    # engine and trainer nearly equal (log-ratios x of a few 1e-4, as between two kernels): r - 1 - log r ~ x^2 / 2,
+    # x^2 = 9, 4, 1, 9, 0.25, 6.25 (x 1e-8) -> sum 29.5e-8 / 2 / 6 tokens = 2.458e-8; exp(x) - 1 - x in float32 gave
+    # 1.99e-8 here (cancellation; it can come out below 0), expm1 keeps it
+    engine = torch.log(torch.tensor([[0.3, 0.6, 0.45, 0.2, 0.7, 0.55]]))
+    trainer = engine + torch.tensor([[3e-4, -2e-4, 1e-4, -3e-4, 5e-5, 2.5e-4]])
+    stats = truncated_importance_weights(trainer, engine, torch.ones_like(trainer, dtype=torch.bool), 2.0)[1]
+    assert stats.kl == pytest.approx(2.458e-8, rel=1e-2)
 
 
 def test_ppo_loss_importance_weights_scale_each_token():

@@ -232,7 +232,9 @@ def test_engine_death_mid_run_keeps_the_checkpoint_and_resumes(sft_model, tmp_pa
         return real(self, model)
 
     monkeypatch.setattr(engines.VLLMEngine, "_push", dying_push)
-    args = ["grpo", "--model", str(sft_model), "--out", str(run), "--engine", "vllm", *GRPO, "--eval-size", "0"]
+    # without in-run evaluations (GRPO's --eval-k and --eval-every would then be refused as having no effect)
+    no_eval = [a for i, a in enumerate(GRPO) if not {a, GRPO[i - 1]} & {"--eval-size", "--eval-k", "--eval-every"}]
+    args = ["grpo", "--model", str(sft_model), "--out", str(run), "--engine", "vllm", *no_eval, "--eval-size", "0"]
     capsys.readouterr()
     assert main(args) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

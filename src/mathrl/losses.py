@@ -197,7 +197,9 @@ def truncated_importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs
         log_ratio = torch.where(mask, trainer_logprobs - engine_logprobs, 0)  # masked before exp: no overflow
         ratio = torch.exp(log_ratio)
         weights = torch.where(mask, ratio.clamp(max=cap), 0)
-        kl = masked_token_mean((ratio - 1) - log_ratio, mask)
+        # the k3 estimate of KL(engine || trainer) per token, r - 1 - log r >= 0: expm1 keeps it accurate where r is
+        # near 1 (exp(x) - 1 - x in float32 loses it to cancellation and can come out below 0 by rounding)
+        kl = masked_token_mean((torch.expm1(log_ratio) - log_ratio).clamp(min=0), mask)
         capped = masked_token_mean((ratio > cap).float(), mask)
         max_ratio = float(ratio[mask].max()) if mask.any() else float("nan")
     return weights, MismatchStats(kl=float(kl), capped_fraction=float(capped), max_ratio=max_ratio)
