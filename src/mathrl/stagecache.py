@@ -37,12 +37,17 @@ def comparable(command: list[str]) -> list[str]:
     return out
 
 
-def record(stage_dir: Path) -> dict | None:
-    """The stage's ``stage.json`` (None: it has not finished, or the file is unreadable)."""
+def read_json(path: Path):
+    """A JSON file a stage wrote (None: missing, or cut by an interruption)."""
     try:
-        rec = json.loads((stage_dir / "stage.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def record(stage_dir: Path) -> dict | None:
+    """The stage's ``stage.json`` (None: it has not finished, or the file is unreadable)."""
+    rec = read_json(stage_dir / "stage.json")
     return rec if isinstance(rec, dict) else None
 
 

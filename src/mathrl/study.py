@@ -319,7 +319,7 @@ def _run_stage(stage: Stage, root: Path, threads: int, reads: dict) -> float:
     out = stage.dir(root)
     started = out / "command.json"
     begun = {"command": stagecache.comparable(stage.command), "inputs": reads}
-    if (out / "stage.json").is_file() or (started.is_file() and _load_json(started) != begun):
+    if (out / "stage.json").is_file() or (started.is_file() and stagecache.read_json(started) != begun):
         # its command or what it reads changed since it ran (or started): its result is stale; start it afresh
         print(f"[study] {stage.name} ran with other settings or inputs; running it again", flush=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -342,12 +342,6 @@ def _run_stage(stage: Stage, root: Path, threads: int, reads: dict) -> float:
     stagecache.finish(out, ["mathrl", *args], seconds, reads)
     return seconds
 
-
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # modules every stage imports, loaded once by the fork server (names, not the CLI: the child runs `mathrl` as
@@ -397,12 +391,15 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
     pending = {s.name: s for s in stages}
     by_name = dict(pending)
     finished: set[str] = set()
+    stale: set[str] = set()  # ready stages found not current: they run
     running = {}
     threads = max(1, total_threads // max(1, workers))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending or running:
             ready = [s for s in pending.values() if all(n in finished or n not in by_name for n in s.needs)]
-            reused = [s for s in ready if stagecache.is_current(s, root, by_name)]
+            # checked once per stage: its needs are done, so the answer cannot change while it waits for a worker
+            reused = [s for s in ready if s.name not in stale and stagecache.is_current(s, root, by_name)]
+            stale.update(s.name for s in ready)
             for s in reused:
                 pending.pop(s.name)
                 finished.add(s.name)

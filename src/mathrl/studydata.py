@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
-from mathrl.stagecache import is_current
+from mathrl.stagecache import is_current, read_json
 
 Seed = int | None  # None: a shared model, evaluated once
 
@@ -134,13 +134,6 @@ class StudyData:
         return [m for m in (PRETRAIN, PRETRAINED, SFT) if m in self.evals] + [r for r in self.runs if r in self.evals]
 
 
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _jsonl(path: Path) -> list:
     if not path.is_file():
         return []
@@ -161,12 +154,12 @@ def collect(root: Path, stages) -> StudyData:
     by_name, memo = {s.name: s for s in stages}, {}
     for s in stages:
         d = s.dir(root)
-        done = _load(d / "stage.json") if is_current(s, root, by_name, memo) else None
+        done = read_json(d / "stage.json") if is_current(s, root, by_name, memo) else None
         if not done:
             continue  # not finished, or stale: nothing of it is read
         data.finished[s.name] = Finished(done["seconds"], done["command"])
         if s.group == "eval":
-            m = _load(d / "metrics.json")
+            m = read_json(d / "metrics.json")
             if m:
                 e = data.evals.setdefault(s.model, Evaluation())
                 e.metrics[s.seed] = Metrics.of(m)
@@ -175,7 +168,7 @@ def collect(root: Path, stages) -> StudyData:
                 data.verified = data.verified and "maj@1_verified" in m
         elif s.group == "rl":
             r = data.runs.setdefault(s.base, RunResults(s.run, s.rollouts))
-            h = _load(d / "history.json")
+            h = read_json(d / "history.json")
             if h:
                 r.history[s.seed] = h
             points = {}
@@ -185,7 +178,7 @@ def collect(root: Path, stages) -> StudyData:
             if points:
                 r.curve[s.seed] = points
         elif s.group == "orm":
-            rep = _load(d / "report.json")
+            rep = read_json(d / "report.json")
             if rep:
                 data.reward_models[s.base] = RewardModel.of(rep)
         elif s.base == SFT:
