@@ -71,11 +71,14 @@ def commands(d: Path) -> list[tuple[str, list[str]]]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="")
+    ap.add_argument("--pg", nargs=argparse.REMAINDER, default=[],
+                    help="flags added to every ppo/grpo run, e.g. --pg --minibatch rollout (the minibatch order of "
+                         "code before --minibatch existed: its md5s are the ones to compare with)")
     args = ap.parse_args()
     d = Path(args.out or tempfile.mkdtemp(prefix="same-weights-"))
     results = []
     for name, argv in commands(d):
-        run(argv)
+        run(argv + (args.pg if argv[0] in ("ppo", "grpo") else []))
         results.append((name, md5(d / argv[argv.index("--out") + 1].split("/")[-1] / "model")))
     for name, h in results:
         print(f"{name:12s} {h}")

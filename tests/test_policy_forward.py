@@ -130,3 +130,58 @@ def test_orm_step_rewards_are_potential_shaping_that_telescopes_to_the_final_sco
     # +0.1 after step 1 (+0.3 after step 2), then the final correction 0.8 - s_last on the last token ("#### N")
     scores = [0.6, 0.9][: len(spans)]
     assert nonzero == pytest.approx([0.1, 0.3][: len(spans)] + [0.8 - scores[-1]])
+
+
+def test_compiled_forward_equals_eager_forward(setup):
+    # --compile: the RL loops' passes over packed rollouts through compiled blocks (the shared-prompt KV cache path
+    # included) give the eager log-probs, values and gradients, for two batches of different shapes
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from mathrl.compile import compiled
+
+    model, head, tok, rollouts = setup
+    model.train()
+    counters.clear()
+    fast = compiled(model)
+    params = list(model.parameters()) + list(head.parameters())
+    for part in (rollouts, rollouts[:5]):
+        batch = _pack(part, tok.pad_token_id)
+        outs = []
+        for m in (model, fast):
+            for p in params:
+                p.grad = None
+            logp, values = forward_policy(m, head, batch, with_values=True)
+            mask = batch.action_mask
+            (torch.where(mask, logp, 0).sum() + torch.where(mask, values, 0).pow(2).sum()).backward()
+            outs.append((logp.detach(), values.detach(), [p.grad.clone() for p in params if p.grad is not None]))
+        (lp_e, v_e, g_e), (lp_c, v_c, g_c) = outs
+        mask = batch.action_mask
+        assert torch.allclose(lp_c[mask], lp_e[mask], atol=1e-5) and torch.allclose(v_c[mask], v_e[mask], atol=1e-5)
+        assert len(g_c) == len(g_e)
+        worst = max((a - b).abs().max().item() for a, b in zip(g_c, g_e))
+        scale = max(b.abs().max().item() for b in g_e)
+        assert worst <= 1e-4 * max(1.0, scale)
+    assert counters["stats"]["unique_graphs"] >= 1  # it was compiled (not the eager fallback)
+
+
+def test_group_minibatches_hold_whole_groups_and_every_row_once():
+    # --minibatch group: 8 groups of 4 rows; minibatches of 8 rows hold 2 whole groups each, every row once per
+    # epoch, the group order differing between epochs; kept rows only (a dropped group never appears)
+    from mathrl.rollouts import minibatches
+
+    groups = torch.arange(8).repeat_interleave(4)
+    mbs = list(minibatches(torch.arange(32), 8, 2, seed=0, groups=groups))
+    assert len(mbs) == 8
+    for mb in mbs:
+        assert len(mb) == 8 and len(torch.unique(groups[mb])) == 2
+        assert all(int((groups[mb] == g).sum()) == 4 for g in torch.unique(groups[mb]))
+    for epoch in (mbs[:4], mbs[4:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(32))
+    assert [groups[mb[0]].item() for mb in mbs[:4]] != [groups[mb[0]].item() for mb in mbs[4:]]
+    keep = torch.tensor([4, 5, 6, 7, 12, 13, 14, 15])  # groups 1 and 3
+    got = list(minibatches(keep, 4, 1, seed=0, groups=groups))
+    assert sorted(groups[mb[0]].item() for mb in got) == [1, 3] and all(len(torch.unique(groups[mb])) == 1 for mb in got)
+    # rollout order: a random permutation of the rows, as before (the same draw for the same seed)
+    rows = list(minibatches(torch.arange(32), 8, 1, seed=0))
+    assert torch.equal(torch.cat(rows), torch.randperm(32, generator=torch.Generator().manual_seed(0)))

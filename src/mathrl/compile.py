@@ -1,7 +1,8 @@
-"""``sft --compile``: a model's training passes through ``torch.compile``, the parameters shared with the model.
+"""``--compile``: a model's training passes through ``torch.compile``, the parameters shared with the model.
 
-Only the training passes: the sampler's KV-cache calls stay eager (compiling them would mean recompiling for every
-cache length).
+Only the training passes (SFT's and the rounds' fine-tunes, the reward models', and the RL loops' learning step
+with the passes before it: reference, old values): the sampler's KV-cache calls stay eager (compiling them would
+mean recompiling for every cache length).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class _Compiled(torch.nn.Module):
         self._whole = () if slots else (torch.compile(model, dynamic=True),)
         on_cpu = next(model.parameters()).device.type == "cpu"
         self._attention = "eager" if on_cpu and slots else None
+
+    @property
+    def config(self):  # read by rollouts.forward_policy (the KV cache of a shared prompt is built from it)
+        return self.model.config
 
     def forward(self, **kwargs):
         # suppress_errors: a compile that fails runs the pass eagerly with a warning instead of failing the run.

@@ -20,6 +20,7 @@ import torch
 
 from mathrl import checkpoint as ckpt
 from mathrl import distributed
+from mathrl.compile import compiled
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.record import ModelRecord, read_record
@@ -36,7 +37,8 @@ def load_policy(cfg, device: str, with_reference: bool):
     """(policy, reference or None, tokenizer): the start model ``cfg.model`` ready to train (LoRA adapters, or FSDP
     shards before the optimizer sees the parameters) and, ``with_reference`` (a KL term), a frozen copy of it. With
     LoRA the reference is the policy with its adapters disabled (``rollouts.reference_logprobs``): None here, and
-    no copy in memory; without a KL term there is no reference and no extra pass."""
+    no copy in memory; without a KL term there is no reference and no extra pass. With --compile the copy is
+    compiled (``compile.compiled``)."""
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)
@@ -47,6 +49,8 @@ def load_policy(cfg, device: str, with_reference: bool):
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
+        if cfg.compile:  # it only runs passes over packed rollouts (the policy's are compiled by the loop)
+            reference = compiled(reference)
     if cfg.fsdp:
         distributed.shard_model(policy)
         if reference is not None:

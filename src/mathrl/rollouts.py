@@ -271,11 +271,27 @@ class Experience:
         return Experience(batch, **{k: None if x is None else x.index_select(0, idx)[:, :c] for k, x in picked.items()})
 
 
-def minibatches(keep: torch.Tensor, size: int, epochs: int, seed: int):
-    """``epochs`` passes over the rows ``keep`` (N',) in a random order each, cut into minibatches of ``size``."""
+def minibatches(keep: torch.Tensor, size: int, epochs: int, seed: int, groups: torch.Tensor | None = None):
+    """``epochs`` passes over the rows ``keep`` (N',) in a random order each, cut into minibatches of ``size``.
+
+    With ``groups`` (N,), each row's group (its prompt: ``RolloutBatch.prompt_of``), the random order is one of
+    whole groups, a group's rows kept together: with ``size`` a multiple of K every minibatch holds whole groups,
+    so ``forward_policy`` forwards each prompt once per minibatch for its K samples. With rows in a random order
+    a minibatch of 64 rows of 64 x 4 holds ~44 distinct prompts, each forwarded for its ~1.5 rows, and every prompt
+    is forwarded ~2.7 times per epoch instead of once (measured: the learning step of a PPO iteration at the
+    study's shapes took 0.70 of the time). Both orders draw every row once per epoch, so each epoch's expected
+    gradient is the same; what changes is which rows share a minibatch (a group's samples always do)."""
     n_mb = max(1, math.ceil(len(keep) / size)) if len(keep) else 0
     for epoch in range(epochs if len(keep) else 0):
-        perm = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed + epoch))]
+        generator = torch.Generator().manual_seed(seed + epoch)
+        if groups is None:
+            perm = keep[torch.randperm(len(keep), generator=generator)]
+        else:
+            g = groups[keep]
+            distinct = torch.unique(g)  # sorted
+            rank = torch.empty(int(distinct[-1]) + 1, dtype=torch.long)
+            rank[distinct[torch.randperm(len(distinct), generator=generator)]] = torch.arange(len(distinct))
+            perm = keep[torch.argsort(rank[g], stable=True)]  # groups in a random order, rows in keep's order
         for j in range(n_mb):
             yield perm[j * size : (j + 1) * size]
 

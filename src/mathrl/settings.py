@@ -52,6 +52,12 @@ def resume():
     return field(False, "continue the run in --out from its last good checkpoint")
 
 
+def compile_blocks():
+    """The ``compile`` field of every command that trains (``compile.compiled``)."""
+    return field(False, "torch.compile the transformer blocks of the training passes (dynamic shapes; ~30 s to "
+                        "compile on 2 CPU cores, cached after; falls back to eager if it fails; sampling stays eager)")
+
+
 def fsdp():
     return field(False, "under torchrun: shard the model over the ranks with FSDP (models too big for one device)")
 
@@ -316,3 +322,10 @@ def validate_groups(cfg) -> None:
     for value in vars(cfg).values():
         if hasattr(value, "validate") and type(value).__module__ == __name__:
             value.validate()
+    if getattr(cfg, "compile", False):
+        if getattr(cfg, "fsdp", False):
+            raise UsageError("--compile with --fsdp is not supported yet; use one of them")
+        if cfg.compute.gradient_checkpointing:
+            # the backward pass recomputes a block outside the compiled call (tried: torch's checkpoint refuses the
+            # recomputed tensors)
+            raise UsageError("--compile with --gradient-checkpointing is not supported; use one of them")

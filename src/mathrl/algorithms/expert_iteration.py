@@ -29,6 +29,7 @@ from pathlib import Path
 
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.expert_iteration_config import Config
+from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.record import ModelRecord, read_record
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
@@ -123,7 +124,8 @@ def train(cfg: Config) -> Path:
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
             t0 = time.time()
-            fine_tune_round(policy, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
+            learner = compiled(policy) if cfg.compile else policy  # the weights are policy's
+            fine_tune_round(learner, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
                             total=total, seed=cfg.run.seed + st.round, label=f"ei round {st.round + 1}: fine-tuning",
                             checkpoint_every=cfg.rounds_ft.checkpoint_every, save=save, run_dir=run_dir)
             st.history[-1].update(train_steps=total, train_seconds=round(time.time() - t0, 1))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, user_reward
-from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, \
+from mathrl.settings import compile_blocks, Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, \
     fsdp, resume, validate_sampling_trainer
 
 
@@ -34,6 +34,7 @@ class Config:
     optim: Optim = group(Optim)
     lora: Lora = group(Lora)  # retrain_from initial: each round's fine-tuning starts from fresh adapters
     eval: Evaluation = group(Evaluation)
+    compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     run: Run = group(Run)
     compute: Compute = group(Compute)

@@ -39,6 +39,7 @@ import torch
 from mathrl import distributed, engines
 from mathrl.advantages import group_advantages, group_signal, kl_penalty_rewards
 from mathrl.algorithms.grpo_config import Config
+from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import aggregate, ppo_policy_loss
 from mathrl.pg_run import Inputs, check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, \
@@ -71,6 +72,7 @@ def train(cfg: Config) -> Path:
     # a reference model for the KL term only (--kl-coef > 0; with LoRA: the adapters disabled)
     policy, reference, tokenizer = load_policy(cfg, device, with_reference=cfg.kl_coef > 0)
     engine = engines.create(policy, cfg.sampling, cfg.model)  # after the reference copy and LoRA
+    learner = compiled(policy) if cfg.compile else policy  # the policy's passes over packed rollouts
     params = [p for p in policy.parameters() if p.requires_grad]
     trained = torch.nn.ModuleDict({"policy": policy})
     optimizer = make_optimizer(trained, cfg.optim.lr, cfg.optim.weight_decay)
@@ -110,7 +112,7 @@ def train(cfg: Config) -> Path:
         if cfg.zero_signal == "drop":  # the groups whose returns differ (advantages.group_signal)
             keep = group_signal(returns, k).repeat_interleave(k).nonzero().flatten()
         # learn: ppo_epochs passes of minibatch updates
-        stats = learn(cfg, policy, optimizer, params, experience, keep, st, device, run_dir)
+        stats = learn(cfg, policy, learner, optimizer, params, experience, keep, st, device, run_dir)
         # log, guard against divergence
         st.iteration += 1
         kl_seq = sequence_kl(old.logprobs, ref, batch.action_mask)
@@ -203,15 +205,17 @@ def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs:
                      Scores.concat(kept_scores, width), rounds, 1 - signal_groups / max(1, total_groups))
 
 
-def learn(cfg: Config, policy, optimizer, params, exp: Experience, keep: torch.Tensor, st: GRPOState, device,
+def learn(cfg: Config, policy, learner, optimizer, params, exp: Experience, keep: torch.Tensor, st: GRPOState, device,
           run_dir) -> LearnStats:
     """``ppo_epochs`` passes over the rows ``keep`` in minibatches of ``batch_size``; each minibatch is one
-    optimizer step (``rollouts.optimizer_step``), its loss divided by the minibatch's counts (``loss_aggregation``)."""
+    optimizer step (``rollouts.optimizer_step``), its loss divided by the minibatch's counts (``loss_aggregation``).
+    ``learner`` runs the forward passes: ``policy`` itself, or its compiled wrapper (--compile)."""
     total_steps = planned_steps(cfg)
     sharded = distributed.is_sharded(policy)
     policy.train()
     steps = []
-    for rows in minibatches(keep, cfg.optim.batch_size, cfg.pg.ppo_epochs, cfg.run.seed + st.iteration * 31):
+    groups = exp.batch.prompt_of if cfg.pg.minibatch == "group" else None
+    for rows in minibatches(keep, cfg.optim.batch_size, cfg.pg.ppo_epochs, cfg.run.seed + st.iteration * 31, groups):
         mb = exp.select(rows)
         if not mb.advantages.any():
             # no signal: the loss is (numerically almost) zero, and Adam would turn its rounding noise into full-size
@@ -226,7 +230,7 @@ def learn(cfg: Config, policy, optimizer, params, exp: Experience, keep: torch.T
             rows = mb.advantages.any(-1).nonzero().flatten()
 
         def micro_loss(part: Experience):
-            logp, _ = forward_policy(policy, None, part.batch, False, device)
+            logp, _ = forward_policy(learner, None, part.batch, False, device)
             return objective(cfg, logp, part, n_loss, n_rows, device)
 
         steps.append(optimizer_step(mb, rows, micro_loss, optimizer, params, cfg.optim.micro_batch_size,

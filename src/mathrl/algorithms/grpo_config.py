@@ -9,7 +9,7 @@ from mathrl.algorithms.policy_gradient_config import OPTIM, PolicyGradient, Scor
     validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, resume
+from mathrl.settings import compile_blocks, Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, resume
 
 ADVANTAGES = ("grpo", "rloo", "reinforce++")
 ZERO_SIGNAL = ("keep", "drop", "refill")
@@ -64,6 +64,7 @@ class Config:
                                 "in Dr.GRPO / DAPO)")
     optim: Optim = group(Optim, **OPTIM)
     lora: Lora = group(Lora)  # with LoRA the reference is the frozen base (the adapters disabled)
+    compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     eval: Evaluation = group(Evaluation)
     checkpoint_every: int = checkpoint_every()

@@ -24,6 +24,7 @@ from pathlib import Path
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.orm_config import Config
+from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.errors import UsageError
 from mathrl.metrics import auc
@@ -145,7 +146,8 @@ def train(cfg: Config) -> Path:
     bar = progress(total, "orm: training", "step", initial=step)
     model.train()
     t_train = time.time()
-    for st in train_steps(model, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id, device=device,
+    learner = compiled(model) if cfg.compile else model  # the weights are model's
+    for st in train_steps(learner, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id, device=device,
                           total_steps=total, seed=cfg.run.seed, start_step=step, objective="bce"):
         bar.update(1)
         bar.set_postfix(loss=f"{st.loss:.3f}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, resume, \
+from mathrl.settings import compile_blocks, Compute, Data, Lora, Optim, Prompting, Run, Sampling, fsdp, resume, \
     validate_sampling_trainer
 
 
@@ -28,6 +28,7 @@ class Config:
     epochs: float = field(2.0, "passes over the labelled samples")
     optim: Optim = group(Optim)
     lora: Lora = group(Lora)  # adapters on the trunk; the new scalar head trains in full
+    compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     checkpoint_every: int = field(100, "optimizer steps between checkpoints")
     run: Run = group(Run)

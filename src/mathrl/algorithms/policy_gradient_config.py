@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mathrl.config import field, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import validate_sampling_trainer
+from mathrl.settings import one_of, validate_sampling_trainer
 
 
 @dataclass
@@ -46,6 +46,9 @@ class Scoring:
         return self.reward == "orm" and self.orm_mode == "step"
 
 
+MINIBATCH_ORDERS = ("group", "rollout")
+
+
 @dataclass
 class PolicyGradient:
     """The loop: ``iterations`` x (collect ``prompts`` x K rollouts, learn in ``ppo_epochs`` passes of clipped
@@ -61,11 +64,15 @@ class PolicyGradient:
     vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine "
                                     "(TIS)")
     eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
+    minibatch: str = field("group", "how each epoch cuts the rollouts into minibatches: group (whole groups of K "
+                                    "in a random order: each prompt is forwarded once per minibatch for its K "
+                                    "samples) or rollout (rows in a random order)")
 
     def validate(self) -> None:
         for name in ("iterations", "prompts", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1")
+        one_of(self.minibatch, MINIBATCH_ORDERS, "minibatch")
 
 
 def checkpoint_every():

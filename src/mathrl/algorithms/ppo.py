@@ -31,6 +31,7 @@ import torch
 from mathrl import distributed, engines
 from mathrl.advantages import adaptive_kl_coef, gae, kl_penalty_rewards, whiten
 from mathrl.algorithms.ppo_config import Config
+from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import ppo_policy_loss, value_loss
 from mathrl.pg_run import check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, resume_checkpoint, \
@@ -83,13 +84,15 @@ class Models:
     reference: torch.nn.Module | None  # None: no KL penalty, or LoRA (the base with adapters disabled)
     head: ValueHead
     use_reference: bool  # --kl-coef > 0
+    learner: torch.nn.Module  # the policy's passes over packed rollouts: the policy, or compiled (--compile)
 
 
 def build_models(cfg: Config, device: str) -> tuple[Models, object]:
     policy, reference, tokenizer = load_policy(cfg, device, with_reference=cfg.kl_coef > 0)
     # after FSDP has sharded the policy: the small value head stays whole on every rank
     head = ValueHead(policy.config.hidden_size, cfg.value_trunk_grad).to(device)
-    return Models(policy, reference, head, use_reference=cfg.kl_coef > 0), tokenizer
+    return Models(policy, reference, head, use_reference=cfg.kl_coef > 0,
+                  learner=compiled(policy) if cfg.compile else policy), tokenizer
 
 
 def train(cfg: Config) -> Path:
@@ -134,7 +137,7 @@ def train(cfg: Config) -> Path:
         # reference / old passes (no gradient)
         old = old_policy(engine, m.policy, batch, cfg.pg.vllm_is_cap, micro, device)
         ref = reference_logprobs(m.policy, m.reference, batch, micro, device) if m.use_reference else None
-        old_values = value_estimates(m.policy, m.head, batch, micro, device)
+        old_values = value_estimates(m.learner, m.head, batch, micro, device)
         # advantages
         adv, returns = advantages(cfg, batch, scores, old.logprobs, ref, old_values, st.kl_coef)
         experience = Experience(batch, old.logprobs, adv, is_weights=old.is_weights, old_values=old_values,
@@ -201,8 +204,9 @@ def learn(cfg: Config, m: Models, optimizer, params, exp: Experience, st: PPOSta
     sharded = distributed.is_sharded(m.policy)
     m.policy.train()
     steps = []
+    groups = exp.batch.prompt_of if cfg.pg.minibatch == "group" else None
     for rows in minibatches(torch.arange(len(exp.advantages)), cfg.optim.batch_size, cfg.pg.ppo_epochs,
-                            cfg.run.seed + st.iteration * 31):
+                            cfg.run.seed + st.iteration * 31, groups):
         mb = exp.select(rows)
         schedule_lr(optimizer, cfg.optim, st.opt_steps, total_steps)
         n_loss, n_action = int(mb.batch.loss_mask.sum()), int(mb.batch.action_mask.sum())
@@ -217,7 +221,7 @@ def learn(cfg: Config, m: Models, optimizer, params, exp: Experience, st: PPOSta
 def _loss(cfg: Config, m: Models, part: Experience, n_loss: int, n_action: int, device):
     """The loss of one micro-batch, summed over its tokens and divided by the minibatch's token counts: the
     clipped policy loss (token mean) plus vf_coef x the clipped value loss."""
-    logp, values = forward_policy(m.policy, m.head, part.batch, True, device)
+    logp, values = forward_policy(m.learner, m.head, part.batch, True, device)
     loss, pstats = ppo_policy_loss(logp, part.old_logprobs.to(device), part.advantages.to(device),
                                    part.batch.loss_mask.to(device), clip=cfg.pg.clip, total=max(1, n_loss),
                                    is_weights=part.is_weights.to(device) if part.is_weights is not None else None)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.rcrl_config import Config
+from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
 from mathrl.evaluate import evaluate_in_run
@@ -183,7 +184,8 @@ def train(cfg: Config) -> Path:
             total = round_total_steps(len(examples), cfg.optim, cfg.rounds_ft)
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
-            fine_tune_round(policy, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
+            learner = compiled(policy) if cfg.compile else policy  # the weights are policy's
+            fine_tune_round(learner, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
                             total=total, seed=cfg.run.seed + st.round, label=f"rcrl round {st.round + 1}: fine-tuning",
                             checkpoint_every=cfg.rounds_ft.checkpoint_every, save=save, run_dir=run_dir)
             st.conditioned, st.phase, optimizer = True, "evaluate", None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, resume, \
+from mathrl.settings import compile_blocks, Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, resume, \
     validate_sampling_trainer
 
 
@@ -33,6 +33,7 @@ class Config:
     optim: Optim = group(Optim)
     lora: Lora = group(Lora)  # the return tokens' embeddings train in full beside the adapters
     eval: Evaluation = group(Evaluation)
+    compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     run: Run = group(Run)
     compute: Compute = group(Compute)

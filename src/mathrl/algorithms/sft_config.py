@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import MODEL_SIZES, Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, \
+from mathrl.settings import compile_blocks, MODEL_SIZES, Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, \
     max_new_tokens, no_lora_with_fsdp, one_of, resume, token_budget, validate_groups
 
 
@@ -27,8 +27,7 @@ class Config:
     eval: Evaluation = group(Evaluation, eval_k=32, eval_split="dev")  # after each epoch
     max_new_tokens: int = max_new_tokens()
     token_budget: int = token_budget()
-    compile: bool = field(False, "torch.compile the transformer blocks for training (dynamic shapes; ~30 s to "
-                                 "compile on 2 CPU cores, cached after; falls back to eager if it fails)")
+    compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     checkpoint_every: int = field(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     log_every: int = field(20, "optimizer steps between log lines")
@@ -55,9 +54,3 @@ class Config:
                                                              "sampling; training samples nothing)")
         if self.checkpoint_every < 0:
             raise UsageError("checkpoint_every must be >= 0")
-        if self.compile and self.fsdp:
-            raise UsageError("--compile with --fsdp is not supported yet; use one of them")
-        if self.compile and self.compute.gradient_checkpointing:
-            # the backward pass recomputes a block outside the compiled call (tried: torch's checkpoint refuses the
-            # recomputed tensors)
-            raise UsageError("--compile with --gradient-checkpointing is not supported; use one of them")
