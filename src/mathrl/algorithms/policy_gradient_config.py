@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mathrl.config import field, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import validate_sampling_trainer
+from mathrl.settings import validate_sampling_trainer, validate_schedule
 
 
 @dataclass
@@ -60,7 +60,7 @@ class PolicyGradient:
                                   "(with a reference model: --kl-coef > 0)")
     vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine "
                                     "(TIS)")
-    eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
+    eval_every: int = field(10, "--eval-at every: iterations between evaluations (0: only at the end)")
 
     def validate(self) -> None:
         for name in ("iterations", "prompts", "ppo_epochs"):
@@ -94,3 +94,6 @@ def validate_policy_gradient(cfg) -> None:
         refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
     if not cfg.eval.eval_size:
         refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
+    validate_schedule(cfg)
+    if cfg.schedule.eval_at == "log":
+        refuse(cfg, ["eval_every"], "with --eval-at log (the evaluations follow the log-spaced schedule)")
