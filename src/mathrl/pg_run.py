@@ -1,10 +1,11 @@
 """The setup and bookkeeping that the two policy-gradient loops share (``algorithms/ppo.py``, ``algorithms/grpo.py``),
 as plain functions each loop calls in its own ``train()``: the policy and its frozen reference (``load_policy``),
 what a run draws from and evaluates on (``run_inputs``), resuming (``resume_checkpoint``), the in-run evaluation
-(``evaluate_policy``), when it runs and whether the run stops there (``evaluation_due``, ``stop_at_plateau``), the
-divergence guard on the KL (``sequence_kl``, ``check_kl``), the learning-rate schedule of the learning step
-(``planned_steps``, ``schedule_lr``), checkpoints (``save_iteration``) and the final model (``write_policy``). The stages of an iteration (collect, score, the passes without gradient, the optimizer step)
-are ``rollouts.py``; the settings both loops take are ``algorithms/policy_gradient_config.py``.
+(``evaluate_policy``), the divergence guard on the KL (``sequence_kl``, ``check_kl``), the learning-rate schedule
+of the learning step (``planned_steps``, ``schedule_lr``), checkpoints (``save_iteration``) and the final model
+(``write_policy``). The stages of an iteration (collect, score, the passes without gradient, the optimizer step)
+are ``rollouts.py``; the settings both loops take are ``algorithms/policy_gradient_config.py``. When the in-run
+evaluation runs and whether the run stops there: ``evaluation_due``, ``stop_at_plateau`` (``plateau.py``).
 """
 
 from __future__ import annotations
