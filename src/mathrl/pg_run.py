@@ -4,7 +4,8 @@ what a run draws from and evaluates on (``run_inputs``), resuming (``resume_chec
 (``evaluate_policy``), the divergence guard on the KL (``sequence_kl``, ``check_kl``), the learning-rate schedule
 of the learning step (``planned_steps``, ``schedule_lr``), checkpoints (``save_iteration``) and the final model
 (``write_policy``). The stages of an iteration (collect, score, the passes without gradient, the optimizer step)
-are ``rollouts.py``; the settings both loops take are ``algorithms/policy_gradient_config.py``.
+are ``rollouts.py``; the settings both loops take are ``algorithms/policy_gradient_config.py``. When the in-run
+evaluation runs and whether the run stops there: ``evaluation_due``, ``stop_at_plateau`` (``plateau.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mathrl import distributed
 from mathrl.compile import compiled
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
+from mathrl.plateau import log_point_crossed, mark_plateau
 from mathrl.record import ModelRecord, read_record
 from mathrl.reward_model import load_reward_model
 from mathrl.runlog import write_history
@@ -111,9 +113,25 @@ def evaluate_policy(cfg, policy, tokenizer, task, engine, inputs: Inputs, run_di
                            when=f"at iteration {iteration} ({rollouts} rollouts)")
 
 
-def evaluation_due(cfg, inputs: Inputs, iteration: int, last: bool) -> bool:
-    """Whether iteration ``iteration`` ends with an evaluation: every ``eval_every`` iterations and after the last."""
-    return bool(inputs.eval_problems) and (last or bool(cfg.pg.eval_every and iteration % cfg.pg.eval_every == 0))
+def evaluation_due(cfg, inputs: Inputs, st, last: bool) -> bool:
+    """Whether the iteration that just ended (``st``: the loop state, its record not yet in ``st.history``) ends
+    with an evaluation: after the last, and besides, with ``--eval-at every``, every ``eval_every`` iterations, with
+    ``--eval-at log`` when its rollouts passed a point of the log schedule (``plateau.log_point_crossed``)."""
+    if not inputs.eval_problems:
+        return False
+    if cfg.schedule.eval_at == "log":
+        before = st.history[-1]["rollouts"] if st.history else 0
+        return last or log_point_crossed(cfg.schedule.eval_first, before, st.rollouts_used)
+    return last or bool(cfg.pg.eval_every and st.iteration % cfg.pg.eval_every == 0)
+
+
+def stop_at_plateau(cfg, history: list, record: dict) -> bool:
+    """With ``--stop-at-plateau``, whether the dev curve of ``history`` and the just evaluated ``record`` has
+    plateaued (``plateau.mark_plateau``: ``record`` gets ``plateau_at``); the run stops after this iteration."""
+    if not cfg.schedule.stop_at_plateau or not mark_plateau([*history, record], cfg.schedule.plateau_margin):
+        return False
+    print(f"stopping: dev maj@1 has plateaued at {record['rollouts']} rollouts", flush=True)
+    return True
 
 
 def sequence_kl(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, action_mask: torch.Tensor) -> float:

@@ -5,7 +5,8 @@ checkpoints between phases so that a resumed run continues the round where it st
 ``round_policy`` readies the start model (adapters or shards, its engine, its initial weights),
 ``snapshot``/``restore`` keep the initial weights to restart each round from (ReST-EM, Singh et al. 2023: the
 paper's choice for EI, Havrilla et al. 2024 section 3.1), ``save_round_run``/``resume_round_run`` write and read a
-round-based run's checkpoint. Shared here because the two algorithms never import each other.
+round-based run's checkpoint, ``evaluation_due``/``stop_at_plateau`` say whether a round ends with an evaluation
+and whether the run stops there (``plateau.py``). Shared here because the two algorithms never import each other.
 """
 
 from __future__ import annotations
@@ -16,9 +17,30 @@ from typing import Sequence
 from mathrl import checkpoint as ckpt
 from mathrl import distributed, engines
 from mathrl.models import apply_lora
+from mathrl.plateau import log_point_crossed, mark_plateau
 from mathrl.runlog import progress
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.training import Example, make_optimizer, train_steps
+
+
+def evaluation_due(schedule, history: list, last: bool) -> bool:
+    """Whether the round whose record is ``history[-1]`` (with the rollouts consumed so far) ends with an
+    evaluation (``settings.EvalSchedule``): every round with ``--eval-at every``; with ``--eval-at log`` the last
+    round and those whose sampling passed a point of the log schedule (``plateau.log_point_crossed``)."""
+    if schedule.eval_at == "every" or last:
+        return True
+    before = history[-2]["rollouts"] if len(history) > 1 else 0
+    return log_point_crossed(schedule.eval_first, before, history[-1]["rollouts"])
+
+
+def stop_at_plateau(schedule, history: list) -> bool:
+    """With ``--stop-at-plateau``, whether the dev curve of ``history`` (its last record just evaluated) has
+    plateaued (``plateau.mark_plateau``: the record gets ``plateau_at``); the run stops after this round."""
+    if not schedule.stop_at_plateau or not mark_plateau(history, schedule.plateau_margin):
+        return False
+    print(f"stopping: dev maj@1 has plateaued at {history[-1]['rollouts']} rollouts", flush=True)
+    return True
+
 
 def round_total_steps(n_examples: int, optim, rounds) -> int:
     """Optimizer steps of a round: ``rounds.epochs`` passes over ``n_examples`` in batches of

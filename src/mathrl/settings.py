@@ -9,8 +9,9 @@ Groups: ``Run`` (seed, threads, device, precision), ``Compute`` (gradient checkp
 prompt template, stop strings; by default those recorded with the model), ``FewShot`` (how many few-shot examples
 and which), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Lora`` (adapters
 instead of full fine-tuning), ``Sampling`` (collecting rollouts), ``Evaluation`` (the in-run evaluations),
-``Rounds`` (the fine-tuning inside each round of EI and RCRL). Single settings that several commands share without
-the rest of a group (``resume``, ``max_new_tokens``...) are field factories here.
+``EvalSchedule`` (when RL runs evaluate, and the stop at a plateau), ``Rounds`` (the fine-tuning inside each round
+of EI and RCRL). Single settings that several commands share without the rest of a group (``resume``,
+``max_new_tokens``...) are field factories here.
 """
 
 from __future__ import annotations
@@ -239,6 +240,48 @@ class Evaluation:
             raise UsageError("eval_size and eval_k must be >= 0")
         if not self.eval_size:
             refuse(self, ("eval_k", "eval_temperature", "eval_split"), "with --eval-size 0 (no in-run evaluation)")
+
+
+EVAL_AT = ("every", "log")
+
+
+@dataclass
+class EvalSchedule:
+    """When an RL run (EI, RCRL, PPO, GRPO) runs its in-run evaluation (``Evaluation``), and whether it stops
+    when its dev maj@1 has plateaued (``plateau.py`` states the rule and why)."""
+
+    eval_at: str = field("every", "when in-run evaluations happen besides the start and the end: every (EI, RCRL: "
+                                  "each round; PPO, GRPO: every --eval-every iterations) or log (when the rollouts "
+                                  "consumed pass --eval-first, then twice it, four times it...)")
+    eval_first: int = field(1024, "--eval-at log: rollouts at the first evaluation after the start's")
+    stop_at_plateau: bool = field(False, "stop when dev maj@1 has plateaued: after a gain over the start of more "
+                                         "than --plateau-margin, the best of the last two evaluations exceeds the "
+                                         "best before them by at most the margin (needs --eval-at log and "
+                                         "--eval-split dev: never decided on test)")
+    plateau_margin: float = field(0.02, "--stop-at-plateau: the least gain in dev maj@1 that counts as learning "
+                                        "(docs/algorithms.md says why 0.02)")
+
+    def validate(self) -> None:
+        one_of(self.eval_at, EVAL_AT, "eval_at")
+        if self.eval_first < 1 or not 0 <= self.plateau_margin < 1:
+            raise UsageError("eval_first must be >= 1 and plateau_margin in [0, 1)")
+        if self.eval_at != "log":
+            refuse(self, ("eval_first",), "without --eval-at log")
+            if self.stop_at_plateau:
+                raise UsageError("--stop-at-plateau needs --eval-at log (the rule compares the last two points of "
+                                 "the log-spaced schedule)")
+        if not self.stop_at_plateau:
+            refuse(self, ("plateau_margin",), "without --stop-at-plateau")
+
+
+def validate_schedule(cfg) -> None:
+    """The checks of ``cfg.schedule`` (an ``EvalSchedule``) against ``cfg.eval`` (an ``Evaluation``)."""
+    if not cfg.eval.eval_size:
+        refuse(cfg, ("eval_at", "eval_first", "stop_at_plateau", "plateau_margin"),
+               "with --eval-size 0 (no in-run evaluation)")
+    if cfg.schedule.stop_at_plateau and cfg.eval.eval_split != "dev":
+        raise UsageError("--stop-at-plateau decides on dev problems: add --eval-split dev (early stopping never "
+                         "reads the test split)")
 
 
 @dataclass

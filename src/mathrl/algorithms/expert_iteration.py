@@ -1,18 +1,28 @@
 """Expert Iteration (EI): the paper's best algorithm (Havrilla et al. 2024, section 3.1; Anthony et al. 2017).
 
 Each round:
-1. **collect**: sample K solutions for every training question with the current policy (few-shot prompted while
-   the policy is still the untouched pretrained model, zero-shot after);
+1. **collect**: sample K solutions for each of the round's training questions with the current policy (few-shot
+   prompted while the policy is still the untouched pretrained model, zero-shot after). The questions are fresh
+   every round: the next ``questions`` of one seeded shuffled pass over the train split, continuing where the
+   previous round stopped, a new pass (the same order) only once the whole split was used. The paper samples the
+   whole train set every round; with ``questions`` below the split's size each round still sees unused questions,
+   where taking the first ``questions`` every round would re-fit the same few (``questions 0``: the whole split
+   every round, as the paper);
 2. **score**: grade each through the task with the chosen reward and keep the high-return ones (``sparse``:
    answer correct; ``verified``: answer and every step correct, synthetic task; ``orm``: reward model score >=
    ``orm_threshold``); count answer-correct samples with a wrong step;
-3. **dedupe and accumulate**: drop repeated (question, normalised solution) pairs and build D_i = R_i U D_{i-1};
-4. **learn**: fine-tune on D_i (plus the reference solutions with ``include_references``), from the initial
-   checkpoint each round (``retrain_from initial``, the ReST-EM variant of Singh et al. 2023, the paper's
-   choice) or continuing from the last policy (``retrain_from last``);
-5. **evaluate** maj@1 / maj@K / pass@K on the test split and log them against the rollouts consumed so far;
-6. **checkpoint**; stop at ``rounds`` or when greedy maj@1 on ``patience_size`` **dev** problems has not improved
-   for ``patience`` rounds (model selection never reads the test split).
+3. **dedupe and accumulate**: drop repeated (question, normalised solution) pairs and build D_i = R_i U D_{i-1}
+   over every round's questions;
+4. **learn**: fine-tune on D_i (plus the reference solutions of the questions sampled so far with
+   ``include_references``), from the start model each round (``retrain_from initial``: the paper fine-tunes its
+   initial checkpoint on D_i every round, as ReST-EM does, Singh et al. 2023, against over-fitting to the
+   policy's own samples; the default) or continuing from the last policy (``retrain_from last``);
+5. **evaluate** maj@1 / maj@K / pass@K on ``eval_split`` and log them against the rollouts consumed so far: every
+   round, or on the log-spaced schedule (``--eval-at log``; ``plateau.py``);
+6. **checkpoint**; stop at ``rounds`` (the cap: rounds x questions x K rollouts), when dev maj@1 has plateaued
+   (``--stop-at-plateau`` with ``--eval-split dev``: the number of rounds set by the plateau), or when greedy
+   maj@1 on ``patience_size`` **dev** problems has not improved for ``patience`` rounds (model selection never
+   reads the test split).
 
 Deviation from the paper: fine-tuning runs a set number of epochs over D_i (capped by ``max_steps``) instead of
 the paper's per-round early stopping on a validation set, to keep the rollout/compute budget explicit.
@@ -23,6 +33,7 @@ Writes OUT/history.json (one record per round) and OUT/sample_complexity.png (me
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +53,10 @@ from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import completion_stats, sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
+from mathrl.plateau import stopped_at_plateau
+from mathrl.rollouts import next_problems
+from mathrl.rounds import evaluation_due, fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, \
+    save_round_run, stop_at_plateau
 from mathrl.training import completion_example, make_optimizer
 
 
@@ -56,6 +70,7 @@ class EIState:
     ft_step: int = 0
     dataset: dict = dataclasses.field(default_factory=dict)  # (question id, normalised solution) -> text: D_i
     rollouts_used: int = 0
+    questions_used: int = 0  # position in the shuffled pass over the train split (next_problems)
     best: float = -1.0  # the best dev maj@1 so far (patience)
     stale: int = 0  # rounds since it improved
     history: list = dataclasses.field(default_factory=list)
@@ -66,7 +81,8 @@ class EIState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EIState":
-        st = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        # a checkpoint of an earlier version has no questions_used (it sampled the same questions every round)
+        st = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
         st.dataset = {tuple(k): v for k, v in d["dataset"]}
         return st
 
@@ -84,7 +100,10 @@ def train(cfg: Config) -> Path:
     if cfg.reward == "orm":
         scorer = load_reward_model(cfg.orm, tokenizer, device=device).score_texts
     start_shots = few_shot_examples(task, cfg.model, cfg.few_shot.shots, cfg.few_shot.exemplars)
-    questions = task.problems("train")[: cfg.questions or None]
+    train_split = task.problems("train")
+    per_round = min(cfg.questions or len(train_split), len(train_split))
+    order = list(range(len(train_split)))
+    random.Random(cfg.run.seed).shuffle(order)  # one seeded pass, walked round after round (next_problems)
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     # early stopping decides on dev problems, never on the test split the curves report
     dev_problems = task.problems("dev")[: cfg.patience_size] if cfg.patience else []
@@ -100,16 +119,18 @@ def train(cfg: Config) -> Path:
                                seed=cfg.run.seed, run_dir=run_dir, rollouts=st.rollouts_used, when=when,
                                shots=start_shots if st.policy_is_start else [])
 
-    print(f"ei: {len(questions)} questions x K={cfg.sampling.k} per round, reward {cfg.reward}, retrain from "
+    print(f"ei: {per_round} fresh questions x K={cfg.sampling.k} per round, reward {cfg.reward}, retrain from "
           f"{cfg.retrain_from}, up to {cfg.rounds} rounds, {ctx.threads} threads, {device}")
     if not st.history and eval_problems:
         # round 0: the starting policy at 0 rollouts, so metrics-vs-rollouts curves and the rollouts needed for a
         # gain are measured from where training starts (PPO evaluates its iteration 0 the same way)
         st.history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)")})
         logger.log(0, **st.history[-1])
-    while st.round < cfg.rounds:
+    while st.round < cfg.rounds and not stopped_at_plateau(st.history):
         if st.phase == "collect":
-            # steps 1-3: collect K samples per question, keep the high-return ones, deduplicate into D_i
+            # steps 1-3: collect K samples for the round's fresh questions, keep the high-return ones, add them
+            # deduplicated to D_i
+            questions = next_problems(train_split, order, st.questions_used, per_round)
             st.history.append(collect(cfg, task, engine, policy, tokenizer, scorer, questions,
                                       start_shots if st.policy_is_start else [], st))
             st.phase, st.ft_step, optimizer = "learn", 0, None
@@ -119,7 +140,9 @@ def train(cfg: Config) -> Path:
 
         if st.phase == "learn":
             # step 4: fine-tune on D_i (from the initial checkpoint each round, or from the last policy)
-            examples = _examples(task, tokenizer, _items(cfg, task, questions, st.dataset), tokenizer.eos_token_id)
+            sampled = [train_split[i] for i in order[: st.questions_used]]  # every round's questions so far
+            items = _items(cfg, task, train_split, sampled, st.dataset)
+            examples = _examples(task, tokenizer, items, tokenizer.eos_token_id)
             total = round_total_steps(len(examples), cfg.optim, cfg.rounds_ft)
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
@@ -134,10 +157,12 @@ def train(cfg: Config) -> Path:
             save(ckpt.round_tag(st.round, done=True))
 
         if st.phase == "evaluate":
-            # step 5: evaluate on the test split, logged against rollouts consumed; step 6: early stopping on dev
+            # step 5: evaluate (on the schedule), logged against rollouts consumed; step 6: early stopping on dev
             record = st.history[-1]
-            if eval_problems:
+            plateau = False
+            if eval_problems and evaluation_due(cfg.schedule, st.history, last=st.round + 1 == cfg.rounds):
                 record.update(run_eval(f"after round {st.round + 1} ({st.rollouts_used} rollouts)"))
+                plateau = stop_at_plateau(cfg.schedule, st.history)
             if dev_problems:
                 record["dev_maj@1"] = dev_maj1(engine, policy, tokenizer, task, dev_problems, cfg,
                                                start_shots if st.policy_is_start else [])
@@ -147,6 +172,8 @@ def train(cfg: Config) -> Path:
             st.round, st.phase, st.ft_step = st.round + 1, "collect", 0
             save(ckpt.round_tag(st.round - 1, done=True))
             write_history(run_dir, st.history, cfg.eval.eval_k, "Expert Iteration")
+            if plateau:
+                break
             if cfg.patience and st.stale >= cfg.patience:
                 print(f"stopping: dev maj@1 has not improved for {st.stale} rounds")
                 break
@@ -167,6 +194,7 @@ def collect(cfg: Config, task, engine, policy, tokenizer, scorer, questions, sho
     """Steps 1-3 of a round: sample K solutions per question, keep those whose return passes the filter, add the
     new (question, normalised solution) pairs to ``st.dataset``; returns the round's record."""
     t0 = time.time()
+    st.questions_used += len(questions)
     prompts = [task.prompt(p, shots) for p in questions]
     policy.eval()
     bar = progress(len(questions) * cfg.sampling.k, f"ei round {st.round + 1}: sampling", "sample")
@@ -186,7 +214,8 @@ def collect(cfg: Config, task, engine, policy, tokenizer, scorer, questions, sho
     for p, t in kept:  # D_i = R_i U D_{i-1}, deduplicated
         st.dataset.setdefault((p.id, normalize_solution(t)), t)
     stats = {
-        "round": st.round + 1, "rollouts": st.rollouts_used, "sample_seconds": round(sample_time, 1),
+        "round": st.round + 1, "rollouts": st.rollouts_used, "questions_used": st.questions_used,
+        "sample_seconds": round(sample_time, 1),
         "sample_accuracy": sum(g.correct for g in grades) / len(grades),
         "questions_solved": len({p.id for p, _ in kept}) / len(questions), "kept": len(kept),
         "new_unique": len(st.dataset) - before, "dataset_size": len(st.dataset), **completion_stats(rollouts),
@@ -203,12 +232,14 @@ def collect(cfg: Config, task, engine, policy, tokenizer, scorer, questions, sho
     return stats
 
 
-def _items(cfg: Config, task, questions, dataset: dict) -> list:
-    """(problem, solution text) pairs to fine-tune on: D_i, plus the references with ``include_references``."""
-    by_id = {p.id: p for p in questions}
-    items = [(by_id[qid], text) for (qid, _), text in dataset.items() if qid in by_id]
+def _items(cfg: Config, task, train_split, sampled, dataset: dict) -> list:
+    """(problem, solution text) pairs to fine-tune on: D_i (over every round's questions), plus with
+    ``include_references`` the reference solution of each question sampled so far (``sampled``, a part of one
+    pass: each once)."""
+    by_id = {p.id: p for p in train_split}
+    items = [(by_id[qid], text) for (qid, _), text in dataset.items()]
     if cfg.include_references:
-        items += [(p, task.target(p).strip()) for p in questions]
+        items += [(p, task.target(p).strip()) for p in sampled]
     return items
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, user_reward
-from mathrl.settings import compile_blocks, Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, Sampling, \
-    fsdp, resume, validate_sampling_trainer
+from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, \
+    Sampling, fsdp, resume, validate_sampling_trainer, validate_schedule
 
 
 @dataclass
@@ -18,10 +18,11 @@ class Config:
     out: str = field("runs/ei", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
     prompting: Prompting = group(Prompting)
-    rounds: int = field(3, "maximum number of rounds")
+    rounds: int = field(3, "maximum number of rounds (the cap: --rounds x --questions x -k rollouts)")
     patience: int = field(2, "stop after this many rounds without a dev maj@1 improvement (0: never)")
     patience_size: int = field(200, "dev problems whose greedy maj@1 decides early stopping (patience)")
-    questions: int = field(4000, "training questions per round (0: the whole train split)")
+    questions: int = field(4000, "fresh training questions per round: the next ones of a seeded shuffled pass over "
+                                 "the train split, a new pass once it is used up (0: the whole split every round)")
     sampling: Sampling = group(Sampling)  # k: the paper's efficient setting is 4
     few_shot: FewShot = group(FewShot)  # while the policy is the start model (zero-shot after its first round)
     reward: str = field("sparse", "filter: sparse (answer correct), verified (answer and steps), orm, or "
@@ -35,6 +36,7 @@ class Config:
     lora: Lora = group(Lora)  # retrain_from initial: each round's fine-tuning starts from fresh adapters
     eval: Evaluation = group(Evaluation)
     compile: bool = compile_blocks()
+    schedule: EvalSchedule = group(EvalSchedule)  # a round evaluates if it passed a point of the schedule
     fsdp: bool = fsdp()
     run: Run = group(Run)
     compute: Compute = group(Compute)
@@ -52,8 +54,11 @@ class Config:
             refuse(self, ("orm",), "without --reward orm")
         if self.reward in ("sparse", "verified"):
             refuse(self, ("orm_threshold",), f"with --reward {self.reward} (a 0/1 return: kept when it is 1)")
+        validate_schedule(self)
         if not self.patience:
             refuse(self, ("patience_size",), "with --patience 0 (no early stopping)")
+        if self.patience and self.schedule.stop_at_plateau:
+            raise UsageError("--stop-at-plateau and --patience are two early-stopping rules: add --patience 0")
         if self.rounds == 1:
             refuse(self, ("retrain_from",), "with --rounds 1 (the only round fine-tunes the start model)")
         if self.retrain_from not in ("initial", "last"):

@@ -43,9 +43,10 @@ from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import aggregate, ppo_policy_loss
 from mathrl.pg_run import Inputs, check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, \
-    resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, write_policy
+    resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, write_policy
 from mathrl.rollouts import Experience, LearnStats, Scores, forward_policy, minibatches, next_problems, old_policy, \
     optimizer_step, pack_rollouts, reference_logprobs, sample, score
+from mathrl.plateau import stopped_at_plateau
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import start_run, task_for
 from mathrl.sampler import completion_stats
@@ -91,7 +92,7 @@ def train(cfg: Config) -> Path:
         st.history.append({"iteration": 0, "rollouts": 0, **run_eval()})
         logger.log(0, **st.history[-1])
     bar = progress(cfg.pg.iterations, cfg.advantage, "iter", initial=st.iteration)
-    while st.iteration < cfg.pg.iterations and not budget_spent(cfg, st):
+    while st.iteration < cfg.pg.iterations and not budget_spent(cfg, st) and not stopped_at_plateau(st.history):
         t0 = time.time()
         # collect and score: groups of K samples (refill: with signal), their per-token rewards and outcomes
         got = collect(cfg, st, engine, policy, tokenizer, task, inputs)
@@ -132,8 +133,9 @@ def train(cfg: Config) -> Path:
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
         # evaluate
         last_iteration = st.iteration == cfg.pg.iterations or budget_spent(cfg, st)
-        if evaluation_due(cfg, inputs, st.iteration, last_iteration):
+        if evaluation_due(cfg, inputs, st, last_iteration):
             record.update(run_eval())
+            last_iteration = stop_at_plateau(cfg, st.history, record) or last_iteration
         st.history.append(record)
         logger.log(st.iteration, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
         # checkpoint

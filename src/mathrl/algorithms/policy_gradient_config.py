@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mathrl.config import field, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import one_of, validate_sampling_trainer
+from mathrl.settings import one_of, validate_sampling_trainer, validate_schedule
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PolicyGradient:
                                   "(with a reference model: --kl-coef > 0)")
     vllm_is_cap: float = field(2.0, "--engine vllm: cap of each token's importance weight pi_trainer / pi_engine "
                                     "(TIS)")
-    eval_every: int = field(10, "iterations between evaluations (0: only at the end)")
+    eval_every: int = field(10, "--eval-at every: iterations between evaluations (0: only at the end)")
     minibatch: str = field("group", "how each epoch cuts the rollouts into minibatches: group (whole groups of K "
                                     "in a random order: each prompt is forwarded once per minibatch for its K "
                                     "samples) or rollout (rows in a random order)")
@@ -101,3 +101,6 @@ def validate_policy_gradient(cfg) -> None:
         refuse(cfg, ["kl_bound"], "with --kl-coef 0 (no reference model, the KL is not measured)")
     if not cfg.eval.eval_size:
         refuse(cfg, ["eval_every"], "with --eval-size 0 (no evaluations)")
+    validate_schedule(cfg)
+    if cfg.schedule.eval_at == "log":
+        refuse(cfg, ["eval_every"], "with --eval-at log (the evaluations follow the log-spaced schedule)")

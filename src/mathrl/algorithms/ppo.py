@@ -14,7 +14,7 @@ shuffled pass over the train split -> **score** them through the task (``--rewar
 (``rollouts.old_policy``: with ``--engine vllm`` recomputed by the trainer, with truncated importance weights),
 the reference's log-probs, the old values -> **advantages** -> **learn**: ``ppo_epochs`` passes of minibatch
 updates -> **log** (divergence guard: a non-finite loss, or a mean KL per sequence above ``kl_bound``, stops the
-run; the last good checkpoint is kept) -> **evaluate** every ``eval_every`` iterations -> **checkpoint**.
+run; the last good checkpoint is kept) -> **evaluate** (``--eval-at``; ``--stop-at-plateau``) -> **checkpoint**.
 
 Shapes: N = rollouts in the batch, C = completion tokens (right-padded).
 """
@@ -35,9 +35,10 @@ from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import ppo_policy_loss, value_loss
 from mathrl.pg_run import check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, resume_checkpoint, \
-    run_inputs, save_iteration, schedule_lr, sequence_kl, write_policy
+    run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, write_policy
 from mathrl.rollouts import Experience, LearnStats, RolloutBatch, Scores, forward_policy, minibatches, next_problems, \
     old_policy, optimizer_step, pack_rollouts, reference_logprobs, sample, score, value_estimates
+from mathrl.plateau import stopped_at_plateau
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import start_run, task_for
 from mathrl.sampler import completion_stats
@@ -123,7 +124,7 @@ def train(cfg: Config) -> Path:
         st.history.append({"iteration": 0, "rollouts": 0, **run_eval()})
         logger.log(0, **st.history[-1])
     bar = progress(cfg.pg.iterations, "ppo", "iter", initial=st.iteration)
-    while st.iteration < cfg.pg.iterations:
+    while st.iteration < cfg.pg.iterations and not stopped_at_plateau(st.history):
         t0 = time.time()
         # collect: K samples for the next problems of the shuffled pass
         problems = next_problems(inputs.questions, inputs.order, st.prompts_used, cfg.pg.prompts)
@@ -162,8 +163,9 @@ def train(cfg: Config) -> Path:
               + f" ({record['iteration_seconds']:.0f}s, sampling {t_sample:.0f}s)", flush=True)
         # evaluate
         last_iteration = st.iteration == cfg.pg.iterations
-        if evaluation_due(cfg, inputs, st.iteration, last_iteration):
+        if evaluation_due(cfg, inputs, st, last_iteration):
             record.update(run_eval())
+            last_iteration = stop_at_plateau(cfg, st.history, record) or last_iteration
         st.history.append(record)
         logger.log(st.iteration, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
         # checkpoint (with the value head)

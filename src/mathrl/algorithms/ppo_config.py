@@ -9,7 +9,8 @@ from mathrl.algorithms.policy_gradient_config import OPTIM, PolicyGradient, Scor
     validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import compile_blocks, Compute, Data, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, fsdp, resume
+from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, \
+    fsdp, resume
 
 # the keys of the critic-free settings that config.yaml files of the single PPO/GRPO loop of earlier versions
 # record: read back at these values (those of a PPO run), refused at any other (they belong to `mathrl grpo`)
@@ -49,6 +50,7 @@ class Config:
     compile: bool = compile_blocks()
     fsdp: bool = fsdp()
     eval: Evaluation = group(Evaluation)
+    schedule: EvalSchedule = group(EvalSchedule)
     checkpoint_every: int = checkpoint_every()
     run: Run = group(Run)
     compute: Compute = group(Compute)

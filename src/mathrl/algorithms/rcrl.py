@@ -15,7 +15,9 @@ Each round:
    default: the paper found balancing hurts);
 4. **learn**: SFT-style on the labelled mix, loss on solution tokens only (never on return tokens), from the
    initial checkpoint each round;
-5. **evaluate** with the good token in the prompt (dense: forced after every step too), checkpoint.
+5. **evaluate** with the good token in the prompt (dense: forced after every step too): every round, or on the
+   log-spaced schedule (``--eval-at log``), stopping when dev maj@1 has plateaued (``--stop-at-plateau``;
+   ``plateau.py``); checkpoint.
 
 The return tokens are added to the tokenizer as special tokens (so decoded text never contains them) and the
 embedding table grows by two rows. The model directory records ``condition`` in mathrl.json, so
@@ -44,7 +46,9 @@ from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.sampler import sampling_params
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.rounds import fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, save_round_run
+from mathrl.plateau import stopped_at_plateau
+from mathrl.rounds import evaluation_due, fine_tune_round, restore, resume_round_run, round_policy, round_total_steps, \
+    save_round_run, stop_at_plateau
 from mathrl.training import Example, make_optimizer
 
 GOOD, BAD = "[GOOD]", "[BAD]"
@@ -167,7 +171,7 @@ def train(cfg: Config) -> Path:
         # metrics-vs-rollouts curve starts where training starts
         st.history.append({"round": 0, "rollouts": 0, **run_eval("before round 1 (0 rollouts)", None)})
         logger.log(0, **st.history[-1])
-    while st.round < cfg.rounds:
+    while st.round < cfg.rounds and not stopped_at_plateau(st.history):
         if st.phase == "collect":
             # steps 1-3: collect K samples per question (conditioned on the good token once trained), label them
             # (and each step, for dense returns), balance the labels if asked
@@ -194,11 +198,15 @@ def train(cfg: Config) -> Path:
         if st.phase == "evaluate":
             # step 5: evaluate conditioned on the good return
             record = st.history[-1]
-            if eval_problems:
+            plateau = False
+            if eval_problems and evaluation_due(cfg.schedule, st.history, last=st.round + 1 == cfg.rounds):
                 record.update(run_eval(f"after round {st.round + 1}", condition))
+                plateau = stop_at_plateau(cfg.schedule, st.history)
             logger.log(st.round + 1, **{k: v for k, v in record.items() if isinstance(v, (int, float))})
             st.round, st.phase, st.ft_step = st.round + 1, "collect", 0
             save(ckpt.round_tag(st.round - 1, done=True))
+            if plateau:
+                break
     logger.close()
     model_dir = run_dir / "model"
     ckpt.save_model_dir(final_model(policy, cfg.lora), tokenizer, model_dir)

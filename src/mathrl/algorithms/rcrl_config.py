@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import is_user_reward, user_reward
-from mathrl.settings import compile_blocks, Compute, Data, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, fsdp, resume, \
-    validate_sampling_trainer
+from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, Lora, Optim, Prompting, Rounds, Run, Sampling, \
+    fsdp, resume, validate_sampling_trainer, validate_schedule
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Config:
     lora: Lora = group(Lora)  # the return tokens' embeddings train in full beside the adapters
     eval: Evaluation = group(Evaluation)
     compile: bool = compile_blocks()
+    schedule: EvalSchedule = group(EvalSchedule)  # a round evaluates if it passed a point of the schedule
     fsdp: bool = fsdp()
     run: Run = group(Run)
     compute: Compute = group(Compute)
@@ -41,6 +42,7 @@ class Config:
 
     def validate(self) -> None:
         validate_sampling_trainer(self, "an SFT model directory")
+        validate_schedule(self)
         if self.lora.save_merged is False:
             raise UsageError("--no-save-merged: rcrl adds the return tokens to the vocabulary, so its adapters do not "
                              "fit the start model; its LoRA runs save merged weights")
