@@ -9,12 +9,29 @@ import pytest
 
 from mathrl import stagecache
 from mathrl.findings import findings
-from mathrl.grid import BY_NAME, EI, EI_PRETRAINED, GRPO, PPO, PPO_DENSE, PPO_ORM, RCRL, SFT_MORE
+from mathrl.grid import (
+    BY_NAME,
+    EI,
+    EI_PRETRAINED,
+    GRPO,
+    PPO,
+    PPO_DENSE,
+    PPO_ORM,
+    RCRL,
+    SFT_MORE,
+)
 from mathrl.render import Section
 from mathrl.report import write_report
 from mathrl.stats import CONTRADICTED, HOLDS, INCONCLUSIVE, NOT_TESTABLE
 from mathrl.study import Config, plan
-from mathrl.studydata import Evaluation, Metrics, Question, RewardModel, RunResults, StudyData
+from mathrl.studydata import (
+    Evaluation,
+    Metrics,
+    Question,
+    RewardModel,
+    RunResults,
+    StudyData,
+)
 
 Q = 40
 

@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 
 from mathrl.metrics import guesser_pass_at_k
-from mathrl.stats import (CONTRADICTED, HOLDS, INCONCLUSIVE, NOT_TESTABLE, Interval, bootstrap, combine, t_quantile,
-                          verdict)
+from mathrl.stats import (
+    CONTRADICTED,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_TESTABLE,
+    Interval,
+    bootstrap,
+    combine,
+    t_quantile,
+    verdict,
+)
 
 
 def diff(m):

@@ -21,10 +21,31 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from mathrl.grid import (EI, EI_ORM, EI_PRETRAINED, PPO, PPO_DENSE, PPO_ORM, PPO_PRETRAINED, RCRL, RCRL_DENSE, SFT,
-                         SFT_MORE, BY_NAME, Run)
+from mathrl.grid import (
+    BY_NAME,
+    EI,
+    EI_ORM,
+    EI_PRETRAINED,
+    PPO,
+    PPO_DENSE,
+    PPO_ORM,
+    PPO_PRETRAINED,
+    RCRL,
+    RCRL_DENSE,
+    SFT,
+    SFT_MORE,
+    Run,
+)
 from mathrl.metrics import pass_at_k
-from mathrl.stats import HOLDS, NOT_TESTABLE, Interval, bootstrap, combine, reachable, stable_verdict
+from mathrl.stats import (
+    HOLDS,
+    NOT_TESTABLE,
+    Interval,
+    bootstrap,
+    combine,
+    reachable,
+    stable_verdict,
+)
 from mathrl.studydata import Records, StudyData
 
 # Margins (accuracy, absolute): the smallest difference that counts, fixed per claim before the data. 0.02 = 2
