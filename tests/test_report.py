@@ -9,12 +9,29 @@ import pytest
 
 from mathrl import stagecache
 from mathrl.findings import findings
-from mathrl.grid import BY_NAME, EI, EI_PRETRAINED, GRPO, PPO, PPO_DENSE, RCRL
+from mathrl.grid import (
+    BY_NAME,
+    EI,
+    EI_PRETRAINED,
+    GRPO,
+    PPO,
+    PPO_DENSE,
+    PPO_ORM,
+    RCRL,
+    SFT_MORE,
+)
 from mathrl.render import Section
 from mathrl.report import write_report
-from mathrl.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
+from mathrl.stats import CONTRADICTED, HOLDS, INCONCLUSIVE, NOT_TESTABLE
 from mathrl.study import Config, plan
-from mathrl.studydata import Evaluation, Metrics, Question, RunResults, StudyData
+from mathrl.studydata import (
+    Evaluation,
+    Metrics,
+    Question,
+    RewardModel,
+    RunResults,
+    StudyData,
+)
 
 Q = 40
 
@@ -25,7 +42,7 @@ def rows(greedy, c=None, n=4, verified=None):
     c = c if c is not None else [n * g for g in greedy]
     verified = verified if verified is not None else c
     return [{"id": f"q{i}", "difficulty": 1 + i % 2, "answer": str(i), "greedy": f"x = {i}.", "greedy_correct": bool(g),
-             "greedy_verified": bool(g), "n": n, "c": ci, "c_verified": vi}
+             "greedy_verified": bool(g), "n": n, "c": ci, "c_verified": vi, "answers": [str(i)] * ci + [None] * (n - ci)}
             for i, (g, ci, vi) in enumerate(zip(greedy, c, verified))]
 
 
@@ -41,14 +58,18 @@ NOISY_A = [1] * 5 + [0] * 5 + HALF[10:]
 NOISY_B = [0] * 5 + [1] * 5 + HALF[10:]
 
 
-def data_with(**models) -> StudyData:
-    """A StudyData whose final evaluations are ``models`` (name -> per-seed greedy lists, or one list: shared)."""
+def data_with(orm_auc=None, **models) -> StudyData:
+    """A StudyData whose final evaluations are ``models``: name -> per-seed evaluations ({seed: ev}) or one
+    (shared); an evaluation is a greedy list or (greedy, c) with c correct of 4 samples per question."""
     d = StudyData(k=4)
     for name, g in models.items():
-        records = {s: recs(x) for s, x in g.items()} if isinstance(g, dict) else {None: recs(g)}
+        by_seed = g if isinstance(g, dict) else {None: g}
+        records = {s: recs(*x) if isinstance(x, tuple) else recs(x) for s, x in by_seed.items()}
         d.evals[name] = Evaluation(records, {s: Metrics.of({"maj@1": 0.5, "k": 4}) for s in records})
         if name in BY_NAME:
             d.runs[name] = RunResults(BY_NAME[name])
+    if orm_auc is not None:
+        d.reward_models["orm"] = RewardModel(auc=0.8, auc_within_question=orm_auc)
     return d
 
 
@@ -56,40 +77,60 @@ def seeds(*gs):
     return {i: g for i, g in enumerate(gs)}
 
 
+def two(g):
+    return seeds(g, g)
+
+
+# The start every RL run below is compared with solves nothing greedily: a run at HALF or above learned (+0.5,
+# lo > 0 over 40 questions); a run at NONE did not (its gain is 0: not testable)
 @pytest.mark.parametrize("ei, ppo, expected", [
-    (HALF, HALF, HOLDS),  # EI = PPO = RCRL: every paired replicate is 0 > -m
-    (NONE, ALL, CONTRADICTED),  # EI - PPO = -1
+    (HALF, HALF, HOLDS),  # EI = PPO = RCRL: every replicate is 0 > -m
+    (HALF, ALL, CONTRADICTED),  # EI - PPO = -0.5 with both learned
     (NOISY_A, NOISY_B, INCONCLUSIVE),  # 0 +- 0.15: cannot tell
+    (NONE, HALF, NOT_TESTABLE),  # EI did not learn: below PPO, but never "contradicted"
 ])
 def test_f1_verdicts(ei, ppo, expected):
-    d = data_with(**{EI.name: seeds(ei, ei), PPO.name: seeds(ppo, ppo), RCRL.name: seeds(ppo, ppo)})
+    d = data_with(sft=NONE, **{EI.name: two(ei), PPO.name: two(ppo), RCRL.name: two(ppo)})
     f = findings(d)["F1"]
     assert f.verdict == expected
-    assert f.parts[0].seeds == 2 and f.parts[0].questions == Q
+    assert {p.seeds for p in f.parts} == {2} and all(p.questions == Q for p in f.parts)
+    assert any(p.label.endswith("maj@4") for p in f.parts) and any("pass@4_verified" in p.label for p in f.parts)
 
 
-def _f2(rl, sft, epoch_last, epoch_before):
-    d = data_with(**{EI.name: seeds(rl, rl), PPO.name: seeds(rl, rl), "sft": sft})
-    d.sft_dev = {1: epoch_before, 2: epoch_last}
-    return findings(d)["F2"]
+# SFT: greedy NONE; c = 4 of 4 on half the questions, 0 on the rest, so its pass@k is 0.5 at every k: the k of F2
+# is 4, the largest of the ladder <= K = 4 with SFT's pass@k <= 0.9
+SFT_C = (NONE, [4] * (Q // 2) + [0] * (Q // 2))
+NOISY_C = ([4] * 5 + [0] * 5 + SFT_C[1][10:], [0] * 5 + [4] * 5 + SFT_C[1][10:])
 
 
-def test_f2_verdicts():
-    # holds: RL solves everything SFT half-solves (maj@1 and verified pass@4 +0.5); SFT's last epoch raises dev
-    # maj@1 (0.5 -> 1) while its verified pass@4 falls (1 -> 0.5)
-    trade_last = recs(ALL, c=[4] * Q, verified=[4] * (Q // 2) + [0] * (Q // 2))
-    trade_before = recs(HALF, c=[4] * Q, verified=[4] * Q)
-    assert _f2(ALL, HALF, trade_last, trade_before).verdict == HOLDS
-    # contradicted: RL = SFT (no gain, tightly)
-    assert _f2(HALF, HALF, trade_last, trade_before).verdict == CONTRADICTED
-    # inconclusive: RL noisy against SFT, and the SFT epochs change nothing clearly
-    f = _f2(NOISY_A, NOISY_B, recs(NOISY_A), recs(NOISY_B))
-    assert f.verdict == INCONCLUSIVE
-    assert any("pass@4_verified" in p.label for p in f.parts)  # pass@K findings use verified pass@K
+@pytest.mark.parametrize("ei, expected", [
+    ((HALF, SFT_C[1]), HOLDS),  # learned; pass@4 unchanged: 0 > -m
+    ((HALF, [0] * Q), CONTRADICTED),  # learned; pass@4 0.5 -> 0: hi < -m
+    ((HALF, NOISY_C[0]), INCONCLUSIVE),  # learned; pass@4 0 +- 0.15 against SFT's NOISY_C[1]
+    ((NONE, SFT_C[1]), NOT_TESTABLE),  # did not learn
+])
+def test_f2a_verdicts(ei, expected):
+    sft = (NONE, NOISY_C[1]) if ei[1] is NOISY_C[0] else SFT_C
+    d = data_with(sft=sft, **{EI.name: two(ei), PPO.name: two((HALF, sft[1]))})
+    f = findings(d)["F2a"]
+    assert f.verdict == expected
+    assert any("pass@4_verified" in p.label for p in f.parts)
+
+
+@pytest.mark.parametrize("more, expected", [
+    ((HALF, [0] * Q), HOLDS),  # continued SFT learned maj@1 and lost pass@4 (0.5 -> 0): hi < 0
+    ((HALF, SFT_C[1]), CONTRADICTED),  # pass@4 unchanged: lo > -m
+    ((HALF, NOISY_C[0]), INCONCLUSIVE),
+    ((NONE, [0] * Q), NOT_TESTABLE),  # did not raise maj@1: nothing was traded
+])
+def test_f2b_verdicts(more, expected):
+    sft = (NONE, NOISY_C[1]) if more[1] is NOISY_C[0] else SFT_C
+    assert findings(data_with(sft=sft, **{SFT_MORE.name: two(more)}))["F2b"].verdict == expected
 
 
 def _curves(d, run, points):
-    d.runs[run.name] = RunResults(run, curve={s: {r: recs(g) for r, g in points.items()} for s in (0, 1)})
+    d.runs[run.name] = RunResults(run, curve={s: {r: recs(*g) if isinstance(g, tuple) else recs(g)
+                                                  for r, g in points.items()} for s in (0, 1)})
 
 
 def test_f3_verdicts():
@@ -102,44 +143,91 @@ def test_f3_verdicts():
     _curves(d, EI, {0: NONE, 2048: ALL, 4096: ALL})
     _curves(d, PPO, {0: NONE, 2048: NONE, 4096: ALL})
     assert findings(d)["F3"].verdict == CONTRADICTED
-    # PPO does not gain: nothing to compare -> inconclusive, "cannot be tested"
+    # PPO does not gain: nothing to compare -> not testable at this budget
     _curves(d, PPO, {0: HALF, 2048: HALF, 4096: HALF})
     f = findings(d)["F3"]
-    assert f.verdict == INCONCLUSIVE and "cannot be tested" in f.note and PPO.name in f.note
+    assert f.verdict == NOT_TESTABLE and "not testable at this budget" in f.note and PPO.name in f.note
 
 
-@pytest.mark.parametrize("dense, expected", [(HALF, HOLDS), (ALL, CONTRADICTED), (NOISY_A, INCONCLUSIVE)])
-def test_f4_verdicts(dense, expected):
-    sparse = NOISY_B if dense is NOISY_A else HALF if dense is ALL else HALF
-    d = data_with(**{PPO_DENSE.name: seeds(dense), PPO.name: seeds(sparse, sparse, sparse)})
+@pytest.mark.parametrize("dense, sparse, expected", [
+    (HALF, HALF, HOLDS),  # 0, inside +-m
+    (ALL, HALF, CONTRADICTED),  # +0.5
+    (NONE, HALF, CONTRADICTED),  # -0.5: a reward that hurts is not "little difference"
+    (NOISY_A, NOISY_B, INCONCLUSIVE),
+    (HALF, NONE, NOT_TESTABLE),  # the sparse run did not learn
+])
+def test_f4_verdicts(dense, sparse, expected):
+    d = data_with(sft=NONE, **{PPO_DENSE.name: seeds(dense), PPO.name: seeds(sparse, sparse, sparse)})
     f = findings(d)["F4"]
     assert f.verdict == expected
-    assert f.parts[0].seeds == 1  # paired on the seeds both have
+    dense_part = next(p for p in f.parts if p.label.startswith(PPO_DENSE.name))
+    assert dense_part.seeds == 1 and dense_part.interval.seeds == 1  # paired on seed 0: no seed variance
+
+
+def test_f4_orm_parts_count_only_when_the_orm_ranks_within_a_question():
+    models = dict(sft=NONE, **{PPO_ORM.name: seeds(ALL), PPO.name: seeds(HALF)})
+    # the ORM reward lifts PPO by 0.5: contradicted, but only if the ORM ranks better than chance
+    assert findings(data_with(orm_auc=0.70, **models))["F4"].verdict == CONTRADICTED
+    for auc in (0.461, None):
+        f = findings(data_with(orm_auc=auc, **models))["F4"]
+        assert f.verdict == NOT_TESTABLE and "within-question AUC" in f.note
 
 
 def test_f5_verdicts():
-    base = {"sft": ALL, EI.name: seeds(ALL)}
-    # the pretrained start solves nothing -> cannot be tested
-    d = data_with(pretrain=NONE, **{EI_PRETRAINED.name: seeds(ALL)}, **base)
-    f = findings(d)["F5"]
-    assert f.verdict == INCONCLUSIVE and "cannot be tested" in f.note
-    # a live start (half solved): EI from it catches up (gap 0.5 -> 0) -> holds; stays put (0.5 -> 0.5) -> contradicted
-    d = data_with(pretrain=HALF, **{EI_PRETRAINED.name: seeds(ALL)}, **base)
-    assert findings(d)["F5"].verdict == HOLDS
-    d = data_with(pretrain=HALF, **{EI_PRETRAINED.name: seeds(HALF)}, **base)
-    assert findings(d)["F5"].verdict == CONTRADICTED
+    live = (NONE, [4] * (Q // 2) + [0] * (Q // 2))  # the pretrained start: greedy 0, pass@4 0.5
+    base = {"sft": HALF, EI.name: seeds(ALL)}
+    # the pretrained start solves nothing even with 4 samples -> not testable
+    f = findings(data_with(pretrain=NONE, **{EI_PRETRAINED.name: seeds(ALL)}, **base))["F5"]
+    assert f.verdict == NOT_TESTABLE and "not testable" in f.note
+    # live; EI from it reaches EI from SFT: gap (0.5 - 0) - (1 - 1) = 0.5 narrows, 0 remains < 0.10 -> holds
+    assert findings(data_with(pretrain=live, **{EI_PRETRAINED.name: seeds(ALL)}, **base))["F5"].verdict == HOLDS
+    # EI from it learns to HALF: narrowing (0.5 - 0) - (1 - 0.5) = 0 and 0.5 remains -> contradicted
+    assert findings(data_with(pretrain=live, **{EI_PRETRAINED.name: seeds(HALF)}, **base))["F5"].verdict == CONTRADICTED
+    # 36 of 40: 0.1 remains, its interval about [0.0, 0.2] straddles the 0.10 margin -> inconclusive
+    near = [1] * 36 + [0] * 4
+    assert findings(data_with(pretrain=live, **{EI_PRETRAINED.name: seeds(near)}, **base))["F5"].verdict == INCONCLUSIVE
+    # EI from it does not learn (NONE, as the start) -> not testable at this budget
+    f = findings(data_with(pretrain=live, **{EI_PRETRAINED.name: seeds(NONE)}, **base))["F5"]
+    assert f.verdict == NOT_TESTABLE and EI_PRETRAINED.name in f.note
 
 
-def test_f6_verdicts():
+C_HALF = [4] * (Q // 2) + [0] * (Q // 2)
+
+
+@pytest.mark.parametrize("end, expected", [
+    ((ALL, C_HALF), HOLDS),  # maj@1 still rises HALF -> ALL, pass@4 unchanged
+    ((ALL, [4] * Q), CONTRADICTED),  # pass@4 rises 0.5 -> 1
+    ((ALL, NOISY_C[0]), INCONCLUSIVE),  # pass@4 0 +- 0.15 against the middle's NOISY_C[1]
+    ((HALF, C_HALF), NOT_TESTABLE),  # maj@1 stopped rising: the half says nothing about saturation
+])
+def test_f6_saturation_verdicts(end, expected):
     d = StudyData(k=4)
+    mid = (HALF, NOISY_C[1] if end[1] is NOISY_C[0] else C_HALF)
     for run in (EI, PPO):
-        _curves(d, run, {0: NONE, 2048: HALF, 4096: HALF})  # no change in the second half: saturated
-    assert findings(d)["F6"].verdict == HOLDS
-    _curves(d, PPO, {0: NONE, 2048: NONE, 4096: ALL})
-    assert findings(d)["F6"].verdict == CONTRADICTED
-    _curves(d, PPO, {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
-    _curves(d, EI, {0: NONE, 2048: NOISY_B, 4096: NOISY_A})
-    assert findings(d)["F6"].verdict == INCONCLUSIVE
+        _curves(d, run, {0: NONE, 2048: mid, 4096: end})
+    assert findings(d)["F6"].verdict == expected
+
+
+@pytest.mark.parametrize("ei, expected", [
+    ((HALF, C_HALF), HOLDS),  # solves (any of 4) the questions SFT solves: 0 beyond
+    ((HALF, [4] * Q), CONTRADICTED),  # half the questions beyond SFT
+    ((HALF, C_HALF[:20] + [4] + [0] * 19), INCONCLUSIVE),  # 1 of 40 beyond: 0.025 [0, 0.075] straddles m
+    ((NONE, [4] * Q), NOT_TESTABLE),  # did not learn
+])
+def test_f6_beyond_sft_verdicts(ei, expected):
+    d = data_with(sft=(NONE, C_HALF), **{EI.name: two(ei)})
+    f = findings(d)["F6"]
+    assert f.verdict == expected
+    assert any("that sft does not" in p.label for p in f.parts)
+
+
+def test_a_verdict_that_changes_with_the_bootstrap_seed_is_inconclusive():
+    from mathrl.stats import Interval, stable_verdict
+
+    # raises, m = 0.02: lo = +0.001 holds, lo = -0.001 (the other bootstrap seed) is inconclusive -> inconclusive
+    assert stable_verdict("raises", Interval(0.03, 0.001, 0.06), Interval(0.03, -0.001, 0.06), 0.02) == (
+        INCONCLUSIVE, False)
+    assert stable_verdict("raises", Interval(0.03, 0.001, 0.06), Interval(0.03, 0.002, 0.06), 0.02) == (HOLDS, True)
 
 
 def _fake_run(root, stages):
@@ -177,9 +265,9 @@ def test_report_from_fabricated_runs(tmp_path):
     write_report(tmp_path, cfg, stages, wall_seconds=600)
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
-    for key in ("F1", "F2", "F3", "F4", "F5", "F6"):
+    for key in ("F1", "F2a", "F2b", "F3", "F4", "F5", "F6"):
         line = next(ln for ln in md.splitlines() if ln.startswith(f"- **{key} "))
-        assert any(v in line for v in ("holds.", "contradicted.", "inconclusive.")), line
+        assert any(v in line for v in ("holds.", "contradicted.", "inconclusive.", "not testable.")), line
     assert "rule at_least, m = 0.02; 2 seed(s) x 40 questions" in md  # F1's parts: rule, margin, seeds
     assert "EI (sparse, from sft) - sft" in md and "[" in md.split("## Differences")[1]
     for section in ("## Power", "## Per difficulty", "## Budgets", "## Three test questions", "## Provenance",

@@ -75,9 +75,12 @@ def test_a_changed_model_outside_the_study_reruns_what_reads_it(tmp_path, monkey
 def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
     stages = plan(Config(), tmp_path)
     names = [s.name for s in stages]
-    for name in ("pretrain", "sft", "orm", "sorm", "ei-sparse-sft@2", "ppo-dense-sft@0", "rcrl-dense-sft@0",
-                 "grpo-sparse-sft@1", "ei-sparse-pretrained@0", "eval-sft", "eval-ppo-orm-sft@0", "eval-pretrain"):
+    for name in ("pretrain", "sft", "orm", "ei-sparse-sft@2", "ppo-dense-sft@0", "rcrl-dense-sft@0",
+                 "sft-continued@1", "ei-sparse-pretrained@0", "eval-sft", "eval-ppo-orm-sft@0", "eval-pretrain",
+                 "eval-sft-continued@2"):
         assert name in names
+    # every default arm feeds a finding: GRPO is the objectives ablation's base, and no synthetic run reads the SORM
+    assert "grpo-sparse-sft@0" not in names and "sorm" not in names
     assert "ppo-dense-sft@1" not in names  # the reward variants run variant_seeds (1) seeds
     by = {s.name: s for s in stages}
     assert "sft" in by["ei-sparse-sft@1"].needs and "orm" in by["ei-orm-sft@0"].needs
@@ -92,7 +95,9 @@ def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
     for s in stages:
         if s.group != "rl":
             continue
-        if s.command[0] == "ei":
+        if s.command[0] == "sft":  # continued SFT: one pass over as many training problems as an RL run's rollouts
+            assert arg(s, "--train-size") * arg(s, "--epochs") == 4096 and s.needs == ["sft"], s.name
+        elif s.command[0] == "ei":
             assert 2 * arg(s, "--questions") * 4 == 4096, s.name
         elif s.command[0] == "rcrl":
             assert arg(s, "--questions") * 4 == 4096, s.name
@@ -101,9 +106,11 @@ def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
     # every final evaluation: the same problems and sampling seed
     evals = [s for s in stages if s.group == "eval"]
     assert {(arg(s, "-n"), arg(s, "--k-problems"), arg(s, "--seed")) for s in evals} == {(1000, 120, 0)}
-    # the SORM labels every sample it trains on: 1,000 training questions x K=4 = 4,000 labelled samples (the
-    # ORM's 10% held-out share comes on top: 1,111 questions)
+    # on a real task dense RCRL labels steps with the SORM, so it is trained: it labels every sample it trains on,
+    # 1,000 training questions x K=4 = 4,000 labelled samples (the ORM's 10% held-out share comes on top: 1,111)
+    by = {s.name: s for s in plan(Config(task="gsm8k", model="some/model"), tmp_path)}
     assert arg(by["sorm"], "--sorm-samples") == 4 * 1000 and arg(by["sorm"], "--questions") == 1111
+    assert "sorm" in by["rcrl-dense-sft@0"].needs
 
 
 def test_variant_seeds_cannot_exceed_seeds():
@@ -164,7 +171,7 @@ def test_a_real_model_gets_published_rates_longer_completions_and_its_prompt_fla
 
     # the rates of docs/algorithms.md "Real models" instead of the 0.7M model's defaults
     assert [arg(n, "--lr") for n in ("sft", "orm", "sorm", "ei-sparse-sft@0", "rcrl-sparse-sft@0")] == ["1e-5"] * 5
-    assert arg("ppo-sparse-sft@0", "--lr") == arg("grpo-sparse-sft@0", "--lr") == "1e-6"
+    assert arg("ppo-sparse-sft@0", "--lr") == "1e-6" and arg("sft-continued@0", "--lr") == "1e-5"
     assert arg("sft", "--epochs") == "3" and {arg(n, "--max-new-tokens") for n in by} == {"256"}
     # the prompt flags reach the stages that start from the pretrained model; the SFT model records them
     for name in ("sft", "eval-pretrained", "ei-sparse-pretrained@0", "ppo-sparse-pretrained@0"):
@@ -182,7 +189,7 @@ def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
     # a study directory is resumed by these names (OUT/seed-N/NAME, OUT/seed-N/eval-NAME): they must not change
     assert [r.name for r in RUNS] == [
         "ei-sparse-sft", "ppo-sparse-sft", "grpo-sparse-sft", "rcrl-sparse-sft", "grpo-drgrpo-sft", "grpo-dapo-sft",
-        "grpo-gspo-sft", "grpo-cispo-sft", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
+        "grpo-gspo-sft", "grpo-cispo-sft", "sft-continued", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
         "ei-sparse-pretrained", "ppo-sparse-pretrained"]
     stages = plan(Config(ablation="objectives", seeds=2), tmp_path)
     rl = [s for s in stages if s.group == "rl"]

@@ -1,12 +1,17 @@
 """The paper's findings, declared as data and tested on a study's records with paired 95% intervals.
 
 Each finding of Havrilla et al. 2024 is a ``Claim``: its text and the comparisons that test it, each a difference
-A - B of one metric between two ``Arm``s (a model's final evaluation, a point of a run's in-run evaluations, an
-epoch of SFT's dev evaluations) with a verdict rule and margin (``stats.RULES``). ``evaluate`` decides every
-claim the same way: the interval of each comparison over the seeds and questions both arms share, its verdict,
-and the claim's verdict combined from its parts (all hold: holds; any contradicted: contradicted). A claim that
-needs a gate (F2's SFT half, F3's significant gains before their fractions, F5's live start) has a small
-function of its own beside it.
+A - B of one metric between two ``Arm``s (a model's final evaluation, or a point of a run's in-run evaluations)
+with a verdict rule and margin (``stats.RULES``). ``evaluate`` decides every claim the same way: the interval of
+each comparison over the seeds and questions both arms share, its verdict (decided twice, on two bootstrap seeds:
+a verdict that changes with the draw is inconclusive), and the claim's verdict combined from its parts
+(``stats.combine``).
+
+Every rule can come out either way, and a claim about an arm that did not learn says so instead of reading the
+budget as the algorithm: an RL arm *learned* when its final maj@1 minus its start's is significantly above 0
+(``learned``); a comparison whose arm did not learn is *not testable at this budget*, never contradicted. The
+claims that need more than a table of comparisons (F3's fractions of a gain, F5's gap, F6's learning half and the
+questions beyond SFT) have a function of their own beside the table.
 """
 
 from __future__ import annotations
@@ -16,22 +21,60 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from mathrl.grid import EI, EI_ORM, EI_PRETRAINED, PPO, PPO_DENSE, PPO_ORM, RCRL, SFT, Run
+from mathrl.grid import (
+    BY_NAME,
+    EI,
+    EI_ORM,
+    EI_PRETRAINED,
+    PPO,
+    PPO_DENSE,
+    PPO_ORM,
+    PPO_PRETRAINED,
+    RCRL,
+    RCRL_DENSE,
+    SFT,
+    SFT_MORE,
+    Run,
+)
 from mathrl.metrics import pass_at_k
-from mathrl.stats import HOLDS, INCONCLUSIVE, Interval, bootstrap, combine, verdict
+from mathrl.stats import (
+    HOLDS,
+    NOT_TESTABLE,
+    Interval,
+    bootstrap,
+    combine,
+    reachable,
+    stable_verdict,
+)
 from mathrl.studydata import Records, StudyData
 
-# Margins (accuracy, absolute): the smallest difference that counts. 0.02 = 2 points, the size of effects the
-# paper reads as "similar" (its Table 1 rows within ~2 points); F3 compares fractions of a gain.
+# Margins (accuracy, absolute): the smallest difference that counts, fixed per claim before the data. 0.02 = 2
+# points, the size of effects the paper reads as "similar" (its Table 1 rows within ~2 points); F3 compares
+# fractions of a gain; F5 is the paper's quantitative claim, a gap under 10 points after RL (GSM8K).
 MARGIN = 0.02
 F3_MARGIN = 0.25
-N_BOOT = 2000
+F5_GAP = 0.10
+# the ORM's parts of F4 count only when it ranks a question's own samples better than chance: its held-out
+# within-question AUC above 0.55 (the report.json carries a point estimate; 0.05 is about two standard errors of
+# an AUC over a few hundred held-out questions)
+ORM_MIN_AUC = 0.55
+N_BOOT = 4000
+BOOT_SEEDS = (0, 1)  # every verdict is decided on both; one that differs is inconclusive
+# pass@k of F2 at a k where SFT is not saturated: the largest k of this ladder (<= the samples per question) at
+# which SFT's (verified) pass@k is <= SATURATED
+LADDER = (1, 2, 4, 8, 16, 32, 64, 96)
+SATURATED = 0.9
 PASS = "pass@K"  # a comparison's metric: pass@K at the K of its records, step-verified where the task checks steps
+MAJ = "maj@K"  # majority vote over the K samples
+PASS_UNSAT = "pass@k"  # pass@k at the k of ``unsaturated_k``
 
 
 @dataclass
 class Part:
-    """One comparison: ``label`` (what A - B is), its interval, the rule and margin, the seeds behind it."""
+    """One comparison: ``label`` (what A - B is), its interval, the rule and margin, the seeds behind it.
+    ``gate``: a check a claim rests on (did the arm learn? is the start live?), shown, not combined; ``required``:
+    the claim needs it (an optional part that is not testable is left out); ``stable``: the verdict was the
+    same on both bootstrap seeds."""
 
     label: str
     interval: Interval
@@ -40,6 +83,13 @@ class Part:
     verdict: str
     seeds: int
     questions: int
+    gate: bool = False
+    required: bool = True
+    stable: bool = True
+
+    @property
+    def reachable(self) -> bool:
+        return reachable(self.rule, self.interval, self.margin)
 
 
 @dataclass
@@ -51,15 +101,25 @@ class Finding:
     note: str = ""
 
 
+def decide(parts: list[Part]) -> str:
+    """A claim's verdict from its parts (gates left out: ``stats.combine``)."""
+    ps = [p for p in parts if not p.gate]
+    return combine([p.verdict for p in ps], [p.required for p in ps])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # per-question scores and paired intervals
 
 
+def _k_of(metric: str) -> int:
+    return int(metric.split("@")[1].split("_")[0])
+
+
 def _measured(records: Records, metric: str) -> Records:
-    """The records a metric is measured on: every question for maj@1, those with >= K samples for pass@K."""
-    if metric.startswith("pass@"):
-        k = int(metric.split("@")[1].split("_")[0])
-        return [r for r in records if r.n >= k]
+    """The records a metric is measured on: every question for maj@1, those with >= k samples for pass@k,
+    maj@k and solved@k."""
+    if metric.startswith(("pass@", "solved@")) or (metric.startswith("maj@") and _k_of(metric) > 1):
+        return [r for r in records if r.n >= _k_of(metric)]
     return records
 
 
@@ -69,17 +129,23 @@ def samples_per_question(*record_lists: Records) -> int:
 
 
 def scores(records: Records, metric: str) -> list[float] | None:
-    """Per-question scores of one evaluation: maj@1 (greedy), maj@1_verified, pass@K, pass@K_verified (the
-    unbiased estimate per question, over the questions with >= K samples); None when not measured."""
+    """Per-question scores of one evaluation: maj@1 (greedy), maj@1_verified, pass@k, pass@k_verified (the
+    unbiased estimate per question), maj@k (the vote over exactly k samples), solved@k, solved@k_verified (any
+    of the k samples correct), over the questions with >= k samples; None when not measured."""
     rows = _measured(records, metric)
     if metric in ("maj@1", "maj@1_verified"):
         xs = [r.greedy_correct if metric == "maj@1" else r.greedy_verified for r in rows]
         return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
-    if metric.startswith("pass@"):
-        k = int(metric.split("@")[1].split("_")[0])
+    k = _k_of(metric)
+    if metric.startswith("maj@"):
+        xs = [r.maj if r.n == k else None for r in rows]
+        return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
+    if metric.startswith(("pass@", "solved@")):
         cs = [r.c_verified if metric.endswith("_verified") else r.c for r in rows]
         if not rows or any(c is None for c in cs):
             return None
+        if metric.startswith("solved@"):
+            return [float(c > 0) if r.n == k else float("nan") for r, c in zip(rows, cs)]
         return [pass_at_k(r.n, c, k) for r, c in zip(rows, cs)]
     raise ValueError(f"no per-question scores for {metric!r}")
 
@@ -93,7 +159,7 @@ def _cell(by_seed: dict, metric: str, seeds: list) -> tuple[np.ndarray, list] | 
         return None
     rows = [scores(r, metric) for r in picked]
     ids = [[r.id for r in _measured(recs, metric)] for recs in picked]
-    if any(x is None for x in rows) or any(i != ids[0] for i in ids):
+    if any(x is None for x in rows) or any(i != ids[0] for i in ids) or not np.all(np.isfinite(rows)):
         return None
     return np.array(rows), ids[0]
 
@@ -104,29 +170,41 @@ def _seeds_of(*by_seeds: dict) -> list:
     return sorted(set.intersection(*sets)) if sets else [None]
 
 
-def paired(sources: dict, metric: str, stat, n_boot: int = N_BOOT) -> tuple[Interval, int, int] | None:
-    """The interval of ``stat(means)`` over the named sources (each {seed: records}); None if one is missing or
-    they do not share their questions. Returns (interval, seeds, questions)."""
+def cells(sources: dict, metric: str) -> tuple[dict[str, np.ndarray], int, int] | None:
+    """The (S, Q) cells of the named sources (each {seed: records}) over the seeds they share, paired on their
+    questions; None if one is missing or they do not share their questions. Returns (cells, seeds, questions)."""
     seeds = _seeds_of(*sources.values())
-    cells = {}
-    ids = None
+    out, ids = {}, None
     for name, by_seed in sources.items():
         c = _cell(by_seed, metric, seeds)
-        if c is None:
+        if c is None or (ids is not None and c[1] != ids):
             return None
-        if ids is not None and c[1] != ids:
-            return None
-        cells[name], ids = c[0], c[1]
-    n_seeds = max(a.shape[0] for a in cells.values())
-    return bootstrap(cells, stat, n_boot=n_boot), n_seeds, len(ids)
+        out[name], ids = c[0], c[1]
+    return out, max(a.shape[0] for a in out.values()), len(ids)
 
 
-def part(label: str, sources: dict, metric: str, stat, rule: str, margin: float) -> Part | None:
-    got = paired(sources, metric, stat)
+def paired(sources: dict, metric: str, stat, n_boot: int = N_BOOT, seed: int = 0) -> tuple[Interval, int, int] | None:
+    """The interval of ``stat(means)`` over the named sources (each {seed: records}); None if one is missing or
+    they do not share their questions. Returns (interval, seeds, questions)."""
+    got = cells(sources, metric)
     if got is None:
         return None
-    iv, n_seeds, n_q = got
-    return Part(label, iv, rule, margin, verdict(rule, iv, margin), n_seeds, n_q)
+    cs, n_seeds, n_q = got
+    return bootstrap(cs, stat, n_boot=n_boot, seed=seed), n_seeds, n_q
+
+
+def from_cells(label: str, cs: dict, stat, rule: str, margin: float, n_q: int, **kw) -> Part:
+    """A part decided on both bootstrap seeds (``stats.stable_verdict``)."""
+    first, second = (bootstrap(cs, stat, n_boot=N_BOOT, seed=s) for s in BOOT_SEEDS)
+    v, stable = stable_verdict(rule, first, second, margin)
+    return Part(label, first, rule, margin, v, first.seeds, n_q, stable=stable, **kw)
+
+
+def part(label: str, sources: dict, metric: str, stat, rule: str, margin: float, **kw) -> Part | None:
+    got = cells(sources, metric)
+    if got is None:
+        return None
+    return from_cells(label, got[0], stat, rule, margin, got[2], **kw)
 
 
 def diff(a: str, b: str):
@@ -152,43 +230,63 @@ def curve_points(data: StudyData, run: str) -> dict[int, dict]:
     return {r: {s: pts[r] for s, pts in by_seed.items()} for r in sorted(common)}
 
 
+def start_of(data: StudyData, run: Run) -> str:
+    """The shared model a run starts from: SFT or the pretrained start."""
+    return SFT if run.start == "sft" else data.pretrained
+
+
+def learned(data: StudyData, run: Run) -> Part | None:
+    """Did the run learn? Its final maj@1 minus its start's, rule ``raises`` (holds: lo > 0); a gate part. None
+    when either is not evaluated."""
+    start = start_of(data, run)
+    return part(f"{run.name} - {start}, maj@1 (did it learn?)", {"a": final(data, run.name), "b": final(data, start)},
+                "maj@1", diff("a", "b"), "raises", MARGIN, gate=True)
+
+
+def unsaturated_k(data: StudyData) -> tuple[int, float] | None:
+    """(k, SFT's pass@k): the largest k of LADDER, at most the final evaluation's K, at which SFT's (verified)
+    pass@k is <= SATURATED; None when SFT is saturated at every k or not sampled."""
+    sft = final(data, SFT).get(None)
+    best = None
+    for k in LADDER:
+        if not sft or k > data.k:
+            break
+        xs = scores(sft, pass_metric(data, k))
+        if xs and sum(xs) / len(xs) <= SATURATED:
+            best = (k, sum(xs) / len(xs))
+    return best
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the claims as data
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One side of a comparison: ``Final`` a model's final evaluation (a run's name or a shared model),
-    ``Point`` a run's in-run evaluation at its middle or last rollout point (of three or more), ``Dev`` SFT's
-    last epoch or the one before on the dev split."""
+    """One side of a comparison: ``Final`` a model's final evaluation (a run's name or a shared model)."""
 
-    kind: Literal["final", "point", "dev"]
+    kind: Literal["final"]
     name: str = ""  # the model or run
-    at: Literal["mid", "last", "before"] | None = None
 
 
 def Final(model: str | Run) -> Arm:  # noqa: N802 - reads as a constructor in the table below
     return Arm("final", model.name if isinstance(model, Run) else model)
 
 
-def Point(run: Run, at: Literal["mid", "last"]) -> Arm:  # noqa: N802
-    return Arm("point", run.name, at)
-
-
-def Dev(at: Literal["last", "before"]) -> Arm:  # noqa: N802
-    return Arm("dev", SFT, at)
-
-
 @dataclass(frozen=True)
 class Comparison:
-    """A - B on ``metric`` (maj@1 or PASS) decided by ``rule``. A required comparison that cannot be measured
-    leaves its claim out of the report (its runs are missing); an optional one is left out of the claim."""
+    """A - B on ``metric`` (maj@1, MAJ, PASS or PASS_UNSAT) decided by ``rule``. ``learn``: the sides whose RL
+    run must have learned (``learned``), else the part is not testable. A required comparison that cannot be
+    measured leaves its claim out of the report (its runs are missing); an optional one is left out of the claim.
+    ``orm``: it rests on the ORM ranking a question's samples (F4's ORM reward)."""
 
     a: Arm
     b: Arm
     metric: str
     rule: str
     required: bool = True
+    learn: tuple[str, ...] = ("a", "b")
+    orm: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,67 +296,77 @@ class Claim:
     comparisons: tuple[Comparison, ...] = ()
     margin: float = MARGIN
     note: str = ""
-    # gate(data, claim, [(comparison, its part)]) -> (extra verdicts, note)
-    gate: Callable[[StudyData, "Claim", list[tuple[Comparison, Part]]], tuple[list[str], str]] | None = None
     own: Callable[[StudyData, "Claim"], Finding | None] | None = None  # decided by a function of its own
 
 
-def _resolve(data: StudyData, arm: Arm) -> tuple[dict, str, Records] | None:
-    """(sources {seed: records}, its place in a label, the records that tell K) of an arm; None when missing."""
-    if arm.kind == "final":
-        src = final(data, arm.name)
-        return (src, arm.name, []) if src else None
-    if arm.kind == "point":
-        pts = curve_points(data, arm.name)
-        if len(pts) < 3:
-            return None
-        rs = sorted(pts)
-        r = rs[len(rs) // 2] if arm.at == "mid" else rs[-1]
-        return pts[r], f"at {r}", next(iter(pts[r].values()))
-    epochs = sorted(data.sft_dev)
-    if len(epochs) < 2:
-        return None
-    e = epochs[-1] if arm.at == "last" else epochs[-2]
-    return {None: data.sft_dev[e]}, f"epoch {e}", data.sft_dev[e]
+def _metric(data: StudyData, c: Comparison) -> str | None:
+    if c.metric == PASS:
+        return pass_metric(data, data.k) if data.k else None
+    if c.metric == MAJ:
+        return f"maj@{data.k}" if data.k else None
+    if c.metric == PASS_UNSAT:
+        got = unsaturated_k(data)
+        return pass_metric(data, got[0]) if got else None
+    return c.metric
 
 
-def compare(data: StudyData, c: Comparison, margin: float) -> Part | None:
-    """The part of one comparison: its interval, verdict and label (None when an arm or its metric is missing)."""
-    a, b = _resolve(data, c.a), _resolve(data, c.b)
-    if a is None or b is None:
+def orm_ranks(data: StudyData) -> bool:
+    """Whether the ORM ranks a question's own samples better than chance (within-question AUC > ORM_MIN_AUC)."""
+    orm = data.reward_models.get("orm")
+    return bool(orm and orm.auc_within_question is not None and orm.auc_within_question > ORM_MIN_AUC)
+
+
+def compare(data: StudyData, c: Comparison, margin: float, gates: dict) -> Part | None:
+    """The part of one comparison: its interval, verdict and label (None when an arm or its metric is missing);
+    not testable when an arm it needs did not learn (``gates``: run name -> its ``learned`` part, filled here)
+    or, for an ORM comparison, when the ORM does not rank within a question."""
+    a, b = final(data, c.a.name), final(data, c.b.name)
+    metric = _metric(data, c)
+    if not (a and b and metric):
         return None
-    metric = c.metric
-    if metric == PASS:
-        # the final evaluations' K; an in-run or dev evaluation's own (fewer samples than the final evaluation)
-        k = data.k if c.a.kind == "final" else samples_per_question(a[2], *([b[2]] if c.a.kind == "dev" else []))
-        if not k:
-            return None
-        metric = pass_metric(data, k)
-    if c.a.kind == "final":
-        label = f"{a[1]} - {b[1]}, {metric}"
-    elif c.a.kind == "point":
-        label = f"{c.a.name} {a[1]} - {b[1]} rollouts, {metric}"
-    else:
-        label = f"SFT {a[1]} - {b[1]}, dev {metric}"
-    return part(label, {"a": a[0], "b": b[0]}, metric, diff("a", "b"), c.rule, margin)
+    p = part(f"{c.a.name} - {c.b.name}, {metric}", {"a": a, "b": b}, metric, diff("a", "b"), c.rule, margin,
+             required=c.required)
+    if p is None:
+        return None
+    for side in c.learn:
+        run = BY_NAME.get(getattr(c, side).name)
+        if run is None:
+            continue
+        if run.name not in gates:
+            gates[run.name] = learned(data, run)
+        g = gates[run.name]
+        if g is None or g.verdict != HOLDS:
+            p.verdict = NOT_TESTABLE
+    if c.orm and not orm_ranks(data):
+        p.verdict = NOT_TESTABLE
+    return p
 
 
 def evaluate(data: StudyData, claim: Claim) -> Finding | None:
-    """A claim's finding: every comparison's part and their combined verdict; None when a required comparison
-    cannot be measured or none can."""
+    """A claim's finding: every comparison's part, the learning gates behind them, and their combined verdict;
+    None when a required comparison cannot be measured or none can."""
     if claim.own:
         return claim.own(data, claim)
-    measured = []
+    measured, gates = [], {}
     for c in claim.comparisons:
-        p = compare(data, c, claim.margin)
+        p = compare(data, c, claim.margin, gates)
         if p is None and c.required:
             return None
-        measured += [(c, p)] if p else []
+        measured += [p] if p else []
     if not measured:
         return None
-    parts = [p for _, p in measured]
-    extra, note = claim.gate(data, claim, measured) if claim.gate else ([], claim.note)
-    return Finding(claim.key, claim.text, combine([p.verdict for p in parts] + extra), parts, note)
+    shown = [g for g in gates.values() if g is not None]
+    notes = [claim.note] if claim.note else []
+    not_learned = [g.label.split(" - ")[0] for g in shown if g.verdict != HOLDS]
+    if not_learned:
+        notes.append(f"not testable at this budget where {', '.join(not_learned)} did not learn (its maj@1 gain over "
+                     "its start is not significant)")
+    if any(c.orm for c in claim.comparisons) and not orm_ranks(data):
+        auc = data.reward_models.get("orm")
+        notes.append("the ORM's parts are not testable: its within-question AUC is "
+                     + (f"{auc.auc_within_question:.3f}" if auc and auc.auc_within_question is not None else "not recorded")
+                     + f" (needs > {ORM_MIN_AUC}: ranking a question's own samples better than chance)")
+    return Finding(claim.key, claim.text, decide(measured), shown + measured, "; ".join(notes))
 
 
 def findings(data: StudyData) -> dict[str, Finding]:
@@ -271,17 +379,14 @@ def findings(data: StudyData) -> dict[str, Finding]:
     return out
 
 
+def stability(found: dict[str, Finding]) -> tuple[int, int]:
+    """(verdicts decided on both bootstrap seeds, how many of them changed)."""
+    parts = [p for f in found.values() for p in f.parts]
+    return len(parts), sum(not p.stable for p in parts)
+
+
 # ----------------------------------------------------------------------------------------------------------
-# the gates
-
-
-def _sft_tradeoff(data: StudyData, claim: Claim, measured: list) -> tuple[list[str], str]:
-    """F2's SFT half: both of its dev comparisons must be measured (two epochs with dev records, sampled), or the
-    claim cannot hold."""
-    if sum(c.a.kind == "dev" for c, _ in measured) < 2:
-        return [INCONCLUSIVE], (f"SFT's trade-off not measured ({len(data.sft_dev)} epoch(s) with dev records), so "
-                                "F2 cannot hold")
-    return [], "SFT's epochs: one shared SFT run, so its interval is over dev questions only"
+# the claims with a function of their own
 
 
 def _budget_to_gain(data: StudyData, claim: Claim) -> Finding | None:
@@ -296,72 +401,134 @@ def _budget_to_gain(data: StudyData, claim: Claim) -> Finding | None:
     for run in curves:
         src = {f"{run}@{r}": curves[run][r] for r in (r0, rend)}
         gains.append(part(f"{run} at {rend} - at {r0} rollouts, maj@1 (the gain)", src, "maj@1",
-                          diff(f"{run}@{rend}", f"{run}@{r0}"), "raises", claim.margin))
+                          diff(f"{run}@{rend}", f"{run}@{r0}"), "raises", claim.margin, gate=True))
     if not all(gains):
         return None
     if not all(g.verdict == HOLDS for g in gains):
-        return Finding(claim.key, claim.text, INCONCLUSIVE, gains,
-                       "cannot be tested: the gain of "
+        return Finding(claim.key, claim.text, NOT_TESTABLE, gains,
+                       "not testable at this budget: the gain of "
                        + " and ".join(g.label.split(" at ")[0] for g in gains if g.verdict != HOLDS)
                        + " is not significant, so there is no budget-to-gain to compare")
     src = {f"{run}@{r}": curves[run][r] for run in curves for r in (r0, rmid, rend)}
 
     def frac(mm, run):
         g = mm[f"{run}@{rend}"] - mm[f"{run}@{r0}"]
-        return (mm[f"{run}@{rmid}"] - mm[f"{run}@{r0}"]) / g if abs(g) > 1e-9 else float("nan")
+        return np.where(np.abs(g) > 1e-9, (mm[f"{run}@{rmid}"] - mm[f"{run}@{r0}"]) / g, np.nan)
 
     p = part(f"fraction of the gain reached at {rmid} rollouts, EI - PPO", src, "maj@1",
              lambda mm: frac(mm, EI.name) - frac(mm, PPO.name), "similar", F3_MARGIN)
     if not p:
         return None
-    return Finding(claim.key, claim.text, p.verdict, gains + [p], f"both runs evaluated at {shared} rollouts")
+    return Finding(claim.key, claim.text, decide([p]), gains + [p], f"both runs evaluated at {shared} rollouts")
 
 
-def _gap_narrows(data: StudyData, claim: Claim) -> Finding | None:
-    """F5: (SFT - pretrained) - (EI from SFT - EI from pretrained) > 0, testable only from a live pretrained start
-    (its pass@K above 0: RL from it has a correct sample to reinforce)."""
+def _gap_closes(data: StudyData, claim: Claim) -> Finding | None:
+    """F5, for EI and PPO: from a live pretrained start (its pass@K above 0: RL from it has a correct sample to
+    reinforce) and an RL run from it that learned, the gap narrows ((SFT - pretrained) - (RL from SFT - RL from
+    pretrained) > 0) and what remains after RL (RL from SFT - RL from pretrained) is under F5_GAP. Only the
+    pretrained start's run must learn: RL from SFT may rightly gain little (SFT is near where RL ends)."""
     pt = data.pretrained
     pk = pass_metric(data, data.k)
-    names = {"sft": final(data, SFT), "pt": final(data, pt), "ei": final(data, EI.name),
-             "eipt": final(data, EI_PRETRAINED.name)}
-    if not all(names.values()):
+    live = part(f"{pt} start, {pk} (is it live?)", {"pt": final(data, pt)}, pk, lambda mm: mm["pt"], "raises",
+                MARGIN, gate=True)
+    if live is None or not final(data, SFT):
         return None
-    live = part(f"{pt} start, {pk} (is it live?)", {"pt": names["pt"]}, pk, lambda mm: mm["pt"], "raises",
-                claim.margin)
-    gap = part("(sft - pretrained) - (EI from sft - EI from pretrained), maj@1", names, "maj@1",
-               lambda mm: (mm["sft"] - mm["pt"]) - (mm["ei"] - mm["eipt"]), "raises", claim.margin)
-    if not (live and gap):
-        return None
+    parts, gates = [live], []
+    for sft_run, pt_run in ((EI, EI_PRETRAINED), (PPO, PPO_PRETRAINED)):
+        src = {"sft": final(data, SFT), "pt": final(data, pt), "rl": final(data, sft_run.name),
+               "rlpt": final(data, pt_run.name)}
+        if not (src["rl"] and src["rlpt"]):
+            if sft_run is EI:
+                return None  # EI's pair is required; PPO's is counted where it ran
+            continue
+        gate = learned(data, pt_run)
+        narrows = part(f"(sft - pretrained) - ({sft_run.algorithm} from sft - from pretrained), maj@1", src, "maj@1",
+                       lambda mm: (mm["sft"] - mm["pt"]) - (mm["rl"] - mm["rlpt"]), "raises", MARGIN)
+        remains = part(f"{sft_run.algorithm} from sft - from pretrained, maj@1 (the gap after RL)", src, "maj@1",
+                       diff("rl", "rlpt"), "little", F5_GAP)
+        if not (gate and narrows and remains):
+            return None
+        if gate.verdict != HOLDS:
+            narrows.verdict = remains.verdict = NOT_TESTABLE
+            gates.append(pt_run.name)
+        parts += [gate, narrows, remains]
+    note = ""
     if live.verdict != HOLDS:
-        return Finding(claim.key, claim.text, INCONCLUSIVE, [live, gap],
-                       f"cannot be tested: the pretrained start's {pk} is not above 0, so RL from it has no correct "
-                       "sample to reinforce")
-    return Finding(claim.key, claim.text, gap.verdict, [live, gap])
+        for p in parts[1:]:
+            p.verdict = p.verdict if p.gate else NOT_TESTABLE
+        note = f"not testable: the pretrained start's {pk} is not above 0, so RL from it has no correct sample to reinforce"
+    elif gates:
+        note = f"not testable at this budget where {', '.join(gates)} did not learn"
+    return Finding(claim.key, claim.text, decide(parts), parts, note)
+
+
+def _saturates(data: StudyData, claim: Claim) -> Finding | None:
+    """F6, for EI and PPO: (1) over the second half of the run (middle to last in-run point), in which maj@1 still
+    rises significantly (else not testable: a run that stopped learning says nothing about pass@K saturating
+    first), pass@K changes by less than the margin; (2) beyond SFT: the share of the K-sampled test questions the
+    final model solves with any of its K samples (verified where the task checks steps) and SFT does not,
+    rule ``little``, only for a run that learned."""
+    parts = []
+    sft = final(data, SFT)
+    for run in (EI, PPO):
+        pts = curve_points(data, run.name)
+        if len(pts) >= 3:
+            rs = sorted(pts)
+            rmid, rend = rs[len(rs) // 2], rs[-1]
+            src = {"mid": pts[rmid], "end": pts[rend]}
+            rising = part(f"{run.name} at {rend} - at {rmid} rollouts, maj@1 (still learning?)", src, "maj@1",
+                          diff("end", "mid"), "raises", MARGIN, gate=True)
+            k = samples_per_question(*pts[rend].values())
+            flat = part(f"{run.name} at {rend} - at {rmid} rollouts, {pass_metric(data, k)}", src,
+                        pass_metric(data, k), diff("end", "mid"), "similar", MARGIN, required=False) if k else None
+            if rising and flat:
+                if rising.verdict != HOLDS:
+                    flat.verdict = NOT_TESTABLE
+                parts += [rising, flat]
+        solved = f"solved@{data.k}_verified" if data.verified else f"solved@{data.k}"
+        got = cells({"rl": final(data, run.name), "sft": sft}, solved) if data.k and sft else None
+        gate = learned(data, run) if got else None
+        if got and gate:
+            cs = {"new": got[0]["rl"] * (1 - got[0]["sft"])}  # (S, Q): solved by the run's seed, not by SFT
+            beyond = from_cells(f"questions {run.name} solves (any of {data.k}) that sft does not", cs,
+                                lambda mm: mm["new"], "little", MARGIN, got[2], required=False)
+            if gate.verdict != HOLDS:
+                beyond.verdict = NOT_TESTABLE
+            parts += [gate, beyond]
+    if not parts:
+        return None
+    return Finding(claim.key, claim.text, decide(parts), parts, claim.note)
 
 
 CLAIMS = (
-    # F1: EI >= PPO and PPO >= RCRL, paired over seeds and test questions
-    Claim("F1", "EI >= PPO >= RCRL on maj@1 (from SFT, sparse reward)", (
+    # F1: EI >= PPO >= RCRL, paired over seeds and test questions, on greedy maj@1, the vote and pass over K
+    # samples, and EI >= PPO from the pretrained start too ("EI best across metrics and starts")
+    Claim("F1", "EI >= PPO >= RCRL on maj@1, maj@K and pass@K, from SFT and from the pretrained start", (
         Comparison(Final(EI), Final(PPO), "maj@1", "at_least"),
-        Comparison(Final(PPO), Final(RCRL), "maj@1", "at_least"))),
-    # F2: each RL run raises maj@1 and pass@K over SFT; SFT's last epoch raises dev maj@1 and lowers dev pass@K
-    Claim("F2", "RL raises maj@1 and pass@K together, while longer SFT trades them", (
-        Comparison(Final(EI), Final(SFT), "maj@1", "raises"),
-        Comparison(Final(EI), Final(SFT), PASS, "raises"),
-        Comparison(Final(PPO), Final(SFT), "maj@1", "raises"),
-        Comparison(Final(PPO), Final(SFT), PASS, "raises"),
-        Comparison(Dev("last"), Dev("before"), "maj@1", "raises", required=False),
-        Comparison(Dev("last"), Dev("before"), PASS, "falls", required=False)), gate=_sft_tradeoff),
+        Comparison(Final(PPO), Final(RCRL), "maj@1", "at_least"),
+        Comparison(Final(EI), Final(PPO), MAJ, "at_least", required=False),
+        Comparison(Final(PPO), Final(RCRL), MAJ, "at_least", required=False),
+        Comparison(Final(EI), Final(PPO), PASS, "at_least", required=False),
+        Comparison(Final(PPO), Final(RCRL), PASS, "at_least", required=False),
+        Comparison(Final(EI_PRETRAINED), Final(PPO_PRETRAINED), "maj@1", "at_least", required=False))),
+    # F2 (a): an RL run that raised maj@1 (its gate) keeps pass@k at a k where SFT is not saturated (the paper:
+    # RL "maintains or improves" pass@96)
+    Claim("F2a", "RL raises maj@1 and does not lower pass@k (k where SFT is not saturated)", (
+        Comparison(Final(EI), Final(SFT), PASS_UNSAT, "at_least", learn=("a",)),
+        Comparison(Final(PPO), Final(SFT), PASS_UNSAT, "at_least", learn=("a",)))),
+    # F2 (b): SFT trained on from the SFT model with an RL run's budget raises maj@1 (its gate) and lowers pass@k
+    Claim("F2b", "continued SFT trades them: it raises maj@1 and lowers pass@k", (
+        Comparison(Final(SFT_MORE), Final(SFT), PASS_UNSAT, "falls", learn=("a",)),)),
     Claim("F3", "EI and PPO need a similar rollout budget for their gain", own=_budget_to_gain),
-    # F4: each variant minus its sparse counterpart adds less than the margin (the variants that ran)
-    Claim("F4", "dense and ORM rewards add little over sparse", (
-        Comparison(Final(PPO_DENSE), Final(PPO), "maj@1", "little", required=False),
-        Comparison(Final(PPO_ORM), Final(PPO), "maj@1", "little", required=False),
-        Comparison(Final(EI_ORM), Final(EI), "maj@1", "little", required=False))),
-    Claim("F5", "the pretrained-vs-SFT gap narrows after RL", own=_gap_narrows),
-    # F6: the second half of each RL run changes (verified) pass@K by less than the margin
-    Claim("F6", "pass@K saturates early in RL training", (
-        Comparison(Point(EI, "last"), Point(EI, "mid"), PASS, "similar", required=False),
-        Comparison(Point(PPO, "last"), Point(PPO, "mid"), PASS, "similar", required=False)),
-        note="in-run evaluations (test problems, fewer samples than the final evaluation)"),
+    # F4: each variant minus its sparse counterpart, two-sided (a reward that hurts is not "little difference");
+    # the sparse run must have learned; the ORM's parts count only when it ranks within a question
+    Claim("F4", "dense and ORM rewards make little difference over sparse (either way)", (
+        Comparison(Final(PPO_DENSE), Final(PPO), "maj@1", "similar", required=False, learn=("b",)),
+        Comparison(Final(RCRL_DENSE), Final(RCRL), "maj@1", "similar", required=False, learn=("b",)),
+        Comparison(Final(PPO_ORM), Final(PPO), "maj@1", "similar", required=False, learn=("b",), orm=True),
+        Comparison(Final(EI_ORM), Final(EI), "maj@1", "similar", required=False, learn=("b",), orm=True))),
+    Claim("F5", f"after RL the pretrained-vs-SFT gap narrows, to under {F5_GAP:.2f} on maj@1 (EI and PPO)",
+          own=_gap_closes),
+    Claim("F6", "pass@K saturates while RL still learns, and RL solves few questions SFT cannot", own=_saturates,
+          note="the saturation half on in-run evaluations (test problems, fewer samples than the final evaluation)"),
 )

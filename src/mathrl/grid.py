@@ -25,8 +25,8 @@ class Run:
     completion length). ``real_task_flags`` are added on a real task (gsm8k/svamp: no step checker)."""
 
     name: str
-    algorithm: Literal["EI", "PPO", "GRPO", "RCRL"]  # the command: ei, ppo, grpo, rcrl
-    reward: Literal["sparse", "dense", "orm"]
+    algorithm: Literal["EI", "PPO", "GRPO", "RCRL", "SFT"]  # the command: ei, ppo, grpo, rcrl, sft
+    reward: Literal["sparse", "dense", "orm", "reference"]  # reference: SFT on reference solutions, no reward
     start: Literal["sft", "pretrained"]
     seeds: Literal["seeds", "variant_seeds"] = "seeds"  # which of the study's seed counts it runs
     flags: tuple[str, ...] = ()
@@ -51,15 +51,23 @@ class Run:
 
     @property
     def label(self) -> str:
+        if self.algorithm == "SFT":
+            return f"SFT continued (reference solutions, from {self.start})"
         name = f"GRPO loss as {self.objective}" if self.objective else self.algorithm
         return f"{name} ({self.reward}, from {self.start})"
 
 
-# the paper's comparisons with the sparse reward from SFT (findings F1, F2, F3, F6): ``seeds`` seeds each
+# the paper's comparisons with the sparse reward from SFT (findings F1, F2, F3, F6): ``seeds`` seeds each. GRPO
+# is the base of the objectives ablation (each loss variant minus GRPO), not one of the paper's algorithms: it
+# runs with --ablation objectives
 EI = Run("ei-sparse-sft", "EI", "sparse", "sft")
 PPO = Run("ppo-sparse-sft", "PPO", "sparse", "sft")
-GRPO = Run("grpo-sparse-sft", "GRPO", "sparse", "sft")
+GRPO = Run("grpo-sparse-sft", "GRPO", "sparse", "sft", ablation="objectives")
 RCRL = Run("rcrl-sparse-sft", "RCRL", "sparse", "sft")
+# F2 (b): SFT trained on from the SFT model with an RL run's budget (one pass over as many of SFT's own training
+# problems as an RL run draws rollouts), evaluated on test like the RL runs: the paper's continued SFT, which
+# raises maj@1 while pass@96 falls
+SFT_MORE = Run("sft-continued", "SFT", "reference", "sft")
 # the policy-gradient objectives compared today, each a switch on GRPO's loss (docs/algorithms.md), with its
 # paper's settings where they name one: DAPO clip-higher 0.28, dynamic sampling (zero-signal groups replaced by
 # further draws, which count in the same rollout budget: --max-rollouts), soft overlong penalty over the last
@@ -75,8 +83,9 @@ OBJECTIVES = (
     Run("grpo-cispo-sft", "GRPO", "sparse", "sft", objective="CISPO", ablation="objectives",
         flags=("--policy-loss", "cispo", "--clip-high", "0.28")),
 )
-# the reward variants (F4) and the pretrained start (F5): ``variant_seeds`` seeds each. Dense RCRL on a real task
-# labels steps with the SORM (there is no exact step checker)
+# the reward variants (F4) and the pretrained start (F5, and F1 from it): ``variant_seeds`` seeds each. Dense RCRL
+# on a real task labels steps with the SORM (there is no exact step checker): the study trains the SORM only
+# where a run reads it
 EI_ORM = Run("ei-orm-sft", "EI", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
 PPO_DENSE = Run("ppo-dense-sft", "PPO", "dense", "sft", "variant_seeds", ("--reward", "dense"))
 PPO_ORM = Run("ppo-orm-sft", "PPO", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
@@ -87,7 +96,7 @@ PPO_PRETRAINED = Run("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", "va
 
 # in the order the study plans them (and the report lists them): per seed, the paper's sparse runs, then the
 # ablation's, then per variant seed the variants
-RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED, PPO_PRETRAINED)
+RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, SFT_MORE, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED, PPO_PRETRAINED)
 ABLATIONS = sorted({r.ablation for r in RUNS} - {""})
 BY_NAME = {r.name: r for r in RUNS}
 

@@ -27,7 +27,7 @@ class Table:
 @dataclass(frozen=True)
 class Item:
     """A list item: ``head`` in bold, then ``text``; ``status`` colours the head in HTML (holds, contradicted,
-    inconclusive); ``children`` a nested list."""
+    inconclusive, not testable); ``children`` a nested list."""
 
     text: str = ""
     head: str = ""
@@ -101,10 +101,10 @@ def markdown(sections: list[Section]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # HTML
 
-STATUS_CSS = {"holds": "ok", "contradicted": "no", "inconclusive": "inc"}
+STATUS_CSS = {"holds": "ok", "contradicted": "no", "inconclusive": "inc", "not testable": "nt"}
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}.small{font-size:12px}"
-         "li.ok>b{color:#176b17}li.no>b{color:#9b1c1c}li.inc>b{color:#8a6d00}figure{margin:1em 0}"
+         "li.ok>b{color:#176b17}li.no>b{color:#9b1c1c}li.inc>b{color:#8a6d00}li.nt>b{color:#555}figure{margin:1em 0}"
          "pre{font-size:11px;white-space:pre-wrap}")
 
 

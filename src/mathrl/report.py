@@ -13,8 +13,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mathrl.findings import (CLAIMS, MARGIN, N_BOOT, curve_points, diff, final, findings, paired, pass_metric,
-                             samples_per_question, scores)
+from mathrl.findings import (CLAIMS, F3_MARGIN, F5_GAP, LADDER, MARGIN, N_BOOT, ORM_MIN_AUC, SATURATED, Part,
+                             curve_points, diff, final, findings, paired, pass_metric, samples_per_question, scores,
+                             stability, unsaturated_k)
 from mathrl.grid import EI, GRPO, PPO, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
 from mathrl.plots import pyplot
@@ -118,9 +119,11 @@ def budget_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     for model, r in data.runs.items():
         seeds = sorted(r.history)
         used = [h[-1].get("rollouts") for h in r.history.values() if h]
-        # RCRL trains on the reference solutions too, marked good (its conditioning token)
-        rows.append([_label(data, model), str(r.rollouts), ", ".join(str(u) for u in sorted(set(used))),
-                     "yes (marked good)" if r.run.algorithm == "RCRL" else "no", ", ".join(map(str, seeds))])
+        # RCRL trains on the reference solutions too, marked good (its conditioning token); continued SFT on them
+        # alone, as many as the budget
+        refs = {"RCRL": "yes (marked good)", "SFT": "only"}.get(r.run.algorithm, "no")
+        rows.append([_label(data, model), str(r.rollouts), ", ".join(str(u) for u in sorted(set(used))), refs,
+                     ", ".join(map(str, seeds))])
     return ["run", "rollout budget", "rollouts consumed", "trains on reference solutions", "seeds"], rows
 
 
@@ -328,7 +331,18 @@ def examples(data: StudyData, n: int = 3) -> list[tuple[str, list[tuple[str, str
 # the report
 
 
-def _finding_items(data: StudyData) -> Items:
+def part_line(p: Part) -> str:
+    """One comparison as the report prints it: interval, rule, margin, what it rests on, verdict, and what limits
+    it (no seed variance, a verdict that changed with the bootstrap seed, similar out of reach)."""
+    seeds = f"{p.seeds} seed(s) x {p.questions} questions" + ("; no seed variance" if p.seeds == 1 else "")
+    flags = [] if p.stable else ["changed with the bootstrap seed, so inconclusive"]
+    if not p.reachable:
+        flags.append(f"similar out of reach at this precision: half-width {p.interval.half_width:.3f} >= m")
+    line = f"{'gate: ' if p.gate else ''}{p.label}: {p.interval} (rule {p.rule}, m = {p.margin}; {seeds}) -> {p.verdict}"
+    return line + (f" ({'; '.join(flags)})" if flags else "")
+
+
+def _finding_items(data: StudyData) -> tuple[Items, tuple[int, int]]:
     found = findings(data)
     items = []
     for claim in CLAIMS:
@@ -337,10 +351,8 @@ def _finding_items(data: StudyData) -> Items:
             items.append(Item("(its runs are missing).", head=f"{claim.key} {claim.text}: not measured"))
             continue
         items.append(Item(f"{f.note.rstrip('.')}." if f.note else "", head=f"{f.key} {f.claim}: {f.verdict}.",
-                          status=f.verdict,
-                          children=tuple(f"{p.label}: {p.interval} (rule {p.rule}, m = {p.margin}; {p.seeds} seed(s) "
-                                         f"x {p.questions} questions) -> {p.verdict}" for p in f.parts)))
-    return Items(items)
+                          status=f.verdict, children=tuple(part_line(p) for p in f.parts)))
+    return Items(items), stability(found)
 
 
 def _power(data: StudyData) -> Items:
@@ -349,8 +361,11 @@ def _power(data: StudyData) -> Items:
     for a, b in ((EI.name, SFT), (PPO.name, SFT), (EI.name, PPO.name)):
         got = paired({"a": final(data, a), "b": final(data, b)}, "maj@1", diff("a", "b"))
         if got:
-            lines.append(f"{a} - {b}, maj@1: {got[0]}, half-width {got[0].half_width:.3f} ({got[1]} seed(s) x "
-                         f"{got[2]} questions)")
+            hw = got[0].half_width
+            # the half-width shrinks about as 1 / sqrt(data): "similar" (inside +-m) needs hw < m
+            need = "" if hw < MARGIN else f"; similar needs < {MARGIN}: about {(hw / MARGIN) ** 2:.1f}x the data"
+            lines.append(f"{a} - {b}, maj@1: {got[0]}, half-width {hw:.3f} ({got[1]} seed(s) x {got[2]} questions"
+                         f"{'; no seed variance' if got[1] == 1 else ''}{need})")
     return Items([Item(x) for x in lines or ["not measured"]])
 
 
@@ -378,17 +393,31 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     evaluation = (f"Final evaluation: greedy maj@1 on {len(sft)} test problems, K={k} samples on the first {n_k} of "
                   "them, the same problems and per-question sampling streams for every model." if sft else
                   "Final evaluation: not run yet (the SFT model's, which sets the test problems, is missing).")
+    shared = "SFT, ORM and SORM" if "sorm" in data.reward_models else "SFT and ORM"
+    grpo = ", GRPO with the objectives ablation" if GRPO.name in data.runs else ""
     intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. {evaluation} RL seeds: {cfg.seeds} for "
-             f"EI/PPO/GRPO/RCRL (sparse, from SFT), {cfg.variant_seeds} for the reward variants and the pretrained start; one shared pretrain, SFT, ORM "
-             f"and SORM. Wall time {wall_seconds / 60:.1f} min.")
-    method = ("Intervals: 95% crossed bootstrap over seeds and test questions (stats.py: each replicate resamples "
-              "seeds and questions with replacement, the same draw for every model, so differences are paired), "
-              f"{N_BOOT} replicates for the findings and tables (400 per point for the plots' bands). Verdict rules, "
-              f"margin m = {MARGIN} (accuracy) unless stated: "
+             f"EI/PPO/RCRL (sparse, from SFT) and continued SFT{grpo}, {cfg.variant_seeds} for the reward variants and "
+             f"the pretrained start; one shared pretrain, {shared}. Wall time {wall_seconds / 60:.1f} min.")
+    items, (checked, flipped) = _finding_items(data)
+    unsat = unsaturated_k(data)
+    method = ("Intervals: 95%, paired over test questions and seeds (stats.py): a bootstrap over questions (the "
+              "same draw for every model) for the question part, Student's t with seeds - 1 degrees of freedom on "
+              "the spread of the per-seed statistic for the seed part, their half-widths added in quadrature; "
+              "an interval over one seed has no seed variance and says so. "
+              f"{N_BOOT} replicates (400 per point for the plots' bands); every verdict is decided again on a second "
+              f"bootstrap seed: {checked} verdicts checked, {flipped} changed (one that changes is called "
+              f"inconclusive). Verdict rules, margin m = {MARGIN} (accuracy) unless stated (F3 {F3_MARGIN} of a "
+              f"gain; F5's gap after RL {F5_GAP}), fixed before the data: "
               + "; ".join(f"{name}: {text}" for name, text in RULES.items())
               + ". Where both a rule's holds and contradicted conditions are met (a significant change smaller than m), "
-                "holds wins. A finding made of several comparisons holds when all hold, is contradicted when any is, and is "
-                "inconclusive otherwise.")
+                "holds wins. 'similar' can hold only at a half-width below m: where it is not reachable the part says "
+                "so (the margin is not widened to the precision reached: that would let noise make things similar). "
+                "Not testable: the arm a comparison is about did not learn (gate: its final maj@1 minus its start's "
+                "is not significantly above 0), or the ORM ranks a question's own samples no better than chance "
+                f"(within-question AUC <= {ORM_MIN_AUC}). A finding holds when all its parts hold, is contradicted "
+                "when any is, is not testable when a required part is, and is inconclusive otherwise. F2 tests pass@k "
+                f"at the largest k of {', '.join(map(str, LADDER))} where SFT's pass@k <= {SATURATED}"
+              + (f" (here k = {unsat[0]}: SFT's {unsat[1]:.3f})." if unsat else " (none here)."))
     if data.verified:
         method += (f" Findings about pass@K use step-verified pass@K: answer-only pass@{k} is compared with a "
                    "question-blind guesser below.")
@@ -407,7 +436,7 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
         profile = profile_line(guess, k)
         results += [Para(profile)] if profile else []
     out = [Section(f"mathrl study: {cfg.task}{' (quick)' if cfg.quick else ''}", [Para(intro)], level=1),
-           Section("Findings", [Para(method, small=True), _finding_items(data)]),
+           Section("Findings", [Para(method, small=True), items]),
            Section("Results (test split)", results),
            Section("Differences (paired, 95% CI)", [Table(*diff_table(data))])]
     objectives = objectives_table(data)

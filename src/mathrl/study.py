@@ -1,8 +1,9 @@
 """The study: one command that re-tests Havrilla et al. 2024 end to end and writes a report.
 
-The grid (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-off on a dev split) -> ORM and
-SORM on the SFT policy, all trained once and shared (OUT/shared/) -> from the SFT model, for each of ``seeds``
-RL seeds (OUT/seed-N/): EI, PPO, GRPO and RCRL with the sparse reward (findings F1, F2, F3, F6); for
+The grid (the paper's, at the scale at hand): pretrain -> SFT (per-epoch trade-off on a dev split) -> the ORM
+(and, where a run reads it, the SORM) on the SFT policy, all trained once and shared (OUT/shared/) -> from the SFT
+model, for each of ``seeds`` RL seeds (OUT/seed-N/): EI, PPO and RCRL with the sparse reward and continued SFT
+with an RL run's budget (findings F1, F2, F3, F6; GRPO with ``--ablation objectives``); for
 ``variant_seeds`` seeds: EI (ORM), PPO (dense, ORM), RCRL (dense) (F4) and EI and PPO from the pretrained
 model, prompted as it records (the embedded one: zero-shot in its corpus's prose format) (F5) -> the final
 evaluation of every model on the same test problems with the same per-question sampling streams ->
@@ -52,8 +53,9 @@ from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
 class Config:
     out: str = field("runs/study", "study directory (shared/ and seed-N/ run directories, report.md and report.html)")
     quick: bool = field(False, "a small, fast version of the whole grid: a pipeline check, not results")
-    seeds: int = field(3, "RL seeds for the algorithms of F1/F2/F3/F6 (EI, PPO, GRPO, RCRL with the sparse reward "
-                          "from SFT); pretrain, SFT and the reward models are trained once and shared")
+    seeds: int = field(3, "RL seeds for the algorithms of F1/F2/F3/F6 (EI, PPO, RCRL with the sparse reward "
+                          "from SFT, and continued SFT); pretrain, SFT and the reward models are trained once and "
+                          "shared")
     variant_seeds: int = field(1, "RL seeds for the reward variants (F4) and the pretrained start (F5); <= seeds")
     task: str = field("synthetic", "synthetic, gsm8k or svamp")
     level: int | None = field(None, "synthetic task level (default: the task's default)")
@@ -75,8 +77,8 @@ class Config:
     engine: str = field("mathrl", "rollout engine of the stages that sample (orm, RL, eval): mathrl or vllm "
                                   "(docs/engines.md); RCRL with dense returns and its evaluation keep mathrl's "
                                   "sampler (vLLM cannot force step markers)")
-    ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO's loss as Dr.GRPO, DAPO, GSPO and "
-                              "CISPO, from SFT, with GRPO's budget and seeds; not in the default)")
+    ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO, and its loss as Dr.GRPO, DAPO, "
+                              "GSPO and CISPO, from SFT, with the sparse runs' budget and seeds; not in the default)")
 
     def validate(self) -> None:
         validate_groups(self)
@@ -224,7 +226,10 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                           str(n_sorm + max(1, n_sorm // 9)), "--sorm-samples", str(4 * n_sorm), *lr("orm"), *mnt,
                           *data_dir, *shared_seed],
                  needs=["sft"], group="orm")
-    stages += [sft, orm, sorm]
+    # the SORM feeds the study only where a run reads it (dense RCRL's step labels on a real task, F4); on the
+    # synthetic task the exact step checker labels steps and no finding reads the SORM, so it is not trained
+    reads_sorm = any("sorm" in r.reads(real) for _, runs in runs_by_seed_count(cfg.ablation) for r in runs)
+    stages += [sft, orm] + ([sorm] if reads_sorm else [])
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
     starts = {"sft": (sft_model, SFT), "pretrained": (pretrained, start_pt)}
     # what a run's flags may name (grid.Run): the shared reward models, the budget, the overlong buffer
@@ -239,7 +244,15 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         algorithm = run.algorithm
         common = [*run_eval, *mnt, *data_dir, "--seed", str(seed), *device,
                   *(prompting if run.start == "pretrained" else [])]
-        if algorithm == "EI":
+        if algorithm == "SFT":
+            # continued SFT (F2 b): one pass over as many of SFT's own training problems as an RL run draws
+            # rollouts (synthetic: the first ``budget`` of them, which SFT saw twice), the SFT stage's loss
+            task = (["--task", "synthetic", *level_args, "--train-size", str(budget)] if not real
+                    else ["--task", cfg.task])
+            cmd = ["sft", "--model", model, *task, *lr("sft"), "--epochs", "1", "--whole-sequence-loss", *extra,
+                   "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]), *mnt, *data_dir, "--seed",
+                   str(seed), *device]
+        elif algorithm == "EI":
             cmd = ["ei", "--model", model, *lr("ei"), "--rounds", "2", "--questions", str(max(1, budget // 8)),
                    "--patience", "0", *extra, *common]
         elif algorithm == "RCRL":

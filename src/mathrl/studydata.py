@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
+from mathrl.metrics import majority_vote_score
 from mathrl.stagecache import is_current, read_json
 
 Seed = int | None  # None: a shared model, evaluated once
@@ -21,7 +22,8 @@ Seed = int | None  # None: a shared model, evaluated once
 @dataclass(frozen=True)
 class Question:
     """One question of one evaluation: its greedy answer's correctness and, when it was sampled, ``c`` correct
-    and ``c_verified`` step-verified of ``n`` samples. None: not measured."""
+    and ``c_verified`` step-verified of ``n`` samples and ``maj``, the majority vote's score over the n samples
+    (``metrics.majority_vote_score``; from samples.jsonl's answers). None: not measured."""
 
     id: str
     n: int = 0
@@ -32,12 +34,16 @@ class Question:
     answer: Any = None
     question: str | None = None
     greedy: str | None = None
+    maj: float | None = None
 
     @classmethod
     def of(cls, row: dict) -> "Question":
+        answers = row.get("answers")
+        maj = (majority_vote_score(answers, row["answer"]) if answers and row.get("answer") is not None
+               and len(answers) == (row.get("n") or 0) else None)
         return cls(id=row["id"], n=row.get("n") or 0, c=row.get("c"), c_verified=row.get("c_verified"),
                    greedy_correct=row.get("greedy_correct"), greedy_verified=row.get("greedy_verified"),
-                   answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"))
+                   answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"), maj=maj)
 
 
 Records = list[Question]
