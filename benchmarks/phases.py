@@ -311,9 +311,10 @@ def main() -> None:
         extra.setdefault("ppo_adamw", []).append(step_timer.seconds)
         tokens, flops = needed(shape, rollouts, passes=pcfg.pg.ppo_epochs, value_head=True)
         add("ppo_learn", t0, e0, tokens, 3 * flops)
-        # how often the learning step forwards each prompt: minibatches are random rows, and forward_policy shares
-        # a prompt's keys/values only among the rows of one micro-batch
-        mbs = minibatches(torch.arange(len(rollouts)), pcfg.optim.batch_size, pcfg.pg.ppo_epochs, pcfg.run.seed)
+        # how often the learning step forwards each prompt: forward_policy shares a prompt's keys/values among the
+        # rows of one micro-batch (whole groups with --minibatch group, random rows with rollout)
+        mbs = minibatches(torch.arange(len(rollouts)), pcfg.optim.batch_size, pcfg.pg.ppo_epochs, pcfg.run.seed,
+                          batch.prompt_of if pcfg.pg.minibatch == "group" else None)
         forwards = sum(len(torch.unique(batch.prompt_of[mb])) for mb in mbs)  # ppo.learn's minibatches at iteration 0
         extra.setdefault("prompt_forwards", []).append(forwards / pcfg.pg.ppo_epochs / len(problems))
         extra.setdefault("completion_tokens", []).append(sum(len(r.completion_ids) for r in rollouts) / len(rollouts))

@@ -139,6 +139,12 @@ def test_sft_compile_defaults_to_the_budget_and_can_be_set(tmp_path):
     assert "--compile" not in sft(Config(sft_compile=False)) and "--compile" in sft(Config(quick=True, sft_compile=True))
 
 
+def test_rl_compile_is_off_by_default_and_can_be_set(tmp_path):
+    rl = lambda cfg: [s.command for s in plan(cfg, tmp_path) if s.group == "rl"]  # noqa: E731
+    assert not any("--compile" in c for c in rl(Config())) and not any("--compile" in c for c in rl(Config(quick=True)))
+    assert all("--compile" in c for c in rl(Config(rl_compile=True)))
+
+
 def test_objectives_ablation_adds_grpo_loss_variants_on_grpos_budget_and_seeds(tmp_path):
     default = {s.name for s in plan(Config(), tmp_path)}
     assert not any("dapo" in n for n in default)  # not in the default grid

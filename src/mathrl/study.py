@@ -71,6 +71,10 @@ class Config:
     sft_compile: bool | None = field(None, "torch.compile the SFT stage's training pass (a step takes ~0.8 of "
                                            "the eager time after ~30 s of compiling). "
                                            "Default: on with the full budgets, off with --quick (too few steps)")
+    rl_compile: bool = field(False, "torch.compile the RL stages' training passes (PPO's and GRPO's learning step "
+                                    "and the passes before it, EI's and RCRL's fine-tunes). Off by default: on the "
+                                    "embedded model the compile (~30-80 s per stage) costs more than it saves at "
+                                    "the study's budgets (docs/results.md)")
     workers: int = field(2, "stages run at once (each with threads / workers threads)")
     threads: int = field(0, "torch threads shared by the running stages (0: the cores this process may use)")
     only: list[str] = field([], "run only these stages (and what they need), e.g. sft ei-sparse-sft@1")
@@ -198,6 +202,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     level_args = ["--level", str(cfg.level)] if cfg.level is not None else []
     mnt = ["--max-new-tokens", str(b["max_new_tokens"])]
     sft_compile = cfg.sft_compile if cfg.sft_compile is not None else not cfg.quick
+    rl_compile = ["--compile"] if cfg.rl_compile else []
     run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
     shared_seed = ["--seed", "0", *device]
     # every stage that reads the task's data reads it where the study was told to (a model records its task's
@@ -268,7 +273,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
             command = run.command
             cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations),
                    *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
-        stages.append(Stage(run.name, cmd, seed=seed, needs=needs, group="rl", run=run, rollouts=budget))
+        stages.append(Stage(run.name, cmd + rl_compile, seed=seed, needs=needs, group="rl", run=run, rollouts=budget))
 
     for count, runs in runs_by_seed_count(cfg.ablation):
         for seed in range(getattr(cfg, count)):
