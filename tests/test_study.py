@@ -75,13 +75,16 @@ def test_a_changed_model_outside_the_study_reruns_what_reads_it(tmp_path, monkey
 def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
     stages = plan(Config(), tmp_path)
     names = [s.name for s in stages]
-    for name in ("pretrain", "sft", "orm", "ei-sparse-sft@2", "ppo-dense-sft@0", "rcrl-dense-sft@0",
-                 "sft-continued@1", "ei-sparse-pretrained@0", "eval-sft", "eval-ppo-orm-sft@0", "eval-pretrain",
-                 "eval-sft-continued@2"):
+    for name in ("pretrain", "sft", "orm", "ei-sparse-sft@4", "ppo-dense-sft@2", "rcrl-dense-sft@0",
+                 "sft-continued@1", "ei-sparse-pretrained@2", "eval-sft", "eval-ppo-orm-sft@0", "eval-pretrain",
+                 "eval-sft-continued@4"):
         assert name in names
     # every default arm feeds a finding: GRPO is the objectives ablation's base, and no synthetic run reads the SORM
     assert "grpo-sparse-sft@0" not in names and "sorm" not in names
-    assert "ppo-dense-sft@1" not in names  # the reward variants run variant_seeds (1) seeds
+    # 5 seeds for the sparse runs and continued SFT, 3 for the variants and the pretrained start
+    assert "ppo-sparse-sft@5" not in names and "ppo-dense-sft@3" not in names and "ppo-sparse-pretrained@3" not in names
+    quick = [s.name for s in plan(Config(quick=True), tmp_path)]
+    assert "ei-sparse-sft@1" in quick and "ei-sparse-sft@2" not in quick and "ppo-dense-sft@1" not in quick
     by = {s.name: s for s in stages}
     assert "sft" in by["ei-sparse-sft@1"].needs and "orm" in by["ei-orm-sft@0"].needs
     assert by["ei-sparse-sft@1"].dir(tmp_path) == tmp_path / "seed-1" / "ei-sparse-sft"
@@ -90,19 +93,22 @@ def test_plan_has_the_paper_grid_seeds_and_matched_budgets(tmp_path):
     def arg(stage, flag):
         return int(stage.command[stage.command.index(flag) + 1])
 
-    # the same rollout budget for every RL run from either start: EI 2 rounds x questions x K=4, PPO/GRPO
-    # iterations x 256, RCRL questions x 4
+    # the same rollout cap for every RL run from either start: EI rounds x questions x K=4, PPO/GRPO
+    # iterations x 256, RCRL questions x 4; dev evaluations on the log schedule, a plateau stop where it can fire
     for s in stages:
         if s.group != "rl":
             continue
         if s.command[0] == "sft":  # continued SFT: one pass over as many training problems as an RL run's rollouts
-            assert arg(s, "--train-size") * arg(s, "--epochs") == 4096 and s.needs == ["sft"], s.name
-        elif s.command[0] == "ei":
-            assert 2 * arg(s, "--questions") * 4 == 4096, s.name
+            assert arg(s, "--train-size") * arg(s, "--epochs") == 32768 and s.needs == ["sft"], s.name
+            continue
+        if s.command[0] == "ei":
+            assert arg(s, "--rounds") * arg(s, "--questions") * 4 == 32768, s.name
         elif s.command[0] == "rcrl":
-            assert arg(s, "--questions") * 4 == 4096, s.name
+            assert arg(s, "--questions") * 4 == 32768, s.name
         else:
-            assert arg(s, "--iterations") * 256 == 4096, s.name
+            assert arg(s, "--iterations") * 256 == 32768, s.name
+        assert s.command[s.command.index("--eval-split") + 1] == "dev" and "--eval-at" in s.command, s.name
+        assert ("--stop-at-plateau" in s.command) == (s.command[0] != "rcrl"), s.name  # RCRL trains one round
     # every final evaluation: the same problems and sampling seed
     evals = [s for s in stages if s.group == "eval"]
     assert {(arg(s, "-n"), arg(s, "--k-problems"), arg(s, "--seed")) for s in evals} == {(1000, 120, 0)}
@@ -205,4 +211,4 @@ def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
     # a run's flags name the reward models it reads: it waits for them
     by = {s.name: s for s in stages}
     assert by["ppo-orm-sft@0"].needs == ["sft", "orm"] and by["ei-sparse-pretrained@0"].needs == ["pretrain"]
-    assert by["grpo-dapo-sft@1"].command[by["grpo-dapo-sft@1"].command.index("--max-rollouts") + 1] == "4096"
+    assert by["grpo-dapo-sft@1"].command[by["grpo-dapo-sft@1"].command.index("--max-rollouts") + 1] == "32768"

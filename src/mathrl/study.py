@@ -53,17 +53,19 @@ from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
 class Config:
     out: str = field("runs/study", "study directory (shared/ and seed-N/ run directories, report.md and report.html)")
     quick: bool = field(False, "a small, fast version of the whole grid: a pipeline check, not results")
-    seeds: int = field(3, "RL seeds for the algorithms of F1/F2/F3/F6 (EI, PPO, RCRL with the sparse reward "
-                          "from SFT, and continued SFT); pretrain, SFT and the reward models are trained once and "
-                          "shared")
-    variant_seeds: int = field(1, "RL seeds for the reward variants (F4) and the pretrained start (F5); <= seeds")
+    seeds: int = field(0, "RL seeds for the algorithms of F1/F2/F3/F6 (EI, PPO, RCRL with the sparse reward "
+                          "from SFT, and continued SFT; 0: 5, or 2 with --quick); pretrain, SFT and the reward "
+                          "models are trained once and shared")
+    variant_seeds: int = field(0, "RL seeds for the reward variants (F4) and the pretrained start (F5); <= seeds "
+                                  "(0: 3, or 1 with --quick)")
     task: str = field("synthetic", "synthetic, gsm8k or svamp")
     level: int | None = field(None, "synthetic task level (default: the task's default)")
     data_dir: str | None = field(None, "gsm8k/svamp data directory")
     model: str = field("", "gsm8k/svamp: a pretrained HF model directory or hub id (the 'pretrained' start)")
     prompting: Prompting = group(Prompting)  # gsm8k/svamp: how the pretrained model is prompted (SFT records it)
     device: str = field("auto", "cpu, cuda, cuda:N or auto")
-    rollouts: int = field(0, "rollout budget of every RL run, from either start (0: 4096, or 512 with --quick)")
+    rollouts: int = field(0, "rollout cap of every RL run, from either start; each run stops earlier where its "
+                             "dev maj@1 plateaus (0: 32768, or 512 with --quick)")
     k: int = field(0, "K for maj@K, pass@K, rerank@K in the final evaluation (0: 96, or 16 with --quick)")
     eval_problems: int = field(0, "test problems in the final evaluation, greedy maj@1 on all (0: 1000, or 100 "
                                   "with --quick)")
@@ -89,11 +91,12 @@ class Config:
         one_of(self.engine, ENGINES, "engine")
         if self.ablation not in ("", *ABLATIONS):
             raise UsageError(f"unknown ablation {self.ablation!r} (known: {', '.join(ABLATIONS)})")
-        if self.seeds < 1 or self.workers < 1 or self.variant_seeds < 1:
-            raise UsageError("seeds, variant_seeds and workers must be >= 1")
-        if self.variant_seeds > self.seeds:
-            raise UsageError(f"variant_seeds ({self.variant_seeds}) must be <= seeds ({self.seeds}): a variant "
-                             "is compared with the sparse run of the same seed")
+        if self.seeds < 0 or self.workers < 1 or self.variant_seeds < 0:
+            raise UsageError("seeds and variant_seeds must be >= 0 (0: the budget's default), workers >= 1")
+        seeds, variant_seeds = seed_counts(self)
+        if variant_seeds > seeds:
+            raise UsageError(f"variant_seeds ({variant_seeds}) must be <= seeds ({seeds}): a variant is compared "
+                             "with the sparse run of the same seed")
         if min(self.rollouts, self.k, self.eval_problems, self.k_problems, self.threads) < 0:
             raise UsageError("rollouts, k, eval_problems, k_problems and threads must be >= 0")
         if self.rollouts and self.rollouts % 512:
@@ -144,18 +147,34 @@ class Stage:
 # 2 epochs) is calibrated for the three-digit default task (docs/results.md, "A live pretrained start"): the
 # pretrained start then solves some problems when sampled (4,500 steps did not), and SFT from it reaches in 2 epochs
 # what 6 epochs reached from the former 240-step start.
-# Every RL run gets the same rollout budget from either start (rollouts = samples drawn for training; in-run
-# evaluations are not counted): EI 2 rounds x rollouts/8 questions x K=4, PPO and GRPO rollouts/256 iterations of
-# 256 samples (64 prompts x 4, 32 x 8), RCRL one round of rollouts/4 questions x 4. EI and PPO are evaluated at 0,
-# 1/2 and all of the budget (F3, F6).
+# Every RL run gets the same rollout cap from either start (rollouts = samples drawn for training; in-run
+# evaluations are not counted): EI rounds of min(512, cap/8) fresh questions x K=4 up to the cap, PPO and GRPO
+# cap/256 iterations of 256 samples (64 prompts x 4, 32 x 8), RCRL one round of cap/4 questions x 4. Each is
+# evaluated on run_eval_size dev questions (K=run_eval_k) at 0, eval_first rollouts and every doubling after
+# (--eval-at log), and EI, PPO and GRPO stop where that dev maj@1 plateaus (plateau.py; RCRL trains once). The cap
+# of 32,768 is ~8x the budget at which this project saw EI and PPO gain nothing measurable in a 4,096-rollout
+# study, and 2x the ~16K at which both gained +0.038 maj@1 over SFT (docs/results.md); the paper reports ~60K.
 BUDGETS = {
     "full": dict(pretrain_steps=6000, sft_epochs=2, train_size=20000, dev_size=200, dev_k=16,
-                 orm_questions=1500, sorm_questions=1000, rollouts=4096, run_eval_size=200, run_eval_k=16,
+                 orm_questions=1500, sorm_questions=1000, rollouts=32768, run_eval_size=200, run_eval_k=16,
+                 eval_first=1024,
                  max_new_tokens=96, eval_problems=1000, k_problems=120, k=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
-                  orm_questions=150, sorm_questions=10, rollouts=512, run_eval_size=30, run_eval_k=4,
+                  orm_questions=150, sorm_questions=10, rollouts=512, run_eval_size=30, run_eval_k=4, eval_first=128,
                   max_new_tokens=64, eval_problems=100, k_problems=40, k=16),
 }
+# Seeds: 5 for the runs behind F1/F2/F3/F6 and 3 for the variants and the pretrained start, so that every
+# comparison has a seed variance for its t-based interval (stats.py; with 3 seeds t_2 = 4.30 makes the seed part
+# of a half-width ~2.2x what 5 seeds give, t_4 = 2.78 over sqrt(5))
+SEEDS = {"full": {"seeds": 5, "variant_seeds": 3}, "quick": {"seeds": 2, "variant_seeds": 1}}
+
+
+def seed_counts(cfg) -> tuple[int, int]:
+    """(seeds, variant_seeds) of a study config: as given, or the budget's default (``SEEDS``) where 0."""
+    default = SEEDS["quick" if cfg.quick else "full"]
+    return cfg.seeds or default["seeds"], cfg.variant_seeds or default["variant_seeds"]
+
+
 EVAL_SEED = 0  # every final evaluation samples with the same per-question streams (paired comparisons)
 
 # A real model (--task gsm8k/svamp --model DIR): the commands' default rates are the embedded 0.7M model's, 10 to
@@ -203,7 +222,12 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     mnt = ["--max-new-tokens", str(b["max_new_tokens"])]
     sft_compile = cfg.sft_compile if cfg.sft_compile is not None else not cfg.quick
     rl_compile = ["--compile"] if cfg.rl_compile else []
-    run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"])]
+    # in-run evaluations on dev (model selection and the plateau rule never read test) at 0, eval_first and every
+    # doubling; the plateau margin: 0.02 on 500 questions (about one standard error of a paired difference there,
+    # plateau.py) scaled by sqrt(500 / n) to the n dev questions evaluated (0.03 on 200)
+    run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"]), "--eval-split", "dev",
+                "--eval-at", "log", "--eval-first", str(b["eval_first"])]
+    plateau = ["--stop-at-plateau", "--plateau-margin", f"{0.02 * (500 / b['run_eval_size']) ** 0.5:.2f}"]
     shared_seed = ["--seed", "0", *device]
     # every stage that reads the task's data reads it where the study was told to (a model records its task's
     # name and options, not where its data lay)
@@ -258,8 +282,9 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                    "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]), *mnt, *data_dir, "--seed",
                    str(seed), *device]
         elif algorithm == "EI":
-            cmd = ["ei", "--model", model, *lr("ei"), "--rounds", "2", "--questions", str(max(1, budget // 8)),
-                   "--patience", "0", *extra, *common]
+            questions = max(1, min(512, budget // 8))
+            cmd = ["ei", "--model", model, *lr("ei"), "--rounds", str(max(1, budget // (4 * questions))),
+                   "--questions", str(questions), "--patience", "0", *plateau, *extra, *common]
         elif algorithm == "RCRL":
             cmd = ["rcrl", "--model", model, *lr("rcrl"), "--questions", str(max(1, budget // 4)), *extra, *common]
         else:
@@ -271,12 +296,12 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                 # the credit to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
                 extra = ["--lam", "1.0", *extra]
             command = run.command
-            cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations),
-                   *prompts, "--eval-every", str(max(1, iterations // 2)), *extra, *common]
+            cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations), *prompts, *plateau,
+                   *extra, *common]
         stages.append(Stage(run.name, cmd + rl_compile, seed=seed, needs=needs, group="rl", run=run, rollouts=budget))
 
     for count, runs in runs_by_seed_count(cfg.ablation):
-        for seed in range(getattr(cfg, count)):
+        for seed in range(dict(zip(("seeds", "variant_seeds"), seed_counts(cfg)))[count]):
             for run in runs:
                 rl(run, seed)
 
