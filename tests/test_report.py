@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from mathrl import stagecache
-from mathrl.findings import findings
+from mathrl.findings import curve_points, findings
 from mathrl.grid import (
     BY_NAME,
     EI,
@@ -31,6 +31,7 @@ from mathrl.studydata import (
     RewardModel,
     RunResults,
     StudyData,
+    carry_forward,
 )
 
 Q = 40
@@ -133,20 +134,99 @@ def _curves(d, run, points):
                                                   for r, g in points.items()} for s in (0, 1)})
 
 
-def test_f3_verdicts():
+POINTS = (0, 1024, 2048, 4096, 8192)
+
+
+def lin(reach, points=POINTS):
+    """A dev maj@1 curve rising linearly from 0 at 0 rollouts to 1 at ``reach``, flat after: its rollouts to 90% of
+    the gain are 0.9 * reach (the target 0.9 lies on the straight segment before ``reach``)."""
+    return [(x, min(x / reach, 1.0)) for x in points]
+
+
+FLAT = [(x, 0.5) for x in POINTS]
+
+
+def _dev_run(d, run, by_seed, plateau=()):
+    """A run whose seeds have the dev curves ``by_seed`` ({seed: [(rollouts, maj@1)]}, maj@1 a multiple of 1/Q):
+    history rows with maj@1 (``plateau_at`` on the last row of the seeds in ``plateau``) and per-question records
+    that solve the first maj@1 * Q questions; read as ``studydata.collect`` reads it (carried forward)."""
+    r = RunResults(run)
+    for s, pts in by_seed.items():
+        r.history[s] = [{"rollouts": x, "maj@1": v} for x, v in pts]
+        if s in plateau:
+            r.history[s][-1]["plateau_at"] = pts[-1][0]
+        r.curve[s] = {x: recs([1] * round(v * Q) + [0] * (Q - round(v * Q))) for x, v in pts}
+    carry_forward(r)
+    d.runs[run.name] = r
+
+
+@pytest.mark.parametrize("ei, ppo, expected", [
+    # paired by seed: EI and PPO reach 90% at the same rollouts on each seed (921.6, 1,843.2, 3,686.4): every
+    # log2 difference is 0, the interval [0, 0] lies inside +-1 -> holds (unpaired, the seeds' spread would not)
+    ((1024, 2048, 4096), (1024, 2048, 4096), HOLDS),
+    # PPO needs 8x EI's rollouts on every seed: log2(921.6 / 7,372.8) = -3, interval [-3, -3], hi < -1
+    ((1024,) * 3, (8192,) * 3, CONTRADICTED),
+    # differences 0, -2, -1: mean -1, sd 1, t(0.975, 2) / sqrt(3) = 2.484 -> [-3.484, +1.484] straddles -1
+    ((1024,) * 3, (1024, 4096, 2048), INCONCLUSIVE),
+    # PPO's dev curve is flat: its gain 0 is not significant -> not testable at this budget
+    ((1024,) * 3, None, NOT_TESTABLE),
+])
+def test_f3_verdicts(ei, ppo, expected):
     d = StudyData(k=4)
-    # both gain 0 -> 1 and reach half of it at the middle point: the fractions are equal -> similar holds
-    for run in (EI, PPO):
-        _curves(d, run, {0: NONE, 2048: HALF, 4096: ALL})
-    assert findings(d)["F3"].verdict == HOLDS
-    # EI has all of its gain at the middle, PPO none of it: 1 - 0 > 0.25 -> contradicted
-    _curves(d, EI, {0: NONE, 2048: ALL, 4096: ALL})
-    _curves(d, PPO, {0: NONE, 2048: NONE, 4096: ALL})
-    assert findings(d)["F3"].verdict == CONTRADICTED
-    # PPO does not gain: nothing to compare -> not testable at this budget
-    _curves(d, PPO, {0: HALF, 2048: HALF, 4096: HALF})
+    _dev_run(d, EI, {s: lin(x) for s, x in enumerate(ei)})
+    _dev_run(d, PPO, {s: lin(x) if ppo else FLAT for s, x in enumerate(ppo or ei)})
     f = findings(d)["F3"]
-    assert f.verdict == NOT_TESTABLE and "not testable at this budget" in f.note and PPO.name in f.note
+    assert f.verdict == expected
+    if expected == NOT_TESTABLE:
+        assert "not testable at this budget" in f.note and PPO.name in f.note
+        return
+    main = f.parts[-1]
+    assert main.rule == "similar" and main.margin == 1.0 and main.seeds == 3
+    if expected == INCONCLUSIVE:
+        assert main.interval.estimate == pytest.approx(-1.0)
+        assert (main.interval.lo, main.interval.hi) == pytest.approx((-3.484, 1.484), abs=1e-3)
+
+
+def test_f3_with_one_seed_has_no_interval():
+    d = StudyData(k=4)
+    _dev_run(d, EI, {0: lin(1024)})
+    _dev_run(d, PPO, {0: lin(1024)})
+    f = findings(d)["F3"]
+    assert f.verdict == INCONCLUSIVE and "one seed, no interval" in f.note
+
+
+def test_a_seed_stopped_at_its_plateau_is_carried_forward():
+    # seed 0 stopped at its plateau at 2,048 rollouts; seed 1 ran on to 8,192: without the carry the points both
+    # seeds share end at 2,048; with it seed 0's records at 2,048 stand for 4,096 and 8,192
+    d = StudyData(k=4)
+    _dev_run(d, EI, {0: lin(1024, POINTS[:3]), 1: lin(4096)}, plateau=(0,))
+    r = d.runs[EI.name]
+    assert r.carried == {0: [4096, 8192]}
+    assert r.curve[0][8192] is r.curve[0][2048]
+    assert sorted(curve_points(d, EI.name)) == list(POINTS)
+    # a seed that stopped without a plateau (no plateau_at) is not carried: its later models are unknown
+    _dev_run(d, PPO, {0: lin(1024, POINTS[:3]), 1: lin(4096)})
+    assert d.runs[PPO.name].carried == {} and sorted(curve_points(d, PPO.name)) == list(POINTS[:3])
+
+
+def test_sample_complexity_table():
+    from mathrl.report import sample_complexity_table
+
+    d = StudyData(k=4)
+    # seed 0 stopped at its plateau at 4,096 (90% at 0.9 * 1,024 = 921.6), seed 1 reached the cap without one
+    # (0.9 * 2,048 = 1,843.2), seed 2 never rose (did not learn). Over the 2 that learned: mean 1,382.4, sd
+    # 921.6 / sqrt(2) = 651.67, half-width t(0.975, 1) * 651.67 / sqrt(2) = 12.706 * 460.8 = 5,855.0
+    _dev_run(d, EI, {0: lin(1024, POINTS[:4]), 1: lin(2048), 2: FLAT}, plateau=(0,))
+    _dev_run(d, PPO, {0: FLAT})  # one seed, never rose
+    _, rows = sample_complexity_table(d)
+    ei, ppo = rows
+    assert ei[1] == "2 of 3" and ei[2] == "1,382 [-4,473, 7,237]"
+    assert ei[3] == ("seed 0: 922, plateau at 4,096; seed 1: 1,843, cap reached, no plateau; "
+                     "seed 2: did not learn, cap reached, no plateau")
+    assert ei[4] == "1 of 15"  # seed 0's point at 8,192, of 5 points for each of 3 seeds
+    assert ppo[1:3] == ["0 of 1", "did not learn"]
+    _dev_run(d, PPO, {0: lin(2048)})
+    assert sample_complexity_table(d)[1][1][2] == "1,843 (one seed, no interval)"
 
 
 @pytest.mark.parametrize("dense, sparse, expected", [
@@ -271,6 +351,7 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "rule at_least, m = 0.02; 2 seed(s) x 40 questions" in md  # F1's parts: rule, margin, seeds
     assert "EI (sparse, from sft) - sft" in md and "[" in md.split("## Differences")[1]
     for section in ("## Power", "## Per difficulty", "## Budgets", "## Three test questions", "## Provenance",
+                    "## Sample complexity", "did not learn",
                     "Room above maj@1", "Pretrained start on the same",
                     "Question-blind guesser", "## Reward models", "with rollout step labels"):
         assert section in md, section

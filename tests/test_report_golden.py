@@ -20,6 +20,8 @@ ACCURACY = {"sft": 0.5, "pretrain": 0.15, "ei-sparse-sft": 0.7, "ppo-sparse-sft"
             "rcrl-sparse-sft": 0.45, "ei-orm-sft": 0.71, "ppo-dense-sft": 0.64, "ppo-orm-sft": 0.69,
             "rcrl-dense-sft": 0.47, "ei-sparse-pretrained": 0.6, "ppo-sparse-pretrained": 0.3, "sft-continued": 0.6}
 CURVE = {"ei-sparse-sft": (0.5, 0.66, 0.7), "ppo-sparse-sft": (0.5, 0.55, 0.68)}
+# runs that stopped at their dev plateau after the second point (256 rollouts): carried forward to 512
+STOPPED = {"seed-1/ei-sparse-sft"}
 
 
 def records(rng, p, n=4):
@@ -54,12 +56,18 @@ def fake_study(root, stages):
                     f.write(json.dumps({"epoch": e, "questions": records(rng, p)}) + "\n")
         elif name in CURVE or name in ACCURACY and name != "sft":
             curve = CURVE.get(name, (0.5, 0.5, ACCURACY[name]))
-            hist = [{"rollouts": r, "reward": p, "kl": 0.1 * i, "completion_tokens": 30.0 + i}
-                    for i, (r, p) in enumerate(zip((0, 256, 512), curve))]
-            (d / "history.json").write_text(json.dumps(hist))
+            stopped = str(d.relative_to(root)) in STOPPED
+            points = list(zip((0, 256, 512), curve))[:2 if stopped else 3]
+            hist = []
             with open(d / "eval_questions.jsonl", "w") as f:
-                for r, p in zip((0, 256, 512), curve):
-                    f.write(json.dumps({"rollouts": r, "questions": records(rng, p)}) + "\n")
+                for i, (r, p) in enumerate(points):
+                    qs = records(rng, p)
+                    f.write(json.dumps({"rollouts": r, "questions": qs}) + "\n")
+                    hist.append({"rollouts": r, "reward": p, "kl": 0.1 * i, "completion_tokens": 30.0 + i,
+                                 "maj@1": sum(q["greedy_correct"] for q in qs) / Q})
+            if stopped:
+                hist[-1]["plateau_at"] = hist[-1]["rollouts"]
+            (d / "history.json").write_text(json.dumps(hist))
         elif name in ("orm", "sorm"):
             (d / "report.json").write_text(json.dumps({"auc": 0.8, "n_train_samples": 40}))
 
@@ -74,7 +82,11 @@ def test_findings_of_a_fabricated_study_are_pinned(tmp_path):
     stages = plan(cfg, tmp_path)
     fake_study(tmp_path, stages)
     write_report(tmp_path, cfg, stages, wall_seconds=600)
-    assert findings_lines((tmp_path / "report.md").read_text()) == GOLDEN
+    md = (tmp_path / "report.md").read_text()
+    assert findings_lines(md) == GOLDEN
+    # the sample-complexity table: seed 1 of EI stopped at its plateau at 256 rollouts, carried forward to 512
+    table = md.split("## Sample complexity")[1].split("\n## ")[0]
+    assert [ln for ln in table.splitlines() if ln.startswith("| ") and "(" in ln] == GOLDEN_COMPLEXITY
 
 
 GOLDEN = [
@@ -97,9 +109,9 @@ GOLDEN = [
     '- **F2b continued SFT trades them: it raises maj@1 and lowers pass@k: inconclusive.**',
     '  - gate: sft-continued - sft, maj@1 (did it learn?): +0.137 [+0.006, +0.269] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> holds',
     '  - sft-continued - sft, pass@2_verified: +0.111 [-0.065, +0.286] (rule falls, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
-    '- **F3 EI and PPO need a similar rollout budget for their gain: not testable.** not testable at this budget: the gain of ei-sparse-sft and ppo-sparse-sft is not significant, so there is no budget-to-gain to compare.',
-    '  - gate: ei-sparse-sft at 512 - at 0 rollouts, maj@1 (the gain): +0.160 [-0.290, +0.610] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
-    '  - gate: ppo-sparse-sft at 512 - at 0 rollouts, maj@1 (the gain): +0.205 [-0.307, +0.717] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
+    '- **F3 EI and PPO need a similar rollout budget to converge (90% of the dev plateau gain, within a factor of 2): not testable.** not testable at this budget: the dev gain of ei-sparse-sft and ppo-sparse-sft is not significant, so there is no budget to converge to compare.',
+    '  - gate: ei-sparse-sft at 512 - at 0 rollouts, dev maj@1 (did it learn?): +0.140 [-0.562, +0.842] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
+    '  - gate: ppo-sparse-sft at 512 - at 0 rollouts, dev maj@1 (did it learn?): +0.205 [-0.307, +0.717] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
     "- **F4 dense and ORM rewards make little difference over sparse (either way): not testable.** not testable at this budget where ppo-sparse-sft, rcrl-sparse-sft, ei-sparse-sft did not learn (its maj@1 gain over its start is not significant); the ORM's parts are not testable: its within-question AUC is not recorded (needs > 0.55: ranking a question's own samples better than chance).",
     '  - gate: ppo-sparse-sft - sft, maj@1 (did it learn?): +0.132 [-0.047, +0.312] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
     '  - gate: rcrl-sparse-sft - sft, maj@1 (did it learn?): -0.075 [-0.465, +0.315] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
@@ -116,13 +128,27 @@ GOLDEN = [
     '  - gate: ppo-sparse-pretrained - pretrain, maj@1 (did it learn?): +0.210 [+0.135, +0.290] (rule raises, m = 0.02; 1 seed(s) x 200 questions; no seed variance) -> holds',
     '  - (sft - pretrained) - (PPO from sft - from pretrained), maj@1: +0.090 [-0.025, +0.210] (rule raises, m = 0.02; 1 seed(s) x 200 questions; no seed variance) -> inconclusive',
     '  - PPO from sft - from pretrained, maj@1 (the gap after RL): +0.360 [+0.275, +0.445] (rule little, m = 0.1; 1 seed(s) x 200 questions; no seed variance) -> contradicted',
-    '- **F6 pass@K saturates while RL still learns, and RL solves few questions SFT cannot: inconclusive.** the saturation half on in-run evaluations (test problems, fewer samples than the final evaluation).',
-    '  - gate: ei-sparse-sft at 512 - at 256 rollouts, maj@1 (still learning?): +0.068 [-0.289, +0.424] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
-    '  - ei-sparse-sft at 512 - at 256 rollouts, pass@4_verified: -0.005 [-0.071, +0.061] (rule similar, m = 0.02; 2 seed(s) x 200 questions) -> not testable (similar out of reach at this precision: half-width 0.066 >= m)',
+    '- **F6 pass@K saturates while RL still learns, and RL solves few questions SFT cannot: inconclusive.** the saturation half on in-run evaluations (dev problems, fewer samples than the final evaluation).',
+    '  - gate: ei-sparse-sft at 512 - at 256 rollouts, maj@1 (still learning?): +0.047 [-0.558, +0.653] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
+    '  - ei-sparse-sft at 512 - at 256 rollouts, pass@4_verified: +0.000 [-0.014, +0.014] (rule similar, m = 0.02; 2 seed(s) x 200 questions) -> not testable',
     '  - gate: ei-sparse-sft - sft, maj@1 (did it learn?): +0.130 [-0.510, +0.770] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
     '  - questions ei-sparse-sft solves (any of 4) that sft does not: +0.080 [+0.043, +0.117] (rule little, m = 0.02; 2 seed(s) x 200 questions) -> not testable',
     '  - gate: ppo-sparse-sft at 512 - at 256 rollouts, maj@1 (still learning?): +0.175 [+0.033, +0.317] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> holds',
     '  - ppo-sparse-sft at 512 - at 256 rollouts, pass@4_verified: +0.015 [-0.116, +0.146] (rule similar, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive (similar out of reach at this precision: half-width 0.131 >= m)',
     '  - gate: ppo-sparse-sft - sft, maj@1 (did it learn?): +0.132 [-0.047, +0.312] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
     '  - questions ppo-sparse-sft solves (any of 4) that sft does not: +0.080 [+0.043, +0.117] (rule little, m = 0.02; 2 seed(s) x 200 questions) -> not testable',
+]
+
+
+GOLDEN_COMPLEXITY = [
+    '| EI (sparse, from sft) | 2 of 2 | 345 [-1,110, 1,800] | seed 0: 459, cap reached, no plateau; seed 1: 230, plateau at 256 | 1 of 6 |',
+    '| PPO (sparse, from sft) | 2 of 2 | 482 [385, 578] | seed 0: 489, cap reached, no plateau; seed 1: 474, cap reached, no plateau | 0 of 6 |',
+    '| RCRL (sparse, from sft) | 1 of 2 | 230 (one seed, no interval) | seed 0: 230, cap reached, no plateau; seed 1: did not learn, cap reached, no plateau | 0 of 6 |',
+    '| SFT continued (reference solutions, from sft) | 2 of 2 | 455 [106, 804] | seed 0: 428, cap reached, no plateau; seed 1: 482, cap reached, no plateau | 0 of 6 |',
+    '| EI (orm, from sft) | 1 of 1 | 491 (one seed, no interval) | seed 0: 491, cap reached, no plateau | 0 of 3 |',
+    '| PPO (dense, from sft) | 1 of 1 | 495 (one seed, no interval) | seed 0: 495, cap reached, no plateau | 0 of 3 |',
+    '| PPO (orm, from sft) | 1 of 1 | 472 (one seed, no interval) | seed 0: 472, cap reached, no plateau | 0 of 3 |',
+    '| RCRL (dense, from sft) | 1 of 1 | 230 (one seed, no interval) | seed 0: 230, cap reached, no plateau | 0 of 3 |',
+    '| EI (sparse, from pretrained) | 1 of 1 | 485 (one seed, no interval) | seed 0: 485, cap reached, no plateau | 0 of 3 |',
+    '| PPO (sparse, from pretrained) | 1 of 1 | 230 (one seed, no interval) | seed 0: 230, cap reached, no plateau | 0 of 3 |',
 ]

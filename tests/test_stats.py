@@ -12,6 +12,7 @@ from mathrl.stats import (
     Interval,
     bootstrap,
     combine,
+    t_interval,
     t_quantile,
     verdict,
 )
@@ -158,3 +159,17 @@ def test_guesser_pass_at_k():
     assert guesser_pass_at_k(train, ["5"], 96) == pytest.approx(1 - 0.99 ** 96)
     with pytest.raises(ValueError):
         guesser_pass_at_k([], ["1"], 1)
+
+
+def test_t_interval_over_seeds():
+    # values 1, 2, 3: mean 2, sample sd 1, t(0.975, 2 df) = 4.3027, half-width 4.3027 / sqrt(3) = 2.4841
+    iv = t_interval([1.0, 2.0, 3.0])
+    assert iv.estimate == 2.0 and iv.seeds == 3
+    assert iv.lo == pytest.approx(2 - 2.4841, abs=1e-3) and iv.hi == pytest.approx(2 + 2.4841, abs=1e-3)
+    # 5 values -1, -1, -1, -1, -1: sd 0, a zero-width interval
+    assert (t_interval([-1.0] * 5).lo, t_interval([-1.0] * 5).hi) == (-1.0, -1.0)
+    # one value: no seed variance and no interval, so no verdict
+    one = t_interval([0.5])
+    assert one.seeds == 1 and np.isnan(one.lo) and verdict("similar", one, 1.0) == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        t_interval([])

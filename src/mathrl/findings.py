@@ -10,12 +10,13 @@ a verdict that changes with the draw is inconclusive), and the claim's verdict c
 Every rule can come out either way, and a claim about an arm that did not learn says so instead of reading the
 budget as the algorithm: an RL arm *learned* when its final maj@1 minus its start's is significantly above 0
 (``learned``); a comparison whose arm did not learn is *not testable at this budget*, never contradicted. The
-claims that need more than a table of comparisons (F3's fractions of a gain, F5's gap, F6's learning half and the
-questions beyond SFT) have a function of their own beside the table.
+claims that need more than a table of comparisons (F3's rollouts to 90% of a dev plateau gain, F5's gap, F6's
+learning half and the questions beyond SFT) have a function of their own beside the table.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -37,6 +38,7 @@ from mathrl.grid import (
     Run,
 )
 from mathrl.metrics import pass_at_k
+from mathrl.plateau import dev_curve, rollouts_to_fraction
 from mathrl.stats import (
     HOLDS,
     NOT_TESTABLE,
@@ -45,15 +47,22 @@ from mathrl.stats import (
     combine,
     reachable,
     stable_verdict,
+    t_interval,
+    verdict,
 )
 from mathrl.studydata import Records, StudyData
 
 # Margins (accuracy, absolute): the smallest difference that counts, fixed per claim before the data. 0.02 = 2
 # points, the size of effects the paper reads as "similar" (its Table 1 rows within ~2 points); F3 compares
-# fractions of a gain; F5 is the paper's quantitative claim, a gap under 10 points after RL (GSM8K).
+# sample complexities in log2 rollouts, "similar" within one doubling (the paper: EI and PPO both converge within
+# ~60K samples; the log-spaced evaluation schedule doubles the rollouts between points, so a finer margin would
+# be below the schedule's resolution); F5 is the paper's quantitative claim, a gap under 10 points after RL (GSM8K).
 MARGIN = 0.02
-F3_MARGIN = 0.25
+F3_MARGIN = 1.0
 F5_GAP = 0.10
+# sample complexity: the rollouts a run needs to reach this fraction of its gain over its start on its dev curve
+# (``plateau.rollouts_to_fraction``); 0.9 rather than 1 because the best point of a plateau is its noisiest
+FRACTION = 0.9
 # the ORM's parts of F4 count only when it ranks a question's own samples better than chance: its held-out
 # within-question AUC above 0.55 (the report.json carries a point estimate; 0.05 is about two standard errors of
 # an AUC over a few hundred held-out questions)
@@ -222,12 +231,58 @@ def final(data: StudyData, model: str) -> dict:
 
 
 def curve_points(data: StudyData, run: str) -> dict[int, dict]:
-    """{rollouts: {seed: records}} of a run's in-run evaluations, at the rollout points every seed has."""
+    """{rollouts: {seed: records}} of a run's in-run evaluations (dev questions), at the rollout points every seed
+    has; a seed that stopped at its plateau has its last point carried to its run's later points
+    (``studydata.carry_forward``; ``RunResults.carried`` says which)."""
     by_seed = data.runs[run].curve if run in data.runs else {}
     if not by_seed:
         return {}
     common = set.intersection(*(set(p) for p in by_seed.values()))
     return {r: {s: pts[r] for s, pts in by_seed.items()} for r in sorted(common)}
+
+
+@dataclass(frozen=True)
+class SeedComplexity:
+    """One seed of a run on its dev curve (``plateau.dev_curve`` of its history): the rollouts to FRACTION of its
+    gain over its start (None: the curve never rose, the seed did not learn), where it stopped at its plateau
+    (None: it reached its cap without one), and the rollouts it consumed."""
+
+    to_fraction: float | None
+    plateau_at: int | None
+    rollouts: int
+
+
+@dataclass(frozen=True)
+class SampleComplexity:
+    """A run's sample complexity over its seeds: ``seeds[seed]``, and ``interval``, the t-interval over the seeds
+    that learned of their rollouts to FRACTION of the gain (``stats.t_interval``; one seed: no interval; None:
+    no seed learned)."""
+
+    run: str
+    seeds: dict[int, SeedComplexity]
+
+    @property
+    def learned(self) -> dict[int, float]:
+        return {s: c.to_fraction for s, c in self.seeds.items() if c.to_fraction is not None}
+
+    @property
+    def interval(self) -> Interval | None:
+        xs = list(self.learned.values())
+        return t_interval(xs) if xs else None
+
+
+def sample_complexity(data: StudyData, run: str) -> SampleComplexity | None:
+    """Each seed's rollouts to FRACTION of its dev gain and its plateau stop, from its history (the seeds with two
+    or more evaluated points: the start and one after it); None when no seed has them."""
+    r = data.runs.get(run)
+    out = {}
+    for seed, history in sorted((r.history if r else {}).items()):
+        curve = dev_curve(history)
+        if len(curve) < 2:
+            continue
+        out[seed] = SeedComplexity(rollouts_to_fraction(curve, FRACTION), history[-1].get("plateau_at"),
+                                   history[-1].get("rollouts", curve[-1][0]))
+    return SampleComplexity(run, out) if out else None
 
 
 def start_of(data: StudyData, run: Run) -> str:
@@ -389,37 +444,49 @@ def stability(found: dict[str, Finding]) -> tuple[int, int]:
 # the claims with a function of their own
 
 
-def _budget_to_gain(data: StudyData, claim: Claim) -> Finding | None:
-    """F3: over the rollout points both runs share (three or more), each run's gain (last - first point) must
-    be significant; then the fraction of it reached at the middle point, EI - PPO, is compared."""
+def _budget_to_converge(data: StudyData, claim: Claim) -> Finding | None:
+    """F3: EI and PPO need a similar rollout budget to converge. Gate: each run learned on its dev curve (its maj@1
+    at the last point every seed has, carried forward from a plateau stop, minus at 0 rollouts, significantly above
+    0); else not testable at this budget. Then, paired by seed where both runs' dev curves rose, the difference EI -
+    PPO of log2 of the rollouts to FRACTION of the plateau gain (``sample_complexity``), its t-interval over those
+    seeds (``stats.t_interval``), rule ``similar`` with a margin of one doubling (|log2 ratio| < F3_MARGIN)."""
     curves = {run.name: curve_points(data, run.name) for run in (EI, PPO)}
-    shared = sorted(set(curves[EI.name]) & set(curves[PPO.name]))
-    if len(shared) < 3:
+    both = {run.name: sample_complexity(data, run.name) for run in (EI, PPO)}
+    if not all(len(c) >= 2 for c in curves.values()) or not all(both.values()):
         return None
-    r0, rmid, rend = shared[0], shared[len(shared) // 2], shared[-1]
     gains = []
-    for run in curves:
-        src = {f"{run}@{r}": curves[run][r] for r in (r0, rend)}
-        gains.append(part(f"{run} at {rend} - at {r0} rollouts, maj@1 (the gain)", src, "maj@1",
-                          diff(f"{run}@{rend}", f"{run}@{r0}"), "raises", claim.margin, gate=True))
+    for run, pts in curves.items():
+        r0, rend = min(pts), max(pts)
+        gains.append(part(f"{run} at {rend} - at {r0} rollouts, dev maj@1 (did it learn?)",
+                          {"end": pts[rend], "start": pts[r0]}, "maj@1", diff("end", "start"), "raises", MARGIN,
+                          gate=True))
     if not all(gains):
         return None
     if not all(g.verdict == HOLDS for g in gains):
         return Finding(claim.key, claim.text, NOT_TESTABLE, gains,
-                       "not testable at this budget: the gain of "
+                       "not testable at this budget: the dev gain of "
                        + " and ".join(g.label.split(" at ")[0] for g in gains if g.verdict != HOLDS)
-                       + " is not significant, so there is no budget-to-gain to compare")
-    src = {f"{run}@{r}": curves[run][r] for run in curves for r in (r0, rmid, rend)}
-
-    def frac(mm, run):
-        g = mm[f"{run}@{rend}"] - mm[f"{run}@{r0}"]
-        return np.where(np.abs(g) > 1e-9, (mm[f"{run}@{rmid}"] - mm[f"{run}@{r0}"]) / g, np.nan)
-
-    p = part(f"fraction of the gain reached at {rmid} rollouts, EI - PPO", src, "maj@1",
-             lambda mm: frac(mm, EI.name) - frac(mm, PPO.name), "similar", F3_MARGIN)
-    if not p:
-        return None
-    return Finding(claim.key, claim.text, decide([p]), gains + [p], f"both runs evaluated at {shared} rollouts")
+                       + " is not significant, so there is no budget to converge to compare")
+    ei, ppo = both[EI.name].learned, both[PPO.name].learned
+    paired_seeds = sorted(set(ei) & set(ppo))
+    if not paired_seeds:
+        return Finding(claim.key, claim.text, NOT_TESTABLE, gains,
+                       "not testable at this budget: no seed on which both dev curves rose")
+    d = [math.log2(ei[s]) - math.log2(ppo[s]) for s in paired_seeds]
+    iv = t_interval(d)
+    n_q = len(next(iter(curves[EI.name][min(curves[EI.name])].values())))
+    p = Part(f"log2 rollouts to {FRACTION:.0%} of the dev plateau gain, EI - PPO (paired by seed)", iv, "similar",
+             F3_MARGIN, verdict("similar", iv, F3_MARGIN), len(d), n_q)
+    notes = [f"seeds {', '.join(map(str, paired_seeds))}; EI / PPO rollouts to {FRACTION:.0%}: "
+             + ", ".join(f"{ei[s]:,.0f} / {ppo[s]:,.0f}" for s in paired_seeds)]
+    if len(d) == 1:
+        notes.append("one seed, no interval")
+    capped = [f"{run} seed {s}" for run, sc in both.items() for s, c in sc.seeds.items()
+              if s in paired_seeds and c.plateau_at is None]
+    if capped:
+        notes.append(f"{', '.join(capped)} reached the cap without a plateau: the budget to {FRACTION:.0%} of the "
+                     "gain reached by the cap is a lower bound on the budget to converge")
+    return Finding(claim.key, claim.text, decide([p]), gains + [p], "; ".join(notes))
 
 
 def _gap_closes(data: StudyData, claim: Claim) -> Finding | None:
@@ -519,7 +586,10 @@ CLAIMS = (
     # F2 (b): SFT trained on from the SFT model with an RL run's budget raises maj@1 (its gate) and lowers pass@k
     Claim("F2b", "continued SFT trades them: it raises maj@1 and lowers pass@k", (
         Comparison(Final(SFT_MORE), Final(SFT), PASS_UNSAT, "falls", learn=("a",)),)),
-    Claim("F3", "EI and PPO need a similar rollout budget for their gain", own=_budget_to_gain),
+    # F3: the paper's "similar sample complexity" (both converge within ~60K samples), as rollouts to 90% of the
+    # dev plateau gain within one doubling
+    Claim("F3", f"EI and PPO need a similar rollout budget to converge ({FRACTION:.0%} of the dev plateau gain, "
+          "within a factor of 2)", own=_budget_to_converge),
     # F4: each variant minus its sparse counterpart, two-sided (a reward that hurts is not "little difference");
     # the sparse run must have learned; the ORM's parts count only when it ranks within a question
     Claim("F4", "dense and ORM rewards make little difference over sparse (either way)", (
@@ -530,5 +600,5 @@ CLAIMS = (
     Claim("F5", f"after RL the pretrained-vs-SFT gap narrows, to under {F5_GAP:.2f} on maj@1 (EI and PPO)",
           own=_gap_closes),
     Claim("F6", "pass@K saturates while RL still learns, and RL solves few questions SFT cannot", own=_saturates,
-          note="the saturation half on in-run evaluations (test problems, fewer samples than the final evaluation)"),
+          note="the saturation half on in-run evaluations (dev problems, fewer samples than the final evaluation)"),
 )

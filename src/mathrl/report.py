@@ -13,9 +13,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mathrl.findings import (CLAIMS, F3_MARGIN, F5_GAP, LADDER, MARGIN, N_BOOT, ORM_MIN_AUC, SATURATED, Part,
-                             curve_points, diff, final, findings, paired, pass_metric, samples_per_question, scores,
-                             stability, unsaturated_k)
+from mathrl.findings import (CLAIMS, F3_MARGIN, F5_GAP, FRACTION, LADDER, MARGIN, N_BOOT, ORM_MIN_AUC, SATURATED,
+                             Part, curve_points, diff, final, findings, paired, pass_metric, sample_complexity,
+                             samples_per_question, scores, stability, unsaturated_k)
 from mathrl.grid import EI, GRPO, PPO, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
 from mathrl.plots import pyplot
@@ -127,6 +127,33 @@ def budget_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     return ["run", "rollout budget", "rollouts consumed", "trains on reference solutions", "seeds"], rows
 
 
+def sample_complexity_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """Per RL run: its seeds' rollouts to FRACTION of the dev plateau gain, their mean with a t-interval over the
+    seeds that learned, each seed's value and where it stopped (its plateau, or the cap), and how many of its
+    curve's points were carried forward from a plateau stop (``studydata.carry_forward``)."""
+    rows = []
+    for name, r in data.runs.items():
+        sc = sample_complexity(data, name)
+        if sc is None:
+            continue
+        learned, iv = sc.learned, sc.interval
+        if iv is None:
+            mean = "did not learn"
+        elif iv.seeds == 1:
+            mean = f"{iv.estimate:,.0f} (one seed, no interval)"
+        else:
+            mean = f"{iv.estimate:,.0f} [{iv.lo:,.0f}, {iv.hi:,.0f}]"
+        per_seed = "; ".join(
+            f"seed {s}: " + ("did not learn" if c.to_fraction is None else f"{c.to_fraction:,.0f}") + ", "
+            + ("cap reached, no plateau" if c.plateau_at is None else f"plateau at {c.plateau_at:,}")
+            for s, c in sc.seeds.items())
+        carried = sum(len(v) for v in r.carried.values())
+        rows.append([_label(data, name), f"{len(learned)} of {len(sc.seeds)}", mean, per_seed,
+                     f"{carried} of {sum(len(v) for v in r.curve.values())}"])
+    return ["run", "seeds that learned", f"rollouts to {FRACTION:.0%} of the dev plateau gain, mean [95% CI]",
+            f"per seed: rollouts to {FRACTION:.0%}, where it stopped", "curve points carried forward"], rows
+
+
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
 
@@ -204,8 +231,14 @@ def _band(data: StudyData, run: str, metric: str):
     return xs, mean, lo, hi
 
 
+def _rollouts(x: float) -> str:
+    return f"{x / 1024:g}K" if x >= 1024 else f"{x:g}"
+
+
 def plot_curves(data: StudyData, root: Path) -> list[Path]:
-    """Per algorithm: maj@1 and (verified) pass@k vs rollouts consumed, the mean over seeds with its 95% band."""
+    """Per algorithm: dev maj@1 and (verified) pass@k vs rollouts consumed, the mean over seeds with its 95% band,
+    on a log2 rollouts axis (the evaluations are log-spaced: 0, N, 2N, 4N, ...; symlog keeps the start at 0 on
+    it, linear up to the first point). Points carried forward from a plateau stop count in the legend."""
     plt = pyplot()
     by_alg = {}
     for run, r in data.runs.items():
@@ -214,18 +247,31 @@ def plot_curves(data: StudyData, root: Path) -> list[Path]:
     files = []
     for alg, runs in sorted(by_alg.items()):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+        ticks = set()
         for run in runs:
-            run_k = samples_per_question(next(iter(next(iter(data.runs[run].curve.values())).values())))
+            r = data.runs[run]
+            run_k = samples_per_question(next(iter(next(iter(r.curve.values())).values())))
+            carried = sum(len(v) for v in r.carried.values())
+            n = len(r.curve)
+            label = (f"{run} ({n} seed{'s' * (n != 1)}"
+                     + (f", {carried} point{'s' * (carried != 1)} carried" if carried else "") + ")")
             for ax, metric in zip(axes, ("maj@1", pass_metric(data, run_k) if run_k else None)):
                 if metric is None:
                     continue
                 xs, mean, lo, hi = _band(data, run, metric)
                 if xs:
-                    line, = ax.plot(xs, mean, marker="o", label=f"{run} ({len(data.runs[run].curve)} seeds)")
+                    line, = ax.plot(xs, mean, marker="o", label=label)
                     ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-                    ax.set_title(f"{alg}: {metric} vs rollouts (95% band)")
+                    ax.set_title(f"{alg}: dev {metric} vs rollouts (95% band over seeds)", fontsize=9)
+                    ax.set_ylabel(f"dev {metric}")
+                    ticks.update(xs)
+        positive = sorted(x for x in ticks if x > 0)
         for ax in axes:
-            ax.set_xlabel("rollouts consumed")
+            if positive:
+                ax.set_xscale("symlog", base=2, linthresh=positive[0])
+                ax.set_xticks(sorted(ticks), [_rollouts(x) for x in sorted(ticks)], fontsize=7)
+                ax.minorticks_off()
+            ax.set_xlabel("rollouts consumed (log2 axis)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         files.append(_save(plt, fig, root / f"curve-{alg.lower()}.png"))
@@ -406,14 +452,16 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
               "an interval over one seed has no seed variance and says so. "
               f"{N_BOOT} replicates (400 per point for the plots' bands); every verdict is decided again on a second "
               f"bootstrap seed: {checked} verdicts checked, {flipped} changed (one that changes is called "
-              f"inconclusive). Verdict rules, margin m = {MARGIN} (accuracy) unless stated (F3 {F3_MARGIN} of a "
-              f"gain; F5's gap after RL {F5_GAP}), fixed before the data: "
+              f"inconclusive). Verdict rules, margin m = {MARGIN} (accuracy) unless stated (F3 {F3_MARGIN} in log2 "
+              f"rollouts, one doubling, on a t-interval over seeds; F5's gap after RL {F5_GAP}), fixed before the "
+              "data: "
               + "; ".join(f"{name}: {text}" for name, text in RULES.items())
               + ". Where both a rule's holds and contradicted conditions are met (a significant change smaller than m), "
                 "holds wins. 'similar' can hold only at a half-width below m: where it is not reachable the part says "
                 "so (the margin is not widened to the precision reached: that would let noise make things similar). "
                 "Not testable: the arm a comparison is about did not learn (gate: its final maj@1 minus its start's "
-                "is not significantly above 0), or the ORM ranks a question's own samples no better than chance "
+                "is not significantly above 0; F3's gate: its dev maj@1 at its last in-run point minus at 0 "
+                "rollouts), or the ORM ranks a question's own samples no better than chance "
                 f"(within-question AUC <= {ORM_MIN_AUC}). A finding holds when all its parts hold, is contradicted "
                 "when any is, is not testable when a required part is, and is inconclusive otherwise. F2 tests pass@k "
                 f"at the largest k of {', '.join(map(str, LADDER))} where SFT's pass@k <= {SATURATED}"
@@ -439,6 +487,19 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
            Section("Findings", [Para(method, small=True), items]),
            Section("Results (test split)", results),
            Section("Differences (paired, 95% CI)", [Table(*diff_table(data))])]
+    complexity = sample_complexity_table(data)
+    if complexity[1]:
+        out.append(Section("Sample complexity", [
+            Para(f"Per RL run, on each seed's dev maj@1 curve (its in-run evaluations on dev questions, log-spaced "
+                 f"in rollouts): the rollouts to reach its start plus {FRACTION:.0%} of its gain (its best point "
+                 "minus its start), interpolated linearly between the points around it; their mean over the seeds "
+                 "that learned with a 95% t-interval (mean +- t(n-1) sd / sqrt(n); one seed has no interval); a seed "
+                 "whose curve never rose did not learn. Where each seed stopped: at its plateau (the best of its "
+                 "last two evaluations no more than the plateau margin above the best before them, after a rise "
+                 "above its start), or at its cap without one. A seed that stopped at its plateau produces its stop "
+                 "model for any larger budget, so its curve is carried forward to its run's later points (its last "
+                 "evaluation's records repeated): the last column counts those points among the curve's."),
+            Table(*complexity)]))
     objectives = objectives_table(data)
     if objectives[1]:
         out.append(Section("Objectives (ablation, paired, 95% CI)", [
@@ -447,7 +508,8 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     out += [Section("Power", [_power(data)]),
             Section("Per difficulty (test split, maj@1, mean over seeds)", [Table(*difficulty_table(data))]),
             Section("Budgets", [Para("Every RL run from either start has the same rollout budget (samples drawn for "
-                                     "training; in-run evaluations not counted)."), Table(*budget_table(data))])]
+                                     "training; in-run evaluations not counted), its cap: a run that stops at its "
+                                     "dev plateau consumes fewer."), Table(*budget_table(data))])]
     orm = _reward_models(data)
     if orm:
         out.append(Section("Reward models", [Items(orm)]))

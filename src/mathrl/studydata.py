@@ -1,8 +1,10 @@
 """What the study report reads, as typed records: ``collect`` reads the stages' outputs into a ``StudyData``.
 
 Per-question records come from every evaluation (``samples.jsonl`` of the final evaluations,
-``eval_questions.jsonl`` of the RL runs' in-run evaluations, ``dev_questions.jsonl`` of SFT's epochs), so every
-difference can be paired over the same questions and, where runs have several seeds, over seeds.
+``eval_questions.jsonl`` of the RL runs' in-run evaluations on dev questions, ``dev_questions.jsonl`` of SFT's
+epochs), so every difference can be paired over the same questions and, where runs have several seeds, over seeds.
+A seed that stopped at its dev plateau has its curve carried forward to the points its run's other seeds reached
+(``carry_forward``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
 from mathrl.metrics import majority_vote_score
+from mathrl.plateau import stopped_at_plateau
 from mathrl.stagecache import is_current, read_json
 
 Seed = int | None  # None: a shared model, evaluated once
@@ -83,13 +86,36 @@ class Evaluation:
 
 @dataclass
 class RunResults:
-    """One RL run of the grid over its seeds: ``history[seed]`` its logged rows (keys vary by algorithm),
-    ``curve[seed][rollouts]`` its in-run evaluations' records."""
+    """One RL run of the grid over its seeds: ``history[seed]`` its logged rows (keys vary by algorithm; an
+    in-run evaluation's row has ``maj@1`` on dev questions, and the row where the run stopped at its plateau
+    ``plateau_at``), ``curve[seed][rollouts]`` its in-run evaluations' records (dev questions)."""
 
     run: Run
     rollouts: int = 0  # the run's rollout budget
     history: dict[int, list[dict]] = field(default_factory=dict)
     curve: dict[int, dict[int, Records]] = field(default_factory=dict)
+    # carried[seed]: the points of curve[seed] carried forward from a plateau stop (``carry_forward``)
+    carried: dict[int, list[int]] = field(default_factory=dict)
+
+
+def carry_forward(r: RunResults) -> None:
+    """Carry the curve of each seed that stopped at its plateau forward to the later points other seeds of the run
+    have: a run that stopped at its plateau (``plateau.stopped_at_plateau``: ``plateau_at`` on its history's last
+    record) produces its stop model for any larger budget, so at every later point of another seed its records
+    are those of its last evaluated point. Seeds then share their points (``findings.curve_points`` reads only the
+    points every seed has: without this, one seed stopping early would cut every seed's curve there).
+    ``r.carried[seed]`` lists the points so filled, for the report to count. A seed that stopped without a
+    plateau is not carried: its later models are unknown."""
+    points = sorted({p for pts in r.curve.values() for p in pts})
+    for seed, pts in r.curve.items():
+        if not pts or not stopped_at_plateau(r.history.get(seed, [])):
+            continue
+        last = max(pts)
+        later = [p for p in points if p > last]
+        for p in later:
+            pts[p] = pts[last]
+        if later:
+            r.carried[seed] = later
 
 
 @dataclass(frozen=True)
@@ -190,4 +216,6 @@ def collect(root: Path, stages) -> StudyData:
         elif s.base == SFT:
             for row in _jsonl(d / "dev_questions.jsonl"):
                 data.sft_dev[row["epoch"]] = [Question.of(q) for q in row["questions"]]
+    for r in data.runs.values():
+        carry_forward(r)
     return data
