@@ -214,13 +214,14 @@ def test_sample_complexity_table():
 
     d = StudyData(k=4)
     # seed 0 stopped at its plateau at 4,096 (90% at 0.9 * 1,024 = 921.6), seed 1 reached the cap without one
-    # (0.9 * 2,048 = 1,843.2), seed 2 never rose (did not learn). Over the 2 that learned: mean 1,382.4, sd
-    # 921.6 / sqrt(2) = 651.67, half-width t(0.975, 1) * 651.67 / sqrt(2) = 12.706 * 460.8 = 5,855.0
+    # (0.9 * 2,048 = 1,843.2), seed 2 never rose (did not learn). Over the 2 that learned, in log2: 9.848 and
+    # 10.848 (one doubling apart), mean 10.348 -> 2^10.348 = sqrt(921.6 * 1,843.2) = 1,303.4; sd 1 / sqrt(2),
+    # half-width t(0.975, 1) * (1 / sqrt(2)) / sqrt(2) = 12.706 / 2 = 6.353 -> 2^(10.348 -+ 6.353) = 16 and 106,545
     _dev_run(d, EI, {0: lin(1024, POINTS[:4]), 1: lin(2048), 2: FLAT}, plateau=(0,))
     _dev_run(d, PPO, {0: FLAT})  # one seed, never rose
     _, rows = sample_complexity_table(d)
     ei, ppo = rows
-    assert ei[1] == "2 of 3" and ei[2] == "1,382 [-4,473, 7,237]"
+    assert ei[1] == "2 of 3" and ei[2] == "1,303 [16, 106,545]"
     assert ei[3] == ("seed 0: 922, plateau at 4,096; seed 1: 1,843, cap reached, no plateau; "
                      "seed 2: did not learn, cap reached, no plateau")
     assert ei[4] == "1 of 15"  # seed 0's point at 8,192, of 5 points for each of 3 seeds

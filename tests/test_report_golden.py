@@ -141,10 +141,10 @@ GOLDEN = [
 
 
 GOLDEN_COMPLEXITY = [
-    '| EI (sparse, from sft) | 2 of 2 | 345 [-1,110, 1,800] | seed 0: 459, cap reached, no plateau; seed 1: 230, plateau at 256 | 1 of 6 |',
-    '| PPO (sparse, from sft) | 2 of 2 | 482 [385, 578] | seed 0: 489, cap reached, no plateau; seed 1: 474, cap reached, no plateau | 0 of 6 |',
+    '| EI (sparse, from sft) | 2 of 2 | 325 [4, 26,107] | seed 0: 459, cap reached, no plateau; seed 1: 230, plateau at 256 | 1 of 6 |',
+    '| PPO (sparse, from sft) | 2 of 2 | 482 [394, 588] | seed 0: 489, cap reached, no plateau; seed 1: 474, cap reached, no plateau | 0 of 6 |',
     '| RCRL (sparse, from sft) | 1 of 2 | 230 (one seed, no interval) | seed 0: 230, cap reached, no plateau; seed 1: did not learn, cap reached, no plateau | 0 of 6 |',
-    '| SFT continued (reference solutions, from sft) | 2 of 2 | 455 [106, 804] | seed 0: 428, cap reached, no plateau; seed 1: 482, cap reached, no plateau | 0 of 6 |',
+    '| SFT continued (reference solutions, from sft) | 2 of 2 | 454 [211, 979] | seed 0: 428, cap reached, no plateau; seed 1: 482, cap reached, no plateau | 0 of 6 |',
     '| EI (orm, from sft) | 1 of 1 | 491 (one seed, no interval) | seed 0: 491, cap reached, no plateau | 0 of 3 |',
     '| PPO (dense, from sft) | 1 of 1 | 495 (one seed, no interval) | seed 0: 495, cap reached, no plateau | 0 of 3 |',
     '| PPO (orm, from sft) | 1 of 1 | 472 (one seed, no interval) | seed 0: 472, cap reached, no plateau | 0 of 3 |',

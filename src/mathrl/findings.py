@@ -16,6 +16,7 @@ learning half and the questions beyond SFT) have a function of their own beside 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -267,8 +268,14 @@ class SampleComplexity:
 
     @property
     def interval(self) -> Interval | None:
-        xs = list(self.learned.values())
-        return t_interval(xs) if xs else None
+        """The t-interval of the mean of log2(rollouts) over the seeds, mapped back: a geometric mean and an
+        interval that stays above 0 (budgets spread multiplicatively along the doubling schedule; on raw rollouts
+        a 2-seed interval reached below 0)."""
+        xs = [math.log2(max(1.0, x)) for x in self.learned.values()]
+        if not xs:
+            return None
+        iv = t_interval(xs)
+        return dataclasses.replace(iv, estimate=2 ** iv.estimate, lo=2 ** iv.lo, hi=2 ** iv.hi)
 
 
 def sample_complexity(data: StudyData, run: str) -> SampleComplexity | None:

@@ -150,7 +150,7 @@ def sample_complexity_table(data: StudyData) -> tuple[list[str], list[list[str]]
         carried = sum(len(v) for v in r.carried.values())
         rows.append([_label(data, name), f"{len(learned)} of {len(sc.seeds)}", mean, per_seed,
                      f"{carried} of {sum(len(v) for v in r.curve.values())}"])
-    return ["run", "seeds that learned", f"rollouts to {FRACTION:.0%} of the dev plateau gain, mean [95% CI]",
+    return ["run", "seeds that learned", f"rollouts to {FRACTION:.0%} of the dev plateau gain, geometric mean [95% CI]",
             f"per seed: rollouts to {FRACTION:.0%}, where it stopped", "curve points carried forward"], rows
 
 
