@@ -88,6 +88,7 @@ def test_a_run_stops_at_a_dev_plateau_and_stays_stopped(scripted, tiny_model_dir
     (["ei", "--stop-at-plateau", "--patience", "0", "--eval-split", "dev"], "--stop-at-plateau needs --eval-at log"),
     (["rcrl", "--eval-at", "log", "--stop-at-plateau"], "--stop-at-plateau decides on dev problems"),
     (["ppo", "--eval-at", "log", "--plateau-margin", "0.05"], "--plateau-margin has no effect without --stop-at"),
+    (["grpo", "--eval-at", "log", "--plateau-min", "8192"], "--plateau-min has no effect without --stop-at"),
     (["ei", "--eval-at", "log", "--eval-split", "dev", "--stop-at-plateau"], "two early-stopping rules"),
     (["grpo", "--eval-size", "0", "--eval-at", "log"], "--eval-at has no effect with --eval-size 0"),
     (["ppo", "--eval-at", "sometimes"], "unknown eval_at 'sometimes'"),

@@ -89,3 +89,13 @@ def test_rollouts_to_ninety_percent_interpolates_between_points():
 
 def test_rollouts_to_fraction_of_a_curve_that_never_rose_is_none():
     assert rollouts_to_fraction([(0, 0.40), (1024, 0.40), (2048, 0.35)]) is None
+
+
+def test_no_plateau_stop_before_the_minimum_rollouts():
+    # the curve of the test above meets the rule at 4,096 rollouts; with a minimum of 8,192 it does not stop there,
+    # and stops at the first point from 8,192 on where the rule still holds (best of {.50, .505} = .505 <= .51 + .02)
+    history = [{"rollouts": 0, "maj@1": 0.30}, {"rollouts": 1024, "maj@1": 0.50}, {"rollouts": 2048, "maj@1": 0.51},
+               {"rollouts": 4096, "maj@1": 0.50}]
+    assert not mark_plateau(history, 0.02, min_rollouts=8192) and "plateau_at" not in history[-1]
+    history.append({"rollouts": 8192, "maj@1": 0.505})
+    assert mark_plateau(history, 0.02, min_rollouts=8192) and history[-1]["plateau_at"] == 8192

@@ -128,7 +128,8 @@ def evaluation_due(cfg, inputs: Inputs, st, last: bool) -> bool:
 def stop_at_plateau(cfg, history: list, record: dict) -> bool:
     """With ``--stop-at-plateau``, whether the dev curve of ``history`` and the just evaluated ``record`` has
     plateaued (``plateau.mark_plateau``: ``record`` gets ``plateau_at``); the run stops after this iteration."""
-    if not cfg.schedule.stop_at_plateau or not mark_plateau([*history, record], cfg.schedule.plateau_margin):
+    if not cfg.schedule.stop_at_plateau or not mark_plateau([*history, record], cfg.schedule.plateau_margin,
+                                                                cfg.schedule.plateau_min):
         return False
     print(f"stopping: dev maj@1 has plateaued at {record['rollouts']} rollouts", flush=True)
     return True

@@ -36,7 +36,7 @@ def evaluation_due(schedule, history: list, last: bool) -> bool:
 def stop_at_plateau(schedule, history: list) -> bool:
     """With ``--stop-at-plateau``, whether the dev curve of ``history`` (its last record just evaluated) has
     plateaued (``plateau.mark_plateau``: the record gets ``plateau_at``); the run stops after this round."""
-    if not schedule.stop_at_plateau or not mark_plateau(history, schedule.plateau_margin):
+    if not schedule.stop_at_plateau or not mark_plateau(history, schedule.plateau_margin, schedule.plateau_min):
         return False
     print(f"stopping: dev maj@1 has plateaued at {history[-1]['rollouts']} rollouts", flush=True)
     return True

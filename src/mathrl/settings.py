@@ -260,24 +260,25 @@ class EvalSchedule:
                                          "--eval-split dev: never decided on test)")
     plateau_margin: float = field(0.02, "--stop-at-plateau: the least gain in dev maj@1 that counts as learning "
                                         "(docs/algorithms.md says why 0.02)")
+    plateau_min: int = field(0, "--stop-at-plateau: no stop before this many rollouts (0: none)")
 
     def validate(self) -> None:
         one_of(self.eval_at, EVAL_AT, "eval_at")
-        if self.eval_first < 1 or not 0 <= self.plateau_margin < 1:
-            raise UsageError("eval_first must be >= 1 and plateau_margin in [0, 1)")
+        if self.eval_first < 1 or not 0 <= self.plateau_margin < 1 or self.plateau_min < 0:
+            raise UsageError("eval_first must be >= 1, plateau_margin in [0, 1) and plateau_min >= 0")
         if self.eval_at != "log":
             refuse(self, ("eval_first",), "without --eval-at log")
             if self.stop_at_plateau:
                 raise UsageError("--stop-at-plateau needs --eval-at log (the rule compares the last two points of "
                                  "the log-spaced schedule)")
         if not self.stop_at_plateau:
-            refuse(self, ("plateau_margin",), "without --stop-at-plateau")
+            refuse(self, ("plateau_margin", "plateau_min"), "without --stop-at-plateau")
 
 
 def validate_schedule(cfg) -> None:
     """The checks of ``cfg.schedule`` (an ``EvalSchedule``) against ``cfg.eval`` (an ``Evaluation``)."""
     if not cfg.eval.eval_size:
-        refuse(cfg, ("eval_at", "eval_first", "stop_at_plateau", "plateau_margin"),
+        refuse(cfg, ("eval_at", "eval_first", "stop_at_plateau", "plateau_margin", "plateau_min"),
                "with --eval-size 0 (no in-run evaluation)")
     if cfg.schedule.stop_at_plateau and cfg.eval.eval_split != "dev":
         raise UsageError("--stop-at-plateau decides on dev problems: add --eval-split dev (early stopping never "

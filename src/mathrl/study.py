@@ -156,7 +156,7 @@ class Stage:
 # study, and 2x the ~16K at which both gained +0.038 maj@1 over SFT (docs/results.md); the paper reports ~60K.
 BUDGETS = {
     "full": dict(pretrain_steps=6000, sft_epochs=2, train_size=20000, dev_size=200, dev_k=16,
-                 orm_questions=1500, sorm_questions=1000, rollouts=32768, run_eval_size=200, run_eval_k=16,
+                 orm_questions=1500, sorm_questions=1000, rollouts=32768, run_eval_size=500, run_eval_k=16,
                  eval_first=1024,
                  max_new_tokens=96, eval_problems=1000, k_problems=120, k=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
@@ -224,10 +224,13 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     rl_compile = ["--compile"] if cfg.rl_compile else []
     # in-run evaluations on dev (model selection and the plateau rule never read test) at 0, eval_first and every
     # doubling; the plateau margin: 0.02 on 500 questions (about one standard error of a paired difference there,
-    # plateau.py) scaled by sqrt(500 / n) to the n dev questions evaluated (0.03 on 200)
+    # plateau.py) scaled by sqrt(500 / n) to the n dev questions evaluated (500 in the full study: 0.02)
     run_eval = ["--eval-size", str(b["run_eval_size"]), "--eval-k", str(b["run_eval_k"]), "--eval-split", "dev",
                 "--eval-at", "log", "--eval-first", str(b["eval_first"])]
-    plateau = ["--stop-at-plateau", "--plateau-margin", f"{0.02 * (500 / b['run_eval_size']) ** 0.5:.2f}"]
+    # no stop before a quarter of the cap: over two doublings a curve that still rises a point or so per doubling
+    # reads as flat on a few hundred dev questions (plateau.mark_plateau)
+    plateau = ["--stop-at-plateau", "--plateau-margin", f"{0.02 * (500 / b['run_eval_size']) ** 0.5:.2f}",
+               "--plateau-min", str(budget // 4)]
     shared_seed = ["--seed", "0", *device]
     # every stage that reads the task's data reads it where the study was told to (a model records its task's
     # name and options, not where its data lay)
