@@ -603,7 +603,9 @@ def test_your_own_jsonl_task_and_reward_function(start, tmp_path, capsys):
     reward = tmp_path / "my_reward.py"
     reward.write_text("def reward(prompts, completions, answer, **columns):\n"
                       "    assert len(prompts) == len(completions) == len(answer) == len(columns['question'])\n"
-                      "    return [len(c) % 3 / 2 for c in completions]  # differs within groups: signal\n")
+                      # alternating within each group of K=2 (rollouts come in (prompt, sample) order): every group
+                      # has signal, whatever the model writes
+                      "    return [i % 2 * 0.5 + len(c) % 2 * 0.25 for i, c in enumerate(completions)]\n")
     task = ["--task", f"jsonl:{data}", "--question-field", "q", "--answer-field", "final", "--solution-field", "work"]
     small = ["--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]
     out = tmp_path / "grpo"

@@ -97,9 +97,9 @@ def test_study_passes_the_engine_to_every_sampling_stage_but_dense_rcrl(tmp_path
 
     default = plan(Config(), tmp_path)
     assert not any("--engine" in s.command for s in default)
-    stages = plan(Config(engine="vllm"), tmp_path)
+    stages = plan(Config(engine="vllm", ablation="objectives"), tmp_path)  # the ablation's base is GRPO
     by = {s.name: s.command for s in stages}
-    for name in ("orm", "sorm", "ei-sparse-sft@0", "ppo-sparse-sft@0", "grpo-sparse-sft@0", "rcrl-sparse-sft@0",
+    for name in ("orm", "ei-sparse-sft@0", "ppo-sparse-sft@0", "grpo-sparse-sft@0", "rcrl-sparse-sft@0",
                  "eval-sft", "eval-ppo-orm-sft@0"):
         assert by[name][-2:] == ["--engine", "vllm"], name
     for name in ("pretrain", "sft", "rcrl-dense-sft@0", "eval-rcrl-dense-sft@0"):
