@@ -133,7 +133,7 @@ def _train(tiny_model_dir, out, *extra):
 
 def test_pairwise_training_changes_the_weights(tiny_model_dir, tmp_path):
     start = _weights(tiny_model_dir)
-    whole = _train(tiny_model_dir, tmp_path / "whole")
+    whole = _train(tiny_model_dir, tmp_path / "whole", "--pairwise-weight", "1")
     trunk = [k for k in whole if k in start and whole[k].shape == start[k].shape]
     assert trunk and any(not torch.equal(whole[k], start[k]) for k in trunk)
     report = json.loads((tmp_path / "whole" / "report.json").read_text())
@@ -144,7 +144,7 @@ def test_pairwise_training_changes_the_weights(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["-k", "1"], "-k 1 leaves no question two samples to rank"),
+    (["--pairwise-weight", "1", "-k", "1"], "-k 1 leaves no question two samples to rank"),
     (["--pairwise-weight", "-1"], "pairwise-weight must be >= 0"),
 ])
 def test_pairwise_weight_refused_where_it_does_nothing(argv, message, capsys):

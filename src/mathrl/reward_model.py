@@ -13,11 +13,13 @@ architectures without one (136 of 196 causal LMs in transformers 5.24: Gemma 3, 
   the prefix ending at that step: from the prefix, sample M continuations with the policy; the step is good if
   any continuation reaches a correct answer. Tokens of a step carry their step's label.
 
-A token-level BCE alone learns, above all, which *questions* are hard: on the embedded default its pooled held-out
-AUC was 0.78 while, inside one question's samples, it ranked correct below incorrect more often than not (0.46),
-so reranking picked wrong answers. ``pairwise_loss`` adds what reranking needs, the Bradley-Terry loss of a
-question's correct samples outscoring its incorrect ones (as reward models for preference pairs are trained:
-Ouyang et al. 2022, eq. 1), on the final-token logit that is the ORM's score.
+A token-level BCE is minimised, above all, by knowing which *questions* are hard: in a study on the embedded
+default its pooled held-out AUC was 0.78 while, inside one question's samples, it was 0.46, and reranking picked
+wrong answers. ``pairwise_loss`` (``orm train --pairwise-weight``) is the objective that reranking asks for, the
+Bradley-Terry loss of a question's correct samples outscoring its incorrect ones (as reward models for
+preference pairs are trained: Ouyang et al. 2022, eq. 1), on the final-token logit that is the ORM's score. (On
+the embedded default it did not help: the 0.7M model cannot check the arithmetic that separates a question's
+samples; docs/results.md.)
 
 ``score_texts`` (for rerank@K and as a learned reward) and ``step_scores`` read the probabilities back.
 """

@@ -23,9 +23,9 @@ class Config:
     m: int = field(4, "SORM: continuations sampled from each step prefix")
     sorm_samples: int = field(1500, "SORM: training samples that get rollout step labels (the SORM trains on "
                                         "those only)")
-    pairwise_weight: float = field(1.0, "weight of the within-question pairwise (Bradley-Terry) loss added to the "
+    pairwise_weight: float = field(0.0, "weight of a within-question pairwise (Bradley-Terry) loss added to the "
                                         "token BCE: a question's correct samples should outscore its incorrect ones "
-                                        "(batches then hold whole questions); 0: BCE alone")
+                                        "(batches then hold whole questions); 0: the BCE alone")
     balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
     heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
     epochs: float = field(2.0, "passes over the labelled samples")
