@@ -118,6 +118,26 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
+def within_question_auc(scores: Sequence[float], labels: Sequence[bool], questions: Sequence[str]) -> float:
+    """AUC inside each question's own samples, averaged over the questions that have both a correct and an
+    incorrect sample (nan if none does): per question, the fraction of its (correct, incorrect) pairs that the
+    scores order correctly, ties 1/2. What reranking a question's samples needs; the pooled ``auc`` also rewards a
+    score that only knows which questions are easy.
+
+    >>> within_question_auc([0.9, 0.1, 0.2, 0.8, 0.5], [True, False, True, False, True], ["a", "a", "b", "b", "c"])
+    0.5
+    """
+    if not len(scores) == len(labels) == len(questions):
+        raise ValueError("within_question_auc needs one score, label and question per sample")
+    by_question: dict[str, tuple[list[float], list[bool]]] = {}
+    for s, y, q in zip(scores, labels, questions):
+        by_question.setdefault(q, ([], []))
+        by_question[q][0].append(s)
+        by_question[q][1].append(bool(y))
+    per_question = [auc(s, y) for s, y in by_question.values() if any(y) and not all(y)]
+    return sum(per_question) / len(per_question) if per_question else float("nan")
+
+
 def guesser_pass_at_k(train_answers: Sequence[str], test_answers: Sequence[str], k: int) -> float:
     """pass@k of a question-blind guesser that draws k answers i.i.d. from the train answers' empirical
     distribution p: the mean over test questions of 1 - (1 - p(answer))^k. The floor that answer-only pass@k

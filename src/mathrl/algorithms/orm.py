@@ -3,9 +3,11 @@
 Loop: **collect** K solutions per training question from the policy -> **label** them (ORM: the sparse reward
 on every completion token; SORM: per step, whether any of M policy continuations from the prefix ending at that
 step reaches a correct answer, an estimate of V*) -> **learn** a token-level binary classifier initialised from
-the policy (``reward_model.py``) -> **evaluate** on held-out questions: AUC of the final score against
-correctness, and on tasks with an exact step check the agreement of step scores with it (a step is truly bad
-from the first wrong step on; we report precision/recall of "score < 0.5" for bad steps) -> save OUT/model.
+the policy (``reward_model.py``): the token BCE plus ``--pairwise-weight`` times the within-question pairwise loss
+(``reward_model.pairwise_loss``), over batches of whole questions -> **evaluate** on held-out questions: AUC of
+the final score against correctness, pooled and within a question's own samples (what reranking needs), and on
+tasks with an exact step check the agreement of step scores with it (a step is truly bad from the first wrong
+step on; we report precision/recall of "score < 0.5" for bad steps) -> save OUT/model.
 
 Label ratio: natural by default; ``--balance`` drops samples of the majority class to 1:1.
 """
@@ -21,23 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+import torch
+
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.orm_config import Config
 from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.errors import UsageError
-from mathrl.metrics import auc
-from mathrl.models import apply_lora, final_model, gradient_checkpointing, load_model
+from mathrl.metrics import auc, within_question_auc
+from mathrl.models import apply_lora, autocast, final_model, gradient_checkpointing, load_model
 from mathrl.record import ModelRecord, model_dir as local_model_dir
-from mathrl.reward_model import RewardModel, token_classifier
+from mathrl.reward_model import RewardModel, pairwise_loss, token_classifier
 from mathrl.runsetup import few_shot_examples, start_run, task_for, warn_tiny_default_lr, write_record
 from mathrl.runlog import RunLogger, progress
 from mathrl.sampler import sampling_params
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.tasks import task_options
 from mathrl.tasks.prompting import completion_text, prompt_record
-from mathrl.training import Example, make_optimizer, train_steps
+from mathrl.training import Batch, Example, StepStats, clip_and_step, collate, lr_at, make_optimizer, set_lr, train_steps
 
 
 @dataclass
@@ -147,8 +151,14 @@ def train(cfg: Config) -> Path:
     model.train()
     t_train = time.time()
     learner = compiled(model) if cfg.compile else model  # the weights are model's
-    for st in train_steps(learner, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id, device=device,
-                          total_steps=total, seed=cfg.run.seed, start_step=step, objective="bce"):
+    if cfg.pairwise_weight > 0:
+        steps = _ranked_steps(learner, optimizer, examples, [r.correct for r in train_records],
+                              [r.id for r in train_records], cfg, pad_id=tokenizer.pad_token_id, device=device,
+                              total_steps=total, start_step=step)
+    else:
+        steps = train_steps(learner, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id, device=device,
+                            total_steps=total, seed=cfg.run.seed, start_step=step, objective="bce")
+    for st in steps:
         bar.update(1)
         bar.set_postfix(loss=f"{st.loss:.3f}")
         if st.step % 20 == 0 or st.step == total:
@@ -180,6 +190,116 @@ def train(cfg: Config) -> Path:
           + (f", bad-step precision {report['step_precision']:.3f} recall {report['step_recall']:.3f}"
              if "step_precision" in report else "") + f"; written to {model_dir}")
     return model_dir
+
+
+def by_question(rows, questions: list[str]) -> list[list[int]]:
+    """``rows`` (sample indices) grouped by their question (``questions[i]``), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i in rows:
+        groups.setdefault(questions[i], []).append(i)
+    return list(groups.values())
+
+
+def pack(groups: list[list[int]], size: int) -> list[list[int]]:
+    """Consecutive whole groups cut into batches of at most ``size`` samples (a group larger than that alone)."""
+    batches: list[list[int]] = []
+    for g in groups:
+        if batches and len(batches[-1]) + len(g) <= size:
+            batches[-1] += g
+        else:
+            batches.append(list(g))
+    return batches
+
+
+def question_batches(questions: list[str], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches of whole questions (``questions``: a question id per sample): the questions shuffled and
+    packed, a batch closing before it would exceed ``batch_size`` samples. Every sample appears exactly once."""
+    groups = by_question(range(len(questions)), questions)
+    rng.shuffle(groups)
+    return pack(groups, batch_size)
+
+
+@dataclass
+class RankedBatch:
+    """A micro-batch of whole questions: the token batch (``labels``: the BCE targets), each row's outcome
+    ``correct`` (B,) bool and question ``question`` (B,) long."""
+
+    batch: Batch
+    correct: torch.Tensor
+    question: torch.Tensor
+
+
+def ranked_grads(model, micro_batches: list[RankedBatch], device, total: int, n_mixed: int, weight: float) -> float:
+    """Accumulate the gradient of the BCE + pairwise objective over micro-batches of whole questions; returns the
+    loss. The loss of the optimizer batch: the token BCE summed over its ``total`` targets / ``total`` +
+    ``weight`` x ``pairwise_loss`` summed over its questions / its ``n_mixed`` questions with both labels; each
+    micro-batch adds its share, so accumulation is exact (as ``training.bce_grads``)."""
+    loss_value = 0.0
+    for rb in micro_batches:
+        mb = rb.batch.to(device)
+        with autocast(model):
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[..., 0].float()  # (B, T)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, mb.labels, reduction="none")
+        # the ORM's score is its logit at the last completion token (a row without targets: the last position)
+        last = mb.loss_mask.shape[1] - 1 - mb.loss_mask.flip(1).int().argmax(1)  # (B,)
+        scores = logits[torch.arange(len(last), device=logits.device), last]  # (B,)
+        pair_sum, _ = pairwise_loss(scores, rb.correct.to(logits.device), rb.question.to(logits.device))
+        loss = (bce * mb.loss_mask).sum() / max(total, 1) + weight * pair_sum / max(n_mixed, 1)
+        loss.backward()
+        loss_value += loss.item()
+    return loss_value
+
+
+def _ranked_steps(model, optimizer, examples: list[Example], correct: list[bool], questions: list[str], cfg: Config,
+                  *, pad_id: int, device, total_steps: int, start_step: int = 0):
+    """``training.train_steps`` for the BCE + pairwise objective (``ranked_grads``): the same schedule, clipping
+    and data-parallel sums, over batches of whole questions; each rank and micro-batch takes whole questions too,
+    so that every within-question pair meets in one pass."""
+    optim, world = cfg.optim, distributed.world_size()
+    qid = {q: n for n, q in enumerate(dict.fromkeys(questions))}
+
+    def epoch(e: int) -> list[list[int]]:  # a pure function of (seed, epoch): a resumed run replays its batches
+        return question_batches(questions, optim.batch_size, random.Random(f"{cfg.run.seed}/epoch{e}"))
+
+    def ranked(rows: list[int]) -> RankedBatch:
+        if not rows:  # FSDP's blank pass: a row without targets, alone in its question (no pair)
+            first = examples[0]
+            blank = Example(first.input_ids, (False,) * len(first.input_ids), first.labels)
+            return RankedBatch(collate([blank], pad_id), torch.tensor([False]), torch.tensor([-1]))
+        return RankedBatch(collate([examples[i] for i in rows], pad_id), torch.tensor([correct[i] for i in rows]),
+                           torch.tensor([qid[questions[i]] for i in rows]))
+
+    per_epoch = len(epoch(0))
+    e, batches, step = 0, epoch(0), 0
+    while step < start_step:  # the data position is the step
+        skip = min(len(batches), start_step - step)
+        step, batches = step + skip, batches[skip:]
+        if not batches:
+            e, batches = e + 1, epoch(e + 1)
+    while step < total_steps:
+        batch = batches.pop(0)
+        if not batches:
+            e, batches = e + 1, epoch(e + 1)
+        total = sum(sum(examples[i].loss_mask) for i in batch)
+        n_mixed = len({questions[i] for i in batch if correct[i]} & {questions[i] for i in batch if not correct[i]})
+        # data parallel (torchrun): rank r takes the batch's questions r, r+N, ...; micro-batches of whole questions
+        groups = by_question(batch, questions)
+        local = pack(groups[distributed.rank() :: world], optim.micro or len(batch))
+        if distributed.is_sharded(model):  # FSDP: every rank runs as many passes
+            passes = max(len(pack(groups[r::world], optim.micro or len(batch))) for r in range(world))
+            local += [[]] * (passes - len(local))
+        multiplier = lr_at(step, total_steps, optim.warmup_steps, optim.min_lr_ratio)
+        set_lr(optimizer, optim.lr, multiplier)
+        loss = ranked_grads(model, [ranked(rows) for rows in local], device, total, n_mixed, cfg.pairwise_weight)
+        n_tokens = sum(len(examples[i].input_ids) for rows in local for i in rows)
+        distributed.all_reduce_grads(model.parameters())
+        loss, n_tokens = distributed.all_reduce_sum([loss, n_tokens])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss}")
+        norm = clip_and_step(model, optimizer, optim.grad_clip)
+        step += 1
+        yield StepStats(step=step, epoch=step / per_epoch, loss=loss, grad_norm=norm, lr=optim.lr * multiplier,
+                        n_tokens=int(n_tokens))
 
 
 def _example(task, tokenizer, problem, record: "Judged", shots) -> Example:
@@ -238,12 +358,10 @@ def evaluate_reward_model(rm, task, problems, records, shots) -> dict:
     report = {"auc": auc(finals, [bool(r.correct) for r in records]), "n_heldout": len(records),
               "heldout_positive_fraction": sum(r.correct for r in records) / len(records)}
     # within one question's samples (what reranking needs; the pooled AUC also rewards knowing easy questions)
-    by_question: dict[str, list[tuple[float, bool]]] = {}
-    for f, r in zip(finals, records):
-        by_question.setdefault(r.id, []).append((f, bool(r.correct)))
-    within = [auc([f for f, _ in v], [c for _, c in v]) for v in by_question.values()]
-    within = [a for a in within if a == a]
-    report["auc_within_question"] = sum(within) / len(within) if within else float("nan")
+    report["auc_within_question"] = within_question_auc(finals, [bool(r.correct) for r in records],
+                                                        [r.id for r in records])
+    report["n_heldout_mixed_questions"] = len({r.id for r in records if r.correct} & {r.id for r in records
+                                                                                     if not r.correct})
     if any(r.first_error is not None for r in records):
         tp = fp = fn = 0
         for (ids, p), r, prompt in zip(probs, records, prompts):

@@ -23,6 +23,9 @@ class Config:
     m: int = field(4, "SORM: continuations sampled from each step prefix")
     sorm_samples: int = field(1500, "SORM: training samples that get rollout step labels (the SORM trains on "
                                         "those only)")
+    pairwise_weight: float = field(0.0, "weight of a within-question pairwise (Bradley-Terry) loss added to the "
+                                        "token BCE: a question's correct samples should outscore its incorrect ones "
+                                        "(batches then hold whole questions); 0: the BCE alone")
     balance: bool = field(False, "balance positive and negative samples 1:1 (default: natural ratio)")
     heldout: float = field(0.1, "fraction of questions held out for the AUC / step-agreement report")
     epochs: float = field(2.0, "passes over the labelled samples")
@@ -46,5 +49,9 @@ class Config:
             raise UsageError("heldout must lie in (0, 1)")
         if self.epochs <= 0:
             raise UsageError("epochs must be > 0")
+        if self.pairwise_weight < 0:
+            raise UsageError("pairwise-weight must be >= 0")
+        if self.pairwise_weight > 0 and self.sampling.k < 2:
+            raise UsageError("-k 1 leaves no question two samples to rank: pass -k >= 2 or --pairwise-weight 0")
         if not self.stepwise:
             refuse(self, ("m", "sorm_samples"), "without --stepwise (they make a SORM's step labels)")
