@@ -63,7 +63,9 @@ class Run:
 EI = Run("ei-sparse-sft", "EI", "sparse", "sft")
 PPO = Run("ppo-sparse-sft", "PPO", "sparse", "sft")
 GRPO = Run("grpo-sparse-sft", "GRPO", "sparse", "sft", ablation="objectives")
-RCRL = Run("rcrl-sparse-sft", "RCRL", "sparse", "sft")
+# RCRL trains on its samples only, as EI and PPO do: its default (the reference solutions added, marked good) would
+# give one RL algorithm supervised data the others do not see
+RCRL = Run("rcrl-sparse-sft", "RCRL", "sparse", "sft", flags=("--no-include-references",))
 # F2 (b): SFT trained on from the SFT model with an RL run's budget (one pass over as many of SFT's own training
 # problems as an RL run draws rollouts), evaluated on test like the RL runs: the paper's continued SFT, which
 # raises maj@1 while pass@96 falls
@@ -89,7 +91,8 @@ OBJECTIVES = (
 EI_ORM = Run("ei-orm-sft", "EI", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
 PPO_DENSE = Run("ppo-dense-sft", "PPO", "dense", "sft", "variant_seeds", ("--reward", "dense"))
 PPO_ORM = Run("ppo-orm-sft", "PPO", "orm", "sft", "variant_seeds", ("--reward", "orm", "--orm", "{orm}"))
-RCRL_DENSE = Run("rcrl-dense-sft", "RCRL", "dense", "sft", "variant_seeds", ("--returns", "dense"),
+RCRL_DENSE = Run("rcrl-dense-sft", "RCRL", "dense", "sft", "variant_seeds",
+                 ("--returns", "dense", "--no-include-references"),
                  real_task_flags=("--step-labels", "sorm", "--sorm", "{sorm}"))
 EI_PRETRAINED = Run("ei-sparse-pretrained", "EI", "sparse", "pretrained", "variant_seeds")
 PPO_PRETRAINED = Run("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", "variant_seeds")

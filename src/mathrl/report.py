@@ -119,9 +119,11 @@ def budget_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     for model, r in data.runs.items():
         seeds = sorted(r.history)
         used = [h[-1].get("rollouts") for h in r.history.values() if h]
-        # RCRL trains on the reference solutions too, marked good (its conditioning token); continued SFT on them
-        # alone, as many as the budget
-        refs = {"RCRL": "yes (marked good)", "SFT": "only"}.get(r.run.algorithm, "no")
+        # continued SFT trains on reference solutions alone, as many as the budget; an RL run on its own samples
+        # unless its flags add the references (RCRL's default, which the study turns off)
+        refs = ("only" if r.run.algorithm == "SFT"
+                else "yes (marked good)" if r.run.algorithm == "RCRL" and "--no-include-references" not in r.run.flags
+                else "no")
         rows.append([_label(data, model), str(r.rollouts), ", ".join(str(u) for u in sorted(set(used))), refs,
                      ", ".join(map(str, seeds))])
     return ["run", "rollout budget", "rollouts consumed", "trains on reference solutions", "seeds"], rows
