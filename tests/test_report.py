@@ -135,6 +135,7 @@ def _curves(d, run, points):
 
 
 POINTS = (0, 1024, 2048, 4096, 8192)
+LONG = POINTS + (16384, 32768, 65536)
 
 
 def lin(reach, points=POINTS):
@@ -172,9 +173,10 @@ def _dev_run(d, run, by_seed, plateau=()):
     ((1024,) * 3, None, NOT_TESTABLE),
 ])
 def test_f3_verdicts(ei, ppo, expected):
+    # curves to 65,536 rollouts: each is flat over its last two points (it reaches 1 by 8,192), a plateau
     d = StudyData(k=4)
-    _dev_run(d, EI, {s: lin(x) for s, x in enumerate(ei)})
-    _dev_run(d, PPO, {s: lin(x) if ppo else FLAT for s, x in enumerate(ppo or ei)})
+    _dev_run(d, EI, {s: lin(x, LONG) for s, x in enumerate(ei)})
+    _dev_run(d, PPO, {s: lin(x, LONG) if ppo else FLAT for s, x in enumerate(ppo or ei)})
     f = findings(d)["F3"]
     assert f.verdict == expected
     if expected == NOT_TESTABLE:
@@ -193,6 +195,23 @@ def test_f3_with_one_seed_has_no_interval():
     _dev_run(d, PPO, {0: lin(1024)})
     f = findings(d)["F3"]
     assert f.verdict == INCONCLUSIVE and "one seed, no interval" in f.note
+
+
+def test_f3_is_not_testable_while_a_curve_still_rises_at_the_cap():
+    # PPO's seed 1 reaches 1 only at 8,192, the cap: its last two points (4,096: 0.5, 8,192: 1) rise 0.5 above the
+    # best before them (0.25), more than the margin, and it did not stop at a plateau: its rollouts to 90% (7,372.8)
+    # are a lower bound, so the budget to converge is not measured -> not testable (not inconclusive)
+    d = StudyData(k=4)
+    _dev_run(d, EI, {s: lin(1024) for s in range(3)})
+    _dev_run(d, PPO, {0: lin(1024), 1: lin(8192), 2: lin(1024)})
+    f = findings(d)["F3"]
+    assert f.verdict == NOT_TESTABLE
+    assert "not testable at this budget" in f.note and f"{PPO.name} seed 1 still rising at the cap" in f.note
+    # the same curve stopped by the plateau rule is a plateau (plateau_at recorded): testable again
+    d2 = StudyData(k=4)
+    _dev_run(d2, EI, {s: lin(1024) for s in range(3)})
+    _dev_run(d2, PPO, {0: lin(1024), 1: lin(8192), 2: lin(1024)}, plateau=(1,))
+    assert findings(d2)["F3"].verdict != NOT_TESTABLE
 
 
 def test_a_seed_stopped_at_its_plateau_is_carried_forward():

@@ -39,7 +39,7 @@ from mathrl.grid import (
     Run,
 )
 from mathrl.metrics import pass_at_k
-from mathrl.plateau import dev_curve, rollouts_to_fraction
+from mathrl.plateau import dev_curve, plateaued, rollouts_to_fraction
 from mathrl.stats import (
     HOLDS,
     NOT_TESTABLE,
@@ -488,11 +488,18 @@ def _budget_to_converge(data: StudyData, claim: Claim) -> Finding | None:
              + ", ".join(f"{ei[s]:,.0f} / {ppo[s]:,.0f}" for s in paired_seeds)]
     if len(d) == 1:
         notes.append("one seed, no interval")
-    capped = [f"{run} seed {s}" for run, sc in both.items() for s, c in sc.seeds.items()
-              if s in paired_seeds and c.plateau_at is None]
-    if capped:
-        notes.append(f"{', '.join(capped)} reached the cap without a plateau: the budget to {FRACTION:.0%} of the "
-                     "gain reached by the cap is a lower bound on the budget to converge")
+    # converged: stopped at its plateau, or its curve has plateaued at its last point by the same rule
+    # (plateau.plateaued) though the run went on (no stop, or before --plateau-min). A seed still rising at its cap
+    # has no budget to converge, only a lower bound on it: the claim about convergence is then not testable at
+    # this budget (a verdict on lower bounds would describe the cap, not the algorithms)
+    rising = [f"{run} seed {s}" for run, sc in both.items() for s, c in sc.seeds.items()
+              if s in paired_seeds and c.plateau_at is None
+              and not plateaued(dev_curve(data.runs[run].history[s]), MARGIN)]
+    if rising:
+        notes.append(f"{', '.join(rising)} still rising at the cap (no plateau on the dev curve): its rollouts to "
+                     f"{FRACTION:.0%} of the gain reached by the cap are a lower bound on the budget to converge")
+        return Finding(claim.key, claim.text, NOT_TESTABLE, gains + [p],
+                       "not testable at this budget: " + "; ".join(notes))
     return Finding(claim.key, claim.text, decide([p]), gains + [p], "; ".join(notes))
 
 
