@@ -42,11 +42,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
-from mathrl import stagecache
+from mathrl import stagecache, sweep
 from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import RunError, UsageError
-from mathrl.grid import ABLATIONS, PRETRAIN, PRETRAINED, SFT, Run, runs_by_seed_count
+from mathrl.grid import ABLATIONS, EI, PPO, PRETRAIN, PRETRAINED, RCRL, SFT, SFT_MORE, Run, runs_by_seed_count
 from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
+from mathrl.sweep import SWEEP_LR, SWEEP_SEED
 
 
 @dataclass
@@ -85,6 +86,9 @@ class Config:
                                   "sampler (vLLM cannot force step markers)")
     ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO, and its loss as Dr.GRPO, DAPO, "
                               "GSPO and CISPO, from SFT, with the sparse runs' budget and seeds; not in the default)")
+    sweep: bool = field(False, "run the tuning sweep instead of the grid: EI, PPO, RCRL (sparse, from SFT) and "
+                               "continued SFT at their default learning rate x 0.3, 1 and 3, one seed, the study's "
+                               "cap and dev schedule; writes sweep.md (the rate each selects on dev: sweep.py)")
 
     def validate(self) -> None:
         validate_groups(self)
@@ -105,6 +109,9 @@ class Config:
         if self.task != "synthetic" and not self.model:
             raise UsageError(f"--task {self.task} needs --model DIR (a pretrained model; the embedded pretraining "
                              "only exists for the synthetic task)")
+        if self.sweep:
+            refuse(self, ("ablation", "seeds", "variant_seeds", "k", "eval_problems", "k_problems"),
+                   "with --sweep (it runs one seed of the sparse runs from SFT and evaluates on dev only)")
         if self.task == "synthetic":
             refuse(self, ("model",), "on the synthetic task (the study pretrains its own model; --model is for "
                                      "gsm8k/svamp)")
@@ -134,13 +141,14 @@ class Stage:
     # runs alone with every core as that many 1-thread torchrun ranks (data parallel) instead of one process with
     # that many threads: pretraining, the study's one stage that runs alone (see run_stages)
     data_parallel: bool = False
+    folder: str = ""  # the directory under the study's root; "" for shared/ or seed-N/ (the sweep: sweep/)
 
     @property
     def name(self) -> str:
         return self.base if self.seed is None else f"{self.base}@{self.seed}"
 
     def dir(self, root: Path) -> Path:
-        return root / ("shared" if self.seed is None else f"seed-{self.seed}") / self.base
+        return root / (self.folder or ("shared" if self.seed is None else f"seed-{self.seed}")) / self.base
 
 
 # Budgets: full (the report's default) and quick. Pretrain + SFT (6,000 steps of 8 x 256 tokens; 20,000 problems x
@@ -175,13 +183,22 @@ def seed_counts(cfg) -> tuple[int, int]:
     return cfg.seeds or default["seeds"], cfg.variant_seeds or default["variant_seeds"]
 
 
+# the runs the tuning sweep tunes: those the findings compare on the sparse reward from SFT (sweep.py)
+SWEPT = (EI, PPO, RCRL, SFT_MORE)
+
 EVAL_SEED = 0  # every final evaluation samples with the same per-question streams (paired comparisons)
 
 # A real model (--task gsm8k/svamp --model DIR): the commands' default rates are the embedded 0.7M model's, 10 to
 # 1000 times what published recipes use at 0.5B-7B (docs/algorithms.md, "Real models": starting points from those
 # recipes, not measured with mathrl), so the study passes these, longer completions and SFT's 2-3 epochs instead.
-REAL_MODEL = dict(lr={"sft": "1e-5", "ei": "1e-5", "rcrl": "1e-5", "orm": "1e-5", "ppo": "1e-6", "grpo": "1e-6"},
+REAL_MODEL = dict(lr={"sft": "1e-5", "sft-continued": "1e-5", "ei": "1e-5", "rcrl": "1e-5", "orm": "1e-5", "ppo": "1e-6", "grpo": "1e-6"},
                   max_new_tokens=256, sft_epochs=3)
+
+
+# The embedded model's learning rates in the study, per command, from its tuning sweep (``mathrl study --sweep``,
+# sweep.py; docs/results.md, "Tuning sweep"): a command not named runs at its default. The reward variants and
+# the pretrained start use their algorithm's rate (swept on the sparse runs from SFT).
+STUDY_LR: dict[str, str] = {}
 
 
 def _prompting_args(p: Prompting) -> list[str]:
@@ -209,7 +226,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     if real:
         b.update(max_new_tokens=REAL_MODEL["max_new_tokens"],
                  sft_epochs=b["sft_epochs"] if cfg.quick else REAL_MODEL["sft_epochs"])
-    lr = (lambda command: ["--lr", REAL_MODEL["lr"][command]]) if real else (lambda command: [])  # noqa: E731
+    rates = REAL_MODEL["lr"] if real else STUDY_LR
+    lr = lambda command: ["--lr", rates[command]] if command in rates else []  # noqa: E731
     prompting = _prompting_args(cfg.prompting)  # for the stages that start from the pretrained model
     budget = cfg.rollouts or b["rollouts"]
     k = cfg.k or b["k"]
@@ -268,7 +286,9 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     filled = {"orm": orm_model, "sorm": d(sorm) + "/model", "budget": str(budget),
               "overlong": str(max(1, b["max_new_tokens"] // 4))}
 
-    def rl(run: Run, seed: int):
+    def rl(run: Run, seed: int, rate: str = ""):
+        """The stage of ``run`` for ``seed``; ``rate``: a learning rate of the sweep (its stage under sweep/)."""
+        lr_of = (lambda command: ["--lr", rate]) if rate else lr  # noqa: E731
         model, start_stage = starts[run.start]
         needs = [start_stage] if start_stage != PRETRAINED else []
         needs += run.reads(real)
@@ -281,15 +301,15 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
             # rollouts (synthetic: the first ``budget`` of them, which SFT saw twice), the SFT stage's loss
             task = (["--task", "synthetic", *level_args, "--train-size", str(budget)] if not real
                     else ["--task", cfg.task])
-            cmd = ["sft", "--model", model, *task, *lr("sft"), "--epochs", "1", "--whole-sequence-loss", *extra,
+            cmd = ["sft", "--model", model, *task, *lr_of("sft-continued"), "--epochs", "1", "--whole-sequence-loss", *extra,
                    "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]), *mnt, *data_dir, "--seed",
                    str(seed), *device]
         elif algorithm == "EI":
             questions = max(1, min(512, budget // 8))
-            cmd = ["ei", "--model", model, *lr("ei"), "--rounds", str(max(1, budget // (4 * questions))),
+            cmd = ["ei", "--model", model, *lr_of("ei"), "--rounds", str(max(1, budget // (4 * questions))),
                    "--questions", str(questions), "--patience", "0", *plateau, *extra, *common]
         elif algorithm == "RCRL":
-            cmd = ["rcrl", "--model", model, *lr("rcrl"), "--questions", str(max(1, budget // 4)), *extra, *common]
+            cmd = ["rcrl", "--model", model, *lr_of("rcrl"), "--questions", str(max(1, budget // 4)), *extra, *common]
         else:
             iterations = max(1, budget // 256)
             prompts = ["--prompts", "32", "-k", "8"] if algorithm == "GRPO" else ["--prompts", "64", "-k", "4"]
@@ -299,9 +319,22 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                 # the credit to the first tokens of a 40-token solution (docs/results.md, PPO calibration)
                 extra = ["--lam", "1.0", *extra]
             command = run.command
-            cmd = [command, "--model", model, *lr(command), "--iterations", str(iterations), *prompts, *plateau,
+            cmd = [command, "--model", model, *lr_of(command), "--iterations", str(iterations), *prompts, *plateau,
                    *extra, *common]
-        stages.append(Stage(run.name, cmd + rl_compile, seed=seed, needs=needs, group="rl", run=run, rollouts=budget))
+        if rate:
+            stages.append(Stage(f"{run.name}-lr{rate}", cmd + rl_compile, seed=seed, needs=needs, group="sweep",
+                                run=run, rollouts=budget, folder="sweep"))
+        else:
+            stages.append(Stage(run.name, cmd + rl_compile, seed=seed, needs=needs, group="rl", run=run,
+                                rollouts=budget))
+
+    if cfg.sweep:
+        # the shared models the sparse runs from SFT start from, then each swept run (sweep.py)
+        stages[:] = [s for s in stages if s.group in ("pretrain", "sft")]
+        for run in SWEPT:
+            for rate in SWEEP_LR["sft-continued" if run.algorithm == "SFT" else run.command]:
+                rl(run, SWEEP_SEED, rate)
+        return stages
 
     for count, runs in runs_by_seed_count(cfg.ablation):
         for seed in range(dict(zip(("seeds", "variant_seeds"), seed_counts(cfg)))[count]):
@@ -474,6 +507,14 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 print(f"[study] done {s.name} ({seconds / 60:.1f} min)", flush=True)
 
 
+def _sweep_row(stage: Stage, root: Path):
+    """The sweep table's row of a finished sweep stage (None where it has not run)."""
+    rate = stage.base.rsplit("-lr", 1)[1]
+    if stage.run.algorithm == "SFT":
+        return sweep.read_sft(stage.dir(root), rate)
+    return sweep.read_rl(stage.dir(root), stage.run.command, rate)
+
+
 def main(cfg: Config) -> None:
     # imported here: they import torch, and this module must not (`mathrl study --help` builds its Config)
     from mathrl.report import write_report
@@ -500,6 +541,13 @@ def main(cfg: Config) -> None:
     earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
     wall = earlier + time.time() - t0
     timing.write_text(json.dumps({"seconds": round(wall, 1)}))
+    if cfg.sweep:
+        rows = [row for s in every if s.group == "sweep" and (row := _sweep_row(s, root))]
+        table = sweep.write(root, rows, every[-1].rollouts, "mathrl study --sweep" + (" --quick" if cfg.quick else ""))
+        print(table.read_text(), flush=True)
+        print(f"[study] sweep finished in {(time.time() - t0) / 60:.1f} min ({wall / 60:.1f} min over all "
+              f"invocations): {table}", flush=True)
+        return
     # the report covers the whole study as it now is on disk (its current stages), not only those --only ran
     report = write_report(root, cfg, every, wall_seconds=wall)
     print(f"[study] finished in {(time.time() - t0) / 60:.1f} min ({wall / 60:.1f} min over all invocations): "
