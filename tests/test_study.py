@@ -212,3 +212,56 @@ def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
     by = {s.name: s for s in stages}
     assert by["ppo-orm-sft@0"].needs == ["sft", "orm"] and by["ei-sparse-pretrained@0"].needs == ["pretrain"]
     assert by["grpo-dapo-sft@1"].command[by["grpo-dapo-sft@1"].command.index("--max-rollouts") + 1] == "32768"
+
+
+def test_the_sweep_runs_each_compared_algorithm_at_three_rates_with_the_studys_command(tmp_path):
+    from mathrl.errors import UsageError
+    from mathrl.sweep import SWEEP_LR, SWEEP_SEED
+
+    stages = plan(Config(sweep=True), tmp_path)
+    assert [s.name for s in stages[:2]] == ["pretrain", "sft"]
+    swept = [s for s in stages if s.group == "sweep"]
+    assert len(swept) == 12 and all(s.dir(tmp_path).parent == tmp_path / "sweep" for s in swept)
+    grid = {s.name: s.command for s in plan(Config(), tmp_path)}
+    for s in swept:
+        run, rate = s.base.rsplit("-lr", 1)
+        key = "sft-continued" if run == "sft-continued" else s.command[0]
+        assert rate in SWEEP_LR[key] and s.seed == SWEEP_SEED and s.needs == ["sft"]
+        # the study's command of seed 0 with the swept rate and the sweep's seed: same cap, schedule and stop
+        cmd = list(s.command)
+        i = cmd.index("--lr")
+        assert cmd[i + 1] == rate
+        del cmd[i:i + 2]
+        cmd[cmd.index("--seed") + 1] = "0"
+        assert cmd == grid[f"{run}@0"], s.name
+    # three rates per algorithm, the same factors (0.3, 1, 3) around each default
+    for rates in SWEEP_LR.values():
+        lo, mid, hi = map(float, rates)
+        assert lo / mid == pytest.approx(0.3) and hi / mid == pytest.approx(3.0)
+    for bad in (dict(seeds=3), dict(ablation="objectives"), dict(k=16)):
+        with pytest.raises(UsageError, match="with --sweep"):
+            Config(sweep=True, **bad).validate()
+
+
+def test_the_sweep_selects_the_best_final_dev_maj1_ties_to_the_smaller_rate(tmp_path):
+    from mathrl import sweep
+
+    def history(path, curve, plateau_at=None):
+        path.mkdir(parents=True)
+        rows = [{"rollouts": x, "maj@1": v} for x, v in curve]
+        if plateau_at:
+            rows[-1]["plateau_at"] = plateau_at
+        (path / "history.json").write_text(json.dumps(rows))
+
+    history(tmp_path / "a", [(0, 0.60), (1024, 0.66), (2048, 0.64)])
+    history(tmp_path / "b", [(0, 0.60), (1024, 0.62), (2048, 0.65)], plateau_at=2048)
+    history(tmp_path / "c", [(0, 0.60), (1024, 0.65), (2048, 0.65)])
+    rows = [sweep.read_rl(tmp_path / n, "ei", lr) for n, lr in (("a", "1.5e-4"), ("b", "5e-4"), ("c", "1.5e-3"))]
+    # a ends at 0.64 (its best, 0.66, is not the model it produces); b and c end at 0.65: the tie goes to b's
+    # smaller rate
+    assert [(r.start, r.final, r.best, r.consumed, r.plateau_at) for r in rows] == [
+        (0.60, 0.64, 0.66, 2048, None), (0.60, 0.65, 0.65, 2048, 2048), (0.60, 0.65, 0.65, 2048, None)]
+    assert sweep.select(rows)["ei"].lr == "5e-4"
+    table = sweep.markdown(rows, 2048, "mathrl study --sweep")
+    assert "| ei | 5e-4 | 0.600 | 0.650 | 0.650 | 2,048 | plateau at 2,048 |" in table and table.count("| yes |") == 1
+    assert sweep.read_rl(tmp_path / "missing", "ei", "5e-4") is None
