@@ -8,6 +8,7 @@ self-contained ``report.html`` (PNGs embedded) from those same sections.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import subprocess
@@ -125,8 +126,20 @@ def budget_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
                 else "yes (marked good)" if r.run.algorithm == "RCRL" and "--no-include-references" not in r.run.flags
                 else "no")
         rows.append([_label(data, model), str(r.rollouts), ", ".join(str(u) for u in sorted(set(used))), refs,
-                     ", ".join(map(str, seeds))])
-    return ["run", "rollout budget", "rollouts consumed", "trains on reference solutions", "seeds"], rows
+                     _learning_rate(data, model, seeds), ", ".join(map(str, seeds))])
+    return ["run", "rollout budget", "rollouts consumed", "trains on reference solutions", "learning rate",
+            "seeds"], rows
+
+
+def _learning_rate(data: StudyData, model: str, seeds: list) -> str:
+    """The ``--lr`` of a run's stage commands (the same for every seed), or "default" where they pass none."""
+    rates = set()
+    for seed in seeds:
+        finished = data.finished.get(f"{model}@{seed}")
+        if finished is not None:
+            cmd = list(finished.command)
+            rates.add(cmd[cmd.index("--lr") + 1] if "--lr" in cmd else "default")
+    return ", ".join(sorted(rates))
 
 
 def sample_complexity_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
@@ -511,7 +524,15 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
             Section("Per difficulty (test split, maj@1, mean over seeds)", [Table(*difficulty_table(data))]),
             Section("Budgets", [Para("Every RL run from either start has the same rollout budget (samples drawn for "
                                      "training; in-run evaluations not counted), its cap: a run that stops at its "
-                                     "dev plateau consumes fewer."), Table(*budget_table(data))])]
+                                     "dev plateau consumes fewer. Learning rates: those the tuning sweep selected "
+                                     "on dev (`mathrl study --sweep`: each compared algorithm at its default rate "
+                                     "x 0.3, 1 and 3, one seed, this cap; docs/results.md, \"Tuning sweep\"); "
+                                     "epochs, PPO's epochs and KL at their defaults; the reward variants and the "
+                                     "pretrained start at their algorithm's rate."), Table(*budget_table(data))])]
+    swept = _sweep_table(root)
+    if swept:
+        out.append(Section("Tuning sweep (dev split)", [Para(f"From {root / 'sweep.json'}: the final dev maj@1 of "
+                                                             "each swept run (one seed)."), Table(*swept)]))
     orm = _reward_models(data)
     if orm:
         out.append(Section("Reward models", [Items(orm)]))
@@ -529,6 +550,17 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     out.append(Section("Provenance", [Items([Item(x) for x in provenance()]), Para("Stage commands:"),
                                       Code([" ".join(f.command) for f in data.finished.values()])]))
     return out
+
+
+def _sweep_table(root: Path) -> tuple[list[str], list[list[str]]] | None:
+    """The tuning sweep's rows where ``mathrl study --sweep`` ran in this study's directory (sweep.json)."""
+    path = root / "sweep.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    rows = [[r["algorithm"], r["lr"], f"{r['final']:.3f}", f"{r['best']:.3f}", f"{r['consumed']:,}",
+             "yes" if saved["selected"].get(r["algorithm"]) == r["lr"] else ""] for r in saved["rows"]]
+    return ["algorithm", "learning rate", "final dev maj@1", "best dev maj@1", "consumed", "selected"], rows
 
 
 def write_report(root: Path, cfg, stages, wall_seconds: float) -> Path:
