@@ -19,7 +19,8 @@ is ``algorithms/ppo.py``).
 The loss of these methods sits near zero by construction (advantages average to zero within a group): watch the
 reward and maj@1, not the loss.
 
-Loop per iteration (the same step names as ppo.py): **collect** (with refill: several sampling rounds) ->
+Loop per iteration (the same step names as ppo.py): **collect** (with refill: several sampling rounds; with
+``--backtrack``, from the prompts + revealed reference steps: ``backtrack.py``) ->
 **score** (``rollouts.score``, the one scoring function; refill scores each round to find the signal) ->
 **old passes**: pi_old (``rollouts.old_policy``), the reference's log-probs -> **advantages** -> **learn** ->
 **log** -> **evaluate** -> **checkpoint**.

@@ -10,7 +10,8 @@ Ziegler et al. 2019 / trlX). The critic-free methods (GRPO, RLOO, REINFORCE++) a
   makes the coefficient adaptive (Ziegler et al., section 2.2). With ``--kl-coef 0`` there is no reference model.
 
 Loop per iteration (the same step names as grpo.py): **collect** K samples for the next ``prompts`` problems of a
-shuffled pass over the train split -> **score** them through the task (``--reward``) -> **old passes**: pi_old
+shuffled pass over the train split (with ``--backtrack``, from their prompts + revealed reference steps:
+``backtrack.py``) -> **score** them through the task (``--reward``; the whole solution, prefix + completion) -> **old passes**: pi_old
 (``rollouts.old_policy``: with ``--engine vllm`` recomputed by the trainer, with truncated importance weights),
 the reference's log-probs, the old values -> **advantages** -> **learn**: ``ppo_epochs`` passes of minibatch
 updates -> **log** (divergence guard: a non-finite loss, or a mean KL per sequence above ``kl_bound``, stops the
