@@ -90,8 +90,9 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     ``save_iteration`` wrote) and its loop state as an instance of ``fresh``'s dataclass, with the policy's weights
     (with LoRA the adapters: the base weights are the start model's), the optimizer's state over ``trained`` (the
     modules it steps) and the RNG state restored; else (``fresh``, None). A checkpoint written before
-    ``prompts_used`` existed drew ``prompts`` per iteration; keys the state does not have (the constant
-    ``kl_coef`` that GRPO checkpoints of the single PPO/GRPO loop of earlier versions recorded) are left out."""
+    ``prompts_used`` existed drew ``prompts`` per iteration; one written before a field of the state existed
+    (``backtrack_j``) resumes it at ``fresh``'s value; keys the state does not have (the constant ``kl_coef`` that
+    GRPO checkpoints of the single PPO/GRPO loop of earlier versions recorded) are left out."""
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is None:
         return fresh, None
@@ -100,7 +101,7 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
     set_rng_state(saved["rng"])
     d = {"prompts_used": saved["iteration"] * prompts, **saved}
-    st = type(fresh)(**{f.name: d[f.name] for f in dataclasses.fields(fresh)})
+    st = type(fresh)(**{f.name: d.get(f.name, getattr(fresh, f.name)) for f in dataclasses.fields(fresh)})
     print(f"resumed {run_dir} at iteration {st.iteration}")
     return st, saved
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -40,12 +41,17 @@ def next_problems(questions: list, order: list[int], start: int, n: int) -> list
     return [questions[order[(start + j) % len(order)]] for j in range(n)]
 
 
-def sample(engine, policy, tokenizer, task, problems: list, shots, sampling, seed: int) -> tuple[list[str], list]:
-    """(prompts, rollouts): ``engine`` draws ``sampling.k`` completions of each problem's prompt, ordered by (prompt, sample);
-    ``rollout.prompt_index`` indexes ``problems``."""
+def sample(engine, policy, tokenizer, task, problems: list, shots, sampling, seed: int,
+           prefixes: Sequence[str] | None = None) -> tuple[list[str], list]:
+    """(prompts, rollouts): ``engine`` draws ``sampling.k`` completions of each problem's prompt, ordered by (prompt,
+    sample); ``rollout.prompt_index`` indexes ``problems``. With ``prefixes`` (backtracking: revealed reference
+    steps, ``backtrack.Starts``) problem i is sampled from its prompt + ``prefixes[i]``: the prefix is prompt
+    text, so its tokens are in ``rollout.prompt_ids``, never in the completion that is trained. ``prompts`` are the
+    task's prompts of the bare questions (what ``score`` hands a reward model or a reward function)."""
     prompts = [task.prompt(p, shots) for p in problems]
+    starts = prompts if prefixes is None else [q + prefix for q, prefix in zip(prompts, prefixes, strict=True)]
     policy.eval()
-    rollouts = engine.sample(policy, tokenizer, prompts, sampling.k,
+    rollouts = engine.sample(policy, tokenizer, starts, sampling.k,
                              sampling_params(sampling, task.stop_strings, seed=seed), keys=[p.id for p in problems])
     return prompts, rollouts
 
@@ -135,14 +141,20 @@ class Scores:
 
 
 def score(scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list[str], *,
-          overlong_buffer: int = 0, max_new_tokens: int = 0) -> Scores:
-    """Score ``rollouts`` (``rollout.prompt_index`` indexes ``problems`` and ``prompts``) through the task, as
-    ``scoring`` (``policy_gradient_config.Scoring``) says: the outcome reward (``--reward``; ``orm`` is the loaded
-    reward model with ``--reward orm``) at each row's last token, step rewards at step-end tokens (dense: matched
-    reference steps; orm step: the ORM's score changes), and DAPO's soft overlong penalty (Yu et al. 2025,
-    eq. 13) at the last token, not part of the outcome."""
+          overlong_buffer: int = 0, max_new_tokens: int = 0, prefixes: Sequence[str] | None = None) -> Scores:
+    """Score ``rollouts`` (``rollout.prompt_index`` indexes ``problems``, ``prompts`` and ``prefixes``) through the
+    task, as ``scoring`` (``policy_gradient_config.Scoring``) says: the outcome reward (``--reward``; ``orm`` is the
+    loaded reward model with ``--reward orm``) at each row's last token, step rewards at step-end tokens (dense:
+    matched reference steps; orm step: the ORM's score changes), and DAPO's soft overlong penalty (Yu et al. 2025,
+    eq. 13) at the last token, not part of the outcome.
+
+    With ``prefixes`` (backtracking: the revealed reference steps each rollout continued) every reward sees the
+    whole solution, prefix + completion, after the bare question's prompt: the grade, the reward model and a reward
+    function judge it as if the model had written all of it; step rewards go to the model's own steps only (a
+    revealed step earns nothing; a step the model finished counts)."""
     row_problems = [problems[r.prompt_index] for r in rollouts]
-    texts = [r.text for r in rollouts]
+    row_prefixes = [prefixes[r.prompt_index] if prefixes is not None else "" for r in rollouts]
+    texts = [prefix + r.text for prefix, r in zip(row_prefixes, rollouts)]
     if scoring.orm_steps:
         outcome = [0.0] * len(rollouts)  # the ORM's final score arrives through the step rewards
     else:
@@ -154,7 +166,8 @@ def score(scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list
     token_rewards = torch.zeros((len(rollouts), int(last.max()) + 1))  # (N, C)
     token_rewards[torch.arange(len(rollouts)), last] = outcome_t
     if scoring.reward == "dense" or scoring.orm_steps:
-        _add_step_rewards(task, tokenizer, orm, rollouts, row_problems, prompts, token_rewards, scoring.reward)
+        _add_step_rewards(task, tokenizer, orm, rollouts, row_problems, row_prefixes, prompts, token_rewards,
+                          scoring.reward)
     if overlong_buffer:
         penalty = torch.tensor([overlong_penalty(len(r.completion_ids), max_new_tokens, overlong_buffer)
                                 for r in rollouts])
@@ -162,15 +175,18 @@ def score(scoring, task, tokenizer, orm, rollouts, problems: list, prompts: list
     return Scores(token_rewards, outcome_t)
 
 
-def _add_step_rewards(task, tokenizer, orm, rollouts, problems, prompts, token_rewards, reward: str) -> None:
+def _add_step_rewards(task, tokenizer, orm, rollouts, problems, prefixes, prompts, token_rewards,
+                      reward: str) -> None:
     """Dense rewards at step-end tokens, added into ``token_rewards`` (N, C), which ``score`` owns: matched
-    reference steps (dense) or ORM score changes (orm, step)."""
-    for i, (r, p) in enumerate(zip(rollouts, problems)):
-        text = r.text
+    reference steps (dense) or ORM score changes (orm, step). Each row's steps are those of ``prefixes[i]`` +
+    its completion; the steps that end inside the prefix (revealed, not written) get no reward: dense matching
+    still consumes the reference results they state (so a revealed result is not credited again), and the ORM's
+    potential after the prefix is where the model's shaping starts."""
+    for i, (r, p, prefix) in enumerate(zip(rollouts, problems, prefixes)):
+        text = prefix + r.text
         spans = task.step_spans(text)
         if not spans:
             continue
-        positions = _token_positions(tokenizer, r.completion_ids, [end for _, end in spans])
         if reward == "dense":
             step_rewards = dense_step_rewards(task, p, text)
         else:  # orm, step: potential-based shaping with the ORM's p(correct) after each step
@@ -178,7 +194,9 @@ def _add_step_rewards(task, tokenizer, orm, rollouts, problems, prompts, token_r
             step_rewards = [b - a for a, b in zip([0.5] + scores[:-1], scores)]
             final = orm.score_texts([prompts[r.prompt_index]], [text])[0]
             token_rewards[i, len(r.completion_ids) - 1] += final - scores[-1]
-        for pos, rew in zip(positions, step_rewards):
+        own = [(end - len(prefix), rew) for (_, end), rew in zip(spans, step_rewards) if end > len(prefix)]
+        positions = _token_positions(tokenizer, r.completion_ids, [end for end, _ in own])
+        for pos, (_, rew) in zip(positions, own):
             token_rewards[i, pos] += rew
 
 

@@ -19,7 +19,8 @@ is ``algorithms/ppo.py``).
 The loss of these methods sits near zero by construction (advantages average to zero within a group): watch the
 reward and maj@1, not the loss.
 
-Loop per iteration (the same step names as ppo.py): **collect** (with refill: several sampling rounds) ->
+Loop per iteration (the same step names as ppo.py): **collect** (with refill: several sampling rounds; with
+``--backtrack``, from the prompts + revealed reference steps: ``backtrack.py``) ->
 **score** (``rollouts.score``, the one scoring function; refill scores each round to find the signal) ->
 **old passes**: pi_old (``rollouts.old_policy``), the reference's log-probs -> **advantages** -> **learn** ->
 **log** -> **evaluate** -> **checkpoint**.
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from mathrl import distributed, engines
+from mathrl import backtrack, distributed, engines
 from mathrl.advantages import group_advantages, group_signal, kl_penalty_rewards
 from mathrl.algorithms.grpo_config import Config
 from mathrl.compile import compiled
@@ -62,6 +63,7 @@ class GRPOState:
     opt_steps: int = 0
     rollouts_used: int = 0  # every rollout drawn, kept or not (--max-rollouts)
     prompts_used: int = 0  # position in the shuffled pass over the train split
+    backtrack_j: dict[str, int] = dataclasses.field(default_factory=dict)  # --backtrack adaptive: j per question id
     history: list = dataclasses.field(default_factory=list)
 
 
@@ -79,6 +81,7 @@ def train(cfg: Config) -> Path:
     optimizer = make_optimizer(trained, cfg.optim.lr, cfg.optim.weight_decay)
     inputs = run_inputs(cfg, task, tokenizer, device)  # train questions, shots, eval problems, the ORM
     k, micro, with_kl = cfg.sampling.k, cfg.optim.micro_batch_size, cfg.kl_coef > 0
+    backtrack.check_task(cfg.backtracking, task, inputs.questions)
 
     st, saved = resume_checkpoint(run_dir, cfg.resume, policy, trained, optimizer, GRPOState(), cfg.pg.prompts)
     logger = RunLogger(run_dir, cfg, resume_step=None if saved is None else st.iteration)
@@ -120,6 +123,7 @@ def train(cfg: Config) -> Path:
         record = {"iteration": st.iteration, "rollouts": st.rollouts_used, "reward": float(got.scores.outcome.mean()),
                   **({"sampling_rounds": got.rounds, "groups": len(got.problems)}
                      if cfg.zero_signal == "refill" else {}),
+                  **(got.starts.record() if cfg.backtracking.backtrack != "none" else {}),
                   **completion_stats(got.rollouts), **({"kl": kl_seq} if with_kl else {}), "kl_coef": cfg.kl_coef,
                   "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3),
                   **old.mismatch, **stats.record(value_head=False), "zero_signal_fraction": got.zero_signal_fraction}
@@ -152,12 +156,14 @@ def train(cfg: Config) -> Path:
 
 @dataclass(frozen=True)
 class Collected:
-    """One iteration's training groups: ``problems`` (G), their ``prompts``, ``rollouts`` (G x K, by group;
-    ``prompt_index`` indexes ``problems``) and their ``scores``; the sampling ``rounds`` it took and the
-    ``zero_signal_fraction`` of every group drawn (with refill, the dropped ones too)."""
+    """One iteration's training groups: ``problems`` (G), their ``prompts``, where their rollouts started
+    (``starts``: the reference steps --backtrack revealed), ``rollouts`` (G x K, by group; ``prompt_index`` indexes
+    ``problems``) and their ``scores``; the sampling ``rounds`` it took and the ``zero_signal_fraction`` of every
+    group drawn (with refill, the dropped ones too)."""
 
     problems: list
     prompts: list[str]
+    starts: backtrack.Starts
     rollouts: list
     scores: Scores
     rounds: int
@@ -176,9 +182,11 @@ def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs:
     ``refill_rounds`` more times, until ``prompts`` groups carry signal (the first ones drawn are kept; with fewer
     after the last round the iteration learns from those; with none, from the last round's). Every rollout drawn
     counts in ``st.rollouts_used``, kept or not, and ``--max-rollouts`` caps the draws (None: no group left to
-    draw). Advances ``st.prompts_used`` and ``st.rollouts_used``."""
+    draw). Each problem is sampled from its prompt + the reference steps ``--backtrack`` reveals and scored on
+    the whole solution (``backtrack.plan``, ``rollouts.score``). Advances ``st.prompts_used``, ``st.rollouts_used``
+    and, with ``--backtrack adaptive``, ``st.backtrack_j`` (every group drawn, kept or not)."""
     k, refill = cfg.sampling.k, cfg.zero_signal == "refill"
-    kept_problems, kept_rollouts, kept_scores = [], [], []
+    kept_problems, kept_rollouts, kept_scores, kept_starts = [], [], [], []
     signal_groups = total_groups = rounds = 0
     while rounds <= (cfg.refill_rounds if refill else 0) and len(kept_problems) < cfg.pg.prompts:
         n = cfg.pg.prompts
@@ -187,23 +195,30 @@ def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs:
         if n <= 0:
             break
         problems = next_problems(inputs.questions, inputs.order, st.prompts_used, n)
+        starts = backtrack.plan(cfg.backtracking, task, problems, st.iteration, cfg.pg.iterations, st.backtrack_j)
         prompt_texts, drawn = sample(engine, policy, tokenizer, task, problems, inputs.shots, cfg.sampling,
-                                     seed=cfg.run.seed + 7919 * st.iteration + rounds)
+                                     seed=cfg.run.seed + 7919 * st.iteration + rounds, prefixes=starts.prefixes)
         st.prompts_used, st.rollouts_used, rounds = st.prompts_used + n, st.rollouts_used + len(drawn), rounds + 1
         scores = score(cfg.scoring, task, tokenizer, inputs.orm, drawn, problems, prompt_texts,
-                       overlong_buffer=cfg.overlong_buffer, max_new_tokens=cfg.sampling.max_new_tokens)
+                       overlong_buffer=cfg.overlong_buffer, max_new_tokens=cfg.sampling.max_new_tokens,
+                       prefixes=starts.prefixes)
+        if cfg.backtracking.backtrack == "adaptive":  # each question one step earlier once its group succeeds
+            st.backtrack_j = backtrack.advance(st.backtrack_j, task, problems, starts, drawn,
+                                               cfg.backtracking.backtrack_threshold)
         signal = group_signal(scores.returns, k).tolist()
         signal_groups, total_groups = signal_groups + sum(signal), total_groups + n
         for j in [j for j in range(n) if signal[j] or not refill][: cfg.pg.prompts - len(kept_problems)]:
             kept_rollouts += [dataclasses.replace(r, prompt_index=len(kept_problems)) for r in drawn[j * k:(j + 1) * k]]
             kept_scores.append(scores.select(torch.arange(j * k, (j + 1) * k)))
             kept_problems.append(problems[j])
+            kept_starts.append(starts.pick([j]))
     if rounds and not kept_problems:  # refill, and no group had signal in any round: the last round's
-        kept_problems, kept_rollouts, kept_scores = problems, drawn, [scores]
+        kept_problems, kept_rollouts, kept_scores, kept_starts = problems, drawn, [scores], [starts]
     if not kept_rollouts:
         return None
     width = max(len(r.completion_ids) for r in kept_rollouts)
-    return Collected(kept_problems, [task.prompt(p, inputs.shots) for p in kept_problems], kept_rollouts,
+    return Collected(kept_problems, [task.prompt(p, inputs.shots) for p in kept_problems],
+                     backtrack.Starts.concat(kept_starts), kept_rollouts,
                      Scores.concat(kept_scores, width), rounds, 1 - signal_groups / max(1, total_groups))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.algorithms.policy_gradient_config import OPTIM, PolicyGradient, Scoring, checkpoint_every, \
-    validate_policy_gradient
+from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, PolicyGradient, Scoring, \
+    checkpoint_every, validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, \
@@ -35,6 +35,7 @@ class Config:
     prompting: Prompting = group(Prompting)
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)  # k: the group size (>= 2 for grpo and rloo)
+    backtracking: Backtrack = group(Backtrack)  # the training prompts' revealed reference steps
     # groups without signal (DAPO's dynamic sampling, Yu et al. 2025)
     zero_signal: str = field("keep", "groups whose samples all got the same return (no advantage; grpo and rloo): "
                                      "keep, drop them, or refill (DAPO's dynamic sampling: drop them and sample "

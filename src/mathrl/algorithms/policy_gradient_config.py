@@ -1,7 +1,8 @@
 """The settings PPO and GRPO share, defined once and composed by both Configs (``ppo_config.py``,
-``grpo_config.py``): how rollouts are scored (``Scoring``), the loop's shape and guards (``PolicyGradient``), the
-optimizer defaults (``OPTIM``) and the checks both make (``validate_policy_gradient``). Groups are flattened into
-flags (``config.py``): ``--iterations``, ``--clip``... keep one name, one default and one help text in both.
+``grpo_config.py``): where rollouts start (``Backtrack``, a reverse curriculum), how they are scored (``Scoring``),
+the loop's shape and guards (``PolicyGradient``), the optimizer defaults (``OPTIM``) and the checks both make
+(``validate_policy_gradient``). Groups are flattened into flags (``config.py``): ``--iterations``, ``--clip``...
+keep one name, one default and one help text in both.
 
 Why a module of its own beside ``rollouts.py`` (the stages the two loops share, which import torch): the CLI builds
 ``mathrl ppo --help`` from the Config, and importing torch for it would take seconds. Like every ``*_config.py``
@@ -46,6 +47,36 @@ class Scoring:
         return self.reward == "orm" and self.orm_mode == "step"
 
 
+BACKTRACK_MODES = ("none", "schedule", "adaptive")
+
+
+@dataclass
+class Backtrack:
+    """Backtracking, a reverse curriculum (Salimans & Chen 2018; Xi et al. 2024, R3): a training prompt is the
+    bare question's prompt plus the first j steps of the reference solution, and j moves from n_steps - 1 (the
+    model writes only the last step) to 0 (the bare question) as training goes on (``backtrack.py``; the reward
+    grades the whole solution, prefix + completion; evaluation always starts from the bare question)."""
+
+    backtrack: str = field("none", "reverse curriculum: none; schedule (j revealed reference steps, from n_steps - 1 "
+                                   "down to 0 linearly over the first --backtrack-fraction of the iterations); "
+                                   "adaptive (per question: one step earlier once its group's success rate "
+                                   "reaches --backtrack-threshold)")
+    backtrack_fraction: float = field(0.5, "--backtrack schedule: the fraction of the iterations over which the "
+                                           "revealed steps fall to 0 (the rest start from the bare question)")
+    backtrack_threshold: float = field(0.5, "--backtrack adaptive: the group success rate (correct answers of the "
+                                            "question's K samples, prefix + completion graded) at which a question "
+                                            "moves one step earlier")
+
+    def validate(self) -> None:
+        one_of(self.backtrack, BACKTRACK_MODES, "backtrack")
+        if not 0 < self.backtrack_fraction <= 1 or not 0 < self.backtrack_threshold <= 1:
+            raise UsageError("backtrack_fraction and backtrack_threshold must lie in (0, 1]")
+        if self.backtrack != "schedule":
+            refuse(self, ["backtrack_fraction"], f"with --backtrack {self.backtrack} (it sets the schedule's length)")
+        if self.backtrack != "adaptive":
+            refuse(self, ["backtrack_threshold"], f"with --backtrack {self.backtrack} (it moves adaptive's questions)")
+
+
 MINIBATCH_ORDERS = ("group", "rollout")
 
 
@@ -88,6 +119,7 @@ def validate_policy_gradient(cfg) -> None:
     its own settings)."""
     validate_sampling_trainer(cfg, "the starting policy")
     cfg.scoring.validate()
+    cfg.backtracking.validate()
     cfg.pg.validate()
     if cfg.checkpoint_every < 1:
         raise UsageError("checkpoint_every must be >= 1")

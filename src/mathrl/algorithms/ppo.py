@@ -10,7 +10,8 @@ Ziegler et al. 2019 / trlX). The critic-free methods (GRPO, RLOO, REINFORCE++) a
   makes the coefficient adaptive (Ziegler et al., section 2.2). With ``--kl-coef 0`` there is no reference model.
 
 Loop per iteration (the same step names as grpo.py): **collect** K samples for the next ``prompts`` problems of a
-shuffled pass over the train split -> **score** them through the task (``--reward``) -> **old passes**: pi_old
+shuffled pass over the train split (with ``--backtrack``, from their prompts + revealed reference steps:
+``backtrack.py``) -> **score** them through the task (``--reward``; the whole solution, prefix + completion) -> **old passes**: pi_old
 (``rollouts.old_policy``: with ``--engine vllm`` recomputed by the trainer, with truncated importance weights),
 the reference's log-probs, the old values -> **advantages** -> **learn**: ``ppo_epochs`` passes of minibatch
 updates -> **log** (divergence guard: a non-finite loss, or a mean KL per sequence above ``kl_bound``, stops the
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mathrl import distributed, engines
+from mathrl import backtrack, distributed, engines
 from mathrl.advantages import adaptive_kl_coef, gae, kl_penalty_rewards, whiten
 from mathrl.algorithms.ppo_config import Config
 from mathrl.compile import compiled
@@ -74,6 +75,7 @@ class PPOState:
     opt_steps: int = 0
     rollouts_used: int = 0
     prompts_used: int = 0  # position in the shuffled pass over the train split
+    backtrack_j: dict[str, int] = dataclasses.field(default_factory=dict)  # --backtrack adaptive: j per question id
     history: list = dataclasses.field(default_factory=list)
 
 
@@ -108,6 +110,7 @@ def train(cfg: Config) -> Path:
     optimizer = make_optimizer(trained, cfg.optim.lr, cfg.optim.weight_decay)
     inputs = run_inputs(cfg, task, tokenizer, device)  # train questions, shots, eval problems, the ORM
     micro = cfg.optim.micro_batch_size
+    backtrack.check_task(cfg.backtracking, task, inputs.questions)
 
     st, saved = resume_checkpoint(run_dir, cfg.resume, m.policy, trained, optimizer, PPOState(kl_coef=cfg.kl_coef),
                                   cfg.pg.prompts)
@@ -126,15 +129,21 @@ def train(cfg: Config) -> Path:
     bar = progress(cfg.pg.iterations, "ppo", "iter", initial=st.iteration)
     while st.iteration < cfg.pg.iterations and not stopped_at_plateau(st.history):
         t0 = time.time()
-        # collect: K samples for the next problems of the shuffled pass
+        # collect: K samples for the next problems of the shuffled pass, each from its prompt + the reference
+        # steps --backtrack reveals (none by default)
         problems = next_problems(inputs.questions, inputs.order, st.prompts_used, cfg.pg.prompts)
+        starts = backtrack.plan(cfg.backtracking, task, problems, st.iteration, cfg.pg.iterations, st.backtrack_j)
         prompt_texts, rollouts = sample(engine, m.policy, tokenizer, task, problems, inputs.shots, cfg.sampling,
-                                        seed=cfg.run.seed + 7919 * st.iteration)
+                                        seed=cfg.run.seed + 7919 * st.iteration, prefixes=starts.prefixes)
         st.prompts_used, st.rollouts_used = st.prompts_used + len(problems), st.rollouts_used + len(rollouts)
         t_sample = time.time() - t0
         batch = pack_rollouts(rollouts, tokenizer.pad_token_id)
-        # score: per-token rewards (N, C) and outcomes (N,)
-        scores = score(cfg.scoring, task, tokenizer, inputs.orm, rollouts, problems, prompt_texts)
+        # score: per-token rewards (N, C) and outcomes (N,) of the whole solutions (revealed steps + completion)
+        scores = score(cfg.scoring, task, tokenizer, inputs.orm, rollouts, problems, prompt_texts,
+                       prefixes=starts.prefixes)
+        if cfg.backtracking.backtrack == "adaptive":  # each question one step earlier once its group succeeds
+            st.backtrack_j = backtrack.advance(st.backtrack_j, task, problems, starts, rollouts,
+                                               cfg.backtracking.backtrack_threshold)
         # reference / old passes (no gradient)
         old = old_policy(engine, m.policy, batch, cfg.pg.vllm_is_cap, micro, device)
         ref = reference_logprobs(m.policy, m.reference, batch, micro, device) if m.use_reference else None
@@ -149,6 +158,7 @@ def train(cfg: Config) -> Path:
         st.iteration += 1
         kl_seq = sequence_kl(old.logprobs, ref, batch.action_mask)
         record = {"iteration": st.iteration, "rollouts": st.rollouts_used, "reward": float(scores.outcome.mean()),
+                  **(starts.record() if cfg.backtracking.backtrack != "none" else {}),
                   **completion_stats(rollouts), **({"kl": kl_seq} if ref is not None else {}),
                   "kl_coef": st.kl_coef, "sample_seconds": round(t_sample, 1),
                   "iteration_seconds": round(time.time() - t0, 3), **old.mismatch, **stats.record(value_head=True)}

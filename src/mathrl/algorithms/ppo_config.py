@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.algorithms.policy_gradient_config import OPTIM, PolicyGradient, Scoring, checkpoint_every, \
-    validate_policy_gradient
+from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, PolicyGradient, Scoring, \
+    checkpoint_every, validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Run, Sampling, \
@@ -30,6 +30,7 @@ class Config:
     prompting: Prompting = group(Prompting)
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)
+    backtracking: Backtrack = group(Backtrack)  # the training prompts' revealed reference steps
     scoring: Scoring = group(Scoring)
     # the rewards: the outcome (scoring) minus kl_coef x the KL to the reference (Ziegler et al. 2019)
     kl_coef: float = field(0.05, "KL-to-reference coefficient of the per-token reward penalty (0: no reference "
