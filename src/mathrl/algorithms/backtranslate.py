@@ -242,15 +242,17 @@ def train(cfg: Config) -> Path:
         total = min(total, cfg.reverse_max_steps) if cfg.reverse_max_steps else total
         optimizer = make_optimizer(reverse, cfg.optim.lr, cfg.optim.weight_decay)
         bar = progress(total, "backtranslate: reverse model", "step")
+        done = 0
         try:
             for s in train_steps(reverse, optimizer, examples, cfg.optim, pad_id=tokenizer.pad_token_id,
                                  device=device, total_steps=total, seed=cfg.run.seed):
+                done = s.step
                 bar.update(1)
                 bar.set_postfix(loss=f"{s.loss:.3f}")
                 if s.step % LOG_EVERY == 0 or s.step == total:
                     logger.log(s.step, reverse_loss=s.loss, grad_norm=s.grad_norm, lr=s.lr, epoch=s.epoch)
         except FloatingPointError as e:
-            raise ckpt.divergence_error(run_dir, 0, str(e)) from None
+            raise ckpt.divergence_error(run_dir, done + 1, f"reverse model: {e}") from None
         bar.close()
         del optimizer
         st.phase, st.reverse_steps = "collect", total
