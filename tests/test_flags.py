@@ -84,6 +84,11 @@ WALKS = [
                                            "--batch-size", "4", *EVAL, *SMALL]),
     Walk("sft", "fresh-no-eval", lambda e: ["--epochs", "1", "--train-size", "8", "--batch-size", "4", "--eval-size",
                                             "0", "--threads", "1"]),
+    Walk("sft", "backtranslated", lambda e: ["--model", e["policy"], "--epochs", "1", "--train-size", "8",
+                                             "--batch-size", "4", "--backtranslated", e["pairs"],
+                                             "--backtranslated-ratio", "0.5", "--eval-size", "0", "--threads", "1"]),
+    Walk("backtranslate", "tiny", lambda e: ["--model", e["policy"], "--questions", "2", "-k", "2", "--reverse-size",
+                                             "8", "--reverse-max-steps", "1", "--batch-size", "4", *SMALL]),
     Walk("orm train", "orm", lambda e: ["--model", e["policy"], "--questions", "6", "-k", "2", "--epochs", "1",
                                         *SMALL]),
     # 40 tokens from the untrained policy: some samples have two '.'-ended steps, whose prefix gets M rollouts
@@ -95,6 +100,9 @@ WALKS = [
     Walk("ei", "orm-no-eval", lambda e: _ei(e, "--reward", "orm", "--orm", e["orm"], "--patience", "0",
                                             evaluation=["--eval-size", "0"]),
          {"retrain_from": ONE_ROUND, "eval_k": "no in-run evaluation: it would only label the history"}),
+    Walk("ei", "backtranslated", lambda e: _ei(e, "--backtranslated", e["pairs"], "--backtranslated-ratio", "0.5",
+                                               "--include-references", "--patience-size", "2"),
+         {"retrain_from": ONE_ROUND}),
     Walk("ei", "reward-function", lambda e: _ei(e, "--reward", e["reward"], "--rounds", "2", "--retrain-from", "last",
                                                 "--orm-threshold", "0.5", "--patience-size", "2")),
     Walk("rcrl", "sparse", lambda e: _rcrl(e),
@@ -158,7 +166,7 @@ GIVEN_VALUE = {"level": "2", "data_dir": "data", "extract": "strict", "question_
 @pytest.fixture(scope="module")
 def env(tiny_model_dir, tmp_path_factory):
     """The untrained tiny model as the policy, an ORM and a SORM trained on its samples, a samples file for
-    ``score`` and a reward function."""
+    ``score``, a reward function and a file of backtranslated pairs (three dev problems)."""
     root = tmp_path_factory.mktemp("flags")
     policy = str(tiny_model_dir)
     small = ["--questions", "4", "-k", "2", "--epochs", "1", "--max-new-tokens", "8", "--threads", "1"]
@@ -170,11 +178,14 @@ def env(tiny_model_dir, tmp_path_factory):
     samples = root / "samples.jsonl"
     samples.write_text("".join(json.dumps({"question": p.question, "completions": [p.solution, "no"]}) + "\n"
                                for p in load_task("synthetic").problems("test")[:2]))
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"question": p.question, "solution": p.solution, "answer": p.answer}) + "\n"
+                             for p in load_task("synthetic", level=2).problems("dev")[:3]))
     (root / "flag_walk_reward.py").write_text("def reward(prompts, completions, **columns):\n"
                                               "    return [len(c) % 3 / 2 for c in completions]\n")
     sys.path.insert(0, str(root))
     yield {"root": root, "policy": policy, "orm": str(root / "orm" / "model"), "sorm": str(root / "sorm" / "model"),
-           "samples": str(samples), "reward": "flag_walk_reward:reward"}
+           "samples": str(samples), "reward": "flag_walk_reward:reward", "pairs": str(pairs)}
     sys.path.remove(str(root))
 
 
@@ -213,7 +224,8 @@ def _config(command: str, argv: list[str]):
     return cls, func, from_args(cls, args)
 
 
-_OUT = {"study", "pretrain", "sft", "orm train", "ei", "rcrl", "eval", "score", "model init", "ppo", "grpo"}
+_OUT = {"study", "pretrain", "sft", "orm train", "ei", "rcrl", "eval", "score", "model init", "ppo", "grpo",
+        "backtranslate"}
 _READS: dict[str, set] = {}
 
 

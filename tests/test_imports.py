@@ -132,7 +132,7 @@ def test_settings_is_a_leaf():
 # each algorithm's algorithms/NAME_config.py beside its loop), so that no `mathrl CMD --help` imports torch
 # (test_heavy_configs_are_known reads which Config modules would).
 TORCH_FREE_HELP = ("study", "data show", "data stats", "model init", "pretrain", "sft", "ei", "orm train", "ppo",
-                   "grpo", "rcrl", "eval", "score")
+                   "grpo", "rcrl", "backtranslate", "eval", "score")
 HEAVY = ("torch", "transformers")
 
 

@@ -47,6 +47,8 @@ COMMANDS = {
                    "supervised fine-tuning, with per-epoch dev metrics"),
     "ei": Command("mathrl.algorithms.expert_iteration_config:Config", "mathrl.algorithms.expert_iteration:main",
                   "Expert Iteration: sample K, keep the correct, fine-tune"),
+    "backtranslate": Command("mathrl.algorithms.backtranslate_config:Config", "mathrl.algorithms.backtranslate:main",
+                             "synthetic (question, solution) pairs by backtranslation, filtered by round trip"),
     "orm train": Command("mathrl.algorithms.orm_config:Config", "mathrl.algorithms.orm:main",
                          "train an outcome (or --stepwise) reward model on policy samples"),
     "ppo": Command("mathrl.algorithms.ppo_config:Config", "mathrl.algorithms.ppo:main",

@@ -10,8 +10,9 @@ prompt template, stop strings; by default those recorded with the model), ``FewS
 and which), ``Optim`` (AdamW with warmup and cosine decay, gradient accumulation, clipping), ``Lora`` (adapters
 instead of full fine-tuning), ``Sampling`` (collecting rollouts), ``Evaluation`` (the in-run evaluations),
 ``EvalSchedule`` (when RL runs evaluate, and the stop at a plateau), ``Rounds`` (the fine-tuning inside each round
-of EI and RCRL). Single settings that several commands share without the rest of a group (``resume``,
-``max_new_tokens``...) are field factories here.
+of EI and RCRL), ``Backtranslated`` (synthetic pairs mixed into SFT's and EI's fine-tuning data). Single settings
+that several commands share without the rest of a group (``resume``, ``max_new_tokens``...) are field factories
+here.
 """
 
 from __future__ import annotations
@@ -298,6 +299,31 @@ class Rounds:
             raise UsageError("epochs must be > 0")
         if self.max_steps < 0 or self.checkpoint_every < 0:
             raise UsageError("max_steps and checkpoint_every must be >= 0")
+
+
+@dataclass
+class Backtranslated:
+    """Synthetic training pairs made by ``mathrl backtranslate`` mixed into a fine-tuning set (SFT's training set,
+    each EI round's fine-tuning data): ``backtranslated`` examples per real one, drawn from a seeded pass over the
+    file (``backtranslated.py``; docs/algorithms.md, "Backtranslated data")."""
+
+    backtranslated: str = field("", "a jsonl of backtranslated (question, solution, answer) pairs, as `mathrl "
+                                    "backtranslate` writes to OUT/backtranslated.jsonl, to add to the training data")
+    backtranslated_ratio: float = field(0.0, "backtranslated examples added per real training example (e.g. 0.5: "
+                                             "one per two; rounded half up; the file's pairs are repeated in a "
+                                             "seeded order when it holds fewer)")
+
+    def validate(self) -> None:
+        if self.backtranslated_ratio < 0:
+            raise UsageError("backtranslated_ratio must be >= 0")
+        if not self.backtranslated:
+            refuse(self, ("backtranslated_ratio",), "without --backtranslated PATH")
+            return
+        if not self.backtranslated_ratio:
+            raise UsageError("--backtranslated needs --backtranslated-ratio > 0 (backtranslated examples per real "
+                             "one; at 0 none is added)")
+        if not Path(self.backtranslated).is_file():
+            raise UsageError(f"--backtranslated {self.backtranslated}: no such file")
 
 
 def shots():

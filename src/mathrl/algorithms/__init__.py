@@ -1,5 +1,6 @@
 """The algorithms, one module each (``pretrain``, ``sft``, ``expert_iteration``, ``orm``, ``ppo``, ``grpo``,
-``rcrl``): a typed state dataclass and ``train(cfg)`` reading collect -> score -> learn -> evaluate -> checkpoint.
+``rcrl``, ``backtranslate``): a typed state dataclass and ``train(cfg)`` reading collect -> score -> learn ->
+evaluate -> checkpoint.
 
 Each one's ``Config`` lives beside it in ``NAME_config.py`` (``ppo_config.py`` for ``ppo.py``; what PPO and GRPO
 share in ``policy_gradient_config.py``), which the algorithm module imports, so that reading ``ppo.py`` shows

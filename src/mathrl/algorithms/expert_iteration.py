@@ -16,7 +16,10 @@ Each round:
 4. **learn**: fine-tune on D_i (plus the reference solutions of the questions sampled so far with
    ``include_references``), from the start model each round (``retrain_from initial``: the paper fine-tunes its
    initial checkpoint on D_i every round, as ReST-EM does, Singh et al. 2023, against over-fitting to the
-   policy's own samples; the default) or continuing from the last policy (``retrain_from last``);
+   policy's own samples; the default) or continuing from the last policy (``retrain_from last``); with
+   ``--backtranslated PATH --backtranslated-ratio R``, plus round(R x that data's size) synthetic pairs that ``mathrl
+   backtranslate`` made, the first of one seeded pass over the file (so each round's pairs extend the last
+   round's, as D_i extends D_{i-1}; ``backtranslated.py``);
 5. **evaluate** maj@1 / maj@K / pass@K on ``eval_split`` and log them against the rollouts consumed so far: every
    round, or on the log-spaced schedule (``--eval-at log``; ``plateau.py``);
 6. **checkpoint**; stop at ``rounds`` (the cap: rounds x questions x K rollouts), when dev maj@1 has plateaued
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mathrl import checkpoint as ckpt
+from mathrl.backtranslated import added_count, read_pairs, select_pairs
 from mathrl.algorithms.expert_iteration_config import Config
 from mathrl.compile import compiled
 from mathrl.config import save as save_config
@@ -107,6 +111,7 @@ def train(cfg: Config) -> Path:
     eval_problems = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     # early stopping decides on dev problems, never on the test split the curves report
     dev_problems = task.problems("dev")[: cfg.patience_size] if cfg.patience else []
+    pairs = read_pairs(task, cfg.backtranslation.backtranslated) if cfg.backtranslation.backtranslated else []
 
     st, optimizer, resumed = resume_round_run(run_dir, cfg.resume, policy, EIState(), EIState.from_dict, cfg.optim)
     logger = RunLogger(run_dir, cfg, resume_step=st.round if resumed else None)
@@ -142,7 +147,12 @@ def train(cfg: Config) -> Path:
             # step 4: fine-tune on D_i (from the initial checkpoint each round, or from the last policy)
             sampled = [train_split[i] for i in order[: st.questions_used]]  # every round's questions so far
             items = _items(cfg, task, train_split, sampled, st.dataset)
-            examples = _examples(task, tokenizer, items, tokenizer.eos_token_id)
+            added = []
+            if pairs:
+                # backtranslated pairs, ratio x the round's data, trained on as references are
+                n = added_count(len(items), cfg.backtranslation.backtranslated_ratio)
+                added = [(p, task.target(p).strip()) for p in select_pairs(pairs, n, cfg.run.seed)]
+            examples = _examples(task, tokenizer, items + added, tokenizer.eos_token_id)
             total = round_total_steps(len(examples), cfg.optim, cfg.rounds_ft)
             if optimizer is None:
                 optimizer = make_optimizer(policy, cfg.optim.lr, cfg.optim.weight_decay)
@@ -151,7 +161,8 @@ def train(cfg: Config) -> Path:
             fine_tune_round(learner, optimizer, examples, cfg.optim, st, pad_id=tokenizer.pad_token_id, device=device,
                             total=total, seed=cfg.run.seed + st.round, label=f"ei round {st.round + 1}: fine-tuning",
                             checkpoint_every=cfg.rounds_ft.checkpoint_every, save=save, run_dir=run_dir)
-            st.history[-1].update(train_steps=total, train_seconds=round(time.time() - t0, 1))
+            st.history[-1].update(train_steps=total, train_seconds=round(time.time() - t0, 1),
+                                  **({"backtranslated": len(added)} if pairs else {}))
             st.policy_is_start = st.policy_is_start and total == 0
             st.phase, optimizer = "evaluate", None
             save(ckpt.round_tag(st.round, done=True))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.rewards import OUTCOME_REWARDS, is_user_reward, user_reward
-from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, \
+from mathrl.settings import compile_blocks, Backtranslated, Compute, Data, EvalSchedule, Evaluation, FewShot, Lora, Optim, Prompting, Rounds, Run, \
     Sampling, fsdp, resume, validate_sampling_trainer, validate_schedule
 
 
@@ -31,6 +31,7 @@ class Config:
     orm_threshold: float = field(0.5, "keep samples whose reward-model (or module:function) score is at least this")
     include_references: bool = field(False, "also train on the reference solutions of the sampled questions")
     retrain_from: str = field("initial", "initial (ReST-EM: fine-tune the start model each round) or last")
+    backtranslation: Backtranslated = group(Backtranslated)  # synthetic pairs added to each round's fine-tuning data
     rounds_ft: Rounds = group(Rounds)
     optim: Optim = group(Optim)
     lora: Lora = group(Lora)  # retrain_from initial: each round's fine-tuning starts from fresh adapters

@@ -6,7 +6,9 @@ pass@K on the held-out dev split -> checkpoint. Havrilla et al. (section 4.3) re
 epochs raise maj@1 while pass@96 falls; the per-epoch dev metrics in metrics.jsonl show whether that trade-off
 appears here.
 
-Dev problems are removed from the training set when they come from the same pool (GSM8K/SVAMP ``dev``).
+Dev problems are removed from the training set when they come from the same pool (GSM8K/SVAMP ``dev``). With
+``--backtranslated PATH --backtranslated-ratio R``, round(R x the real problems) synthetic pairs that ``mathrl
+backtranslate`` made are added to the training set, trained on like reference solutions (``backtranslated.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
+from mathrl.backtranslated import added_count, read_pairs, select_pairs
 from mathrl.algorithms.sft_config import Config
 from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
@@ -61,7 +64,14 @@ def train(cfg: Config) -> Path:
     dev = task.problems(cfg.eval.eval_split)[: cfg.eval.eval_size] if cfg.eval.eval_size else []
     dev_ids = {p.id for p in dev}
     train_problems = [p for p in task.problems("train") if p.id not in dev_ids]
-    examples = build_examples(task, tokenizer, train_problems, cfg.whole_sequence_loss)
+    added = []
+    if cfg.backtranslation.backtranslated:
+        # synthetic pairs (backtranslate), ratio x the real problems of a seeded pass over the file, trained on as
+        # references are
+        pairs = read_pairs(task, cfg.backtranslation.backtranslated)
+        added = select_pairs(pairs, added_count(len(train_problems), cfg.backtranslation.backtranslated_ratio),
+                             cfg.run.seed)
+    examples = build_examples(task, tokenizer, train_problems + added, cfg.whole_sequence_loss)
     steps_per_epoch = math.ceil(len(examples) / cfg.optim.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
@@ -79,7 +89,8 @@ def train(cfg: Config) -> Path:
         step = state["step"]
         print(f"resumed {run_dir} at step {step}")
     logger = RunLogger(run_dir, cfg, resume_step=step if last is not None else None)
-    print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} train problems, "
+    print(f"sft: {count_parameters(model) / 1e6:.2f}M parameters, {len(examples)} train problems"
+          + (f" ({len(train_problems)} real + {len(added)} backtranslated)" if added else "") + ", "
           f"{cfg.epochs} epochs x {steps_per_epoch} steps, {threads} threads, {device}")
 
     def save(step):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
-from mathrl.settings import compile_blocks, MODEL_SIZES, Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, \
+from mathrl.settings import compile_blocks, MODEL_SIZES, Backtranslated, Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, \
     max_new_tokens, no_lora_with_fsdp, one_of, resume, token_budget, validate_groups
 
 
@@ -20,6 +20,7 @@ class Config:
     prompting: Prompting = group(Prompting)  # the prompts of training and of the dev evaluations
     train_size: int | None = field(None, "synthetic: number of train problems (default: the task's, 20000)")
     epochs: int = field(3, "passes over the train split")
+    backtranslation: Backtranslated = group(Backtranslated)  # synthetic pairs added to the training set
     # batch_size 16: the tiny model learns per step (16 beat 32 at equal time)
     optim: Optim = group(Optim, lr=3e-3, warmup_steps=100, batch_size=16)
     lora: Lora = group(Lora)

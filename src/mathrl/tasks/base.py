@@ -121,3 +121,16 @@ def qa_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
 
 # Shared by tasks: a completion stops at the next few-shot block a model starts to write.
 QA_STOP_STRINGS = ("\n\nQuestion:",)
+
+
+def reverse_prompt(solution: str) -> str:
+    """The prompt of a *reverse* model, which writes the question a solution answers (backtranslation: Sennrich et
+    al. 2016 train a target-to-source model and translate target-side text back; here solution -> question).
+
+    The completion starts right after ``"Question:"`` with a space, as ``qa_prompt``'s does after ``"Answer:"``, and
+    ends with the model's EOS."""
+    return f"Solution: {solution.strip()}\nQuestion:"
+
+
+# A reverse model's completion stops at the next block it starts to write (as QA_STOP_STRINGS for the forward one).
+REVERSE_STOP_STRINGS = ("\n\nSolution:", "\nSolution:")

@@ -162,3 +162,13 @@ class FileTask:
     grade = GSM8KTask.grade
     step_results = GSM8KTask.step_results
     step_spans = GSM8KTask.step_spans
+
+
+def read_rows(path: str, solution_field: str = "solution") -> list[Problem]:
+    """Every row of one jsonl file in this format (question, answer and ``solution_field`` fields), in file order
+    and unsplit, as Problems with ids ``<file stem>-<row>``: how ``mathrl backtranslate``'s pairs are read back
+    (``backtranslated.py``). A missing file, a line that is not JSON or a row without a field is one line naming
+    the file and row."""
+    if not Path(path).is_file():
+        raise UsageError(f"file not found: {path}")
+    return FileTask(path, solution_field=solution_field)._load(None)
