@@ -319,3 +319,9 @@ def test_plr_with_refill_is_refused(tiny_model_dir, tmp_path, capsys):
     assert main(["grpo", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--question-sampling", "plr",
                  "--zero-signal", "refill"]) == 2
     assert "--question-sampling plr" in capsys.readouterr().err
+
+
+def test_the_config_names_the_scores_plr_computes():
+    from mathrl.algorithms.policy_gradient_config import PLR_SCORES
+
+    assert PLR_SCORES == plr.SCORES
