@@ -325,3 +325,13 @@ def test_the_config_names_the_scores_plr_computes():
     from mathrl.algorithms.policy_gradient_config import PLR_SCORES
 
     assert PLR_SCORES == plr.SCORES
+
+
+def test_a_uniform_checkpoint_is_not_resumed_as_plr(tiny_model_dir, tmp_path, capsys):
+    out = str(tmp_path / "uniform")
+    argv = ["ppo", "--model", str(tiny_model_dir), "--out", out, "--iterations", "1", "--prompts", "2", "-k", "2",
+            "--batch-size", "4", "--max-new-tokens", "8", "--eval-size", "0", "--threads", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--question-sampling", "plr"]) == 2
+    assert "written with --question-sampling uniform" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import torch
 from mathrl import checkpoint as ckpt
 from mathrl import distributed, plr
 from mathrl.compile import compiled
+from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.plateau import log_point_crossed, mark_plateau
@@ -91,9 +92,9 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     ``save_iteration`` wrote) and its loop state as an instance of ``fresh``'s dataclass, with the policy's weights
     (with LoRA the adapters: the base weights are the start model's), the optimizer's state over ``trained`` (the
     modules it steps) and the RNG state restored; else (``fresh``, None). A checkpoint written before
-    ``prompts_used`` existed drew ``prompts`` per iteration, one written before ``plr`` existed was a uniform run's;
-    keys the state does not have (the constant
-    ``kl_coef`` that GRPO checkpoints of the single PPO/GRPO loop of earlier versions recorded) are left out."""
+    ``prompts_used`` existed drew ``prompts`` per iteration, and one written before ``plr`` existed is a uniform
+    run's; keys the state does not have (the constant ``kl_coef`` that GRPO checkpoints of the single PPO/GRPO loop
+    of earlier versions recorded) are left out. A checkpoint of the other ``--question-sampling`` is refused."""
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is None:
         return fresh, None
@@ -106,6 +107,9 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     st = type(fresh)(**{f.name: type(getattr(fresh, f.name))(**d[f.name])
                         if dataclasses.is_dataclass(getattr(fresh, f.name)) and isinstance(d[f.name], dict)
                         else d[f.name] for f in dataclasses.fields(fresh)})
+    if (st.plr is None) != (fresh.plr is None):
+        written = "uniform" if st.plr is None else "plr"
+        raise UsageError(f"--resume: {run_dir} was written with --question-sampling {written}; resume it with the same")
     print(f"resumed {run_dir} at iteration {st.iteration}")
     return st, saved
 

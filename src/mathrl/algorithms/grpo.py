@@ -180,8 +180,9 @@ def budget_spent(cfg: Config, st: GRPOState) -> bool:
 
 def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs: Inputs) -> Collected | None:
     """Draw the next ``prompts`` problems of the shuffled pass (or PLR's: ``pg_run.draw_questions``) x K and score
-    them (``rollouts.score``). With ``--zero-signal refill`` (DAPO's dynamic sampling, Yu et al. 2025, sec. 3.2 and Algorithm 1) keep only the
-    groups whose returns differ (``advantages.group_signal``) and draw the next ``prompts`` problems, up to
+    them (``rollouts.score``). With ``--zero-signal refill`` (DAPO's dynamic sampling, Yu et al. 2025, sec. 3.2 and
+    Algorithm 1) keep only the groups whose returns differ (``advantages.group_signal``) and draw the next
+    ``prompts`` problems, up to
     ``refill_rounds`` more times, until ``prompts`` groups carry signal (the first ones drawn are kept; with fewer
     after the last round the iteration learns from those; with none, from the last round's). Every rollout drawn
     counts in ``st.rollouts_used``, kept or not, and ``--max-rollouts`` caps the draws (None: no group left to
