@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 
 from mathrl import checkpoint as ckpt
-from mathrl import distributed
+from mathrl import distributed, plr
 from mathrl.compile import compiled
+from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import apply_lora, final_model, load_model
 from mathrl.plateau import log_point_crossed, mark_plateau
 from mathrl.record import ModelRecord, read_record
 from mathrl.reward_model import load_reward_model
+from mathrl.rollouts import next_problems
 from mathrl.runlog import write_history
 from mathrl.runsetup import few_shot_examples, warn_tiny_default_lr, write_record
 from mathrl.seeds import rng_state, set_rng_state
@@ -90,9 +92,10 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     ``save_iteration`` wrote) and its loop state as an instance of ``fresh``'s dataclass, with the policy's weights
     (with LoRA the adapters: the base weights are the start model's), the optimizer's state over ``trained`` (the
     modules it steps) and the RNG state restored; else (``fresh``, None). A checkpoint written before
-    ``prompts_used`` existed drew ``prompts`` per iteration; one written before a field of the state existed
-    (``backtrack_j``) resumes it at ``fresh``'s value; keys the state does not have (the constant ``kl_coef`` that
-    GRPO checkpoints of the single PPO/GRPO loop of earlier versions recorded) are left out."""
+    ``prompts_used`` existed drew ``prompts`` per iteration, and one written before ``plr`` existed is a uniform
+    run's; one written before another field of the state existed (``backtrack_j``) resumes it at ``fresh``'s value;
+    keys the state does not have (the constant ``kl_coef`` that GRPO checkpoints of the single PPO/GRPO loop of
+    earlier versions recorded) are left out. A checkpoint of the other ``--question-sampling`` is refused."""
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is None:
         return fresh, None
@@ -100,10 +103,65 @@ def resume_checkpoint(run_dir: Path, resume: bool, policy, trained, optimizer, f
     ckpt.load_weights_into(policy, last)
     distributed.load_optimizer_state(trained, optimizer, saved["optimizer"])
     set_rng_state(saved["rng"])
-    d = {"prompts_used": saved["iteration"] * prompts, **saved}
-    st = type(fresh)(**{f.name: d.get(f.name, getattr(fresh, f.name)) for f in dataclasses.fields(fresh)})
+    d = {"prompts_used": saved["iteration"] * prompts, "plr": None, **saved}
+    # a field missing from an older checkpoint takes fresh's value; a state dataclass held by the loop state (the
+    # PLR sampler's) was saved as a dict: rebuilt as its type
+    d = {f.name: d.get(f.name, getattr(fresh, f.name)) for f in dataclasses.fields(fresh)}
+    st = type(fresh)(**{f.name: type(getattr(fresh, f.name))(**d[f.name])
+                        if dataclasses.is_dataclass(getattr(fresh, f.name)) and isinstance(d[f.name], dict)
+                        else d[f.name] for f in dataclasses.fields(fresh)})
+    if (st.plr is None) != (fresh.plr is None):
+        written = "uniform" if st.plr is None else "plr"
+        raise UsageError(f"--resume: {run_dir} was written with --question-sampling {written}; resume it with the same")
     print(f"resumed {run_dir} at iteration {st.iteration}")
     return st, saved
+
+
+def fresh_plr(cfg) -> plr.PLRState | None:
+    """The PLR sampler's state at the start of a run (``--question-sampling plr``), else None."""
+    return plr.PLRState() if cfg.curriculum.plr else None
+
+
+def draw_questions(cfg, inputs: Inputs, st, n: int) -> tuple[list, dict]:
+    """(problems, record): the next ``n`` train questions of the run, and what the history logs of the draw.
+    Uniform: the next ones of the shuffled pass (``rollouts.next_problems`` from ``st.prompts_used``). PLR: from
+    the sampler's state ``st.plr`` (``plr.draw``: unseen ones in the same pass order, replayed ones from
+    P_replay), seeded by the run's seed and the iteration, so a resumed run draws the same. Both log how many
+    questions of each difficulty level were drawn (``plr_draws_level_<d>``), so that their curricula compare."""
+    if st.plr is None:
+        problems = next_problems(inputs.questions, inputs.order, st.prompts_used, n)
+        record = {}
+    else:
+        c = cfg.curriculum
+        # min_seen: one iteration's questions, so the first iteration draws unseen ones only (plr.py)
+        got = plr.draw(st.plr, n, [inputs.questions[i].id for i in inputs.order],
+                       random.Random(f"plr/{cfg.run.seed}/{st.iteration}"), beta=c.plr_temperature,
+                       rho=c.plr_staleness, replay_prob=c.plr_replay_prob, min_seen=cfg.pg.prompts)
+        by_id = {p.id: p for p in inputs.questions}
+        problems = [by_id[i] for i in got.ids]
+        record = {"plr_replayed": sum(got.replayed)}
+    levels = sorted({p.difficulty for p in inputs.questions})
+    return problems, {**record, **plr.draws_by_level(levels, [p.difficulty for p in problems])}
+
+
+def update_plr(cfg, st, task, problems: list, rollouts: list, advantages: torch.Tensor,
+               action_mask: torch.Tensor) -> dict:
+    """Score each question of ``problems`` from its group in ``rollouts`` (K per problem, by problem) and record
+    the scores in ``st.plr`` (``plr.update``); the history's summary of the scores. ``--plr-score p1mp``: p(1-p)
+    of the group's pass rate, graded by the task; ``abs-advantage``: the group's mean |advantage| (N, C) over each
+    sample's ``action_mask`` tokens. Nothing without PLR."""
+    if st.plr is None:
+        return {}
+    groups = [[j for j, r in enumerate(rollouts) if r.prompt_index == g] for g in range(len(problems))]
+    if cfg.curriculum.plr_score == "p1mp":
+        passed = [task.grade(problems[r.prompt_index], r.text).correct for r in rollouts]
+        scores = [plr.p1mp_score([passed[j] for j in rows]) for rows in groups]
+    else:
+        mask = action_mask.to(advantages.dtype)
+        per_row = ((advantages.detach().abs() * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+        scores = [plr.abs_advantage_score([per_row[j] for j in rows]) for rows in groups]
+    plr.update(st.plr, [p.id for p in problems], scores)
+    return plr.score_summary(st.plr)
 
 
 def evaluate_policy(cfg, policy, tokenizer, task, engine, inputs: Inputs, run_dir: Path, iteration: int,

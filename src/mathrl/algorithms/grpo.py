@@ -43,10 +43,12 @@ from mathrl.algorithms.grpo_config import Config
 from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import aggregate, ppo_policy_loss
-from mathrl.pg_run import Inputs, check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, \
-    resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, write_policy
-from mathrl.rollouts import Experience, LearnStats, Scores, forward_policy, minibatches, next_problems, old_policy, \
-    optimizer_step, pack_rollouts, reference_logprobs, sample, score
+from mathrl.pg_run import Inputs, check_kl, draw_questions, evaluate_policy, evaluation_due, fresh_plr, \
+    load_policy, planned_steps, resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, \
+    stop_at_plateau, update_plr, write_policy
+from mathrl.plr import PLRState
+from mathrl.rollouts import Experience, LearnStats, Scores, forward_policy, minibatches, old_policy, optimizer_step, \
+    pack_rollouts, reference_logprobs, sample, score
 from mathrl.plateau import stopped_at_plateau
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import start_run, task_for
@@ -62,9 +64,10 @@ class GRPOState:
     iteration: int = 0
     opt_steps: int = 0
     rollouts_used: int = 0  # every rollout drawn, kept or not (--max-rollouts)
-    prompts_used: int = 0  # position in the shuffled pass over the train split
+    prompts_used: int = 0  # questions drawn: the position in the shuffled pass over the train split (uniform)
     backtrack_j: dict[str, int] = dataclasses.field(default_factory=dict)  # --backtrack adaptive: j per question id
     history: list = dataclasses.field(default_factory=list)
+    plr: PLRState | None = None  # the PLR sampler's scores and counters (--question-sampling plr)
 
 
 def train(cfg: Config) -> Path:
@@ -83,7 +86,8 @@ def train(cfg: Config) -> Path:
     k, micro, with_kl = cfg.sampling.k, cfg.optim.micro_batch_size, cfg.kl_coef > 0
     backtrack.check_task(cfg.backtracking, task, inputs.questions)
 
-    st, saved = resume_checkpoint(run_dir, cfg.resume, policy, trained, optimizer, GRPOState(), cfg.pg.prompts)
+    st, saved = resume_checkpoint(run_dir, cfg.resume, policy, trained, optimizer, GRPOState(plr=fresh_plr(cfg)),
+                                  cfg.pg.prompts)
     logger = RunLogger(run_dir, cfg, resume_step=None if saved is None else st.iteration)
 
     def run_eval() -> dict:
@@ -112,6 +116,8 @@ def train(cfg: Config) -> Path:
                                                              if cfg.advantage == "grpo" else {}))
         experience = Experience(batch, old.logprobs, adv.unsqueeze(-1).expand_as(old.logprobs) * batch.action_mask,
                                 is_weights=old.is_weights, ref_logprobs=ref)
+        # the questions' PLR scores (--question-sampling plr), from the pass rates or these advantages
+        plr_record = update_plr(cfg, st, task, got.problems, got.rollouts, experience.advantages, batch.action_mask)
         keep = torch.arange(len(got.rollouts))
         if cfg.zero_signal == "drop":  # the groups whose returns differ (advantages.group_signal)
             keep = group_signal(returns, k).repeat_interleave(k).nonzero().flatten()
@@ -126,7 +132,8 @@ def train(cfg: Config) -> Path:
                   **(got.starts.record() if cfg.backtracking.backtrack != "none" else {}),
                   **completion_stats(got.rollouts), **({"kl": kl_seq} if with_kl else {}), "kl_coef": cfg.kl_coef,
                   "sample_seconds": round(t_sample, 1), "iteration_seconds": round(time.time() - t0, 3),
-                  **old.mismatch, **stats.record(value_head=False), "zero_signal_fraction": got.zero_signal_fraction}
+                  **old.mismatch, **stats.record(value_head=False), "zero_signal_fraction": got.zero_signal_fraction,
+                  **got.drawn, **plr_record}
         if with_kl:
             check_kl(run_dir, st.iteration, kl_seq, cfg.pg.kl_bound)
         bar.update(1)
@@ -159,7 +166,8 @@ class Collected:
     """One iteration's training groups: ``problems`` (G), their ``prompts``, where their rollouts started
     (``starts``: the reference steps --backtrack revealed), ``rollouts`` (G x K, by group; ``prompt_index`` indexes
     ``problems``) and their ``scores``; the sampling ``rounds`` it took and the ``zero_signal_fraction`` of every
-    group drawn (with refill, the dropped ones too)."""
+    group drawn (with refill, the dropped ones too); ``drawn``, what the history logs of the draws
+    (``pg_run.draw_questions``; with refill, summed over the rounds)."""
 
     problems: list
     prompts: list[str]
@@ -168,6 +176,7 @@ class Collected:
     scores: Scores
     rounds: int
     zero_signal_fraction: float
+    drawn: dict
 
 
 def budget_spent(cfg: Config, st: GRPOState) -> bool:
@@ -176,9 +185,10 @@ def budget_spent(cfg: Config, st: GRPOState) -> bool:
 
 
 def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs: Inputs) -> Collected | None:
-    """Draw the next ``prompts`` problems of the shuffled pass x K and score them (``rollouts.score``). With
-    ``--zero-signal refill`` (DAPO's dynamic sampling, Yu et al. 2025, sec. 3.2 and Algorithm 1) keep only the
-    groups whose returns differ (``advantages.group_signal``) and draw the next ``prompts`` problems, up to
+    """Draw the next ``prompts`` problems of the shuffled pass (or PLR's: ``pg_run.draw_questions``) x K and score
+    them (``rollouts.score``). With ``--zero-signal refill`` (DAPO's dynamic sampling, Yu et al. 2025, sec. 3.2 and
+    Algorithm 1) keep only the groups whose returns differ (``advantages.group_signal``) and draw the next
+    ``prompts`` problems, up to
     ``refill_rounds`` more times, until ``prompts`` groups carry signal (the first ones drawn are kept; with fewer
     after the last round the iteration learns from those; with none, from the last round's). Every rollout drawn
     counts in ``st.rollouts_used``, kept or not, and ``--max-rollouts`` caps the draws (None: no group left to
@@ -188,13 +198,15 @@ def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs:
     k, refill = cfg.sampling.k, cfg.zero_signal == "refill"
     kept_problems, kept_rollouts, kept_scores, kept_starts = [], [], [], []
     signal_groups = total_groups = rounds = 0
+    drawn_record: dict = {}
     while rounds <= (cfg.refill_rounds if refill else 0) and len(kept_problems) < cfg.pg.prompts:
         n = cfg.pg.prompts
         if cfg.max_rollouts:
             n = min(n, (cfg.max_rollouts - st.rollouts_used) // k)
         if n <= 0:
             break
-        problems = next_problems(inputs.questions, inputs.order, st.prompts_used, n)
+        problems, drawn_round = draw_questions(cfg, inputs, st, n)
+        drawn_record = {key: drawn_record.get(key, 0) + v for key, v in drawn_round.items()}
         starts = backtrack.plan(cfg.backtracking, task, problems, st.iteration, cfg.pg.iterations, st.backtrack_j)
         prompt_texts, drawn = sample(engine, policy, tokenizer, task, problems, inputs.shots, cfg.sampling,
                                      seed=cfg.run.seed + 7919 * st.iteration + rounds, prefixes=starts.prefixes)
@@ -219,7 +231,7 @@ def collect(cfg: Config, st: GRPOState, engine, policy, tokenizer, task, inputs:
     width = max(len(r.completion_ids) for r in kept_rollouts)
     return Collected(kept_problems, [task.prompt(p, inputs.shots) for p in kept_problems],
                      backtrack.Starts.concat(kept_starts), kept_rollouts,
-                     Scores.concat(kept_scores, width), rounds, 1 - signal_groups / max(1, total_groups))
+                     Scores.concat(kept_scores, width), rounds, 1 - signal_groups / max(1, total_groups), drawn_record)
 
 
 def learn(cfg: Config, policy, learner, optimizer, params, exp: Experience, keep: torch.Tensor, st: GRPOState, device,

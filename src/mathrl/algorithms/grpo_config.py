@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, PolicyGradient, Scoring, \
+from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, Curriculum, PolicyGradient, Scoring, \
     checkpoint_every, validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
@@ -32,6 +32,7 @@ class Config:
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/grpo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
+    curriculum: Curriculum = group(Curriculum)  # which train questions each iteration draws
     prompting: Prompting = group(Prompting)
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)  # k: the group size (>= 2 for grpo and rloo)
@@ -108,3 +109,6 @@ class Config:
             raise UsageError("refill_rounds must be >= 1 and max_rollouts >= 0")
         if self.zero_signal != "refill":
             refuse(self, ["refill_rounds"], "without --zero-signal refill")
+        if self.zero_signal == "refill" and self.curriculum.plr:
+            raise UsageError("--zero-signal refill draws further questions from the shuffled pass: not with "
+                             "--question-sampling plr (which chooses each iteration's questions itself)")

@@ -77,6 +77,47 @@ class Backtrack:
             refuse(self, ["backtrack_threshold"], f"with --backtrack {self.backtrack} (it moves adaptive's questions)")
 
 
+QUESTION_SAMPLING = ("uniform", "plr")
+PLR_SCORES = ("p1mp", "abs-advantage")  # plr.SCORES (named here, where no torch is imported)
+
+
+@dataclass
+class Curriculum:
+    """Which train questions each iteration draws (``pg_run.draw_questions``): the run's shuffled pass, or
+    prioritized level replay (Jiang et al. 2021; ``plr.py``, where each setting chosen beyond the paper is
+    stated). Havrilla et al. 2024 tried PLR as a curriculum for PPO and found it did not beat plain PPO."""
+
+    question_sampling: str = field("uniform", "uniform (one shuffled pass over the train split) or plr (prioritized "
+                                              "level replay: replay seen questions by learning potential and "
+                                              "staleness, else the next unseen one of the pass)")
+    plr_score: str = field("p1mp", "plr: a question's learning potential from its most recent group: p1mp (p(1-p) "
+                                   "of its pass rate p) or abs-advantage (the mean |advantage| of its samples: Jiang "
+                                   "et al.'s L1 value loss; PPO: GAE before whitening)")
+    plr_temperature: float = field(0.1, "plr: beta of the rank prioritization P_S ~ (1/rank)^(1/beta) (Jiang et "
+                                        "al.: 0.1)")
+    plr_staleness: float = field(0.1, "plr: rho, the staleness weight in P_replay = (1-rho) P_S + rho P_C (Jiang et "
+                                      "al.: 0.1)")
+    plr_replay_prob: float = field(0.5, "plr: probability that a draw replays a seen question rather than take the "
+                                        "next unseen one (from the second iteration on; always once all are seen)")
+
+    def validate(self) -> None:
+        one_of(self.question_sampling, QUESTION_SAMPLING, "question_sampling")
+        if self.question_sampling == "uniform":
+            refuse(self, ["plr_score", "plr_temperature", "plr_staleness", "plr_replay_prob"],
+                   "with --question-sampling uniform")
+        one_of(self.plr_score, PLR_SCORES, "plr_score")
+        if self.plr_temperature <= 0:
+            raise UsageError("--plr-temperature must be > 0")
+        if not 0 <= self.plr_staleness < 1:
+            raise UsageError("--plr-staleness must lie in [0, 1) (at 1 the scores would not matter)")
+        if not 0 < self.plr_replay_prob <= 1:
+            raise UsageError("--plr-replay-prob must lie in (0, 1] (at 0 plr is the uniform pass)")
+
+    @property
+    def plr(self) -> bool:
+        return self.question_sampling == "plr"
+
+
 MINIBATCH_ORDERS = ("group", "rollout")
 
 
@@ -118,6 +159,7 @@ def validate_policy_gradient(cfg) -> None:
     """The checks of a PPO or GRPO config that concern what both share (each Config's ``validate`` goes on with
     its own settings)."""
     validate_sampling_trainer(cfg, "the starting policy")
+    cfg.curriculum.validate()
     cfg.scoring.validate()
     cfg.backtracking.validate()
     cfg.pg.validate()

@@ -10,8 +10,9 @@ Ziegler et al. 2019 / trlX). The critic-free methods (GRPO, RLOO, REINFORCE++) a
   makes the coefficient adaptive (Ziegler et al., section 2.2). With ``--kl-coef 0`` there is no reference model.
 
 Loop per iteration (the same step names as grpo.py): **collect** K samples for the next ``prompts`` problems of a
-shuffled pass over the train split (with ``--backtrack``, from their prompts + revealed reference steps:
-``backtrack.py``) -> **score** them through the task (``--reward``; the whole solution, prefix + completion) -> **old passes**: pi_old
+shuffled pass over the train split (or those prioritized level replay draws: ``--question-sampling plr``,
+``plr.py``; with ``--backtrack``, from their prompts + revealed reference steps: ``backtrack.py``) -> **score**
+them through the task (``--reward``; the whole solution, prefix + completion) -> **old passes**: pi_old
 (``rollouts.old_policy``: with ``--engine vllm`` recomputed by the trainer, with truncated importance weights),
 the reference's log-probs, the old values -> **advantages** -> **learn**: ``ppo_epochs`` passes of minibatch
 updates -> **log** (divergence guard: a non-finite loss, or a mean KL per sequence above ``kl_bound``, stops the
@@ -35,10 +36,12 @@ from mathrl.algorithms.ppo_config import Config
 from mathrl.compile import compiled
 from mathrl.config import save as save_config
 from mathrl.losses import ppo_policy_loss, value_loss
-from mathrl.pg_run import check_kl, evaluate_policy, evaluation_due, load_policy, planned_steps, resume_checkpoint, \
-    run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, write_policy
-from mathrl.rollouts import Experience, LearnStats, RolloutBatch, Scores, forward_policy, minibatches, next_problems, \
-    old_policy, optimizer_step, pack_rollouts, reference_logprobs, sample, score, value_estimates
+from mathrl.pg_run import check_kl, draw_questions, evaluate_policy, evaluation_due, fresh_plr, load_policy, \
+    planned_steps, resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, \
+    update_plr, write_policy
+from mathrl.plr import PLRState
+from mathrl.rollouts import Experience, LearnStats, RolloutBatch, Scores, forward_policy, minibatches, old_policy, \
+    optimizer_step, pack_rollouts, reference_logprobs, sample, score, value_estimates
 from mathrl.plateau import stopped_at_plateau
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import start_run, task_for
@@ -74,9 +77,10 @@ class PPOState:
     kl_coef: float = 0.0  # changes with --kl-target (adaptive KL)
     opt_steps: int = 0
     rollouts_used: int = 0
-    prompts_used: int = 0  # position in the shuffled pass over the train split
+    prompts_used: int = 0  # questions drawn: the position in the shuffled pass over the train split (uniform)
     backtrack_j: dict[str, int] = dataclasses.field(default_factory=dict)  # --backtrack adaptive: j per question id
     history: list = dataclasses.field(default_factory=list)
+    plr: PLRState | None = None  # the PLR sampler's scores and counters (--question-sampling plr)
 
 
 @dataclass
@@ -112,7 +116,8 @@ def train(cfg: Config) -> Path:
     micro = cfg.optim.micro_batch_size
     backtrack.check_task(cfg.backtracking, task, inputs.questions)
 
-    st, saved = resume_checkpoint(run_dir, cfg.resume, m.policy, trained, optimizer, PPOState(kl_coef=cfg.kl_coef),
+    st, saved = resume_checkpoint(run_dir, cfg.resume, m.policy, trained, optimizer,
+                                  PPOState(kl_coef=cfg.kl_coef, plr=fresh_plr(cfg)),
                                   cfg.pg.prompts)
     if saved is not None:
         m.head.load_state_dict(saved["value_head"])
@@ -129,9 +134,9 @@ def train(cfg: Config) -> Path:
     bar = progress(cfg.pg.iterations, "ppo", "iter", initial=st.iteration)
     while st.iteration < cfg.pg.iterations and not stopped_at_plateau(st.history):
         t0 = time.time()
-        # collect: K samples for the next problems of the shuffled pass, each from its prompt + the reference
-        # steps --backtrack reveals (none by default)
-        problems = next_problems(inputs.questions, inputs.order, st.prompts_used, cfg.pg.prompts)
+        # collect: K samples for the next problems of the shuffled pass (or PLR's draws: --question-sampling), each
+        # from its prompt + the reference steps --backtrack reveals (none by default)
+        problems, drawn = draw_questions(cfg, inputs, st, cfg.pg.prompts)
         starts = backtrack.plan(cfg.backtracking, task, problems, st.iteration, cfg.pg.iterations, st.backtrack_j)
         prompt_texts, rollouts = sample(engine, m.policy, tokenizer, task, problems, inputs.shots, cfg.sampling,
                                         seed=cfg.run.seed + 7919 * st.iteration, prefixes=starts.prefixes)
@@ -148,8 +153,11 @@ def train(cfg: Config) -> Path:
         old = old_policy(engine, m.policy, batch, cfg.pg.vllm_is_cap, micro, device)
         ref = reference_logprobs(m.policy, m.reference, batch, micro, device) if m.use_reference else None
         old_values = value_estimates(m.learner, m.head, batch, micro, device)
-        # advantages
+        # advantages (GAE), the questions' PLR scores from them or from the pass rates, then whitening
         adv, returns = advantages(cfg, batch, scores, old.logprobs, ref, old_values, st.kl_coef)
+        plr_record = update_plr(cfg, st, task, problems, rollouts, adv, batch.action_mask)
+        if cfg.whiten_advantages:
+            adv = whiten(adv, batch.action_mask)
         experience = Experience(batch, old.logprobs, adv, is_weights=old.is_weights, old_values=old_values,
                                 returns=returns)
         # learn: ppo_epochs passes of minibatch updates
@@ -161,7 +169,8 @@ def train(cfg: Config) -> Path:
                   **(starts.record() if cfg.backtracking.backtrack != "none" else {}),
                   **completion_stats(rollouts), **({"kl": kl_seq} if ref is not None else {}),
                   "kl_coef": st.kl_coef, "sample_seconds": round(t_sample, 1),
-                  "iteration_seconds": round(time.time() - t0, 3), **old.mismatch, **stats.record(value_head=True)}
+                  "iteration_seconds": round(time.time() - t0, 3), **old.mismatch, **stats.record(value_head=True),
+                  **drawn, **plr_record}
         if ref is not None:
             check_kl(run_dir, st.iteration, kl_seq, cfg.pg.kl_bound)
         if cfg.kl_target > 0:
@@ -196,16 +205,14 @@ def train(cfg: Config) -> Path:
 def advantages(cfg: Config, batch: RolloutBatch, scores: Scores, old_logprobs: torch.Tensor,
                ref_logprobs: torch.Tensor | None, old_values: torch.Tensor, kl_coef: float):
     """(advantages (N, C), returns (N, C)): GAE over the per-token rewards minus kl_coef x the k1 KL
-    (Ziegler et al. 2019, eq. 2), whitened over the batch's action tokens unless --no-whiten-advantages."""
+    (Ziegler et al. 2019, eq. 2), not yet whitened (``train`` whitens them over the batch's action tokens unless
+    --no-whiten-advantages, after PLR has scored the questions from the raw ones, as Jiang et al. do)."""
     action = batch.action_mask
     rewards = scores.token_rewards
     if ref_logprobs is not None:
         penalty, _ = kl_penalty_rewards(old_logprobs, ref_logprobs, action, kl_coef, "k1")
         rewards = rewards + penalty
-    adv, returns = gae(rewards, old_values, action, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        adv = whiten(adv, action)
-    return adv, returns
+    return gae(rewards, old_values, action, cfg.gamma, cfg.lam)
 
 
 def learn(cfg: Config, m: Models, optimizer, params, exp: Experience, st: PPOState, device, run_dir) -> LearnStats:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, PolicyGradient, Scoring, \
+from mathrl.algorithms.policy_gradient_config import OPTIM, Backtrack, Curriculum, PolicyGradient, Scoring, \
     checkpoint_every, validate_policy_gradient
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
@@ -27,6 +27,7 @@ class Config:
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)
+    curriculum: Curriculum = group(Curriculum)  # which train questions each iteration draws
     prompting: Prompting = group(Prompting)
     few_shot: FewShot = group(FewShot)
     sampling: Sampling = group(Sampling)
