@@ -123,7 +123,6 @@ def test_read_pairs_reads_the_jsonl_format_and_refuses_a_bad_file_in_one_line(ta
         "missing.jsonl": None,
         "notjson.jsonl": "{not json\n",
         "nofield.jsonl": json.dumps({"question": "q", "answer": "7"}) + "\n",
-        "empty.jsonl": "\n",
         "mismatch.jsonl": json.dumps({"question": "q", "solution": "A = 4 + 4 = 8.\n#### 8", "answer": "7"}) + "\n",
     }
     for name, text in cases.items():
@@ -132,6 +131,9 @@ def test_read_pairs_reads_the_jsonl_format_and_refuses_a_bad_file_in_one_line(ta
         with pytest.raises(UsageError) as e:
             read_pairs(task, str(tmp_path / name))
         assert "\n" not in str(e.value) and name in str(e.value), (name, str(e.value))
+    # an empty file (backtranslate kept no pair) adds none, and says so in one line
+    (tmp_path / "empty.jsonl").write_text("")
+    assert read_pairs(task, str(tmp_path / "empty.jsonl")) == []
 
 
 # ----------------------------------------------------------------------------------------------------------

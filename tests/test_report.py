@@ -453,3 +453,49 @@ def test_an_unmeasured_power_section_says_so_in_both_files():
 
     section = [Section("Power", [_power(StudyData())])]
     assert "- not measured" in markdown(section) and "<li>not measured</li>" in page(section, "t")
+
+
+# The paper's negative results (--ablation curriculum). Every run is compared with plain PPO / EI / continued SFT of
+# the same seed; the plain run must have learned over SFT (NONE): at HALF it did (+0.5, lo > 0 over 40 questions)
+@pytest.mark.parametrize("curriculum, plain, expected", [
+    (HALF, HALF, HOLDS),  # no gain: 0, hi of [0, 0] < m
+    (NONE, HALF, HOLDS),  # a curriculum that hurts (-0.5) also gives no gain
+    (ALL, HALF, CONTRADICTED),  # +0.5: lo > m, a real gain
+    (NOISY_A, NOISY_B, INCONCLUSIVE),  # 0 +- 0.15: hi > m, lo < m
+    (HALF, NONE, NOT_TESTABLE),  # plain PPO did not learn
+])
+def test_n1_n2_a_curriculum_gives_ppo_no_gain(curriculum, plain, expected):
+    from mathrl.grid import PPO_BACKTRACK, PPO_PLR
+
+    d = data_with(sft=NONE, **{PPO_BACKTRACK.name: seeds(curriculum), PPO_PLR.name: seeds(curriculum),
+                               PPO.name: seeds(plain)})
+    found = findings(d)
+    assert found["N1"].verdict == expected and found["N2"].verdict == expected
+
+
+@pytest.mark.parametrize("with_pairs, without, expected", [
+    (NONE, HALF, HOLDS),  # -0.5: hi < 0, the pairs lower maj@1
+    (HALF, HALF, CONTRADICTED),  # 0: lo > -m, no fall
+    (NOISY_A, NOISY_B, INCONCLUSIVE),  # 0 +- 0.15: hi > 0, lo < -m
+    (NONE, NONE, NOT_TESTABLE),  # the run without pairs did not learn
+])
+def test_n3_backtranslated_data_lowers_maj1(with_pairs, without, expected):
+    from mathrl.grid import EI_BACKTRANSLATED, SFT_MORE_BACKTRANSLATED
+
+    d = data_with(sft=NONE, **{EI_BACKTRANSLATED.name: seeds(with_pairs), EI.name: seeds(without),
+                               SFT_MORE_BACKTRANSLATED.name: seeds(with_pairs), SFT_MORE.name: seeds(without)})
+    d.backtranslated = {"generated": 8, "kept": 3}
+    assert findings(d)["N3"].verdict == expected
+    # backtranslate kept no pair: the runs with pairs trained on the real data alone -> not testable
+    d.backtranslated = {"generated": 8, "kept": 0}
+    f = findings(d)["N3"]
+    assert f.verdict == NOT_TESTABLE and "kept no pair" in f.note
+
+
+def test_the_curriculum_claims_appear_only_when_the_ablation_ran(tmp_path):
+    from mathrl.report import _finding_items
+
+    items, _ = _finding_items(data_with(sft=NONE, **{PPO.name: seeds(HALF)}))
+    heads = [i.head for i in items.items]
+    assert not any(h.startswith(("N1", "N2", "N3")) for h in heads)
+    assert any(h.startswith("F4") and "not measured" in h for h in heads)  # the paper's grid says what is missing

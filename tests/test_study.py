@@ -201,13 +201,15 @@ def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
     # a study directory is resumed by these names (OUT/seed-N/NAME, OUT/seed-N/eval-NAME): they must not change
     assert [r.name for r in RUNS] == [
         "ei-sparse-sft", "ppo-sparse-sft", "grpo-sparse-sft", "rcrl-sparse-sft", "grpo-drgrpo-sft", "grpo-dapo-sft",
-        "grpo-gspo-sft", "grpo-cispo-sft", "sft-continued", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
+        "grpo-gspo-sft", "grpo-cispo-sft", "sft-continued", "ppo-backtrack-sft", "ppo-plr-sft", "ei-backtranslated-sft",
+        "sft-continued-backtranslated", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
         "ei-sparse-pretrained", "ppo-sparse-pretrained"]
     stages = plan(Config(ablation="objectives", seeds=2), tmp_path)
-    rl = [s for s in stages if s.group == "rl"]
+    both = stages + plan(Config(ablation="curriculum", seeds=2), tmp_path)  # every row is planned by one of them
+    rl = [s for s in both if s.group == "rl"]
     assert {s.base for s in rl} == {r.name for r in RUNS}
     assert all(s.command[0] == s.run.command and s.dir(tmp_path).name == s.run.name for s in rl)
-    assert {s.base for s in stages if s.group == "eval"} == {"eval-sft", "eval-pretrain"} | {f"eval-{r.name}" for r in RUNS}
+    assert {s.base for s in both if s.group == "eval"} == {"eval-sft", "eval-pretrain"} | {f"eval-{r.name}" for r in RUNS}
     # a run's flags name the reward models it reads: it waits for them
     by = {s.name: s for s in stages}
     assert by["ppo-orm-sft@0"].needs == ["sft", "orm"] and by["ei-sparse-pretrained@0"].needs == ["pretrain"]
@@ -265,3 +267,26 @@ def test_the_sweep_selects_the_best_final_dev_maj1_ties_to_the_smaller_rate(tmp_
     table = sweep.markdown(rows, 2048, "mathrl study --sweep")
     assert "| ei | 5e-4 | 0.600 | 0.650 | 0.650 | 2,048 | plateau at 2,048 |" in table and table.count("| yes |") == 1
     assert sweep.read_rl(tmp_path / "missing", "ei", "5e-4") is None
+
+
+def test_curriculum_ablation_runs_each_curriculum_beside_its_plain_run_with_the_grids_budget(tmp_path):
+    default = {s.name for s in plan(Config(), tmp_path)}
+    assert "backtranslate" not in default and not any("plr" in n or "backtrack" in n for n in default)
+    stages = {s.name: s for s in plan(Config(ablation="curriculum"), tmp_path)}
+    ppo = stages["ppo-sparse-sft@4"].command
+    for name, switch in (("ppo-backtrack-sft@4", ["--backtrack", "schedule"]),
+                         ("ppo-plr-sft@4", ["--question-sampling", "plr"])):
+        cmd = stages[name].command
+        i = cmd.index(switch[0])
+        assert cmd[i:i + 2] == switch and cmd[:i] + cmd[i + 2:] == ppo  # plain PPO's command and the switch
+        assert f"eval-{name}" in stages
+    bt = stages["backtranslate"]
+    assert bt.needs == ["sft"] and bt.command[:3] == ["backtranslate", "--model", str(tmp_path / "shared/sft/model")]
+    pairs = str(tmp_path / "shared/backtranslate/backtranslated.jsonl")
+    for name, plain in (("ei-backtranslated-sft@4", "ei-sparse-sft@4"),
+                        ("sft-continued-backtranslated@4", "sft-continued@4")):
+        s, cmd = stages[name], stages[name].command
+        assert "backtranslate" in s.needs
+        i = cmd.index("--backtranslated")
+        assert cmd[i:i + 4] == ["--backtranslated", pairs, "--backtranslated-ratio", "0.5"]
+        assert cmd[:i] + cmd[i + 4:] == stages[plain].command

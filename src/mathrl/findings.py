@@ -26,16 +26,20 @@ import numpy as np
 from mathrl.grid import (
     BY_NAME,
     EI,
+    EI_BACKTRANSLATED,
     EI_ORM,
     EI_PRETRAINED,
     PPO,
+    PPO_BACKTRACK,
     PPO_DENSE,
     PPO_ORM,
+    PPO_PLR,
     PPO_PRETRAINED,
     RCRL,
     RCRL_DENSE,
     SFT,
     SFT_MORE,
+    SFT_MORE_BACKTRANSLATED,
     Run,
 )
 from mathrl.metrics import pass_at_k
@@ -359,6 +363,7 @@ class Claim:
     margin: float = MARGIN
     note: str = ""
     own: Callable[[StudyData, "Claim"], Finding | None] | None = None  # decided by a function of its own
+    ablation: str = ""  # the --ablation whose runs it compares ("": the paper's grid); reported only when run
 
 
 def _metric(data: StudyData, c: Comparison) -> str | None:
@@ -581,6 +586,21 @@ def _saturates(data: StudyData, claim: Claim) -> Finding | None:
     return Finding(claim.key, claim.text, decide(parts), parts, claim.note)
 
 
+def _backtranslated(data: StudyData, claim: Claim) -> Finding | None:
+    """N3 as its comparisons decide it, except where the backtranslate stage kept no pair (none survived its round
+    trip): the runs with backtranslated data then trained on the real data alone, and the claim is not testable."""
+    f = evaluate(data, dataclasses.replace(claim, own=None))
+    if f is None or data.backtranslated.get("kept", 1) > 0:
+        return f
+    for p in f.parts:
+        if not p.gate:
+            p.verdict = NOT_TESTABLE
+    return Finding(f.key, f.claim, NOT_TESTABLE, f.parts,
+                   "not testable at this budget: backtranslate kept no pair (none of its "
+                   f"{data.backtranslated.get('generated', 0)} generated pairs survived the round trip), so the runs "
+                   "with backtranslated data trained on the real data alone")
+
+
 CLAIMS = (
     # F1: EI >= PPO >= RCRL, paired over seeds and test questions, on greedy maj@1, the vote and pass over K
     # samples, and EI >= PPO from the pretrained start too ("EI best across metrics and starts")
@@ -615,4 +635,16 @@ CLAIMS = (
           own=_gap_closes),
     Claim("F6", "pass@K saturates while RL still learns, and RL solves few questions SFT cannot", own=_saturates,
           note="the saturation half on in-run evaluations (dev problems, fewer samples than the final evaluation)"),
+    # the paper's negative results (--ablation curriculum). N1, N2: a curriculum gives PPO no gain: the curriculum
+    # run minus plain PPO, rule ``little`` (holds when the gain's upper end is below the margin; a curriculum that
+    # hurts also holds: "no gain"), plain PPO must have learned. N3: backtranslated data degrades: with minus
+    # without, rule ``falls``, for EI and for continued SFT; the run without must have learned
+    Claim("N1", "backtracking (a reverse curriculum) gives PPO no gain on maj@1", (
+        Comparison(Final(PPO_BACKTRACK), Final(PPO), "maj@1", "little", learn=("b",)),), ablation="curriculum"),
+    Claim("N2", "prioritized level replay gives PPO no gain on maj@1", (
+        Comparison(Final(PPO_PLR), Final(PPO), "maj@1", "little", learn=("b",)),), ablation="curriculum"),
+    Claim("N3", "backtranslated training data lowers maj@1 (EI and continued SFT)", own=_backtranslated, comparisons=(
+        Comparison(Final(EI_BACKTRANSLATED), Final(EI), "maj@1", "falls", required=False, learn=("b",)),
+        Comparison(Final(SFT_MORE_BACKTRANSLATED), Final(SFT_MORE), "maj@1", "falls", required=False,
+                   learn=("b",))), ablation="curriculum"),
 )

@@ -13,6 +13,8 @@ from typing import Literal
 # the shared models every RL run is compared with: the SFT model, and the pretrained start (``pretrain``: the
 # synthetic study's own pretraining stage; ``pretrained``: a given HF model, --task gsm8k/svamp --model DIR)
 SFT, PRETRAIN, PRETRAINED = "sft", "pretrain", "pretrained"
+# the shared stages a run's flags may name as {NAME} (Run.reads): the reward models and the backtranslated pairs
+SHARED_INPUTS = ("orm", "sorm", "backtranslate")
 SHARED_LABELS = {SFT: "SFT", PRETRAIN: "pretrained start", PRETRAINED: "pretrained start"}
 
 
@@ -20,9 +22,10 @@ SHARED_LABELS = {SFT: "SFT", PRETRAIN: "pretrained start", PRETRAINED: "pretrain
 class Run:
     """One RL run of the grid, run once per seed from ``start`` with the study's rollout budget.
 
-    ``flags`` are added to its command; plan() fills in {orm} and {sorm} (the shared reward models' directories:
-    the run reads them, so it waits for them), {budget} (the rollout budget) and {overlong} (a quarter of the
-    completion length). ``real_task_flags`` are added on a real task (gsm8k/svamp: no step checker)."""
+    ``flags`` are added to its command; plan() fills in {orm} and {sorm} (the shared reward models' directories)
+    and {backtranslate} (the shared backtranslated pairs' file): the run reads them, so it waits for them;
+    {budget} (the rollout budget) and {overlong} (a quarter of the completion length). ``real_task_flags`` are
+    added on a real task (gsm8k/svamp: no step checker)."""
 
     name: str
     algorithm: Literal["EI", "PPO", "GRPO", "RCRL", "SFT"]  # the command: ei, ppo, grpo, rcrl, sft
@@ -32,6 +35,7 @@ class Run:
     flags: tuple[str, ...] = ()
     real_task_flags: tuple[str, ...] = ()
     objective: str = ""  # the GRPO loss variant it tests (--ablation objectives)
+    variant: str = ""  # what it adds to its algorithm, for its label (--ablation curriculum: the curriculum)
     ablation: str = ""  # the --ablation that adds it; "" for the paper's grid
 
     @property
@@ -39,9 +43,10 @@ class Run:
         return self.algorithm.lower()
 
     def reads(self, real_task: bool) -> list[str]:
-        """The shared reward models (orm, sorm) its flags pass: stages it needs besides its start."""
+        """The shared stages its flags name (reward models, backtranslated pairs): stages it needs besides its
+        start."""
         flags = self.flags + (self.real_task_flags if real_task else ())
-        return [m for m in ("orm", "sorm") if "{" + m + "}" in flags]
+        return [m for m in SHARED_INPUTS if "{" + m + "}" in flags]
 
     @property
     def forces_steps(self) -> bool:
@@ -51,10 +56,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        if self.algorithm == "SFT":
-            return f"SFT continued (reference solutions, from {self.start})"
         name = f"GRPO loss as {self.objective}" if self.objective else self.algorithm
-        return f"{name} ({self.reward}, from {self.start})"
+        if self.algorithm == "SFT":
+            name = "SFT continued (reference solutions"
+            return f"{name}, {self.variant}, from {self.start})" if self.variant else f"{name}, from {self.start})"
+        return f"{name} ({self.reward}, from {self.start}{', ' + self.variant if self.variant else ''})"
 
 
 # the paper's comparisons with the sparse reward from SFT (findings F1, F2, F3, F6): ``seeds`` seeds each. GRPO
@@ -85,6 +91,21 @@ OBJECTIVES = (
     Run("grpo-cispo-sft", "GRPO", "sparse", "sft", objective="CISPO", ablation="objectives",
         flags=("--policy-loss", "cispo", "--clip-high", "0.28")),
 )
+# the paper's negative results (--ablation curriculum), each against its plain run on the sparse reward from SFT,
+# with the grid's budget and seeds: PPO with a curriculum (backtracking: revealed reference steps falling to none
+# over the first half of the run, backtrack.py; prioritized level replay, plr.py) and EI and continued SFT with
+# backtranslated pairs (made once from the SFT model by the shared backtranslate stage; 0.5 pairs per real
+# training example: the paper's summary gives no ratio)
+BACKTRANSLATED = ("--backtranslated", "{backtranslate}", "--backtranslated-ratio", "0.5")
+PPO_BACKTRACK = Run("ppo-backtrack-sft", "PPO", "sparse", "sft", flags=("--backtrack", "schedule"),
+                    variant="backtracking", ablation="curriculum")
+PPO_PLR = Run("ppo-plr-sft", "PPO", "sparse", "sft", flags=("--question-sampling", "plr"), variant="PLR",
+              ablation="curriculum")
+EI_BACKTRANSLATED = Run("ei-backtranslated-sft", "EI", "sparse", "sft", flags=BACKTRANSLATED,
+                        variant="backtranslated data", ablation="curriculum")
+SFT_MORE_BACKTRANSLATED = Run("sft-continued-backtranslated", "SFT", "reference", "sft", flags=BACKTRANSLATED,
+                              variant="backtranslated data", ablation="curriculum")
+CURRICULUM = (PPO_BACKTRACK, PPO_PLR, EI_BACKTRANSLATED, SFT_MORE_BACKTRANSLATED)
 # the reward variants (F4) and the pretrained start (F5, and F1 from it): ``variant_seeds`` seeds each. Dense RCRL
 # on a real task labels steps with the SORM (there is no exact step checker): the study trains the SORM only
 # where a run reads it
@@ -99,7 +120,8 @@ PPO_PRETRAINED = Run("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", "va
 
 # in the order the study plans them (and the report lists them): per seed, the paper's sparse runs, then the
 # ablation's, then per variant seed the variants
-RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, SFT_MORE, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED, PPO_PRETRAINED)
+RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, SFT_MORE, *CURRICULUM, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED,
+        PPO_PRETRAINED)
 ABLATIONS = sorted({r.ablation for r in RUNS} - {""})
 BY_NAME = {r.name: r for r in RUNS}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from mathrl.findings import (CLAIMS, F3_MARGIN, F5_GAP, FRACTION, LADDER, MARGIN, N_BOOT, ORM_MIN_AUC, SATURATED,
                              Part, curve_points, diff, final, findings, paired, pass_metric, sample_complexity,
                              samples_per_question, scores, stability, unsaturated_k)
-from mathrl.grid import EI, GRPO, PPO, SFT, SHARED_LABELS
+from mathrl.grid import EI, GRPO, PPO, PPO_BACKTRACK, PPO_PLR, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
 from mathrl.plots import pyplot
 from mathrl.render import Code, Figures, Item, Items, Para, Section, Table, markdown, page
@@ -409,7 +409,8 @@ def _finding_items(data: StudyData) -> tuple[Items, tuple[int, int]]:
     for claim in CLAIMS:
         f = found.get(claim.key)
         if f is None:
-            items.append(Item("(its runs are missing).", head=f"{claim.key} {claim.text}: not measured"))
+            if not claim.ablation:  # an ablation's claims appear when it ran (--ablation NAME)
+                items.append(Item("(its runs are missing).", head=f"{claim.key} {claim.text}: not measured"))
             continue
         items.append(Item(f"{f.note.rstrip('.')}." if f.note else "", head=f"{f.key} {f.claim}: {f.verdict}.",
                           status=f.verdict, children=tuple(part_line(p) for p in f.parts)))
@@ -520,6 +521,11 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
         out.append(Section("Objectives (ablation, paired, 95% CI)", [
             Para("Each of GRPO's loss variants minus the default GRPO run, same start, rollout budget, seeds and test "
                  "questions (`mathrl study --ablation objectives`)."), Table(*objectives)]))
+    curriculum = curriculum_lines(data)
+    if curriculum:
+        out.append(Section("What the curriculum ablation did", [
+            Para("The runs of `mathrl study --ablation curriculum` (findings N1-N3 above), from their histories."),
+            Items([Item(x) for x in curriculum])]))
     out += [Section("Power", [_power(data)]),
             Section("Per difficulty (test split, maj@1, mean over seeds)", [Table(*difficulty_table(data))]),
             Section("Budgets", [Para("Every RL run from either start has the same rollout budget (samples drawn for "
@@ -550,6 +556,51 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     out.append(Section("Provenance", [Items([Item(x) for x in provenance()]), Para("Stage commands:"),
                                       Code([" ".join(f.command) for f in data.finished.values()])]))
     return out
+
+
+def curriculum_lines(data: StudyData) -> list[str]:
+    """What the curriculum ablation's runs did, from their histories (means over seeds): backtracking's revealed
+    reference steps per quarter of the run, the questions drawn per difficulty level by PLR and by plain PPO, how
+    often PLR replayed, and the backtranslate stage's counts."""
+    lines = []
+    bt = data.runs.get(PPO_BACKTRACK.name)
+    if bt and bt.history:
+        quarters = []
+        for h in bt.history.values():
+            steps = [r["backtrack_steps"] for r in h if "backtrack_steps" in r]
+            if steps:
+                n = len(steps)
+                quarters.append([sum(steps[i * n // 4:(i + 1) * n // 4]) / max(1, (i + 1) * n // 4 - i * n // 4)
+                                 for i in range(4)])
+        if quarters:
+            mean = [sum(q[i] for q in quarters) / len(quarters) for i in range(4)]
+            lines.append("backtracking: mean revealed reference steps per prompt, by quarter of the run's iterations: "
+                         + ", ".join(f"{m:.2f}" for m in mean) + f" ({len(quarters)} seed(s))")
+
+    def draws(run: str) -> dict[str, float]:
+        r = data.runs.get(run)
+        total: dict[str, float] = {}
+        for h in (r.history.values() if r else []):
+            for row in h:
+                for key, v in row.items():
+                    if key.startswith("plr_draws_level_"):
+                        total[key.removeprefix("plr_draws_level_")] = total.get(key.removeprefix("plr_draws_level_"), 0) + v
+        n = sum(total.values())
+        return {level: v / n for level, v in sorted(total.items())} if n else {}
+
+    plr, plain = draws(PPO_PLR.name), draws(PPO.name)
+    if plr:
+        replayed = [row.get("plr_replayed", 0) for h in data.runs[PPO_PLR.name].history.values() for row in h]
+        drawn = sum(sum(v for k, v in row.items() if k.startswith("plr_draws_level_"))
+                    for h in data.runs[PPO_PLR.name].history.values() for row in h)
+        lines.append("prioritized level replay: questions drawn per difficulty level (steps): "
+                     + ", ".join(f"{lv}: {f:.3f}" for lv, f in plr.items())
+                     + (" (plain PPO: " + ", ".join(f"{lv}: {f:.3f}" for lv, f in plain.items()) + ")" if plain else "")
+                     + f"; replayed {sum(replayed) / max(1, drawn):.3f} of its draws")
+    if data.backtranslated:
+        lines.append("backtranslated pairs: " + ", ".join(f"{k.replace('_', ' ')} {v:,}"
+                                                           for k, v in data.backtranslated.items()))
+    return lines
 
 
 def _sweep_table(root: Path) -> tuple[list[str], list[list[str]]] | None:

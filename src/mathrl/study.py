@@ -84,8 +84,10 @@ class Config:
     engine: str = field("mathrl", "rollout engine of the stages that sample (orm, RL, eval): mathrl or vllm "
                                   "(docs/engines.md); RCRL with dense returns and its evaluation keep mathrl's "
                                   "sampler (vLLM cannot force step markers)")
-    ablation: str = field("", "an extra grid beyond the paper's: objectives (GRPO, and its loss as Dr.GRPO, DAPO, "
-                              "GSPO and CISPO, from SFT, with the sparse runs' budget and seeds; not in the default)")
+    ablation: str = field("", "an extra grid beyond the paper's, with the sparse runs' budget and seeds (not in the "
+                              "default): objectives (GRPO, and its loss as Dr.GRPO, DAPO, GSPO and CISPO, from SFT) "
+                              "or curriculum (the paper's negative results: PPO with backtracking and with "
+                              "prioritized level replay, EI and continued SFT with backtranslated data)")
     sweep: bool = field(False, "run the tuning sweep instead of the grid: EI, PPO, RCRL (sparse, from SFT) and "
                                "continued SFT at their default learning rate x 0.3, 1 and 3, one seed, the study's "
                                "cap and dev schedule; writes sweep.md (the rate each selects on dev: sweep.py)")
@@ -165,11 +167,11 @@ class Stage:
 BUDGETS = {
     "full": dict(pretrain_steps=6000, sft_epochs=2, train_size=20000, dev_size=200, dev_k=16,
                  orm_questions=1500, sorm_questions=1000, rollouts=32768, run_eval_size=500, run_eval_k=16,
-                 eval_first=1024,
+                 eval_first=1024, bt_questions=2000, bt_reverse_steps=1000,
                  max_new_tokens=96, eval_problems=1000, k_problems=120, k=96),
     "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
                   orm_questions=150, sorm_questions=10, rollouts=512, run_eval_size=30, run_eval_k=4, eval_first=128,
-                  max_new_tokens=64, eval_problems=100, k_problems=40, k=16),
+                  bt_questions=40, bt_reverse_steps=20, max_new_tokens=64, eval_problems=100, k_problems=40, k=16),
 }
 # Seeds: 5 for the runs behind F1/F2/F3/F6 and 3 for the variants and the pretrained start, so that every
 # comparison has a seed variance for its t-based interval (stats.py; with 3 seeds t_2 = 4.30 makes the seed part
@@ -278,12 +280,20 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                  needs=["sft"], group="orm")
     # the SORM feeds the study only where a run reads it (dense RCRL's step labels on a real task, F4); on the
     # synthetic task the exact step checker labels steps and no finding reads the SORM, so it is not trained
-    reads_sorm = any("sorm" in r.reads(real) for _, runs in runs_by_seed_count(cfg.ablation) for r in runs)
-    stages += [sft, orm] + ([sorm] if reads_sorm else [])
+    reads = {m for _, runs in runs_by_seed_count(cfg.ablation) for r in runs for m in r.reads(real)}
+    # backtranslated pairs (--ablation curriculum), made once from the SFT model: K=4 solutions of bt_questions
+    # train questions, a reverse model fine-tuned for bt_reverse_steps steps on the other train problems, pairs kept
+    # by round trip (backtranslate.py)
+    backtranslate = Stage("backtranslate", ["backtranslate", "--model", d(sft) + "/model", "--questions",
+                                            str(b["bt_questions"]), "-k", "4", "--reverse-max-steps",
+                                            str(b["bt_reverse_steps"]), *lr("sft"), *mnt, *data_dir, *shared_seed],
+                          needs=["sft"], group="data")
+    stages += [sft, orm] + ([sorm] if "sorm" in reads else []) + ([backtranslate] if "backtranslate" in reads else [])
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
     starts = {"sft": (sft_model, SFT), "pretrained": (pretrained, start_pt)}
     # what a run's flags may name (grid.Run): the shared reward models, the budget, the overlong buffer
     filled = {"orm": orm_model, "sorm": d(sorm) + "/model", "budget": str(budget),
+              "backtranslate": d(backtranslate) + "/backtranslated.jsonl",
               "overlong": str(max(1, b["max_new_tokens"] // 4))}
 
     def rl(run: Run, seed: int, rate: str = ""):
@@ -427,7 +437,8 @@ def _run_stage(stage: Stage, root: Path, threads: int, reads: dict) -> float:
 # `python -m mathrl` does)
 _PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "mathrl.commands",
             "mathrl.algorithms.expert_iteration", "mathrl.algorithms.grpo", "mathrl.algorithms.orm", "mathrl.algorithms.ppo",
-            "mathrl.algorithms.pretrain", "mathrl.algorithms.rcrl", "mathrl.algorithms.sft"]
+            "mathrl.algorithms.pretrain", "mathrl.algorithms.rcrl", "mathrl.algorithms.sft",
+            "mathrl.algorithms.backtranslate"]
 
 
 def _launch(args: list[str], log: Path, ranks: int = 1) -> int:

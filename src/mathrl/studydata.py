@@ -155,6 +155,8 @@ class StudyData:
     reward_models: dict[str, RewardModel] = field(default_factory=dict)
     finished: dict[str, Finished] = field(default_factory=dict)
     verified: bool = True  # the task checks steps (synthetic): pass@K findings use verified pass@K
+    # the backtranslate stage's counts (generated, malformed, failed_round_trip, duplicates..., kept), where it ran
+    backtranslated: dict[str, int] = field(default_factory=dict)
 
     @property
     def pretrained(self) -> str:
@@ -213,6 +215,9 @@ def collect(root: Path, stages) -> StudyData:
             rep = read_json(d / "report.json")
             if rep:
                 data.reward_models[s.base] = RewardModel.of(rep)
+        elif s.group == "data":
+            data.backtranslated = {k: v for k, v in (read_json(d / "summary.json") or {}).items()
+                                   if isinstance(v, int)}
         elif s.base == SFT:
             for row in _jsonl(d / "dev_questions.jsonl"):
                 data.sft_dev[row["epoch"]] = [Question.of(q) for q in row["questions"]]
