@@ -402,6 +402,11 @@ def test_report_with_sizes_and_the_label_ratio_ablation(tmp_path):
     assert [ln.split(" | ")[1] for ln in lines] == ["tiny", "small", "tiny", "small", "tiny", "small"]
     assert lines[2].endswith("| 1.500 | 2.500 | 3.500 |") and "SFT (small model)" in lines[1]
     assert "EI (sparse, from sft, small model)" in md and "RCRL balanced labels (sparse, from pretrained)" in md
+    page = _Text()
+    page.feed((tmp_path / "report.html").read_text())
+    assert "Model sizes (F7)" in page.titles
+    md_text = "\n".join(ln for ln in md.splitlines() if not ln.startswith("!["))
+    assert NUMBER.findall(md_text) == NUMBER.findall("".join(page.text))  # the same numbers in both files
 
 
 def test_findings_not_run_say_which_flag_adds_them(tmp_path):
