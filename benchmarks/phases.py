@@ -69,7 +69,7 @@ from mathrl.rounds import round_total_steps
 from mathrl.runsetup import few_shot_examples, task_for
 from mathrl.training import make_optimizer, train_steps
 
-# the study's full budget (study.BUDGETS["full"] and study.plan's RL commands)
+# the study's full budget (budgets.BUDGETS["full"] and study.plan's RL commands)
 PPO_FLAGS = {"prompts": 64, "k": 4, "max_new_tokens": 96, "lam": 1.0, "iterations": 16, "eval_every": 8,
              "eval_size": 200, "eval_k": 16}
 EI_FLAGS = {"rounds": 2, "questions": 4096 // 8, "k": 4, "max_new_tokens": 96, "patience": 0, "eval_size": 200,

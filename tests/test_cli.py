@@ -501,6 +501,24 @@ def test_rcrl_smoke_and_conditioned_eval(start, tmp_path, returns):
     assert all("[GOOD]" not in c and "[BAD]" not in c for c in row["completions"])
 
 
+def test_rcrl_balanced_labels_log_the_natural_ratio_and_train_on_the_balanced_mix(start, tmp_path):
+    # what the study's F8 reads: good_fraction is the share of good labels before balancing (the natural ratio),
+    # dataset_size what balancing kept. A reward that marks samples 1, 2, 3 of every 4 good (rollouts come in
+    # (prompt, sample) order): 4 questions x K=2 = 8 samples, 6 good and 2 bad -> natural 6 / 8 = 0.75; balanced
+    # keeps 2 good and the 2 bad -> 4 examples
+    reward = tmp_path / "three_in_four.py"
+    reward.write_text("def reward(prompts, completions, **columns):\n"
+                      "    return [1.0 if i % 4 else 0.0 for i in range(len(completions))]\n")
+    out = tmp_path / "rcrl"
+    assert main(["rcrl", "--model", str(start["sft"]), "--out", str(out), "--reward", f"{reward}:reward",
+                 "--label-ratio", "balanced", "--no-include-references", "--questions", "4", "-k", "2",
+                 "--max-new-tokens", "12", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]) == 0
+    round_1 = json.loads((out / "history.json").read_text())[1]
+    assert round_1["good_fraction"] == 0.75 and round_1["dataset_size"] == 4
+    assert json.loads((out / "model" / "mathrl.json").read_text())["label_ratio"] == "balanced"
+    assert _changed(start["sft"], out / "model")
+
+
 def test_return_conditioned_examples_mask_the_return_tokens():
     from mathrl.algorithms.rcrl import labelled_example
 

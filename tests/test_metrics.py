@@ -92,6 +92,28 @@ def test_summarize_k_problems_and_verified_diversity():
     # distinct texts: p0 2, p1 1 (whitespace-normalised) -> 1.5; verified-correct texts: p0 1, p1 1 -> 1.0
     assert m["distinct_solutions"] == 1.5 and m["distinct_correct_solutions"] == 1.5
     assert m["distinct_verified_solutions"] == 1.0
+    # per question (samples.jsonl): p0's verified texts {"a = 1."} -> 1, p1's {"b = 1."} -> 1; p2 has no samples
     assert question_record(results[0]) == {"id": "p0", "difficulty": 1, "greedy_correct": True,
-                                           "greedy_verified": True, "n": 2, "c": 2, "c_verified": 1}
-    assert question_record(results[2])["n"] == 0
+                                           "greedy_verified": True, "n": 2, "c": 2, "c_verified": 1,
+                                           "distinct_verified": 1}
+    assert question_record(results[2])["n"] == 0 and question_record(results[2])["distinct_verified"] is None
+
+
+def test_per_question_distinct_verified_averages_to_the_aggregate():
+    # the study pairs distinct_verified per question (F7): its mean over the sampled questions is metrics.json's
+    # distinct_verified_solutions. p0: 3 verified texts, 2 distinct up to whitespace and case ("x = 1." twice) and
+    # a wrong one; p1: 1 verified of 3; p2: none verified -> (2 + 1 + 0) / 3 = 1.0; p3 greedy only (not counted)
+    from mathrl.evaluate import QuestionResult, question_record, summarize
+    from mathrl.tasks.base import Grade, Problem, StepCheck
+
+    ok, bad = StepCheck((), 1, None), StepCheck((), 1, 0)
+    v, w = Grade("1", True, ok), Grade("2", False, bad)
+    probs = [Problem(id=f"p{i}", question="q", solution="s", answer="1", difficulty=1) for i in range(4)]
+    results = [QuestionResult(probs[0], [v, v, v, w], ["x = 1.", "X  = 1.", "y = 1.", "z"], greedy=v, greedy_text="x"),
+               QuestionResult(probs[1], [v, w, w, w], ["x = 1.", "a", "b", "c"], greedy=v, greedy_text="x"),
+               QuestionResult(probs[2], [w, w, w, w], ["a", "b", "c", "d"], greedy=w, greedy_text="a"),
+               QuestionResult(probs[3], [], [], greedy=v, greedy_text="x")]
+    per_question = [question_record(r)["distinct_verified"] for r in results]
+    assert per_question == [2, 1, 0, None]
+    sampled = [x for x in per_question if x is not None]
+    assert summarize(results)["distinct_verified_solutions"] == sum(sampled) / len(sampled) == 1.0

@@ -37,19 +37,22 @@ from mathrl.studydata import (
 Q = 40
 
 
-def rows(greedy, c=None, n=4, verified=None):
+def rows(greedy, c=None, n=4, verified=None, distinct=None):
     """Per-question records as evaluations write them: greedy correctness (1/0 per question) and, per question,
-    c answer-correct and c_verified step-verified samples out of n."""
+    c answer-correct and c_verified step-verified samples out of n, of which ``distinct`` distinct verified
+    solutions (default: min(c_verified, 1); None in ``distinct``: not recorded, as in an earlier mathrl's)."""
     c = c if c is not None else [n * g for g in greedy]
     verified = verified if verified is not None else c
+    distinct = distinct if distinct is not None else [min(v, 1) for v in verified]
     return [{"id": f"q{i}", "difficulty": 1 + i % 2, "answer": str(i), "greedy": f"x = {i}.", "greedy_correct": bool(g),
-             "greedy_verified": bool(g), "n": n, "c": ci, "c_verified": vi, "answers": [str(i)] * ci + [None] * (n - ci)}
-            for i, (g, ci, vi) in enumerate(zip(greedy, c, verified))]
+             "greedy_verified": bool(g), "n": n, "c": ci, "c_verified": vi, "distinct_verified": di,
+             "answers": [str(i)] * ci + [None] * (n - ci)}
+            for i, (g, ci, vi, di) in enumerate(zip(greedy, c, verified, distinct))]
 
 
-def recs(greedy, c=None, n=4, verified=None):
+def recs(greedy, c=None, n=4, verified=None, distinct=None):
     """The same records as the report reads them."""
-    return [Question.of(r) for r in rows(greedy, c, n, verified)]
+    return [Question.of(r) for r in rows(greedy, c, n, verified, distinct)]
 
 
 HALF = [1] * (Q // 2) + [0] * (Q // 2)
@@ -345,7 +348,8 @@ def _fake_run(root, stages):
             (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(good)))
         elif s.group == "rl":
             hist = [{"rollouts": r, "maj@1": 0.5, "reward": 0.4 + 0.1 * i, "kl": 0.1 * i, "completion_tokens": 30.0,
-                     "entropy_estimate": 0.5} for i, r in enumerate((0, 128, 256))]
+                     "entropy_estimate": 0.5, "distinct_verified_solutions": 1.5 + i, "good_fraction": 0.1}
+                    for i, r in enumerate((0, 128, 256))]
             (d / "history.json").write_text(json.dumps(hist))
             with open(d / "eval_questions.jsonl", "w") as f:
                 for r, g in ((0, HALF), (128, HALF), (256, ALL)):
@@ -378,6 +382,162 @@ def test_report_from_fabricated_runs(tmp_path):
     assert "torch " in md and "mathrl eval" in md  # versions and the stage commands
     assert page.count("data:image/png;base64,") >= 3 and "<table>" in page and "quick" in md
     assert "Room above maj@1" in page and "Pretrained start on the same" in page
+
+
+def test_report_with_sizes_and_the_label_ratio_ablation(tmp_path):
+    cfg = Config(out=str(tmp_path), quick=True, seeds=2, sizes="tiny,small", ablation="label-ratio")
+    stages = plan(cfg, tmp_path)
+    _fake_run(tmp_path, stages)
+    write_report(tmp_path, cfg, stages, wall_seconds=600)
+    md = (tmp_path / "report.md").read_text()
+    for key in ("F7", "F8"):
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"- **{key} "))
+        assert any(v in line for v in ("holds.", "contradicted.", "inconclusive.", "not testable.")), line
+    assert "ei-sparse-sft-small - ei-sparse-sft, distinct verified solutions per question (of 4)" in md
+    assert "rcrl-balanced-pretrained - rcrl-sparse-pretrained, maj@1" in md and "natural good fraction 0.100" in md
+    table = md.split("## Model sizes (F7)")[1].split("\n## ")[0]
+    # the grid's SFT and each size's, then EI and PPO of each size, with the in-run dev curve of the fake
+    # history (1.5, 2.5, 3.5 at 0, 128, 256 rollouts)
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| model |")]
+    assert [ln.split(" | ")[1] for ln in lines] == ["tiny", "small", "tiny", "small", "tiny", "small"]
+    assert lines[2].endswith("| 1.500 | 2.500 | 3.500 |") and "SFT (small model)" in lines[1]
+    assert "EI (sparse, from sft, small model)" in md and "RCRL balanced labels (sparse, from pretrained)" in md
+    page = _Text()
+    page.feed((tmp_path / "report.html").read_text())
+    assert "Model sizes (F7)" in page.titles
+    md_text = "\n".join(ln for ln in md.splitlines() if not ln.startswith("!["))
+    assert NUMBER.findall(md_text) == NUMBER.findall("".join(page.text))  # the same numbers in both files
+
+
+def test_findings_not_run_say_which_flag_adds_them(tmp_path):
+    from mathrl.report import not_measured
+
+    cfg = Config(out=str(tmp_path), quick=True, seeds=2)
+    stages = plan(cfg, tmp_path)
+    _fake_run(tmp_path, stages)
+    write_report(tmp_path, cfg, stages, wall_seconds=600)
+    md = (tmp_path / "report.md").read_text()
+    # every fake stage took 1 minute: small costs 2.3x tiny's, so 2.3 x (pretrain 1 + SFT 1 + (eval-sft 1 + one
+    # variant seed x (EI 1 + PPO 1 + their 2 evaluations)) / 2 workers) = 2.3 x 4.5 = 10.35 -> ~10 minutes
+    assert "F7 larger models explore more diversely" in md and "not measured** run with --sizes tiny,small (adds ~10 minutes)." in md
+    assert "not measured** run with --ablation label-ratio" in md
+    assert not_measured("F7", Config(task="gsm8k", model="m"), StudyData()) == \
+        "model sizes are the synthetic study's (--sizes)"
+
+
+# F7 on constructed data: the grid's EI (tiny) and EI at small, each from its own SFT, which solves nothing
+# greedily (so a run at HALF learned: +0.5 with lo > 0 over 40 questions); distinct = distinct verified solutions
+# per question. Margin 1 solution: holds if lo > 0, contradicted if hi < 1
+TWO, ONE, THREE = [2] * Q, [1] * Q, [3] * Q
+# small - tiny per question: +4 on 20 questions, -3 on 20: mean +0.5, sd 3.5, standard error 3.5 / sqrt(40) =
+# 0.553, so the interval is about [-0.6, +1.6]: it straddles both 0 and the margin
+WIDE_SMALL, WIDE_TINY = [4] * 20 + [0] * 20, [0] * 20 + [3] * 20
+
+
+@pytest.mark.parametrize("small, tiny, small_greedy, expected", [
+    (THREE, ONE, HALF, HOLDS),  # +2 on every question: the interval is [+2, +2], lo > 0
+    (TWO, TWO, HALF, CONTRADICTED),  # 0 on every question: [0, 0], any gain is below 1 (hi < m)
+    (WIDE_SMALL, WIDE_TINY, HALF, INCONCLUSIVE),  # +0.5 [about -0.6, +1.6]
+    (THREE, ONE, NONE, NOT_TESTABLE),  # the small model's EI did not learn over its SFT
+])
+def test_f7_verdicts(small, tiny, small_greedy, expected):
+    from mathrl.grid import size_runs
+
+    ei_small = size_runs("small")[0]
+    d = StudyData(k=4)
+    for name, greedy, distinct in (("sft", NONE, ONE), ("sft-small", NONE, ONE), (EI.name, HALF, tiny),
+                                   (ei_small.name, small_greedy, small)):
+        by_seed = {None: None} if name.startswith("sft") else {0: None, 1: None}
+        records = {s: recs(greedy, n=4, distinct=distinct) for s in by_seed}
+        d.evals[name] = Evaluation(records, {s: Metrics.of({"maj@1": 0.5, "k": 4}) for s in records})
+        if name in BY_NAME:
+            d.runs[name] = RunResults(BY_NAME[name])
+    f = findings(d)["F7"]
+    assert f.verdict == expected
+    main = f.parts[-1]
+    assert main.label == "ei-sparse-sft-small - ei-sparse-sft, distinct verified solutions per question (of 4)"
+    assert main.rule == "raises" and main.margin == 1.0 and main.seeds == 2 and main.questions == Q
+    if expected == HOLDS:
+        assert (main.interval.estimate, main.interval.lo, main.interval.hi) == pytest.approx((2.0, 2.0, 2.0))
+    if expected == INCONCLUSIVE:
+        assert main.interval.estimate == pytest.approx(0.5) and main.interval.lo < 0 and main.interval.hi > 1
+    if expected == NOT_TESTABLE:
+        assert "ei-sparse-sft-small" in f.note and "did not learn" in f.note
+
+
+def test_f7_is_not_measured_without_per_question_distinct_verified():
+    # records of an earlier mathrl (no distinct_verified): not measured, never a crash
+    from mathrl.grid import size_runs
+
+    ei_small = size_runs("small")[0]
+    old = [None] * Q
+    d = data_with(sft=NONE, **{"sft-small": NONE})
+    for name in (EI.name, ei_small.name):
+        d.evals[name] = Evaluation({0: recs(HALF, distinct=old)}, {0: Metrics.of({"maj@1": 0.5, "k": 4})})
+        d.runs[name] = RunResults(BY_NAME[name])
+    assert "F7" not in findings(d)
+    from mathrl.report import not_measured
+
+    reason = not_measured("F7", Config(sizes="tiny,small"), d)
+    assert "distinct_verified" in reason and "run their eval stages again" in reason
+
+
+def test_f7_orders_each_pair_larger_minus_smaller():
+    from mathrl.findings import size_pairs
+    from mathrl.grid import size_runs
+
+    d = StudyData(k=4)
+    for run in (*size_runs("small"), *size_runs("tiny4")):
+        d.runs[run.name] = RunResults(run)
+    assert [(a.name, b.name) for a, b in size_pairs(d)] == [
+        ("ei-sparse-sft-small", EI.name), ("ppo-sparse-sft-small", PPO.name),
+        ("ei-sparse-sft-tiny4", EI.name), ("ppo-sparse-sft-tiny4", PPO.name)]
+    d.grid_size = "small"  # --sizes small,tiny4: tiny4 is the smaller
+    assert [(a.name, b.name) for a, b in size_pairs(d)][-1] == (PPO.name, "ppo-sparse-sft-tiny4")
+
+
+def _f8_data(natural, balanced, good_fraction=(0.1, 0.1)):
+    """The pretrained start solves nothing greedily; RCRL natural and balanced from it, two seeds each, the
+    natural run's history with ``good_fraction`` per seed (None: not recorded)."""
+    from mathrl.grid import RCRL_BALANCED, RCRL_PRETRAINED
+
+    d = data_with(pretrain=NONE, **{RCRL_PRETRAINED.name: two(natural), RCRL_BALANCED.name: two(balanced)})
+    d.runs[RCRL_PRETRAINED.name].history = {s: [{"round": 0, "rollouts": 0, "maj@1": 0.0}]
+                                            + ([{"round": 1, "good_fraction": g}] if g is not None else [])
+                                            for s, g in enumerate(good_fraction)}
+    return d
+
+
+@pytest.mark.parametrize("natural, balanced, expected", [
+    (HALF, NONE, HOLDS),  # balanced - natural = -0.5 on every seed: hi < 0
+    (HALF, HALF, CONTRADICTED),  # 0: lo = 0 > -m
+    (NOISY_B, NOISY_A, INCONCLUSIVE),  # 0 +- 0.15 (natural learned: 15 of 40 over the start's 0)
+    (NONE, NONE, NOT_TESTABLE),  # the natural run did not learn
+])
+def test_f8_verdicts(natural, balanced, expected):
+    f = findings(_f8_data(natural, balanced))["F8"]
+    assert f.verdict == expected
+    main = f.parts[-1]
+    assert main.label == "rcrl-balanced-pretrained - rcrl-sparse-pretrained, maj@1" and main.rule == "falls"
+    assert "natural good fraction 0.100 (seed 0: 0.100, seed 1: 0.100): far from 1:1" in f.note
+    if expected == HOLDS:
+        assert main.interval.estimate == pytest.approx(-0.5) and main.interval.hi < 0
+
+
+def test_f8_is_not_testable_near_an_even_natural_ratio_or_without_it():
+    # seeds 0.30 and 0.44: mean 0.37, inside [0.35, 0.65]: balancing would hardly change the labels
+    f = findings(_f8_data(HALF, NONE, (0.30, 0.44)))["F8"]
+    assert f.verdict == NOT_TESTABLE and "0.370" in f.note and "within [0.35, 0.65]" in f.note
+    # 0.30 and 0.38: mean 0.34, just outside: testable (holds, as above)
+    assert findings(_f8_data(HALF, NONE, (0.30, 0.38)))["F8"].verdict == HOLDS
+    f = findings(_f8_data(HALF, NONE, (None, None)))["F8"]
+    assert f.verdict == NOT_TESTABLE and "recorded no good_fraction" in f.note
+    # the balanced run has not run: not measured
+    from mathrl.grid import RCRL_BALANCED
+
+    d = _f8_data(HALF, NONE)
+    del d.evals[RCRL_BALANCED.name]
+    assert "F8" not in findings(d)
 
 
 def test_profile_line_applies_issue_22_criteria():
@@ -495,7 +655,7 @@ def test_n3_backtranslated_data_lowers_maj1(with_pairs, without, expected):
 def test_the_curriculum_claims_appear_only_when_the_ablation_ran(tmp_path):
     from mathrl.report import _finding_items
 
-    items, _ = _finding_items(data_with(sft=NONE, **{PPO.name: seeds(HALF)}))
+    items, _ = _finding_items(data_with(sft=NONE, **{PPO.name: seeds(HALF)}), Config())
     heads = [i.head for i in items.items]
     assert not any(h.startswith(("N1", "N2", "N3")) for h in heads)
     assert any(h.startswith("F4") and "not measured" in h for h in heads)  # the paper's grid says what is missing

@@ -137,6 +137,9 @@ GOLDEN = [
     '  - ppo-sparse-sft at 512 - at 256 rollouts, pass@4_verified: +0.015 [-0.116, +0.146] (rule similar, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive (similar out of reach at this precision: half-width 0.131 >= m)',
     '  - gate: ppo-sparse-sft - sft, maj@1 (did it learn?): +0.132 [-0.047, +0.312] (rule raises, m = 0.02; 2 seed(s) x 200 questions) -> inconclusive',
     '  - questions ppo-sparse-sft solves (any of 4) that sft does not: +0.080 [+0.043, +0.117] (rule little, m = 0.02; 2 seed(s) x 200 questions) -> not testable',
+    # every fake stage took 1 minute: 2.3 x (1 + 1 + (1 + 1 x (1 + 1 + 2 x 1)) / 2) = 10.35 (study.sizes_minutes)
+    '- **F7 larger models explore more diversely: more distinct verified solutions per question among K samples (EI and PPO): not measured** run with --sizes tiny,small (adds ~10 minutes).',
+    "- **F8 balanced good/bad labels lower RCRL's maj@1 (from the pretrained start): not measured** run with --ablation label-ratio (adds two RCRL runs from the pretrained start per variant seed).",
 ]
 
 

@@ -203,13 +203,14 @@ def test_the_grid_table_is_what_plan_runs_under_the_names_on_disk(tmp_path):
         "ei-sparse-sft", "ppo-sparse-sft", "grpo-sparse-sft", "rcrl-sparse-sft", "grpo-drgrpo-sft", "grpo-dapo-sft",
         "grpo-gspo-sft", "grpo-cispo-sft", "sft-continued", "ppo-backtrack-sft", "ppo-plr-sft", "ei-backtranslated-sft",
         "sft-continued-backtranslated", "ei-orm-sft", "ppo-dense-sft", "ppo-orm-sft", "rcrl-dense-sft",
-        "ei-sparse-pretrained", "ppo-sparse-pretrained"]
-    stages = plan(Config(ablation="objectives", seeds=2), tmp_path)
-    both = stages + plan(Config(ablation="curriculum", seeds=2), tmp_path)  # every row is planned by one of them
-    rl = [s for s in both if s.group == "rl"]
+        "ei-sparse-pretrained", "ppo-sparse-pretrained", "rcrl-sparse-pretrained", "rcrl-balanced-pretrained"]
+    # every row is planned by the default grid or by one of its ablations
+    stages = [s for ablation in ("objectives", "label-ratio", "curriculum")
+              for s in plan(Config(ablation=ablation, seeds=2, variant_seeds=2), tmp_path)]
+    rl = [s for s in stages if s.group == "rl"]
     assert {s.base for s in rl} == {r.name for r in RUNS}
     assert all(s.command[0] == s.run.command and s.dir(tmp_path).name == s.run.name for s in rl)
-    assert {s.base for s in both if s.group == "eval"} == {"eval-sft", "eval-pretrain"} | {f"eval-{r.name}" for r in RUNS}
+    assert {s.base for s in stages if s.group == "eval"} == {"eval-sft", "eval-pretrain"} | {f"eval-{r.name}" for r in RUNS}
     # a run's flags name the reward models it reads: it waits for them
     by = {s.name: s for s in stages}
     assert by["ppo-orm-sft@0"].needs == ["sft", "orm"] and by["ei-sparse-pretrained@0"].needs == ["pretrain"]
@@ -290,3 +291,138 @@ def test_curriculum_ablation_runs_each_curriculum_beside_its_plain_run_with_the_
         i = cmd.index("--backtranslated")
         assert cmd[i:i + 4] == ["--backtranslated", pairs, "--backtranslated-ratio", "0.5"]
         assert cmd[:i] + cmd[i + 4:] == stages[plain].command
+
+
+def _arg(stage, flag):
+    return stage.command[stage.command.index(flag) + 1]
+
+
+def _with(command, flag, value):
+    """``command`` with ``flag``'s value replaced."""
+    out = list(command)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def test_the_default_plan_is_unchanged_by_sizes_and_a_further_size_repeats_the_grids_runs(tmp_path):
+    from mathrl.grid import GRID_SIZE
+
+    default = plan(Config(), tmp_path)
+    # --sizes tiny (the default, given) plans the same stages, commands and directories
+    assert [(s.name, s.command, s.needs, s.dir(tmp_path)) for s in plan(Config(sizes="tiny"), tmp_path)] == \
+        [(s.name, s.command, s.needs, s.dir(tmp_path)) for s in default]
+    stages = plan(Config(sizes="tiny,small"), tmp_path)
+    by = {s.name: s for s in stages}
+    # every stage of the default grid keeps its name, command, needs and directory (a study directory resumes)
+    for s in default:
+        assert (by[s.name].command, by[s.name].needs, by[s.name].dir(tmp_path)) == (s.command, s.needs, s.dir(tmp_path))
+    added = [s for s in stages if s.name not in {d.name for d in default}]
+    # the further size: its pretrain and SFT, and EI and PPO for each of the 3 variant seeds, with evaluations
+    assert sorted(s.name for s in added) == sorted(
+        ["pretrain-small", "sft-small", "eval-sft-small"]
+        + [f"{e}{r}-sparse-sft-small@{seed}" for r in ("ei", "ppo") for seed in range(3) for e in ("", "eval-")])
+    assert len({s.dir(tmp_path) for s in stages}) == len(stages)  # no directory shared
+    assert GRID_SIZE == "tiny" and "--size" not in by["pretrain"].command
+    # pretrain: the grid's command with --size small, alone and data parallel as the grid's
+    pre = by["pretrain-small"]
+    i = pre.command.index("--size")
+    assert pre.command[i + 1] == "small" and pre.command[:i] + pre.command[i + 2:] == by["pretrain"].command
+    assert pre.data_parallel == by["pretrain"].data_parallel and pre.dir(tmp_path) == tmp_path / "shared" / "pretrain-small"
+    # SFT from it with the grid's SFT budget and settings
+    assert by["sft-small"].command == _with(by["sft"].command, "--model", str(pre.dir(tmp_path) / "model"))
+    assert by["sft-small"].needs == ["pretrain-small"]
+    sft_small = str(by["sft-small"].dir(tmp_path) / "model")
+    for r in ("ei", "ppo"):
+        for seed in range(3):
+            s, grid = by[f"{r}-sparse-sft-small@{seed}"], by[f"{r}-sparse-sft@{seed}"]
+            # the grid's run of that seed from its own size's SFT: the same cap, schedule, plateau stop and seed
+            assert s.command == _with(grid.command, "--model", sft_small) and s.needs == ["sft-small"]
+            assert s.rollouts == grid.rollouts and s.run.size == "small"
+            assert s.dir(tmp_path) == tmp_path / f"seed-{seed}" / f"{r}-sparse-sft-small"
+            # its final evaluation: the grid's, without the ORM's rerank (trained on the grid size's samples)
+            ev, grid_ev = by[f"eval-{r}-sparse-sft-small@{seed}"], by[f"eval-{r}-sparse-sft@{seed}"]
+            i = grid_ev.command.index("--orm")
+            expected = grid_ev.command[:i] + grid_ev.command[i + 2:]
+            assert ev.command == _with(expected, "--model", str(s.dir(tmp_path) / "model"))
+        assert f"{r}-sparse-sft-small@3" not in by  # variant seeds, not seeds
+    # the first size is the grid's model: --sizes small,tiny pretrains the grid at small, the further tiny at tiny
+    swapped = {s.name: s for s in plan(Config(sizes="small,tiny"), tmp_path)}
+    assert _arg(swapped["pretrain"], "--size") == "small" and "--size" not in swapped["pretrain-tiny"].command
+    assert "ei-sparse-sft-tiny@2" in swapped
+
+
+def test_sizes_are_checked_and_refused_where_they_do_not_apply():
+    from mathrl.errors import UsageError
+
+    Config(sizes="tiny,tiny4,small").validate()
+    for bad, match in (("tiny,huge", "huge"), ("tiny,small,tiny", "twice")):
+        with pytest.raises(UsageError, match=match):
+            Config(sizes=bad).validate()
+    for cfg in (Config(task="gsm8k", model="m", sizes="tiny,small"), Config(sweep=True, sizes="tiny,small")):
+        with pytest.raises(UsageError, match="--sizes") as e:
+            cfg.validate()
+        assert "\n" not in str(e.value)
+
+
+def test_model_sizes_are_listed_smallest_first():
+    # F7 orders its pairs by MODEL_SIZES (larger - smaller): check the order on their parameter counts
+    from mathrl.models import SIZES
+    from mathrl.settings import MODEL_SIZES
+
+    def blocks(s):  # attention (4 h^2) and SwiGLU (3 h ffn) weights of every block
+        return s.layers * (4 * s.hidden ** 2 + 3 * s.hidden * s.ffn)
+
+    counts = [blocks(SIZES[name]) for name in MODEL_SIZES]
+    assert set(MODEL_SIZES) == set(SIZES) and counts == sorted(counts) and len(set(counts)) == len(counts)
+
+
+def test_label_ratio_ablation_runs_rcrl_natural_and_balanced_from_the_pretrained_start(tmp_path):
+    default = {s.name for s in plan(Config(), tmp_path)}
+    assert not any("pretrained" in n and "rcrl" in n for n in default)  # not in the default grid
+    by = {s.name: s for s in plan(Config(ablation="label-ratio"), tmp_path)}
+    pretrained = str(by["pretrain"].dir(tmp_path) / "model")
+    for seed in range(3):  # variant seeds
+        natural, balanced = by[f"rcrl-sparse-pretrained@{seed}"], by[f"rcrl-balanced-pretrained@{seed}"]
+        # the grid's RCRL of that seed (its budget, no reference solutions) from the pretrained start
+        assert natural.command == _with(by[f"rcrl-sparse-sft@{seed}"].command, "--model", pretrained)
+        assert natural.needs == balanced.needs == ["pretrain"]
+        i = balanced.command.index("--label-ratio")
+        assert balanced.command[i + 1] == "balanced" and balanced.command[:i] + balanced.command[i + 2:] == natural.command
+        assert f"eval-rcrl-balanced-pretrained@{seed}" in by
+        # the synthetic pretrained start writes prose: its models are evaluated without the ORM's rerank, as
+        # EI and PPO from it are
+        assert "--orm" not in by[f"eval-rcrl-sparse-pretrained@{seed}"].command
+    assert "rcrl-sparse-pretrained@3" not in by
+
+
+def test_a_pretraining_stage_runs_alone_with_every_core_as_data_parallel_ranks(tmp_path, monkeypatch):
+    # each size's pretrain starts once nothing else runs, and nothing starts while it runs
+    import threading
+    import time
+
+    active, seen, lock = set(), [], threading.Lock()
+    cfg = Config(quick=True, out=str(tmp_path), sizes="tiny,small", device="cpu")
+    stages = plan(cfg, tmp_path)
+
+    def launch(args, log, ranks=1):
+        out = args[args.index("--out") + 1]
+        name = next(s.name for s in stages if str(s.dir(tmp_path)) == out)
+        with lock:
+            active.add(name)
+            seen.append((name, frozenset(active), ranks, args[args.index("--threads") + 1]))
+        time.sleep(0.002)
+        with lock:
+            active.discard(name)
+        return 0
+
+    monkeypatch.setattr(study, "_launch", launch)
+    study.run_stages(stages, tmp_path, workers=2, total_threads=2)
+    assert len(seen) == len(stages)
+    for name, others, ranks, threads in seen:
+        if name.startswith("pretrain"):
+            assert others == {name} and (ranks, threads) == (2, "1"), (name, others)  # two 1-thread ranks
+        else:
+            assert not any(o.startswith("pretrain") for o in others), (name, others)
+            assert ranks == 1
+    order = [name for name, *_ in seen]
+    assert order.index("pretrain-small") > order.index("pretrain")

@@ -123,8 +123,7 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
         m["distinct_correct_solutions"] = mean(distinct_count(
             [normalize_solution(t) for t, g in zip(r.texts[:n], r.samples[:n]) if g.correct]) for r in results)
         if has_steps:
-            m["distinct_verified_solutions"] = mean(distinct_count(
-                [normalize_solution(t) for t, g in zip(r.texts[:n], r.samples[:n]) if g.verified]) for r in results)
+            m["distinct_verified_solutions"] = mean(distinct_verified(r, n) for r in results)
 
     by: dict = {}
     for d in sorted({r.problem.difficulty for r in all_results}):
@@ -145,6 +144,14 @@ def summarize(results: Sequence[QuestionResult], k: int | None = None) -> dict:
         by[str(d)] = entry
     m["by_difficulty"] = by
     return m
+
+
+def distinct_verified(r: QuestionResult, n: int | None = None) -> int:
+    """Distinct step-verified solutions among a question's first ``n`` samples (all by default): the texts whose
+    answer and every step are right, counted up to whitespace and case (``metrics.normalize_solution``). The
+    aggregate ``distinct_verified_solutions`` is its mean over the sampled questions; samples.jsonl records it per
+    question (``question_record``) for the study's paired comparisons (finding F7)."""
+    return distinct_count([normalize_solution(t) for t, g in zip(r.texts[:n], r.samples[:n]) if g.verified])
 
 
 def side_by_side(task) -> tuple[str, ...]:
@@ -274,14 +281,17 @@ def write_report(results: Sequence[QuestionResult], metrics: dict, out: Path, ti
 
 
 def question_record(r: QuestionResult) -> dict:
-    """What the study's statistics need of one graded question: greedy correctness and the counts behind
-    pass@k (n samples, c answer-correct, c_verified step-verified; None where not measured)."""
+    """What the study's statistics need of one graded question: greedy correctness, the counts behind
+    pass@k (n samples, c answer-correct, c_verified step-verified) and distinct_verified, the distinct
+    step-verified solutions among the n samples (``distinct_verified``); None where not measured (no step checker,
+    or no samples)."""
     verified = r.samples[0].steps is not None if r.samples else (r.greedy is not None and r.greedy.steps is not None)
     return {"id": r.problem.id, "difficulty": r.problem.difficulty,
             "greedy_correct": r.greedy.correct if r.greedy else None,
             "greedy_verified": r.greedy.verified if r.greedy and verified else None,
             "n": len(r.samples), "c": sum(g.correct for g in r.samples),
-            "c_verified": sum(g.verified for g in r.samples) if verified else None}
+            "c_verified": sum(g.verified for g in r.samples) if verified else None,
+            "distinct_verified": distinct_verified(r) if verified and r.samples else None}
 
 
 def append_question_records(results: Sequence[QuestionResult], path: Path, **tags) -> None:

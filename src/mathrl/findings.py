@@ -11,7 +11,8 @@ Every rule can come out either way, and a claim about an arm that did not learn 
 budget as the algorithm: an RL arm *learned* when its final maj@1 minus its start's is significantly above 0
 (``learned``); a comparison whose arm did not learn is *not testable at this budget*, never contradicted. The
 claims that need more than a table of comparisons (F3's rollouts to 90% of a dev plateau gain, F5's gap, F6's
-learning half and the questions beyond SFT) have a function of their own beside the table.
+learning half and the questions beyond SFT, F7's pairs of model sizes, F8's label-ratio gate) have a function of
+their own beside the table.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from mathrl.grid import (
     PPO_PLR,
     PPO_PRETRAINED,
     RCRL,
+    RCRL_BALANCED,
     RCRL_DENSE,
+    RCRL_PRETRAINED,
     SFT,
     SFT_MORE,
     SFT_MORE_BACKTRANSLATED,
@@ -44,6 +47,7 @@ from mathrl.grid import (
 )
 from mathrl.metrics import pass_at_k
 from mathrl.plateau import dev_curve, plateaued, rollouts_to_fraction
+from mathrl.settings import MODEL_SIZES
 from mathrl.stats import (
     HOLDS,
     NOT_TESTABLE,
@@ -65,6 +69,13 @@ from mathrl.studydata import Records, StudyData
 MARGIN = 0.02
 F3_MARGIN = 1.0
 F5_GAP = 0.10
+# F7 counts distinct step-verified solutions per question among the final evaluation's K samples: a larger model
+# "explores more" by at least one more distinct verified solution per question (the paper gives no number; at K=96
+# SFT wrote ~20 distinct solutions per question in docs/results.md's studies, so 1 is ~5% of that)
+F7_MARGIN = 1.0
+# F8 is testable only where the natural ratio of good to bad labels is far from 1:1: a natural good fraction
+# inside this range is near balanced already, and balancing would hardly change the data it compares
+F8_NEAR_EVEN = (0.35, 0.65)
 # sample complexity: the rollouts a run needs to reach this fraction of its gain over its start on its dev curve
 # (``plateau.rollouts_to_fraction``); 0.9 rather than 1 because the best point of a plateau is its noisiest
 FRACTION = 0.9
@@ -81,6 +92,7 @@ SATURATED = 0.9
 PASS = "pass@K"  # a comparison's metric: pass@K at the K of its records, step-verified where the task checks steps
 MAJ = "maj@K"  # majority vote over the K samples
 PASS_UNSAT = "pass@k"  # pass@k at the k of ``unsaturated_k``
+DISTINCT = "distinct_verified"  # distinct step-verified solutions per question among its K samples (F7)
 
 
 @dataclass
@@ -131,7 +143,9 @@ def _k_of(metric: str) -> int:
 
 def _measured(records: Records, metric: str) -> Records:
     """The records a metric is measured on: every question for maj@1, those with >= k samples for pass@k,
-    maj@k and solved@k."""
+    maj@k and solved@k, those that were sampled for distinct_verified."""
+    if metric == DISTINCT:
+        return [r for r in records if r.n]
     if metric.startswith(("pass@", "solved@")) or (metric.startswith("maj@") and _k_of(metric) > 1):
         return [r for r in records if r.n >= _k_of(metric)]
     return records
@@ -145,8 +159,12 @@ def samples_per_question(*record_lists: Records) -> int:
 def scores(records: Records, metric: str) -> list[float] | None:
     """Per-question scores of one evaluation: maj@1 (greedy), maj@1_verified, pass@k, pass@k_verified (the
     unbiased estimate per question), maj@k (the vote over exactly k samples), solved@k, solved@k_verified (any
-    of the k samples correct), over the questions with >= k samples; None when not measured."""
+    of the k samples correct), over the questions with >= k samples, distinct_verified (``DISTINCT``) over the
+    sampled questions; None when not measured (records written before a field was recorded have none)."""
     rows = _measured(records, metric)
+    if metric == DISTINCT:
+        xs = [r.distinct_verified for r in rows]
+        return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
     if metric in ("maj@1", "maj@1_verified"):
         xs = [r.greedy_correct if metric == "maj@1" else r.greedy_verified for r in rows]
         return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
@@ -297,8 +315,8 @@ def sample_complexity(data: StudyData, run: str) -> SampleComplexity | None:
 
 
 def start_of(data: StudyData, run: Run) -> str:
-    """The shared model a run starts from: SFT or the pretrained start."""
-    return SFT if run.start == "sft" else data.pretrained
+    """The shared model a run starts from: the SFT model of its size, or the pretrained start."""
+    return run.start_model if run.start == "sft" else data.pretrained
 
 
 def learned(data: StudyData, run: Run) -> Part | None:
@@ -601,6 +619,98 @@ def _backtranslated(data: StudyData, claim: Claim) -> Finding | None:
                    "with backtranslated data trained on the real data alone")
 
 
+def size_pairs(data: StudyData) -> list[tuple[Run, Run]]:
+    """F7's pairs (larger, smaller): each run of another model size than the grid's (``grid.size_runs``, --sizes)
+    that the study has, with the grid's run of its algorithm, ordered by size (MODEL_SIZES lists them smallest
+    first)."""
+    pairs = []
+    for r in data.runs.values():
+        if not r.run.size or r.run.size == data.grid_size:
+            continue
+        base = EI if r.run.algorithm == "EI" else PPO
+        bigger = MODEL_SIZES.index(r.run.size) > MODEL_SIZES.index(data.grid_size)
+        pairs.append((r.run, base) if bigger else (base, r.run))
+    return pairs
+
+
+def _larger_explores_more(data: StudyData, claim: Claim) -> Finding | None:
+    """F7, for EI and PPO: the larger model minus the smaller on distinct step-verified solutions per question
+    among the final evaluation's K samples (``DISTINCT``, paired over seeds and questions), rule ``raises`` with
+    margin F7_MARGIN (solutions per question). Gate: both runs learned (their maj@1 over their own size's SFT),
+    else not testable. None (not measured) when no pair has both evaluations with per-question distinct_verified
+    (evaluations written before it was recorded have none)."""
+    parts, gates = [], {}
+    for larger, smaller in size_pairs(data):
+        a, b = final(data, larger.name), final(data, smaller.name)
+        if not (a and b):
+            continue
+        p = part(f"{larger.name} - {smaller.name}, distinct verified solutions per question (of {data.k})",
+                 {"a": a, "b": b}, DISTINCT, diff("a", "b"), "raises", F7_MARGIN)
+        if p is None:
+            continue
+        for run in (larger, smaller):
+            if run.name not in gates:
+                gates[run.name] = learned(data, run)
+            if gates[run.name] is None or gates[run.name].verdict != HOLDS:
+                p.verdict = NOT_TESTABLE
+        parts.append(p)
+    if not parts:
+        return None
+    shown = [g for g in gates.values() if g is not None]
+    unknown = [name for name, g in gates.items() if g is None or g.verdict != HOLDS]
+    note = (f"not testable at this budget where {', '.join(unknown)} did not learn (its maj@1 gain over its own "
+            "size's SFT is not significant, or its SFT is not evaluated)" if unknown else "")
+    return Finding(claim.key, claim.text, decide(parts), shown + parts, note)
+
+
+def good_fractions(data: StudyData, run: Run) -> dict[int, float]:
+    """Per seed, the share of a RCRL run's labelled samples marked good before any balancing (its history's
+    ``good_fraction``, averaged over its rounds: the study's RCRL trains one); seeds without it are left out."""
+    r = data.runs.get(run.name)
+    out = {}
+    for seed, history in sorted((r.history if r else {}).items()):
+        xs = [row["good_fraction"] for row in history if isinstance(row.get("good_fraction"), (int, float))]
+        if xs:
+            out[seed] = sum(xs) / len(xs)
+    return out
+
+
+def _balanced_labels(data: StudyData, claim: Claim) -> Finding | None:
+    """F8: RCRL with balanced labels minus RCRL with the natural ratio, from the pretrained start, on maj@1, rule
+    ``falls``. Gates: the natural ratio is far from 1:1 (the natural run's good fraction, mean over its seeds,
+    outside F8_NEAR_EVEN: else balancing hardly changes the labels, and the claim is not testable; not recorded:
+    not testable), and the natural run learned (its maj@1 over the pretrained start), else not testable."""
+    natural, balanced = final(data, RCRL_PRETRAINED.name), final(data, RCRL_BALANCED.name)
+    if not (natural and balanced):
+        return None
+    p = part(f"{RCRL_BALANCED.name} - {RCRL_PRETRAINED.name}, maj@1", {"a": balanced, "b": natural}, "maj@1",
+             diff("a", "b"), "falls", MARGIN)
+    if p is None:
+        return None
+    gate = learned(data, RCRL_PRETRAINED)
+    fractions = good_fractions(data, RCRL_PRETRAINED)
+    lo, hi = F8_NEAR_EVEN
+    notes = []
+    if not fractions:
+        p.verdict = NOT_TESTABLE
+        notes.append(f"not testable: {RCRL_PRETRAINED.name} recorded no good_fraction, so whether its natural ratio "
+                     "is far from 1:1 is unknown")
+    else:
+        mean = sum(fractions.values()) / len(fractions)
+        per_seed = ", ".join(f"seed {s}: {g:.3f}" for s, g in fractions.items())
+        if lo <= mean <= hi:
+            p.verdict = NOT_TESTABLE
+            notes.append(f"not testable: the natural good fraction {mean:.3f} ({per_seed}) is within [{lo}, {hi}], "
+                         "near 1:1, so balancing hardly changes the labels")
+        else:
+            notes.append(f"natural good fraction {mean:.3f} ({per_seed}): far from 1:1 (outside [{lo}, {hi}])")
+    if gate is None or gate.verdict != HOLDS:
+        p.verdict = NOT_TESTABLE
+        notes.append(f"not testable at this budget: {RCRL_PRETRAINED.name} did not learn (its maj@1 gain over the "
+                     "pretrained start is not significant)")
+    return Finding(claim.key, claim.text, decide([p]), ([gate] if gate else []) + [p], "; ".join(notes))
+
+
 CLAIMS = (
     # F1: EI >= PPO >= RCRL, paired over seeds and test questions, on greedy maj@1, the vote and pass over K
     # samples, and EI >= PPO from the pretrained start too ("EI best across metrics and starts")
@@ -635,6 +745,13 @@ CLAIMS = (
           own=_gap_closes),
     Claim("F6", "pass@K saturates while RL still learns, and RL solves few questions SFT cannot", own=_saturates,
           note="the saturation half on in-run evaluations (dev problems, fewer samples than the final evaluation)"),
+    # F7 (--sizes): "larger models engage in more diverse exploration", as distinct verified solutions per question
+    # among the final evaluation's K samples, the larger model minus the smaller, EI and PPO
+    Claim("F7", "larger models explore more diversely: more distinct verified solutions per question among K "
+          "samples (EI and PPO)", own=_larger_explores_more),
+    # F8 (--ablation label-ratio): "a balanced ratio of positive to negative labels leads to poorer performance in
+    # RCRL", from a start whose natural ratio is far from 1:1
+    Claim("F8", "balanced good/bad labels lower RCRL's maj@1 (from the pretrained start)", own=_balanced_labels),
     # the paper's negative results (--ablation curriculum). N1, N2: a curriculum gives PPO no gain: the curriculum
     # run minus plain PPO, rule ``little`` (holds when the gain's upper end is below the margin; a curriculum that
     # hurts also holds: "no gain"), plain PPO must have learned. N3: backtranslated data degrades: with minus

@@ -3,6 +3,10 @@
 
 A run's name is its directory on disk (OUT/seed-N/NAME, its final evaluation OUT/seed-N/eval-NAME): a study
 directory is resumed by these names, so they stay as they are.
+
+``mathrl study --sizes tiny,small`` (finding F7) adds, for each size after the first (the grid's), its own
+pretrain, SFT and EI and PPO runs (``size_runs``): their names carry the size (``pretrain-small``, ``sft-small``,
+``ei-sparse-sft-small``), so they never collide with the grid's.
 """
 
 from __future__ import annotations
@@ -10,12 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mathrl.settings import MODEL_SIZES
+
 # the shared models every RL run is compared with: the SFT model, and the pretrained start (``pretrain``: the
 # synthetic study's own pretraining stage; ``pretrained``: a given HF model, --task gsm8k/svamp --model DIR)
 SFT, PRETRAIN, PRETRAINED = "sft", "pretrain", "pretrained"
 # the shared stages a run's flags may name as {NAME} (Run.reads): the reward models and the backtranslated pairs
 SHARED_INPUTS = ("orm", "sorm", "backtranslate")
 SHARED_LABELS = {SFT: "SFT", PRETRAIN: "pretrained start", PRETRAINED: "pretrained start"}
+# the embedded model's size the grid pretrains by default (pretrain's --size default); MODEL_SIZES lists the
+# sizes smallest first (tests/test_study.py checks it on their parameter counts)
+GRID_SIZE = "tiny"
+
+
+def sized(model: str, size: str) -> str:
+    """The name of a shared model (pretrain, sft) or a run of another model size than the grid's: ``NAME-SIZE``
+    (``size`` "": the grid's own, ``NAME``)."""
+    return f"{model}-{size}" if size else model
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,13 @@ class Run:
     objective: str = ""  # the GRPO loss variant it tests (--ablation objectives)
     variant: str = ""  # what it adds to its algorithm, for its label (--ablation curriculum: the curriculum)
     ablation: str = ""  # the --ablation that adds it; "" for the paper's grid
+    size: str = ""  # the model size it trains (from that size's own pretrain and SFT: --sizes); "" the grid's
+
+    @property
+    def start_model(self) -> str:
+        """The shared model it starts from, by name: the SFT model of its size, or the pretrained start (the
+        study's own ``pretrain``, or a given model's ``pretrained``: ``findings.start_of`` picks)."""
+        return sized(SFT, self.size) if self.start == "sft" else PRETRAIN
 
     @property
     def command(self) -> str:
@@ -57,10 +79,13 @@ class Run:
     @property
     def label(self) -> str:
         name = f"GRPO loss as {self.objective}" if self.objective else self.algorithm
+        if "balanced" in self.flags:
+            name += " balanced labels"
+        size = f", {self.size} model" if self.size else ""
         if self.algorithm == "SFT":
             name = "SFT continued (reference solutions"
-            return f"{name}, {self.variant}, from {self.start})" if self.variant else f"{name}, from {self.start})"
-        return f"{name} ({self.reward}, from {self.start}{', ' + self.variant if self.variant else ''})"
+            return f"{name}, {self.variant}, from {self.start}{size})" if self.variant else f"{name}, from {self.start}{size})"
+        return f"{name} ({self.reward}, from {self.start}{size}{', ' + self.variant if self.variant else ''})"
 
 
 # the paper's comparisons with the sparse reward from SFT (findings F1, F2, F3, F6): ``seeds`` seeds each. GRPO
@@ -117,19 +142,42 @@ RCRL_DENSE = Run("rcrl-dense-sft", "RCRL", "dense", "sft", "variant_seeds",
                  real_task_flags=("--step-labels", "sorm", "--sorm", "{sorm}"))
 EI_PRETRAINED = Run("ei-sparse-pretrained", "EI", "sparse", "pretrained", "variant_seeds")
 PPO_PRETRAINED = Run("ppo-sparse-pretrained", "PPO", "sparse", "pretrained", "variant_seeds")
+# F8 (--ablation label-ratio): RCRL with the natural ratio of good to bad labels and with a balanced one (as many
+# bad samples kept as good ones: rcrl --label-ratio balanced), from the pretrained start: its samples are mostly
+# wrong (the study's live start: maj@1 <= 0.10), so the natural ratio is far from 1:1 and balancing changes the
+# data; from SFT (greedy maj@1 ~0.64, docs/results.md) the natural ratio is nearer 1:1 and balancing would change
+# little (F8 is gated on the natural good fraction). Variant seeds, the grid's budget; on its samples only (no
+# reference solutions), as the grid's RCRL
+RCRL_PRETRAINED = Run("rcrl-sparse-pretrained", "RCRL", "sparse", "pretrained", "variant_seeds",
+                      ("--no-include-references",), ablation="label-ratio")
+RCRL_BALANCED = Run("rcrl-balanced-pretrained", "RCRL", "sparse", "pretrained", "variant_seeds",
+                    ("--no-include-references", "--label-ratio", "balanced"), ablation="label-ratio")
 
 # in the order the study plans them (and the report lists them): per seed, the paper's sparse runs, then the
-# ablation's, then per variant seed the variants
+# ablation's, then per variant seed the variants, then the variant-seed ablations' runs
 RUNS = (EI, PPO, GRPO, RCRL, *OBJECTIVES, SFT_MORE, *CURRICULUM, EI_ORM, PPO_DENSE, PPO_ORM, RCRL_DENSE, EI_PRETRAINED,
-        PPO_PRETRAINED)
+        PPO_PRETRAINED, RCRL_PRETRAINED, RCRL_BALANCED)
 ABLATIONS = sorted({r.ablation for r in RUNS} - {""})
-BY_NAME = {r.name: r for r in RUNS}
+
+
+def size_runs(size: str) -> tuple[Run, Run]:
+    """F7 (--sizes): EI and PPO with the sparse reward from the SFT model of ``size`` (its own pretrain and SFT),
+    variant seeds, the grid's budget, compared with the grid's EI and PPO. Generated rather than listed: they are
+    the grid's two rows with a size, the same for every size of MODEL_SIZES."""
+    return tuple(Run(sized(r.name, size), r.algorithm, r.reward, r.start, "variant_seeds", r.flags, size=size)
+                 for r in (EI, PPO))
+
+
+BY_NAME = {r.name: r for r in RUNS + tuple(r for size in MODEL_SIZES for r in size_runs(size))}
 
 
 def runs_by_seed_count(ablation: str) -> list[tuple[str, list[Run]]]:
-    """The runs of a study, in blocks that share a seed count: ("seeds", the paper's sparse runs), ("seeds", the
-    ablation's runs), ("variant_seeds", the variants). Each block is planned seed by seed."""
+    """The grid's runs, in blocks that share a seed count: ("seeds", the paper's sparse runs), ("seeds", the
+    ablation's runs that have them), ("variant_seeds", the variants), ("variant_seeds", the ablation's runs that
+    have those). Each block is planned seed by seed. (The runs of further model sizes: ``size_runs``.)"""
     paper = [r for r in RUNS if not r.ablation]
+    extra = [r for r in RUNS if ablation and r.ablation == ablation]
     return [("seeds", [r for r in paper if r.seeds == "seeds"]),
-            ("seeds", [r for r in RUNS if ablation and r.ablation == ablation]),
-            ("variant_seeds", [r for r in paper if r.seeds == "variant_seeds"])]
+            ("seeds", [r for r in extra if r.seeds == "seeds"]),
+            ("variant_seeds", [r for r in paper if r.seeds == "variant_seeds"]),
+            ("variant_seeds", [r for r in extra if r.seeds == "variant_seeds"])]

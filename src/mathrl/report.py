@@ -14,13 +14,16 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mathrl.findings import (CLAIMS, F3_MARGIN, F5_GAP, FRACTION, LADDER, MARGIN, N_BOOT, ORM_MIN_AUC, SATURATED,
-                             Part, curve_points, diff, final, findings, paired, pass_metric, sample_complexity,
-                             samples_per_question, scores, stability, unsaturated_k)
+from mathrl.budgets import model_sizes, sizes_minutes
+from mathrl.findings import (CLAIMS, DISTINCT, F3_MARGIN, F5_GAP, F7_MARGIN, F8_NEAR_EVEN, FRACTION, LADDER, MARGIN,
+                             N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, paired,
+                             pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
+                             start_of, unsaturated_k)
 from mathrl.grid import EI, GRPO, PPO, PPO_BACKTRACK, PPO_PLR, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
 from mathrl.plots import pyplot
 from mathrl.render import Code, Figures, Item, Items, Para, Section, Table, markdown, page
+from mathrl.settings import MODEL_SIZES
 from mathrl.stats import RULES
 from mathrl.studydata import StudyData, collect
 from mathrl.tasks import load_task
@@ -37,7 +40,10 @@ def _mean_over_seeds(data: StudyData, model: str, key: str):
 
 
 def _label(data: StudyData, model: str) -> str:
-    return data.runs[model].run.label if model in data.runs else SHARED_LABELS.get(model, model)
+    if model in data.runs:
+        return data.runs[model].run.label
+    size = model.removeprefix(f"{SFT}-")
+    return SHARED_LABELS.get(model, f"SFT ({size} model)" if size in MODEL_SIZES else model)
 
 
 def results_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
@@ -73,7 +79,7 @@ def diff_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     for model, r in data.runs.items():
         if model not in data.evals:
             continue
-        base = data.pretrained if r.run.start == "pretrained" else SFT
+        base = start_of(data, r.run)
         if base not in data.evals:
             continue
         rows.append([f"{_label(data, model)} - {base}", str(len(final(data, model)))]
@@ -94,6 +100,42 @@ def objectives_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
         rows.append([f"{_label(data, model)} - GRPO", str(len(final(data, model)))]
                     + _diff_cells(data, model, base, metrics))
     return ["difference", "seeds"] + [f"Δ {m} [95% CI]" for m in metrics], rows
+
+
+def sizes_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """F7's models side by side (``study --sizes``): the SFT model and the EI and PPO runs of each model size, with
+    their test maj@1 and distinct verified solutions per question among the K samples (means over seeds), and the
+    runs' in-run dev curve of the same count (their history's distinct_verified_solutions at each rollout point,
+    mean over the seeds that have it)."""
+    runs = {}
+    for pair in size_pairs(data):
+        for run in pair:
+            runs[run.name] = run
+    if not runs:
+        return [], []
+    order = sorted(runs.values(), key=lambda r: (r.algorithm, MODEL_SIZES.index(r.size or data.grid_size)))
+    key = "distinct_verified_solutions"
+    histories = {r.name: [row for h in data.runs[r.name].history.values() for row in h] for r in order}
+    points = sorted({row["rollouts"] for rows in histories.values() for row in rows
+                     if isinstance(row.get(key), (int, float)) and "rollouts" in row})
+    table = []
+    sfts = sorted({(r.size or data.grid_size, r.start_model) for r in order}, key=lambda x: MODEL_SIZES.index(x[0]))
+    for size, model in sfts:
+        if model in data.evals:
+            table.append([_label(data, model), size, _fmt(_mean_over_seeds(data, model, "maj@1")),
+                          _fmt(_mean_over_seeds(data, model, key))] + ["–"] * len(points))
+    for run in order:
+        evaluated = run.name in data.evals
+        cells = []
+        for x in points:
+            xs = [row[key] for row in histories[run.name]
+                  if row.get("rollouts") == x and isinstance(row.get(key), (int, float))]
+            cells.append(_fmt(sum(xs) / len(xs)) if xs else "–")
+        table.append([_label(data, run.name), run.size or data.grid_size,
+                      _fmt(_mean_over_seeds(data, run.name, "maj@1")) if evaluated else "–",
+                      _fmt(_mean_over_seeds(data, run.name, key)) if evaluated else "–"] + cells)
+    return (["model", "size", "test maj@1", f"test distinct verified solutions /{data.k}"]
+            + [f"dev, {_rollouts(x)} rollouts" for x in points]), table
 
 
 def difficulty_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
@@ -403,14 +445,34 @@ def part_line(p: Part) -> str:
     return line + (f" ({'; '.join(flags)})" if flags else "")
 
 
-def _finding_items(data: StudyData) -> tuple[Items, tuple[int, int]]:
+def not_measured(key: str, cfg, data: StudyData) -> str:
+    """Why a finding is not measured: the flag that adds its runs where the study was not asked for them (F7's
+    with the minutes it would add, ``budgets.sizes_minutes``), or what is missing."""
+    if key == "F7" and cfg.task != "synthetic":
+        return "model sizes are the synthetic study's (--sizes)"
+    if key == "F7" and len(model_sizes(cfg)) == 1:
+        grid = model_sizes(cfg)[0]
+        other = next(s for s in reversed(MODEL_SIZES) if s != grid)  # the largest other size
+        measured = {name: f.seconds / 60 for name, f in data.finished.items()}
+        return f"run with --sizes {grid},{other} (adds ~{sizes_minutes(cfg, [other], measured):.0f} minutes)"
+    evaluated = [records for pair in size_pairs(data) for r in pair for records in final(data, r.name).values()]
+    if key == "F7" and any(scores(records, DISTINCT) is None for records in evaluated):
+        return ("the evaluations of its runs have no per-question distinct_verified in samples.jsonl (written by "
+                "an earlier mathrl): run their eval stages again")
+    if key == "F8" and cfg.ablation != "label-ratio":
+        return "run with --ablation label-ratio (adds two RCRL runs from the pretrained start per variant seed)"
+    return "its runs are missing"
+
+
+def _finding_items(data: StudyData, cfg) -> tuple[Items, tuple[int, int]]:
     found = findings(data)
     items = []
     for claim in CLAIMS:
         f = found.get(claim.key)
         if f is None:
             if not claim.ablation:  # an ablation's claims appear when it ran (--ablation NAME)
-                items.append(Item("(its runs are missing).", head=f"{claim.key} {claim.text}: not measured"))
+                items.append(Item(f"{not_measured(claim.key, cfg, data)}.",
+                                  head=f"{claim.key} {claim.text}: not measured"))
             continue
         items.append(Item(f"{f.note.rstrip('.')}." if f.note else "", head=f"{f.key} {f.claim}: {f.verdict}.",
                           status=f.verdict, children=tuple(part_line(p) for p in f.parts)))
@@ -460,7 +522,7 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
     intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. {evaluation} RL seeds: {cfg.seeds} for "
              f"EI/PPO/RCRL (sparse, from SFT) and continued SFT{grpo}, {cfg.variant_seeds} for the reward variants and "
              f"the pretrained start; one shared pretrain, {shared}. Wall time {wall_seconds / 60:.1f} min.")
-    items, (checked, flipped) = _finding_items(data)
+    items, (checked, flipped) = _finding_items(data, cfg)
     unsat = unsaturated_k(data)
     method = ("Intervals: 95%, paired over test questions and seeds (stats.py): a bootstrap over questions (the "
               "same draw for every model) for the question part, Student's t with seeds - 1 degrees of freedom on "
@@ -469,8 +531,8 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
               f"{N_BOOT} replicates (400 per point for the plots' bands); every verdict is decided again on a second "
               f"bootstrap seed: {checked} verdicts checked, {flipped} changed (one that changes is called "
               f"inconclusive). Verdict rules, margin m = {MARGIN} (accuracy) unless stated (F3 {F3_MARGIN} in log2 "
-              f"rollouts, one doubling, on a t-interval over seeds; F5's gap after RL {F5_GAP}), fixed before the "
-              "data: "
+              f"rollouts, one doubling, on a t-interval over seeds; F5's gap after RL {F5_GAP}; F7 {F7_MARGIN:g} "
+              "distinct verified solution(s) per question), fixed before the data: "
               + "; ".join(f"{name}: {text}" for name, text in RULES.items())
               + ". Where both a rule's holds and contradicted conditions are met (a significant change smaller than m), "
                 "holds wins. 'similar' can hold only at a half-width below m: where it is not reachable the part says "
@@ -478,8 +540,9 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
                 "Not testable: the arm a comparison is about did not learn (gate: its final maj@1 minus its start's "
                 "is not significantly above 0; F3's gate: its dev maj@1 at its last in-run point minus at 0 "
                 "rollouts), or the ORM ranks a question's own samples no better than chance "
-                f"(within-question AUC <= {ORM_MIN_AUC}). A finding holds when all its parts hold, is contradicted "
-                "when any is, is not testable when a required part is, and is inconclusive otherwise. F2 tests pass@k "
+                f"(within-question AUC <= {ORM_MIN_AUC}), or (F8) the natural ratio of RCRL's labels is near 1:1 "
+                f"(its good fraction within [{F8_NEAR_EVEN[0]}, {F8_NEAR_EVEN[1]}]). A finding holds when all its "
+                "parts hold, is contradicted when any is, is not testable when a required part is, and is inconclusive otherwise. F2 tests pass@k "
                 f"at the largest k of {', '.join(map(str, LADDER))} where SFT's pass@k <= {SATURATED}"
               + (f" (here k = {unsat[0]}: SFT's {unsat[1]:.3f})." if unsat else " (none here)."))
     if data.verified:
@@ -503,6 +566,15 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
            Section("Findings", [Para(method, small=True), items]),
            Section("Results (test split)", results),
            Section("Differences (paired, 95% CI)", [Table(*diff_table(data))])]
+    sizes = sizes_table(data)
+    if sizes[1]:
+        out.append(Section("Model sizes (F7)", [
+            Para("The grid's EI and PPO beside the same runs at another embedded model size (`mathrl study --sizes`: "
+                 "each size its own pretrain and SFT at the grid's budgets and learning rates, the runs at the "
+                 "grid's rollout cap and dev schedule). Distinct verified solutions: per question, the distinct texts "
+                 "(up to whitespace and case) among its samples whose answer and every step are right; test: the final "
+                 "evaluation's K samples; dev: the in-run evaluations' samples, at each rollout point."),
+            Table(*sizes)]))
     complexity = sample_complexity_table(data)
     if complexity[1]:
         out.append(Section("Sample complexity", [

@@ -10,7 +10,7 @@ evaluation of every model on the same test problems with the same per-question s
 ``report.md`` and a self-contained ``report.html`` (``report.py``), whose findings carry paired 95% intervals
 (``stats.py``).
 
-Every RL run gets the same rollout budget (``--rollouts``, from either start; BUDGETS below says how each
+Every RL run gets the same rollout budget (``--rollouts``, from either start; ``budgets.BUDGETS`` says how each
 algorithm spends it). One SFT checkpoint is shared by the RL seeds: the seed intervals measure RL's variance,
 not SFT's.
 
@@ -43,10 +43,12 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 from mathrl import stagecache, sweep
+from mathrl.budgets import BUDGETS, model_sizes, seed_counts
 from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import RunError, UsageError
-from mathrl.grid import ABLATIONS, EI, PPO, PRETRAIN, PRETRAINED, RCRL, SFT, SFT_MORE, Run, runs_by_seed_count
-from mathrl.settings import ENGINES, Prompting, one_of, validate_groups
+from mathrl.grid import (ABLATIONS, EI, GRID_SIZE, PPO, PRETRAIN, PRETRAINED, RCRL, SFT, SFT_MORE, Run,
+                         runs_by_seed_count, size_runs, sized)
+from mathrl.settings import ENGINES, MODEL_SIZES, Prompting, one_of, validate_groups
 from mathrl.sweep import SWEEP_LR, SWEEP_SEED
 
 
@@ -84,10 +86,19 @@ class Config:
     engine: str = field("mathrl", "rollout engine of the stages that sample (orm, RL, eval): mathrl or vllm "
                                   "(docs/engines.md); RCRL with dense returns and its evaluation keep mathrl's "
                                   "sampler (vLLM cannot force step markers)")
-    ablation: str = field("", "an extra grid beyond the paper's, with the sparse runs' budget and seeds (not in the "
-                              "default): objectives (GRPO, and its loss as Dr.GRPO, DAPO, GSPO and CISPO, from SFT) "
-                              "or curriculum (the paper's negative results: PPO with backtracking and with "
-                              "prioritized level replay, EI and continued SFT with backtranslated data)")
+    ablation: str = field("", "an extra grid beyond the paper's (not in the default): objectives (GRPO, and its "
+                              "loss as Dr.GRPO, DAPO, GSPO and CISPO, from SFT, with the sparse runs' budget and "
+                              "seeds), curriculum (the paper's negative results: PPO with backtracking and with "
+                              "prioritized level replay, EI and continued SFT with backtranslated data, with the "
+                              "sparse runs' budget and seeds: findings N1-N3) or label-ratio (RCRL with natural and "
+                              "with balanced good/bad labels from the pretrained start, variant_seeds seeds: "
+                              "finding F8)")
+    sizes: str = field(GRID_SIZE, "embedded model sizes, comma-separated (" + ", ".join(MODEL_SIZES) + "): the first "
+                                  "is the grid's model; each further one adds its own pretrain, SFT, and EI and PPO "
+                                  "(sparse, from its SFT, variant_seeds seeds, the grid's cap) with their final "
+                                  "evaluations, for finding F7 (larger models explore more diversely). Synthetic "
+                                  "task only; 'tiny,small' adds ~2.3x the time of the grid's pretrain, SFT and "
+                                  "variant_seeds EI and PPO runs (docs/algorithms.md)")
     sweep: bool = field(False, "run the tuning sweep instead of the grid: EI, PPO, RCRL (sparse, from SFT) and "
                                "continued SFT at their default learning rate x 0.3, 1 and 3, one seed, the study's "
                                "cap and dev schedule; writes sweep.md (the rate each selects on dev: sweep.py)")
@@ -112,7 +123,7 @@ class Config:
             raise UsageError(f"--task {self.task} needs --model DIR (a pretrained model; the embedded pretraining "
                              "only exists for the synthetic task)")
         if self.sweep:
-            refuse(self, ("ablation", "seeds", "variant_seeds", "k", "eval_problems", "k_problems"),
+            refuse(self, ("ablation", "seeds", "variant_seeds", "k", "eval_problems", "k_problems", "sizes"),
                    "with --sweep (it runs one seed of the sparse runs from SFT and evaluates on dev only)")
         if self.task == "synthetic":
             refuse(self, ("model",), "on the synthetic task (the study pretrains its own model; --model is for "
@@ -121,8 +132,15 @@ class Config:
             refuse(self.prompting, ("chat_template", "system_prompt", "prompt_template", "stop"),
                    "on the synthetic task (the embedded model is prompted in its own formats; they apply to a real "
                    "model: --task gsm8k/svamp --model DIR)")
+            sizes = model_sizes(self)
+            for size in sizes:
+                one_of(size, MODEL_SIZES, "sizes")
+            if len(set(sizes)) != len(sizes):
+                raise UsageError(f"--sizes {self.sizes}: a size is listed twice")
         else:
             refuse(self, ("level",), f"with --task {self.task} (levels are the synthetic task's)")
+            refuse(self, ("sizes",), f"with --task {self.task} (sizes are the embedded model's, which the study "
+                                     "pretrains on the synthetic task; --model is the real task's one model)")
 
 
 @dataclass
@@ -151,38 +169,6 @@ class Stage:
 
     def dir(self, root: Path) -> Path:
         return root / (self.folder or ("shared" if self.seed is None else f"seed-{self.seed}")) / self.base
-
-
-# Budgets: full (the report's default) and quick. Pretrain + SFT (6,000 steps of 8 x 256 tokens; 20,000 problems x
-# 2 epochs) is calibrated for the three-digit default task (docs/results.md, "A live pretrained start"): the
-# pretrained start then solves some problems when sampled (4,500 steps did not), and SFT from it reaches in 2 epochs
-# what 6 epochs reached from the former 240-step start.
-# Every RL run gets the same rollout cap from either start (rollouts = samples drawn for training; in-run
-# evaluations are not counted): EI rounds of min(512, cap/8) fresh questions x K=4 up to the cap, PPO and GRPO
-# cap/256 iterations of 256 samples (64 prompts x 4, 32 x 8), RCRL one round of cap/4 questions x 4. Each is
-# evaluated on run_eval_size dev questions (K=run_eval_k) at 0, eval_first rollouts and every doubling after
-# (--eval-at log), and EI, PPO and GRPO stop where that dev maj@1 plateaus (plateau.py; RCRL trains once). The cap
-# of 32,768 is ~8x the budget at which this project saw EI and PPO gain nothing measurable in a 4,096-rollout
-# study, and 2x the ~16K at which both gained +0.038 maj@1 over SFT (docs/results.md); the paper reports ~60K.
-BUDGETS = {
-    "full": dict(pretrain_steps=6000, sft_epochs=2, train_size=20000, dev_size=200, dev_k=16,
-                 orm_questions=1500, sorm_questions=1000, rollouts=32768, run_eval_size=500, run_eval_k=16,
-                 eval_first=1024, bt_questions=2000, bt_reverse_steps=1000,
-                 max_new_tokens=96, eval_problems=1000, k_problems=120, k=96),
-    "quick": dict(pretrain_steps=15, sft_epochs=1, train_size=3000, dev_size=30, dev_k=4,
-                  orm_questions=150, sorm_questions=10, rollouts=512, run_eval_size=30, run_eval_k=4, eval_first=128,
-                  bt_questions=40, bt_reverse_steps=20, max_new_tokens=64, eval_problems=100, k_problems=40, k=16),
-}
-# Seeds: 5 for the runs behind F1/F2/F3/F6 and 3 for the variants and the pretrained start, so that every
-# comparison has a seed variance for its t-based interval (stats.py; with 3 seeds t_2 = 4.30 makes the seed part
-# of a half-width ~2.2x what 5 seeds give, t_4 = 2.78 over sqrt(5))
-SEEDS = {"full": {"seeds": 5, "variant_seeds": 3}, "quick": {"seeds": 2, "variant_seeds": 1}}
-
-
-def seed_counts(cfg) -> tuple[int, int]:
-    """(seeds, variant_seeds) of a study config: as given, or the budget's default (``SEEDS``) where 0."""
-    default = SEEDS["quick" if cfg.quick else "full"]
-    return cfg.seeds or default["seeds"], cfg.variant_seeds or default["variant_seeds"]
 
 
 # the runs the tuning sweep tunes: those the findings compare on the sparse reward from SFT (sweep.py)
@@ -256,20 +242,32 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     # name and options, not where its data lay)
     data_dir = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     stages: list[Stage] = []
+    # the embedded model's sizes (--sizes): the grid's first; each further one gets its own pretrain and SFT
+    sizes = model_sizes(cfg) if cfg.task == "synthetic" else []
+
+    def pretrain_stage(name: str, size: str) -> Stage:
+        # the corpus mix and batch are pretrain's defaults (its docstring); the budget is the study's, the same
+        # for every size (the size is named only where it is not pretrain's default, so the default grid's
+        # command is what it was)
+        return Stage(name, ["pretrain", "--steps", str(b["pretrain_steps"]), *level_args,
+                            *(["--size", size] if size != GRID_SIZE else []), *shared_seed],
+                     group="pretrain", data_parallel=_on_cpu(cfg.device))
+
+    def sft_stage(name: str, start: str, needs: list[str]) -> Stage:
+        return Stage(name, ["sft", "--model", start, *sft_task, *prompting, *lr("sft"), "--epochs",
+                            str(b["sft_epochs"]), "--whole-sequence-loss", "--eval-size", str(b["dev_size"]),
+                            "--eval-k", str(b["dev_k"]), *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
+                     needs=needs, group="sft")
+
     if cfg.task == "synthetic":
-        # the corpus mix and batch are pretrain's defaults (its docstring); the budget is the study's
-        pre = Stage("pretrain", ["pretrain", "--steps", str(b["pretrain_steps"]), *level_args, *shared_seed],
-                    group="pretrain", data_parallel=_on_cpu(cfg.device))
+        pre = pretrain_stage(PRETRAIN, sizes[0])
         stages.append(pre)
         pretrained, start_pt = d(pre) + "/model", PRETRAIN
         sft_task = ["--task", "synthetic", *level_args, "--train-size", str(b["train_size"])]
     else:
         pretrained, start_pt = cfg.model, PRETRAINED
         sft_task = task_args
-    sft = Stage("sft", ["sft", "--model", pretrained, *sft_task, *prompting, *lr("sft"), "--epochs", str(b["sft_epochs"]),
-                        "--whole-sequence-loss", "--eval-size", str(b["dev_size"]), "--eval-k", str(b["dev_k"]),
-                        *(["--compile"] if sft_compile else []), *mnt, *shared_seed],
-                needs=["pretrain"] if cfg.task == "synthetic" else [], group="sft")
+    sft = sft_stage(SFT, pretrained, [PRETRAIN] if cfg.task == "synthetic" else [])
     orm = Stage("orm", ["orm", "train", "--model", d(sft) + "/model", "--questions", str(b["orm_questions"]), *lr("orm"), *mnt,
                         *data_dir, *shared_seed], needs=["sft"], group="orm")
     # the SORM labels the steps of every sample it trains on: questions x K=4 training samples, all labelled
@@ -290,7 +288,8 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
                           needs=["sft"], group="data")
     stages += [sft, orm] + ([sorm] if "sorm" in reads else []) + ([backtranslate] if "backtranslate" in reads else [])
     sft_model, orm_model = d(sft) + "/model", d(orm) + "/model"
-    starts = {"sft": (sft_model, SFT), "pretrained": (pretrained, start_pt)}
+    # (start, size) -> (its model directory, its stage)
+    starts = {("sft", ""): (sft_model, SFT), ("pretrained", ""): (pretrained, start_pt)}
     # what a run's flags may name (grid.Run): the shared reward models, the budget, the overlong buffer
     filled = {"orm": orm_model, "sorm": d(sorm) + "/model", "budget": str(budget),
               "backtranslate": d(backtranslate) + "/backtranslated.jsonl",
@@ -299,7 +298,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     def rl(run: Run, seed: int, rate: str = ""):
         """The stage of ``run`` for ``seed``; ``rate``: a learning rate of the sweep (its stage under sweep/)."""
         lr_of = (lambda command: ["--lr", rate]) if rate else lr  # noqa: E731
-        model, start_stage = starts[run.start]
+        model, start_stage = starts[run.start, run.size]
         needs = [start_stage] if start_stage != PRETRAINED else []
         needs += run.reads(real)
         extra = [a.format(**filled) for a in run.flags + (run.real_task_flags if real else ())]
@@ -351,6 +350,20 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
             for run in runs:
                 rl(run, seed)
 
+    # F7 (--sizes): each further size's pretrain (alone, as the grid's: run_stages), SFT (the grid's budget and
+    # rate) and its EI and PPO runs from that SFT, after the grid's runs (variant_seeds seeds: as the grid's other
+    # comparisons that are not the paper's core arms)
+    size_sfts = []
+    for size in sizes[1:]:
+        pre_size = pretrain_stage(sized(PRETRAIN, size), size)
+        sft_size = sft_stage(sized(SFT, size), d(pre_size) + "/model", [pre_size.name])
+        stages += [pre_size, sft_size]
+        size_sfts.append(sft_size)
+        starts["sft", size] = (d(sft_size) + "/model", sft_size.name)
+        for seed in range(seed_counts(cfg)[1]):
+            for run in size_runs(size):
+                rl(run, seed)
+
     # final evaluation of every model on the same test problems with the same sampling streams (EVAL_SEED):
     # greedy maj@1 on n_eval problems, K samples on the first k_problems (maj@K, rerank@K with the ORM, pass@K)
     def ev(base, model, seed, needs, model_name, rerank=True, extra=(), run=None):
@@ -367,9 +380,13 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     prose = cfg.task == "synthetic"
     ev(f"eval-{start_pt}", pretrained, None, [start_pt] if start_pt != PRETRAINED else [], start_pt, not prose,
        prompting)
+    # the ORM was trained on the grid's SFT policy's samples: another size's models are evaluated without rerank
+    # (F7 reads their samples' diversity, not rerank@K)
+    for s in size_sfts:
+        ev(f"eval-{s.base}", d(s) + "/model", None, [s.name], s.base, rerank=False)
     for s in [s for s in stages if s.group == "rl"]:
         ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
-           not (prose and s.run.start == "pretrained"), run=s.run)
+           not (prose and s.run.start == "pretrained") and not s.run.size, run=s.run)
     if cfg.engine != "mathrl":
         for s in stages:
             if s.command[0] in SAMPLING_COMMANDS and not _forces_steps(s):
@@ -495,7 +512,18 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 finished.add(s.name)
             if reused:
                 continue  # what they unblock may be current too
-            for s in ready[: workers - len(running)]:
+            starting = []
+            for s in ready:
+                if s.data_parallel:
+                    # a stage that runs alone (pretraining, of each model size) starts once nothing else runs, and
+                    # no stage after it in the plan's order starts before it (else the stages that keep becoming
+                    # ready would never leave it an idle machine)
+                    if not running and not starting:
+                        starting.append(s)
+                    break
+                if len(running) + len(starting) < workers:
+                    starting.append(s)
+            for s in starting:
                 pending.pop(s.name)
                 print(f"[study] start {s.name}", flush=True)
                 # a stage that runs alone (pretrain) gets every core, pretraining as one 1-thread rank per core
@@ -505,7 +533,7 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 # keep going when another process takes a core: a 2-thread process waits on its slower thread at
                 # every operation (measured on 2 cores with a competing matmul loop: 2 ranks 13.7k tokens/s, one
                 # 2-thread process 6.0k; alone 20.7k and 19.5k; docs/results.md)
-                alone = workers == 1 or (not running and len(ready) == 1)
+                alone = workers == 1 or (not running and len(starting) == 1)
                 running[pool.submit(_run_stage, s, root, total_threads if alone else threads,
                                     stagecache.inputs(s, root, by_name))] = s
             if not running:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathrl.grid import PRETRAIN, PRETRAINED, SFT, Run
+from mathrl.grid import GRID_SIZE, PRETRAIN, PRETRAINED, SFT, Run
 from mathrl.metrics import majority_vote_score
 from mathrl.plateau import stopped_at_plateau
 from mathrl.stagecache import is_current, read_json
@@ -25,8 +25,10 @@ Seed = int | None  # None: a shared model, evaluated once
 @dataclass(frozen=True)
 class Question:
     """One question of one evaluation: its greedy answer's correctness and, when it was sampled, ``c`` correct
-    and ``c_verified`` step-verified of ``n`` samples and ``maj``, the majority vote's score over the n samples
-    (``metrics.majority_vote_score``; from samples.jsonl's answers). None: not measured."""
+    and ``c_verified`` step-verified of ``n`` samples, ``maj``, the majority vote's score over the n samples
+    (``metrics.majority_vote_score``; from samples.jsonl's answers), and ``distinct_verified``, the distinct
+    step-verified solutions among them (``evaluate.distinct_verified``; records written before it was recorded
+    have none). None: not measured."""
 
     id: str
     n: int = 0
@@ -38,6 +40,7 @@ class Question:
     question: str | None = None
     greedy: str | None = None
     maj: float | None = None
+    distinct_verified: int | None = None
 
     @classmethod
     def of(cls, row: dict) -> "Question":
@@ -46,7 +49,8 @@ class Question:
                and len(answers) == (row.get("n") or 0) else None)
         return cls(id=row["id"], n=row.get("n") or 0, c=row.get("c"), c_verified=row.get("c_verified"),
                    greedy_correct=row.get("greedy_correct"), greedy_verified=row.get("greedy_verified"),
-                   answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"), maj=maj)
+                   answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"), maj=maj,
+                   distinct_verified=row.get("distinct_verified"))
 
 
 Records = list[Question]
@@ -157,6 +161,7 @@ class StudyData:
     verified: bool = True  # the task checks steps (synthetic): pass@K findings use verified pass@K
     # the backtranslate stage's counts (generated, malformed, failed_round_trip, duplicates..., kept), where it ran
     backtranslated: dict[str, int] = field(default_factory=dict)
+    grid_size: str = GRID_SIZE  # the grid's model size (its pretrain's --size): F7 compares other sizes with it
 
     @property
     def pretrained(self) -> str:
@@ -164,8 +169,11 @@ class StudyData:
         return PRETRAIN if PRETRAIN in self.evals else PRETRAINED
 
     def order(self) -> list[str]:
-        """The evaluated models: the shared ones, then the runs in the grid's order."""
-        return [m for m in (PRETRAIN, PRETRAINED, SFT) if m in self.evals] + [r for r in self.runs if r in self.evals]
+        """The evaluated models: the shared ones (the grid's, then other sizes' SFT models), then the runs in the
+        grid's order."""
+        first = [m for m in (PRETRAIN, PRETRAINED, SFT) if m in self.evals]
+        shared = [m for m in self.evals if m not in first and m not in self.runs]
+        return first + shared + [r for r in self.runs if r in self.evals]
 
 
 def _jsonl(path: Path) -> list:
@@ -187,6 +195,8 @@ def collect(root: Path, stages) -> StudyData:
     data = StudyData()
     by_name, memo = {s.name: s for s in stages}, {}
     for s in stages:
+        if s.base == PRETRAIN and "--size" in s.command:  # the grid's model size, where not the default
+            data.grid_size = s.command[s.command.index("--size") + 1]
         d = s.dir(root)
         done = read_json(d / "stage.json") if is_current(s, root, by_name, memo) else None
         if not done:

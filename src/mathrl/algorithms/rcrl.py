@@ -251,7 +251,9 @@ def collect(cfg: Config, task, engine, policy, tokenizer, questions, good: int, 
         for i, p in enumerate(questions):
             text = task.target(p)
             data.append(Labelled(i, text, True, [True] * len(task.step_spans(text)) if dense else []))
-    n_good = sum(d.good for d in data)
+    # the natural ratio, before any balancing: what the study's F8 reads (balancing is a change only where it is
+    # far from 1:1)
+    n_good, n_labelled = sum(d.good for d in data), len(data)
     if cfg.label_ratio == "balanced":
         rng = random.Random(cfg.run.seed + st.round)
         goods, bads = [d for d in data if d.good], [d for d in data if not d.good]
@@ -260,9 +262,10 @@ def collect(cfg: Config, task, engine, policy, tokenizer, questions, good: int, 
     st.data = data
     stats = {"round": st.round + 1, "rollouts": st.rollouts_used, "sample_seconds": round(time.time() - t0, 1),
              "sample_accuracy": sum(task.grade(questions[r.prompt_index], r.text).correct for r in rollouts)
-             / len(rollouts), "good_fraction": n_good / len(data) if data else 0.0, "dataset_size": len(data)}
+             / len(rollouts), "good_fraction": n_good / n_labelled if n_labelled else 0.0, "dataset_size": len(data)}
+    before = " before balancing" if cfg.label_ratio == "balanced" else ""
     print(f"round {st.round + 1}: {len(rollouts)} samples, accuracy {stats['sample_accuracy']:.3f}, "
-          f"training on {len(data)} labelled solutions ({stats['good_fraction']:.2f} good)", flush=True)
+          f"training on {len(data)} labelled solutions ({stats['good_fraction']:.2f} good{before})", flush=True)
     return stats
 
 
