@@ -98,7 +98,8 @@ def test_update_plr_scores_groups_from_pass_rates_and_from_advantages(tiny_model
         return SimpleNamespace(curriculum=SimpleNamespace(plr_score=score))
 
     st = SimpleNamespace(plr=PLRState())
-    summary = update_plr(cfg("p1mp"), st, task, problems, rollouts, torch.zeros(4, 3), torch.ones(4, 3, dtype=bool))
+    summary = update_plr(cfg("p1mp"), st, task, problems, rollouts, torch.zeros(4, 3), torch.ones(4, 3, dtype=bool),
+                         ("", ""))
     assert st.plr.scores == {problems[0].id: 0.25, problems[1].id: 0.0}
     # mean 0.125, max 0.25, one of the two at 0
     assert summary == {"plr_seen": 2, "plr_score_mean": 0.125, "plr_score_max": 0.25, "plr_score_zero_fraction": 0.5}
@@ -107,8 +108,18 @@ def test_update_plr_scores_groups_from_pass_rates_and_from_advantages(tiny_model
     #   row 2: |-0.5| / 1 = 0.5;     row 3: (0 + 1 + 0.5) / 3 = 0.5 -> group 1: 0.5
     adv = torch.tensor([[1.0, -3.0, 9.0], [2.0, 9.0, 9.0], [-0.5, 9.0, 9.0], [0.0, 1.0, -0.5]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1]], dtype=bool)
-    update_plr(cfg("abs-advantage"), st, task, problems, rollouts, adv, mask)
+    update_plr(cfg("abs-advantage"), st, task, problems, rollouts, adv, mask, ("", ""))
     assert st.plr.scores == {problems[0].id: 2.0, problems[1].id: 0.5}
+    # p1mp grades the whole solution, the revealed reference steps (--backtrack) + the completion. Group 1: an empty
+    # completion after its whole reference is right, a later wrong final answer is wrong -> p = 1/2 -> 0.25;
+    # without the prefix neither is right -> p = 0 -> 0
+    both = [SimpleNamespace(prompt_index=0, text="no"), SimpleNamespace(prompt_index=0, text="no"),
+            SimpleNamespace(prompt_index=1, text=""), SimpleNamespace(prompt_index=1, text="\n#### 999999")]
+    ones = torch.ones(4, 3, dtype=bool)
+    update_plr(cfg("p1mp"), st, task, problems, both, torch.zeros(4, 3), ones, ("", right[1]))
+    assert st.plr.scores[problems[1].id] == 0.25
+    update_plr(cfg("p1mp"), st, task, problems, both, torch.zeros(4, 3), ones, ("", ""))
+    assert st.plr.scores[problems[1].id] == 0.0
     assert plr.abs_advantage_score([0.5, 1.5]) == 1.0
 
 
@@ -306,6 +317,9 @@ def test_plr_flags_are_refused_without_plr(tiny_model_dir, tmp_path, capsys, com
     ({"question_sampling": "plr", "plr_temperature": 0.0}, "--plr-temperature"),
     ({"question_sampling": "plr", "plr_staleness": 1.0}, "--plr-staleness"),
     ({"question_sampling": "plr", "plr_replay_prob": 0.0}, "--plr-replay-prob"),
+    # adaptive backtracking moves a question's start once it is solved there; PLR would keep the score of the old
+    # start (0 when all its samples solved it), so the question would rarely return to move on
+    ({"question_sampling": "plr", "backtracking": {"backtrack": "adaptive"}}, "--backtrack adaptive"),
 ])
 def test_bad_plr_values_are_refused(tiny_model_dir, tmp_path, values, message):
     from mathrl.algorithms.ppo_config import Config
@@ -335,3 +349,14 @@ def test_a_uniform_checkpoint_is_not_resumed_as_plr(tiny_model_dir, tmp_path, ca
     capsys.readouterr()
     assert main([*argv, "--resume", "--question-sampling", "plr"]) == 2
     assert "written with --question-sampling uniform" in capsys.readouterr().err
+
+
+def test_plr_refuses_a_train_split_smaller_than_one_iteration(tmp_path):
+    from mathrl.pg_run import Inputs, draw_questions
+
+    cfg = SimpleNamespace(curriculum=SimpleNamespace(plr_temperature=0.1, plr_staleness=0.1, plr_replay_prob=0.5),
+                          run=SimpleNamespace(seed=0), pg=SimpleNamespace(prompts=4))
+    st = SimpleNamespace(plr=PLRState(), iteration=0, prompts_used=0)
+    qs = [SimpleNamespace(id=f"q{i}", difficulty=1) for i in range(3)]
+    with pytest.raises(UsageError, match="fewer than one iteration draws"):
+        draw_questions(cfg, Inputs(qs, [0, 1, 2], [], [], None), st, 4)

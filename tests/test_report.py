@@ -209,7 +209,7 @@ def test_f3_is_not_testable_while_a_curve_still_rises_at_the_cap():
     _dev_run(d, PPO, {0: lin(1024), 1: lin(8192), 2: lin(1024)})
     f = findings(d)["F3"]
     assert f.verdict == NOT_TESTABLE
-    assert "not testable at this budget" in f.note and f"{PPO.name} seed 1 still rising at the cap" in f.note
+    assert "not testable at this budget" in f.note and f"{PPO.name} seed 1 reached the cap without a plateau" in f.note
     # the same curve stopped by the plateau rule is a plateau (plateau_at recorded): testable again
     d2 = StudyData(k=4)
     _dev_run(d2, EI, {s: lin(1024) for s in range(3)})

@@ -244,6 +244,11 @@ def test_the_sweep_runs_each_compared_algorithm_at_three_rates_with_the_studys_c
     for bad in (dict(seeds=3), dict(ablation="objectives"), dict(k=16)):
         with pytest.raises(UsageError, match="with --sweep"):
             Config(sweep=True, **bad).validate()
+    with pytest.raises(UsageError, match="--sweep with --task gsm8k"):  # its rates are the embedded model's
+        Config(sweep=True, task="gsm8k", model="m").validate()
+    # the engine reaches the swept runs that sample, as it does the grid's
+    vllm = {s.name: s.command for s in plan(Config(sweep=True, engine="vllm"), tmp_path)}
+    assert all(vllm[s.name][-2:] == ["--engine", "vllm"] for s in swept if s.command[0] != "sft")
 
 
 def test_the_sweep_selects_the_best_final_dev_maj1_ties_to_the_smaller_rate(tmp_path):
@@ -255,6 +260,9 @@ def test_the_sweep_selects_the_best_final_dev_maj1_ties_to_the_smaller_rate(tmp_
         if plateau_at:
             rows[-1]["plateau_at"] = plateau_at
         (path / "history.json").write_text(json.dumps(rows))
+        (path / "stage.json").write_text("{}")  # finished
+        (path / "eval_questions.jsonl").write_text("".join(
+            json.dumps({"rollouts": x, "questions": [{}] * 500}) + "\n" for x, _ in curve))
 
     history(tmp_path / "a", [(0, 0.60), (1024, 0.66), (2048, 0.64)])
     history(tmp_path / "b", [(0, 0.60), (1024, 0.62), (2048, 0.65)], plateau_at=2048)
@@ -268,6 +276,9 @@ def test_the_sweep_selects_the_best_final_dev_maj1_ties_to_the_smaller_rate(tmp_
     table = sweep.markdown(rows, 2048, "mathrl study --sweep")
     assert "| ei | 5e-4 | 0.600 | 0.650 | 0.650 | 2,048 | plateau at 2,048 |" in table and table.count("| yes |") == 1
     assert sweep.read_rl(tmp_path / "missing", "ei", "5e-4") is None
+    assert {r.questions for r in rows} == {500}  # the questions of the last evaluation, not the evaluations
+    (tmp_path / "a" / "stage.json").unlink()  # an unfinished run is not read
+    assert sweep.read_rl(tmp_path / "a", "ei", "1.5e-4") is None
 
 
 def test_curriculum_ablation_runs_each_curriculum_beside_its_plain_run_with_the_grids_budget(tmp_path):
@@ -277,7 +288,12 @@ def test_curriculum_ablation_runs_each_curriculum_beside_its_plain_run_with_the_
     ppo = stages["ppo-sparse-sft@4"].command
     for name, switch in (("ppo-backtrack-sft@4", ["--backtrack", "schedule"]),
                          ("ppo-plr-sft@4", ["--question-sampling", "plr"])):
-        cmd = stages[name].command
+        cmd = list(stages[name].command)
+        if name.startswith("ppo-backtrack"):
+            # no plateau stop while the schedule reveals steps (its first half): half the cap, not a quarter
+            j = cmd.index("--plateau-min")
+            assert (cmd[j + 1], ppo[j + 1]) == ("16384", "8192")
+            cmd[j + 1] = ppo[j + 1]
         i = cmd.index(switch[0])
         assert cmd[i:i + 2] == switch and cmd[:i] + cmd[i + 2:] == ppo  # plain PPO's command and the switch
         assert f"eval-{name}" in stages

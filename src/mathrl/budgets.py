@@ -81,3 +81,9 @@ def sizes_minutes(cfg, sizes: list[str], measured: dict[str, float]) -> float:
     parallel = ev + variant_seeds * (rl["ei"] + rl["ppo"] + 2 * ev)
     grid = SIZE_COST[model_sizes(cfg)[0]]
     return sum(SIZE_COST[size] / grid * (pre + sft + parallel / cfg.workers) for size in sizes)
+
+
+# The embedded model's learning rates in the study, per command, from its tuning sweep (``mathrl study --sweep``,
+# sweep.py; docs/results.md, "Tuning sweep"): a command not named runs at its default. The reward variants, the
+# ablations and the pretrained start use their algorithm's rate (swept on the sparse runs from SFT).
+STUDY_LR: dict[str, str] = {}

@@ -519,7 +519,7 @@ def _budget_to_converge(data: StudyData, claim: Claim) -> Finding | None:
               if s in paired_seeds and c.plateau_at is None
               and not plateaued(dev_curve(data.runs[run].history[s]), MARGIN)]
     if rising:
-        notes.append(f"{', '.join(rising)} still rising at the cap (no plateau on the dev curve): its rollouts to "
+        notes.append(f"{', '.join(rising)} reached the cap without a plateau on its dev curve: its rollouts to "
                      f"{FRACTION:.0%} of the gain reached by the cap are a lower bound on the budget to converge")
         return Finding(claim.key, claim.text, NOT_TESTABLE, gains + [p],
                        "not testable at this budget: " + "; ".join(notes))

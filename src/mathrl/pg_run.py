@@ -132,6 +132,9 @@ def draw_questions(cfg, inputs: Inputs, st, n: int) -> tuple[list, dict]:
         problems = next_problems(inputs.questions, inputs.order, st.prompts_used, n)
         record = {}
     else:
+        if len(inputs.order) < n:
+            raise UsageError(f"--question-sampling plr: the train split has {len(inputs.order)} questions, fewer "
+                             f"than one iteration draws ({n}): PLR replays only questions it has scored")
         c = cfg.curriculum
         # min_seen: one iteration's questions, so the first iteration draws unseen ones only (plr.py)
         got = plr.draw(st.plr, n, [inputs.questions[i].id for i in inputs.order],
@@ -145,16 +148,17 @@ def draw_questions(cfg, inputs: Inputs, st, n: int) -> tuple[list, dict]:
 
 
 def update_plr(cfg, st, task, problems: list, rollouts: list, advantages: torch.Tensor,
-               action_mask: torch.Tensor) -> dict:
+               action_mask: torch.Tensor, prefixes: tuple[str, ...]) -> dict:
     """Score each question of ``problems`` from its group in ``rollouts`` (K per problem, by problem) and record
     the scores in ``st.plr`` (``plr.update``); the history's summary of the scores. ``--plr-score p1mp``: p(1-p)
-    of the group's pass rate, graded by the task; ``abs-advantage``: the group's mean |advantage| (N, C) over each
-    sample's ``action_mask`` tokens. Nothing without PLR."""
+    of the group's pass rate, graded by the task on the whole solution (``prefixes[i]``, the reference steps
+    --backtrack revealed to problem i, + the completion, as ``rollouts.score`` grades it); ``abs-advantage``: the
+    group's mean |advantage| (N, C) over each sample's ``action_mask`` tokens. Nothing without PLR."""
     if st.plr is None:
         return {}
     groups = [[j for j, r in enumerate(rollouts) if r.prompt_index == g] for g in range(len(problems))]
     if cfg.curriculum.plr_score == "p1mp":
-        passed = [task.grade(problems[r.prompt_index], r.text).correct for r in rollouts]
+        passed = [task.grade(problems[r.prompt_index], prefixes[r.prompt_index] + r.text).correct for r in rollouts]
         scores = [plr.p1mp_score([passed[j] for j in rows]) for rows in groups]
     else:
         mask = action_mask.to(advantages.dtype)

@@ -14,7 +14,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mathrl.budgets import model_sizes, sizes_minutes
+from mathrl.budgets import STUDY_LR, model_sizes, sizes_minutes
 from mathrl.findings import (CLAIMS, DISTINCT, F3_MARGIN, F5_GAP, F7_MARGIN, F8_NEAR_EVEN, FRACTION, LADDER, MARGIN,
                              N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, paired,
                              pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
@@ -602,11 +602,7 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
             Section("Per difficulty (test split, maj@1, mean over seeds)", [Table(*difficulty_table(data))]),
             Section("Budgets", [Para("Every RL run from either start has the same rollout budget (samples drawn for "
                                      "training; in-run evaluations not counted), its cap: a run that stops at its "
-                                     "dev plateau consumes fewer. Learning rates: those the tuning sweep selected "
-                                     "on dev (`mathrl study --sweep`: each compared algorithm at its default rate "
-                                     "x 0.3, 1 and 3, one seed, this cap; docs/results.md, \"Tuning sweep\"); "
-                                     "epochs, PPO's epochs and KL at their defaults; the reward variants and the "
-                                     "pretrained start at their algorithm's rate."), Table(*budget_table(data))])]
+                                     "dev plateau consumes fewer. " + _rates_line(cfg)), Table(*budget_table(data))])]
     swept = _sweep_table(root)
     if swept:
         out.append(Section("Tuning sweep (dev split)", [Para(f"From {root / 'sweep.json'}: the final dev maj@1 of "
@@ -642,12 +638,14 @@ def curriculum_lines(data: StudyData) -> list[str]:
             steps = [r["backtrack_steps"] for r in h if "backtrack_steps" in r]
             if steps:
                 n = len(steps)
-                quarters.append([sum(steps[i * n // 4:(i + 1) * n // 4]) / max(1, (i + 1) * n // 4 - i * n // 4)
+                # a quarter without iterations (a run of fewer than 4) is None, shown as "-"
+                quarters.append([sum(part) / len(part) if (part := steps[i * n // 4:(i + 1) * n // 4]) else None
                                  for i in range(4)])
         if quarters:
-            mean = [sum(q[i] for q in quarters) / len(quarters) for i in range(4)]
+            mean = [None if any(q[i] is None for q in quarters) else sum(q[i] for q in quarters) / len(quarters)
+                    for i in range(4)]
             lines.append("backtracking: mean revealed reference steps per prompt, by quarter of the run's iterations: "
-                         + ", ".join(f"{m:.2f}" for m in mean) + f" ({len(quarters)} seed(s))")
+                         + ", ".join("-" if m is None else f"{m:.2f}" for m in mean) + f" ({len(quarters)} seed(s))")
 
     def draws(run: str) -> dict[str, float]:
         r = data.runs.get(run)
@@ -658,7 +656,7 @@ def curriculum_lines(data: StudyData) -> list[str]:
                     if key.startswith("plr_draws_level_"):
                         total[key.removeprefix("plr_draws_level_")] = total.get(key.removeprefix("plr_draws_level_"), 0) + v
         n = sum(total.values())
-        return {level: v / n for level, v in sorted(total.items())} if n else {}
+        return {level: v / n for level, v in sorted(total.items(), key=lambda kv: int(kv[0]))} if n else {}
 
     plr, plain = draws(PPO_PLR.name), draws(PPO.name)
     if plr:
@@ -673,6 +671,21 @@ def curriculum_lines(data: StudyData) -> list[str]:
         lines.append("backtranslated pairs: " + ", ".join(f"{k.replace('_', ' ')} {v:,}"
                                                            for k, v in data.backtranslated.items()))
     return lines
+
+
+def _rates_line(cfg) -> str:
+    """Where the runs' learning rates come from: the tuning sweep's selection (budgets.STUDY_LR) or, before one was
+    recorded, each command's default; a real model's from published recipes."""
+    if cfg.task != "synthetic":
+        return ("Learning rates: starting points from published recipes for models of this size (study.REAL_MODEL; "
+                "docs/algorithms.md, \"Real models\"), not tuned here.")
+    if not STUDY_LR:
+        return ("Learning rates: each command's default (no tuning sweep recorded in budgets.STUDY_LR; `mathrl study "
+                "--sweep` runs one).")
+    return ("Learning rates: those the tuning sweep selected on dev (`mathrl study --sweep`: each compared algorithm "
+            "at its default rate x 0.3, 1 and 3, one seed, the study's cap; docs/results.md, \"Tuning sweep\"); "
+            "epochs, PPO's epochs and KL at their defaults; the reward variants, the ablations and the pretrained "
+            "start at their algorithm's rate.")
 
 
 def _sweep_table(root: Path) -> tuple[list[str], list[list[str]]] | None:

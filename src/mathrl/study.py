@@ -43,7 +43,7 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 from mathrl import stagecache, sweep
-from mathrl.budgets import BUDGETS, model_sizes, seed_counts
+from mathrl.budgets import BUDGETS, STUDY_LR, model_sizes, seed_counts
 from mathrl.config import field, group, refuse, save as save_config
 from mathrl.errors import RunError, UsageError
 from mathrl.grid import (ABLATIONS, EI, GRID_SIZE, PPO, PRETRAIN, PRETRAINED, RCRL, SFT, SFT_MORE, Run,
@@ -125,6 +125,9 @@ class Config:
         if self.sweep:
             refuse(self, ("ablation", "seeds", "variant_seeds", "k", "eval_problems", "k_problems", "sizes"),
                    "with --sweep (it runs one seed of the sparse runs from SFT and evaluates on dev only)")
+            if self.task != "synthetic":
+                raise UsageError(f"--sweep with --task {self.task}: its rates are the embedded model's defaults x "
+                                 "0.3, 1, 3 (a real model's study rates are in study.REAL_MODEL)")
         if self.task == "synthetic":
             refuse(self, ("model",), "on the synthetic task (the study pretrains its own model; --model is for "
                                      "gsm8k/svamp)")
@@ -183,10 +186,6 @@ REAL_MODEL = dict(lr={"sft": "1e-5", "sft-continued": "1e-5", "ei": "1e-5", "rcr
                   max_new_tokens=256, sft_epochs=3)
 
 
-# The embedded model's learning rates in the study, per command, from its tuning sweep (``mathrl study --sweep``,
-# sweep.py; docs/results.md, "Tuning sweep"): a command not named runs at its default. The reward variants and
-# the pretrained start use their algorithm's rate (swept on the sparse runs from SFT).
-STUDY_LR: dict[str, str] = {}
 
 
 def _prompting_args(p: Prompting) -> list[str]:
@@ -330,6 +329,11 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
             command = run.command
             cmd = [command, "--model", model, *lr_of(command), "--iterations", str(iterations), *prompts, *plateau,
                    *extra, *common]
+        if "--backtrack" in run.flags:
+            # no plateau stop while the schedule still reveals reference steps (its first half, --backtrack-fraction
+            # 0.5): a stop there would leave a policy that last trained from revealed steps
+            i = cmd.index("--plateau-min")
+            cmd[i + 1] = str(max(int(cmd[i + 1]), budget // 2))
         if rate:
             stages.append(Stage(f"{run.name}-lr{rate}", cmd + rl_compile, seed=seed, needs=needs, group="sweep",
                                 run=run, rollouts=budget, folder="sweep"))
@@ -343,7 +347,7 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
         for run in SWEPT:
             for rate in SWEEP_LR["sft-continued" if run.algorithm == "SFT" else run.command]:
                 rl(run, SWEEP_SEED, rate)
-        return stages
+        return _with_engine(stages, cfg.engine)
 
     for count, runs in runs_by_seed_count(cfg.ablation):
         for seed in range(dict(zip(("seeds", "variant_seeds"), seed_counts(cfg)))[count]):
@@ -387,14 +391,19 @@ def plan(cfg: Config, root: Path) -> list[Stage]:
     for s in [s for s in stages if s.group == "rl"]:
         ev(f"eval-{s.base}", d(s) + "/model", s.seed, [s.name], s.base,
            not (prose and s.run.start == "pretrained") and not s.run.size, run=s.run)
-    if cfg.engine != "mathrl":
-        for s in stages:
-            if s.command[0] in SAMPLING_COMMANDS and not _forces_steps(s):
-                s.command += ["--engine", cfg.engine]
-    return stages
+    return _with_engine(stages, cfg.engine)
 
 
 SAMPLING_COMMANDS = ("orm", "ei", "ppo", "grpo", "rcrl", "eval")
+
+
+def _with_engine(stages: list[Stage], engine: str) -> list[Stage]:
+    """``stages`` with ``--engine ENGINE`` on every command that samples (but those that force step markers)."""
+    if engine != "mathrl":
+        for s in stages:
+            if s.command[0] in SAMPLING_COMMANDS and not _forces_steps(s):
+                s.command += ["--engine", engine]
+    return stages
 
 
 def _forces_steps(stage: Stage) -> bool:
@@ -564,7 +573,8 @@ def main(cfg: Config) -> None:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create {cfg.out}: {e.strerror or e}") from None
-    save_config(cfg, root / "study.yaml")
+    # the sweep may run in a study's directory (to reuse its pretrain and SFT): its config and time apart
+    save_config(cfg, root / ("sweep.yaml" if cfg.sweep else "study.yaml"))
     total_threads = cfg.threads or default_threads()
     t0 = time.time()
     every = plan(cfg, root)
@@ -576,7 +586,7 @@ def main(cfg: Config) -> None:
                                                        "step markers)" if kept else ""), flush=True)
     run_stages(stages, root, cfg.workers, total_threads)
     # wall time over every invocation (an interrupted study that was resumed counts each part)
-    timing = root / "wall_time.json"
+    timing = root / ("sweep_wall_time.json" if cfg.sweep else "wall_time.json")
     earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
     wall = earlier + time.time() - t0
     timing.write_text(json.dumps({"seconds": round(wall, 1)}))

@@ -10,7 +10,7 @@ them as well would be 9 runs per algorithm or more, beyond a study's budget on 2
 Selection, on dev only (the test split is never read): the learning rate whose run ends with the highest dev maj@1
 (the last in-run evaluation: the model the study would use, at its plateau stop or its cap); a tie goes to the
 smaller rate (the safer one). This module is pure: it reads the runs' histories and writes the table
-(``sweep.md``, ``sweep.json``); the study's rates (``study.STUDY_LR``) are set from the table it produced
+(``sweep.md``, ``sweep.json``); the study's rates (``budgets.STUDY_LR``) are set from the table it produced
 (docs/results.md, "Tuning sweep").
 """
 
@@ -44,17 +44,23 @@ class SweepRow:
     questions: int
 
 
+def _questions(path: Path) -> int:
+    """The dev questions of a run's last in-run evaluation (one line per evaluation, its questions' records)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return len(json.loads(lines[-1])["questions"]) if lines else 0
+
+
 def read_rl(run_dir: Path, algorithm: str, lr: str) -> SweepRow | None:
     """An RL run's row from its ``history.json`` (the records with ``maj@1`` are its dev evaluations); None when
     the run has not finished."""
     path = run_dir / "history.json"
-    if not path.is_file():
+    if not path.is_file() or not (run_dir / "stage.json").is_file():  # not finished: no partial curve is read
         return None
     history = json.loads(path.read_text())
     curve = [h for h in history if "maj@1" in h]
     if not curve:
         return None
-    questions = sum(1 for _ in open(run_dir / "eval_questions.jsonl")) if (run_dir / "eval_questions.jsonl").is_file() else 0
+    questions = _questions(run_dir / "eval_questions.jsonl")
     return SweepRow(algorithm, lr, curve[0]["maj@1"] if curve[0]["rollouts"] == 0 else None, curve[-1]["maj@1"],
                     max(h["maj@1"] for h in curve), history[-1]["rollouts"], history[-1].get("plateau_at"), questions)
 
@@ -67,7 +73,7 @@ def read_sft(run_dir: Path, lr: str) -> SweepRow | None:
     evals = [r for r in map(json.loads, path.read_text().splitlines()) if "dev/maj@1" in r]
     if not evals:
         return None
-    questions = sum(1 for _ in open(run_dir / "dev_questions.jsonl")) if (run_dir / "dev_questions.jsonl").is_file() else 0
+    questions = _questions(run_dir / "dev_questions.jsonl")
     return SweepRow("sft-continued", lr, None, evals[-1]["dev/maj@1"], max(r["dev/maj@1"] for r in evals),
                     int(evals[-1]["step"]), None, questions)
 
@@ -85,8 +91,10 @@ def markdown(rows: list[SweepRow], cap: int, command: str) -> str:
     chosen = select(rows)
     lines = [f"Tuning sweep: each algorithm at its default learning rate x 0.3, 1 and 3, seed {SWEEP_SEED}, rollout "
              f"cap {cap:,} with the study's dev schedule and plateau stop; selected on the final dev maj@1 (ties to "
-             f"the smaller rate). One seed per setting: a difference between two rates below ~0.03 (500 dev "
-             f"questions) is within noise. Command: `{command}`.", "",
+             f"the smaller rate). One seed per setting: a difference between two rates within about "
+             f"{2 ** 0.5 / max(1, min((r.questions for r in rows), default=1)) ** 0.5:.3f} (two standard errors of "
+             f"the difference of two independent accuracies near 0.5 on the fewest dev questions here; pairing on "
+             f"the same questions narrows it) is within noise. Command: `{command}`.", "",
              "| algorithm | lr | dev maj@1 at 0 | final dev maj@1 | best dev maj@1 | consumed | stopped | dev questions | selected |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

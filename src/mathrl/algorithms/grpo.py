@@ -117,7 +117,8 @@ def train(cfg: Config) -> Path:
         experience = Experience(batch, old.logprobs, adv.unsqueeze(-1).expand_as(old.logprobs) * batch.action_mask,
                                 is_weights=old.is_weights, ref_logprobs=ref)
         # the questions' PLR scores (--question-sampling plr), from the pass rates or these advantages
-        plr_record = update_plr(cfg, st, task, got.problems, got.rollouts, experience.advantages, batch.action_mask)
+        plr_record = update_plr(cfg, st, task, got.problems, got.rollouts, experience.advantages, batch.action_mask,
+                                got.starts.prefixes)
         keep = torch.arange(len(got.rollouts))
         if cfg.zero_signal == "drop":  # the groups whose returns differ (advantages.group_signal)
             keep = group_signal(returns, k).repeat_interleave(k).nonzero().flatten()

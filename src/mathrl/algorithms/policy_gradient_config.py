@@ -162,6 +162,11 @@ def validate_policy_gradient(cfg) -> None:
     cfg.curriculum.validate()
     cfg.scoring.validate()
     cfg.backtracking.validate()
+    if cfg.curriculum.plr and cfg.backtracking.backtrack == "adaptive":
+        # PLR scores a question at the start it was drawn from; adaptive moves that start once the question is
+        # solved there, so its last score (p(1-p) = 0 when every sample solved it) would keep it from returning
+        raise UsageError("--backtrack adaptive with --question-sampling plr: PLR would keep each question's score "
+                         "from before its start moved earlier (use one of them, or --backtrack schedule)")
     cfg.pg.validate()
     if cfg.checkpoint_every < 1:
         raise UsageError("checkpoint_every must be >= 1")

@@ -155,7 +155,7 @@ def train(cfg: Config) -> Path:
         old_values = value_estimates(m.learner, m.head, batch, micro, device)
         # advantages (GAE), the questions' PLR scores from them or from the pass rates, then whitening
         adv, returns = advantages(cfg, batch, scores, old.logprobs, ref, old_values, st.kl_coef)
-        plr_record = update_plr(cfg, st, task, problems, rollouts, adv, batch.action_mask)
+        plr_record = update_plr(cfg, st, task, problems, rollouts, adv, batch.action_mask, starts.prefixes)
         if cfg.whiten_advantages:
             adv = whiten(adv, batch.action_mask)
         experience = Experience(batch, old.logprobs, adv, is_weights=old.is_weights, old_values=old_values,
