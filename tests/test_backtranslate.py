@@ -134,6 +134,7 @@ def test_read_pairs_reads_the_jsonl_format_and_refuses_a_bad_file_in_one_line(ta
     # an empty file (backtranslate kept no pair) adds none, and says so in one line
     (tmp_path / "empty.jsonl").write_text("")
     assert read_pairs(task, str(tmp_path / "empty.jsonl")) == []
+    assert select_pairs([], 5, seed=0) == []  # the ratio asks for pairs the file does not have: none added
 
 
 # ----------------------------------------------------------------------------------------------------------

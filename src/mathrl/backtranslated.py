@@ -57,7 +57,7 @@ def select_pairs(pairs: Sequence[Problem], n: int, seed: int) -> list[Problem]:
     is the ratio trained on rather than capped at what the file holds. Repeating one source to hold a mixing
     ratio is upsampling as in Edunov et al. 2018 ("Understanding back-translation at scale"), who upsample the
     real data against more synthetic data; here the synthetic side is the one repeated."""
-    if n <= 0:
+    if n <= 0 or not pairs:  # an empty file (backtranslate kept none) adds nothing
         return []
     order = list(range(len(pairs)))
     random.Random(f"{seed}/backtranslated").shuffle(order)
