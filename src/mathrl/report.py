@@ -160,7 +160,9 @@ def difficulty_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
 def budget_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     rows = []
     for model, r in data.runs.items():
-        seeds = sorted(r.history)
+        # the seeds that finished (continued SFT writes no history.json)
+        seeds = sorted(set(r.history) | {int(n.rsplit("@", 1)[1]) for n in data.finished
+                                         if n.rsplit("@", 1)[0] == model and "@" in n})
         used = [h[-1].get("rollouts") for h in r.history.values() if h]
         # continued SFT trains on reference solutions alone, as many as the budget; an RL run on its own samples
         # unless its flags add the references (RCRL's default, which the study turns off)
