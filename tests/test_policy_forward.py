@@ -124,7 +124,7 @@ def test_orm_step_rewards_are_potential_shaping_that_telescopes_to_the_final_sco
     ids = tok(text, add_special_tokens=False)["input_ids"]
     rollout = SimpleNamespace(text=text, completion_ids=ids, prompt_index=0)
     rewards = torch.zeros((1, len(ids)))
-    _add_step_rewards(task, tok, Scorer(), [rollout], [p], ["q"], rewards, "orm")
+    _add_step_rewards(task, tok, Scorer(), [rollout], [p], [""], ["q"], rewards, "orm")  # no revealed prefix
     assert float(rewards.sum()) == pytest.approx(0.8 - 0.5)
     nonzero = rewards[0][rewards[0] != 0].tolist()
     # +0.1 after step 1 (+0.3 after step 2), then the final correction 0.8 - s_last on the last token ("#### N")
