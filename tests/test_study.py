@@ -189,8 +189,15 @@ def test_a_real_model_gets_published_rates_longer_completions_and_its_prompt_fla
     for name in ("sft", "eval-pretrained", "ei-sparse-pretrained@0", "ppo-sparse-pretrained@0"):
         assert "--chat-template" in by[name] and arg(name, "--stop") == "</s>", name
     assert "--chat-template" not in by["ei-sparse-sft@0"] and "--chat-template" not in by["eval-sft"]
-    # the embedded default keeps its own rates, and has no chat template to apply
-    assert all("--lr" not in c for c in (s.command for s in plan(Config(), tmp_path)))
+    # the embedded default runs at the rates its tuning sweep selected (budgets.STUDY_LR; the others, pretrain, SFT
+    # and the reward models, at their commands' defaults), and has no chat template to apply
+    from mathrl.budgets import STUDY_LR
+
+    embedded = {s.name: s.command for s in plan(Config(), tmp_path)}
+    assert [embedded[n][embedded[n].index("--lr") + 1] for n in
+            ("ei-sparse-sft@0", "ppo-sparse-sft@0", "rcrl-sparse-sft@0", "sft-continued@0", "ppo-dense-sft@0")] == \
+        [STUDY_LR[c] for c in ("ei", "ppo", "rcrl", "sft-continued", "ppo")]
+    assert all("--lr" not in embedded[n] for n in ("pretrain", "sft", "orm"))
     with pytest.raises(UsageError, match="real model"):
         Config(prompting=Prompting(chat_template=True)).validate()
 
@@ -231,12 +238,12 @@ def test_the_sweep_runs_each_compared_algorithm_at_three_rates_with_the_studys_c
         key = "sft-continued" if run == "sft-continued" else s.command[0]
         assert rate in SWEEP_LR[key] and s.seed == SWEEP_SEED and s.needs == ["sft"]
         # the study's command of seed 0 with the swept rate and the sweep's seed: same cap, schedule and stop
-        cmd = list(s.command)
-        i = cmd.index("--lr")
-        assert cmd[i + 1] == rate
-        del cmd[i:i + 2]
+        # (the grid's at its selected rate, budgets.STUDY_LR)
+        cmd, expected = list(s.command), list(grid[f"{run}@0"])
+        assert cmd[cmd.index("--lr") + 1] == rate
+        expected[expected.index("--lr") + 1] = rate
         cmd[cmd.index("--seed") + 1] = "0"
-        assert cmd == grid[f"{run}@0"], s.name
+        assert cmd == expected, s.name
     # three rates per algorithm, the same factors (0.3, 1, 3) around each default
     for rates in SWEEP_LR.values():
         lo, mid, hi = map(float, rates)

@@ -84,6 +84,10 @@ def sizes_minutes(cfg, sizes: list[str], measured: dict[str, float]) -> float:
 
 
 # The embedded model's learning rates in the study, per command, from its tuning sweep (``mathrl study --sweep``,
-# sweep.py; docs/results.md, "Tuning sweep"): a command not named runs at its default. The reward variants, the
-# ablations and the pretrained start use their algorithm's rate (swept on the sparse runs from SFT).
-STUDY_LR: dict[str, str] = {}
+# sweep.py; docs/results.md, "Tuning sweep", 2026-12-07: each at its default x 0.3, 1, 3, seed 100, the 32,768
+# cap; the final dev maj@1 on 500 questions, continued SFT's on 200): EI 5e-4 (0.684; 0.678 at 1.5e-4, 0.664 at
+# 1.5e-3), PPO 1e-4 (0.696; 0.680, 0.646), RCRL 1.5e-4 (0.630; 0.612, 0.588: below its start, 0.638, at every
+# rate: the one that lowered it least), continued SFT 9e-4 (0.730; 0.715 at 3e-3, 0.585 at 9e-3). One seed per
+# rate: neighbouring rates within a few points are within noise. A command not named runs at its default. The
+# reward variants, the ablations and the pretrained start use their algorithm's rate.
+STUDY_LR: dict[str, str] = {"ei": "5e-4", "ppo": "1e-4", "rcrl": "1.5e-4", "sft-continued": "9e-4"}
