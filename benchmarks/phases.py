@@ -327,8 +327,8 @@ def main() -> None:
         t0, e0 = time.perf_counter(), executed.flops
         ei.collect(ecfg, task, engine, m.policy, tok, None, questions[: ecfg.questions], shots, est)
         add("ei_sample", t0, e0, *needed(shape, engine.calls[0][0], fed_last=False))
-        examples = ei._examples(task, tok, ei._items(ecfg, task, questions[: ecfg.questions], est.dataset),
-                                tok.eos_token_id)
+        examples = ei._examples(task, tok, ei._items(ecfg, task, questions, questions[: ecfg.questions],
+                                                     est.dataset), tok.eos_token_id)
         total = round_total_steps(len(examples), ecfg.optim, ecfg.rounds_ft)
         ft_opt = make_optimizer(m.policy, ecfg.optim.lr, ecfg.optim.weight_decay)
         t0, e0 = time.perf_counter(), executed.flops
