@@ -146,6 +146,42 @@ def test_fp32_master_weights_keep_an_update_that_bf16_weights_lose(tiny_model_di
     assert changed["bfloat16"] == 0.0 and changed["bf16-mixed"] == 1.0, changed
 
 
+def test_bf16_training_on_cpu_takes_the_plain_attention_unless_told(tiny_model_dir):
+    """torch's SDPA backward in bf16 on CPU ran ~9x slower than in float32, so bf16 training on CPU loads the
+    matmul-softmax attention; a kernel named with --attn-implementation, float32 and inference are left alone."""
+    from mathrl.models import load_model
+    from mathrl.settings import Compute
+
+    def kernel(**kw):
+        return load_model(str(tiny_model_dir), device="cpu", **kw)[0].config._attn_implementation
+
+    assert kernel(for_training=True, precision="bf16-mixed") == "eager"
+    assert kernel(for_training=True, precision="bfloat16") == "eager"
+    default = kernel(for_training=True, precision="float32")
+    assert default != "eager"
+    assert kernel(for_training=False, precision="bf16-mixed") == default
+    assert kernel(for_training=True, precision="bf16-mixed", compute=Compute(attn_implementation="sdpa")) == "sdpa"
+
+
+def test_ppo_with_bf16_mixed_on_cpu_trains_and_keeps_float32_values(tiny_model_dir, tmp_path):
+    """A PPO iteration under bf16 autocast: the value head computes in float32 (its outputs fill the float32
+    old-value buffers; a bf16 output there was an error) and the policy's weights change."""
+    from mathrl.algorithms.ppo import ValueHead
+    from mathrl.cli import main
+    from mathrl.models import load_model
+
+    head = ValueHead(8)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert head(torch.randn(2, 3, 8, dtype=torch.bfloat16)).dtype == torch.float32
+    out = tmp_path / "ppo"
+    assert main(["ppo", "--model", str(tiny_model_dir), "--out", str(out), "--iterations", "1", "--prompts", "2",
+                 "-k", "2", "--batch-size", "4", "--eval-size", "0", "--max-new-tokens", "8", "--threads", "1",
+                 "--precision", "bf16-mixed", "--device", "cpu"]) == 0
+    before = load_model(str(tiny_model_dir), device="cpu")[0].state_dict()
+    after = load_model(str(out / "model"), device="cpu")[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir):
     """float32, CPU: SFT's loss and PPO's policy forward (which then runs prompt + completion as one sequence, since
     a checkpointed pass keeps no KV cache) give the losses and gradients of the model without checkpointing."""

@@ -78,9 +78,18 @@ class PreallocatedLayer(DynamicLayer):
         if self.prefix_k is not None:
             self.prefix_k = self.prefix_k.index_select(0, slots)
             self.prefix_v = self.prefix_v.index_select(0, slots)
-        self.buf_k = self.buf_k.index_select(0, rows)
-        self.buf_v = self.buf_v.index_select(0, rows)
+        self.buf_k, self.buf_v = _rows_filled(self.buf_k, rows, self.length), _rows_filled(self.buf_v, rows, self.length)
         self._views()
+
+
+def _rows_filled(buf: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """buf (B, H, capacity, D) -> (len(rows), H, capacity, D) holding rows ``rows`` of the first ``n`` positions;
+    the positions after them are left unwritten (the next steps write them). Copying only the filled part into the
+    new buffer took 3 ms where ``buf.index_select(0, rows)`` of the whole buffer took 17 ms (960 -> 720 rows, 4
+    heads x 96 positions x 32, one thread, n = 10-60): the full copy reads and writes the unfilled positions too."""
+    out = buf.new_empty(len(rows), *buf.shape[1:])
+    torch.index_select(buf[:, :, :n], 0, rows, out=out[:, :, :n])
+    return out
 
 
 @dataclass

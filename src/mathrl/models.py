@@ -127,7 +127,9 @@ def resolve_precision(precision: str, device: str, for_training: bool) -> tuple[
     ``bf16-mixed``: float32 weights (so AdamW's state and every update stay in float32: an update smaller than
     bf16's resolution, 2^-8 of a weight, is kept) and bf16 compute by autocast; ``bfloat16``: the weights
     themselves in bf16 (half the memory; small updates are lost); ``auto``: float32 on CPU, bf16-mixed for
-    training on CUDA and bfloat16 for inference there (bf16 matmuls gain little on CPU and cost precision)."""
+    training on CUDA and bfloat16 for inference there. On CPU auto stays float32 even where the cores have bf16
+    matrix units (AMX: a bf16 matmul of the embedded model's shapes ran 5x a float32 one, a training step ~1.5x):
+    results would then depend on the machine, and bf16 costs precision; ask for bf16-mixed to trade them."""
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if precision == "auto":
@@ -187,6 +189,11 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.
         dtype, autocast_dtype = resolve_precision(precision, device, for_training)
     tokenizer = load_tokenizer(path)
     options = {"attn_implementation": compute.attn_implementation} if compute and compute.attn_implementation else {}
+    if not options and for_training and str(device).startswith("cpu") and torch.bfloat16 in (dtype, autocast_dtype):
+        # bf16 training on CPU: the plain matmul-softmax attention. torch's SDPA backward in bf16 on CPU ran 9x
+        # slower than in float32 (583 vs 67 ms over 3 steps of 64 x 72 tokens, the embedded model), which made a
+        # bf16-mixed step slower than a float32 one (379 vs 302 ms); with eager attention it took 201 ms
+        options = {"attn_implementation": "eager"}
     try:
         if adapters:
             model = _merged_adapters(p, dtype, options)

@@ -65,7 +65,10 @@ class ValueHead(torch.nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = hidden_states.float() if self.trunk_grad else hidden_states.detach().float()
-        return self.mlp(h).squeeze(-1)  # (N, T)
+        # in float32 also under bf16 autocast (--precision bf16-mixed): the values feed GAE and the value loss,
+        # and a bf16 value (3 significant digits) would also not fit the float32 buffers of the old values
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.mlp(h).squeeze(-1)  # (N, T)
 
 
 @dataclass
