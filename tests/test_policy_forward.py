@@ -185,3 +185,28 @@ def test_group_minibatches_hold_whole_groups_and_every_row_once():
     # rollout order: a random permutation of the rows, as before (the same draw for the same seed)
     rows = list(minibatches(torch.arange(32), 8, 1, seed=0))
     assert torch.equal(torch.cat(rows), torch.randperm(32, generator=torch.Generator().manual_seed(0)))
+
+
+def test_old_values_from_the_samplers_hidden_states_equal_a_plain_forward_pass(setup):
+    """PPO reads its old values off the hidden states the sampler kept (``Rollout.hidden``) instead of a pass of
+    its own: per rollout the same V(prefix) as a plain forward pass over prompt + completion (to float tolerance:
+    the sampler's cached attention and batch shapes differ), shared-prompt cascade or replicated cache alike."""
+    from mathrl.rollouts import values_from_rollouts
+
+    model, head, tok, rollouts = setup
+    model.eval()
+    prompts = [r.prompt_ids for r in rollouts[::3]]
+    for shared in (True, False):
+        params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=3, hidden_states=True,
+                                shared_prefix_attention=shared, compact_fraction=0.1)
+        kept = sample(model, tok, prompts, 3, params)
+        assert [r.completion_ids for r in kept] == [r.completion_ids for r in rollouts]
+        assert all(r.hidden.shape == (len(r.completion_ids), model.config.hidden_size) for r in kept)
+        batch = _pack(kept, tok.pad_token_id)
+        values = values_from_rollouts(head, kept, batch.sampled_logprobs, 5, "cpu")  # micro-batches of 5 rows
+        with torch.no_grad():
+            expected = plain(model, head, kept)
+        for i, (_, v) in enumerate(expected):
+            assert torch.allclose(values[i, : len(v)], v, atol=1e-5)
+            assert not values[i, len(v):].any()  # past the completion: 0
+    assert sample(model, tok, prompts[:1], 1, SamplingParams(max_new_tokens=4))[0].hidden is None  # off by default

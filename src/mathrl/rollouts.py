@@ -42,17 +42,20 @@ def next_problems(questions: list, order: list[int], start: int, n: int) -> list
 
 
 def sample(engine, policy, tokenizer, task, problems: list, shots, sampling, seed: int,
-           prefixes: Sequence[str] | None = None) -> tuple[list[str], list]:
+           prefixes: Sequence[str] | None = None, hidden_states: bool = False) -> tuple[list[str], list]:
     """(prompts, rollouts): ``engine`` draws ``sampling.k`` completions of each problem's prompt, ordered by (prompt,
     sample); ``rollout.prompt_index`` indexes ``problems``. With ``prefixes`` (backtracking: revealed reference
     steps, ``backtrack.Starts``) problem i is sampled from its prompt + ``prefixes[i]``: the prefix is prompt
     text, so its tokens are in ``rollout.prompt_ids``, never in the completion that is trained. ``prompts`` are the
-    task's prompts of the bare questions (what ``score`` hands a reward model or a reward function)."""
+    task's prompts of the bare questions (what ``score`` hands a reward model or a reward function).
+    ``hidden_states``: each rollout also carries the last hidden states before its tokens (``Rollout.hidden``;
+    mathrl's sampler only), from which ``values_from_rollouts`` reads PPO's old values."""
     prompts = [task.prompt(p, shots) for p in problems]
     starts = prompts if prefixes is None else [q + prefix for q, prefix in zip(prompts, prefixes, strict=True)]
     policy.eval()
     rollouts = engine.sample(policy, tokenizer, starts, sampling.k,
-                             sampling_params(sampling, task.stop_strings, seed=seed), keys=[p.id for p in problems])
+                             sampling_params(sampling, task.stop_strings, seed=seed, hidden_states=hidden_states),
+                             keys=[p.id for p in problems])
     return prompts, rollouts
 
 
@@ -254,6 +257,25 @@ def reference_logprobs(policy, reference, batch: RolloutBatch, micro: int, devic
 def value_estimates(policy, head, batch: RolloutBatch, micro: int, device) -> torch.Tensor:
     """(N, C) the value head's V of each completion prefix, at rollout time (PPO's old values)."""
     return _no_grad_pass(policy, head, batch, micro, device, values=True)
+
+
+@torch.no_grad()
+def values_from_rollouts(head, rollouts, like: torch.Tensor, micro: int, device) -> torch.Tensor:
+    """(N, C) the value head's V of each completion prefix from the hidden states the sampler kept while it drew
+    the rollouts (``Rollout.hidden``): what ``value_estimates`` computes with a pass of its own, equal to float
+    tolerance (the sampler's batch shapes and cached attention differ from the trainer's forward pass). ``like``:
+    the batch's (N, C) log-probs, for the shape; positions past a row's completion stay 0 (masked downstream)."""
+    out = torch.zeros_like(like)
+    for rows in split_micro(torch.arange(len(rollouts)), micro):
+        part = [rollouts[i] for i in rows.tolist()]
+        c = max(len(r.hidden) for r in part)
+        hidden = torch.zeros(len(part), c, part[0].hidden.shape[-1])  # (n, c, H), right-padded
+        for j, r in enumerate(part):
+            hidden[j, : len(r.hidden)] = r.hidden
+        lengths = torch.tensor([len(r.hidden) for r in part])
+        filled = torch.arange(c)[None, :] < lengths[:, None]  # (n, c)
+        out[rows, :c] = torch.where(filled, head(hidden.to(device)).float().cpu(), 0.0)
+    return out
 
 
 def _no_grad_pass(model, head, batch: RolloutBatch, micro: int, device, values: bool) -> torch.Tensor:

@@ -69,6 +69,7 @@ class SamplingParams:
     shared_prefix_attention: bool = True  # read each prompt's keys/values once for its K samples
     step_end: str = ""  # with step_marker: a sampled token containing this text ends a step...
     step_marker: tuple[int, ...] = ()  # ...and these token ids are forced after it (return-conditioned RL)
+    hidden_states: bool = False  # return each completion token's preceding last-layer hidden state (Rollout.hidden)
 
     def validate(self) -> None:
         if self.temperature < 0 or not math.isfinite(self.temperature):
@@ -98,7 +99,9 @@ class Rollout:
     ``completion_ids`` include the final EOS token when the completion ended with one; ``logprobs[i]`` is
     log pi(completion_ids[i] | prefix) under the model; ``sampled_mask[i]`` is False for tokens the calculator
     inserted. ``text`` is the decoded completion without special tokens, cut before a stop string.
-    ``finish_reason`` is "eos", "stop" or "length".
+    ``finish_reason`` is "eos", "stop" or "length". ``hidden`` (with ``SamplingParams.hidden_states``): (C, H), row i
+    the model's last hidden state (``output_hidden_states[-1]``) at the position before completion token i, the
+    state a value head reads for V(prefix) (PPO's old values without a pass of their own).
     """
 
     prompt_index: int
@@ -111,6 +114,7 @@ class Rollout:
     text: str
     finish_reason: str
     meta: dict = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
 
 
 def completion_stats(rollouts: Sequence[Rollout]) -> dict:
@@ -297,7 +301,8 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         mask[s, p_len - n :] = 1
     ids, mask = ids.to(device), mask.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_(min=0),
-                **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1)
+                **kv_cache_arg(DynamicCache(config=model.config)), use_cache=True, logits_to_keep=1,
+                output_hidden_states=params.hidden_states)
     cache = kv_cache_of(out)
 
     # step 2: the grid of rows. row_of: slot of each row; holes (missing samples) start dead.
@@ -307,6 +312,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     out_index = torch.tensor([n if o is not None else -1 for n, o in enumerate(owner)])  # row -> output row
     dev_rows = row_slot.to(device)
     logits = out.logits[:, -1, :].float().index_select(0, dev_rows)  # (B, V)
+    hidden = out.hidden_states[-1][:, -1].index_select(0, dev_rows) if params.hidden_states else None  # (B, H)
     cascade, prefix_bias, full_mask = _grid_cache(model, cache, params, mask, dev_rows, max_new)
     next_pos = mask.sum(-1).index_select(0, dev_rows)  # (B,) position of the first completion token
     row_keys = torch.tensor([key_hash(params.seed, keys[o[0]], o[1]) if o else 0 for o in owner], dtype=torch.long)
@@ -316,6 +322,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     out_logp = torch.zeros((n_out, max_new), dtype=torch.float32)
     out_sampled = torch.ones((n_out, max_new), dtype=torch.bool)
     lengths = torch.zeros(n_out, dtype=torch.long)
+    out_hidden = torch.zeros((n_out, max_new, hidden.shape[-1])) if hidden is not None else None  # (rows, C, H)
     reasons = [""] * n_out
     forced: dict[int, list[int]] = {}  # output row -> calculator tokens still to feed
     eos_cpu = torch.tensor(eos)
@@ -340,6 +347,8 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         out_logp[live_rows, t] = logp[live]
         out_sampled[live_rows, t] = sampled[live]
         lengths[live_rows] = t + 1
+        if hidden is not None:  # the state that produced this step's logits: before token t
+            out_hidden[live_rows, t] = hidden[live.to(hidden.device)].float().cpu()
 
         done = live & torch.isin(token, eos_cpu)
         for pos in done.nonzero().flatten().tolist():
@@ -400,7 +409,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
             model.config._attn_implementation = CASCADE
             try:
                 out = model(input_ids=step_ids, position_ids=positions, **kv_cache_arg(cache), use_cache=True,
-                            **{CASCADE: state})
+                            output_hidden_states=params.hidden_states, **{CASCADE: state})
             finally:
                 model.config._attn_implementation = attn_impl
             if state.calls != len(cache.layers):
@@ -408,11 +417,12 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
                                    "attention interface; sample with shared_prefix_attention=False")
         else:
             out = model(input_ids=step_ids, attention_mask=full_mask[:, : p_len + t + 1], position_ids=positions,
-                        **kv_cache_arg(cache), use_cache=True)
+                        **kv_cache_arg(cache), use_cache=True, output_hidden_states=params.hidden_states)
         logits = out.logits[:, -1, :].float()
+        hidden = out.hidden_states[-1][:, -1] if params.hidden_states else None
 
     return _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
-                        watch)
+                        watch, out_hidden)
 
 
 def _grid_cache(model, cache, params: SamplingParams, mask: torch.Tensor, dev_rows: torch.Tensor, max_new: int):
@@ -448,7 +458,7 @@ def _grid_cache(model, cache, params: SamplingParams, mask: torch.Tensor, dev_ro
 
 
 def _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_sampled, lengths, reasons,
-                 watch: _TextWatch) -> list[Rollout]:
+                 watch: _TextWatch, out_hidden: torch.Tensor | None = None) -> list[Rollout]:
     """The finished rows of a chunk as rollouts: text decoded without EOS and cut at the first stop string."""
     rollouts = []
     for row, o in enumerate(owner):
@@ -465,7 +475,7 @@ def _to_rollouts(tokenizer, owner, keys, prompt_ids, out_tokens, out_logp, out_s
         rollouts.append(Rollout(
             prompt_index=i, sample_index=j, key=keys[i], prompt_ids=list(prompt_ids[i]), completion_ids=comp,
             logprobs=out_logp[row, :n].tolist(), sampled_mask=out_sampled[row, :n].tolist(), text=text,
-            finish_reason=reason,
+            finish_reason=reason, hidden=out_hidden[row, :n].clone() if out_hidden is not None else None,
         ))
     return rollouts
 

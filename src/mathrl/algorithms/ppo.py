@@ -41,7 +41,8 @@ from mathrl.pg_run import check_kl, draw_questions, evaluate_policy, evaluation_
     update_plr, write_policy
 from mathrl.plr import PLRState
 from mathrl.rollouts import Experience, LearnStats, RolloutBatch, Scores, forward_policy, minibatches, old_policy, \
-    optimizer_step, pack_rollouts, reference_logprobs, sample, score, value_estimates
+    optimizer_step, pack_rollouts, reference_logprobs, sample, score, value_estimates, \
+    values_from_rollouts
 from mathrl.plateau import stopped_at_plateau
 from mathrl.runlog import RunLogger, progress, write_history
 from mathrl.runsetup import start_run, task_for
@@ -141,8 +142,11 @@ def train(cfg: Config) -> Path:
         # from its prompt + the reference steps --backtrack reveals (none by default)
         problems, drawn = draw_questions(cfg, inputs, st, cfg.pg.prompts)
         starts = backtrack.plan(cfg.backtracking, task, problems, st.iteration, cfg.pg.iterations, st.backtrack_j)
+        # mathrl's sampler also keeps the hidden states the value head reads (the old values need no pass then)
+        kept = engine.name == "mathrl"
         prompt_texts, rollouts = sample(engine, m.policy, tokenizer, task, problems, inputs.shots, cfg.sampling,
-                                        seed=cfg.run.seed + 7919 * st.iteration, prefixes=starts.prefixes)
+                                        seed=cfg.run.seed + 7919 * st.iteration, prefixes=starts.prefixes,
+                                        hidden_states=kept)
         st.prompts_used, st.rollouts_used = st.prompts_used + len(problems), st.rollouts_used + len(rollouts)
         t_sample = time.time() - t0
         batch = pack_rollouts(rollouts, tokenizer.pad_token_id)
@@ -155,7 +159,8 @@ def train(cfg: Config) -> Path:
         # reference / old passes (no gradient)
         old = old_policy(engine, m.policy, batch, cfg.pg.vllm_is_cap, micro, device)
         ref = reference_logprobs(m.policy, m.reference, batch, micro, device) if m.use_reference else None
-        old_values = value_estimates(m.learner, m.head, batch, micro, device)
+        old_values = (values_from_rollouts(m.head, rollouts, batch.sampled_logprobs, micro, device) if kept
+                      else value_estimates(m.learner, m.head, batch, micro, device))
         # advantages (GAE), the questions' PLR scores from them or from the pass rates, then whitening
         adv, returns = advantages(cfg, batch, scores, old.logprobs, ref, old_values, st.kl_coef)
         plr_record = update_plr(cfg, st, task, problems, rollouts, adv, batch.action_mask, starts.prefixes)
