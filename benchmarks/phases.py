@@ -7,7 +7,7 @@ The shapes are the study's (``study.plan``, full budget): PPO 64 prompts x K=4, 
 reference (--kl-coef 0.05), batch 64 rollouts (4 minibatches), 2 PPO epochs, GAE lambda 1; an EI round of
 512 questions x K=4 (``--questions budget/8``) and its fine-tune (2 epochs, batch 32, on the kept samples); an
 in-run evaluation of 200 problems, greedy + 16 samples each. Each phase runs mathrl's own functions (the PPO loop's
-``rollouts.sample``, ``pack_rollouts``, ``score``, ``reference_logprobs``, ``value_estimates``, ``ppo.advantages``
+``rollouts.sample``, ``pack_rollouts``, ``score``, ``reference_logprobs``, ``values_from_rollouts``, ``ppo.advantages``
 and ``ppo.learn``, whose forward + backward is the loop's own clipped policy loss + value loss and includes its
 8 AdamW steps; EI's ``collect`` and ``training.train_steps``; ``evaluate.evaluate``). Each repeat starts from the
 same weights (restored after the phases that train). Without --model a fresh tiny model is initialised: its
@@ -63,7 +63,7 @@ from mathrl.rollouts import (
     reference_logprobs,
     sample,
     score,
-    value_estimates,
+    values_from_rollouts,
 )
 from mathrl.rounds import round_total_steps
 from mathrl.runsetup import few_shot_examples, task_for
@@ -217,7 +217,7 @@ PHASES = {  # name: what it is
     "ppo_sample": "PPO: sampling 64 x 4",
     "ppo_score": "PPO: pack, score, advantages",
     "ppo_reference": "PPO: reference pass",
-    "ppo_values": "PPO: old-value pass",
+    "ppo_values": "PPO: old values (head on the sampler's hidden states)",
     "ppo_learn": "PPO: learn (2 epochs x 4 mb, fwd+bwd+step)",
     "ppo_iteration": "PPO: one iteration",
     "ei_sample": "EI: sampling 512 x 4 + grading",
@@ -288,7 +288,8 @@ def main() -> None:
         micro = pcfg.optim.micro_batch_size
         problems = next_problems(questions, list(range(len(questions))), rep * pcfg.pg.prompts, pcfg.pg.prompts)
         t0, e0 = time.perf_counter(), executed.flops
-        prompt_texts, rollouts = sample(engine, m.policy, tok, task, problems, shots, pcfg.sampling, seed=rep)
+        prompt_texts, rollouts = sample(engine, m.policy, tok, task, problems, shots, pcfg.sampling, seed=rep,
+                                        hidden_states=True)
         add("ppo_sample", t0, e0, *needed(shape, rollouts, fed_last=False))
         t0, e0 = time.perf_counter(), executed.flops
         batch = pack_rollouts(rollouts, tok.pad_token_id)
@@ -299,8 +300,10 @@ def main() -> None:
         ref = reference_logprobs(m.policy, m.reference, batch, micro, "cpu")
         add("ppo_reference", t0, e0, *needed(shape, rollouts))
         t0, e0 = time.perf_counter(), executed.flops
-        old_values = value_estimates(m.policy, m.head, batch, micro, "cpu")
-        add("ppo_values", t0, e0, *needed(shape, rollouts, value_head=True))
+        # as ppo.py does with mathrl's sampler: the value head on the hidden states the sampler kept (the head's
+        # FLOPs, 2 x (H^2 + H) per token, are not counted)
+        old_values = values_from_rollouts(m.head, rollouts, batch.sampled_logprobs, micro, "cpu")
+        add("ppo_values", t0, e0, 0, 0)
         t0, e0 = time.perf_counter(), executed.flops
         adv, returns = ppo.advantages(pcfg, batch, scores, old.logprobs, ref, old_values, st.kl_coef)
         exp = Experience(batch, old.logprobs, adv, is_weights=old.is_weights, old_values=old_values, returns=returns)

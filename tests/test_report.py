@@ -409,6 +409,25 @@ def test_report_with_sizes_and_the_label_ratio_ablation(tmp_path):
     assert NUMBER.findall(md_text) == NUMBER.findall("".join(page.text))  # the same numbers in both files
 
 
+def test_the_intro_says_which_runs_have_fewer_seeds_than_planned(tmp_path):
+    """The intro's seed counts are the plan's; where the test evaluations hold fewer (a study still running, an
+    --only run), it names those runs and their counts, so that the plan is not read as the data."""
+    cfg = Config(out=str(tmp_path), quick=True, seeds=2)
+    stages = plan(cfg, tmp_path)
+    _fake_run(tmp_path, stages)
+    write_report(tmp_path, cfg, stages, wall_seconds=600)
+    md = (tmp_path / "report.md").read_text()
+    assert "fewer than planned" not in md and "not evaluated on test" not in md  # every planned run has them all
+    assert "RL seeds: 2 for EI/PPO/RCRL" in md and "1 for the reward variants" in md  # --quick's 1, not 0
+    for s in stages:  # PPO's seed 1 and every RCRL evaluation were never run
+        if s.name == "eval-ppo-sparse-sft@1" or s.name.startswith("eval-rcrl-sparse-sft@"):
+            (s.dir(tmp_path) / "stage.json").unlink()
+    write_report(tmp_path, cfg, stages, wall_seconds=600)
+    intro = (tmp_path / "report.md").read_text().split("\n## ")[0]
+    assert "Seeds evaluated on test where fewer than planned: ppo-sparse-sft 1 of 2" in intro, intro
+    assert "not evaluated on test: rcrl-sparse-sft." in intro, intro
+
+
 def test_findings_not_run_say_which_flag_adds_them(tmp_path):
     from mathrl.report import not_measured
 

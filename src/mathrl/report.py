@@ -14,7 +14,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mathrl.budgets import STUDY_LR, model_sizes, sizes_minutes
+from mathrl.budgets import STUDY_LR, model_sizes, seed_counts, sizes_minutes
 from mathrl.findings import (CLAIMS, DISTINCT, F3_MARGIN, F5_GAP, F7_MARGIN, F8_NEAR_EVEN, FRACTION, LADDER, MARGIN,
                              N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, paired,
                              pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
@@ -509,6 +509,23 @@ def _reward_models(data: StudyData) -> list[Item]:
     return items
 
 
+def _seeds_evaluated(data: StudyData, cfg) -> str:
+    """Where the runs evaluated on test have fewer seeds than the study plans (a study still running, or an
+    ``--only`` run of some of its stages), the seeds each has, so that the planned counts are not read as the
+    data's; empty when every planned run has them all."""
+    short, none = [], []
+    for name, r in data.runs.items():
+        planned = seed_counts(cfg)[0 if r.run.seeds == "seeds" else 1]
+        got = len(final(data, name))
+        if got == 0:
+            none.append(name)
+        elif got < planned:
+            short.append(f"{name} {got} of {planned}")
+    parts = ([f"seeds evaluated on test where fewer than planned: {', '.join(short)}"] if short else []) + \
+        ([f"not evaluated on test: {', '.join(none)}"] if none else [])
+    return f" {'; '.join(parts)[0].upper()}{'; '.join(parts)[1:]}." if parts else ""
+
+
 def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Section]:
     """The whole report, once: what report.md and report.html both show."""
     k = data.k
@@ -521,9 +538,11 @@ def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Sect
                   "Final evaluation: not run yet (the SFT model's, which sets the test problems, is missing).")
     shared = "SFT, ORM and SORM" if "sorm" in data.reward_models else "SFT and ORM"
     grpo = ", GRPO with the objectives ablation" if GRPO.name in data.runs else ""
-    intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. {evaluation} RL seeds: {cfg.seeds} for "
-             f"EI/PPO/RCRL (sparse, from SFT) and continued SFT{grpo}, {cfg.variant_seeds} for the reward variants and "
-             f"the pretrained start; one shared pretrain, {shared}. Wall time {wall_seconds / 60:.1f} min.")
+    seeds, variant_seeds = seed_counts(cfg)  # a count left at 0 is the budget's default
+    intro = (f"Re-testing Havrilla et al. 2024 at the scale at hand{quick}. {evaluation} RL seeds: {seeds} for "
+             f"EI/PPO/RCRL (sparse, from SFT) and continued SFT{grpo}, {variant_seeds} for the reward variants and "
+             f"the pretrained start; one shared pretrain, {shared}.{_seeds_evaluated(data, cfg)} Wall time "
+             f"{wall_seconds / 60:.1f} min.")
     items, (checked, flipped) = _finding_items(data, cfg)
     unsat = unsaturated_k(data)
     method = ("Intervals: 95%, paired over test questions and seeds (stats.py): a bootstrap over questions (the "
