@@ -322,7 +322,10 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
     out_logp = torch.zeros((n_out, max_new), dtype=torch.float32)
     out_sampled = torch.ones((n_out, max_new), dtype=torch.bool)
     lengths = torch.zeros(n_out, dtype=torch.long)
-    out_hidden = torch.zeros((n_out, max_new, hidden.shape[-1])) if hidden is not None else None  # (rows, C, H)
+    # (rows, C, H), in the dtype the model computes in (bf16 under bf16 autocast: half the memory, and what a
+    # separate pass would give the value head); on CPU, as the rollouts are
+    out_hidden = (torch.zeros((n_out, max_new, hidden.shape[-1]), dtype=hidden.dtype) if hidden is not None
+                  else None)
     reasons = [""] * n_out
     forced: dict[int, list[int]] = {}  # output row -> calculator tokens still to feed
     eos_cpu = torch.tensor(eos)
@@ -348,7 +351,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         out_sampled[live_rows, t] = sampled[live]
         lengths[live_rows] = t + 1
         if hidden is not None:  # the state that produced this step's logits: before token t
-            out_hidden[live_rows, t] = hidden[live.to(hidden.device)].float().cpu()
+            out_hidden[live_rows, t] = hidden[live.to(hidden.device)].cpu()
 
         done = live & torch.isin(token, eos_cpu)
         for pos in done.nonzero().flatten().tolist():
