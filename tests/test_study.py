@@ -26,6 +26,27 @@ def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
     assert not stagecache.is_current(stage, tmp_path, by_name)
 
 
+def test_a_stage_computed_by_other_code_is_not_current(tmp_path, monkeypatch):
+    """The code is an input: a stage finished under other mathrl sources (or another torch or transformers) runs
+    again, and so does what needs it; a change of comments or docstrings only keeps the cache."""
+    stage = Stage("sft", ["sft", "--seed", "0"])
+    ev = Stage("eval-sft", ["eval", "--seed", "0"], needs=["sft"])
+    by_name = {"sft": stage, "eval-sft": ev}
+    for s in (stage, ev):
+        s.dir(tmp_path).mkdir(parents=True)
+        stagecache.finish(s.dir(tmp_path), ["mathrl", *s.command], 1.0, stagecache.inputs(s, tmp_path, by_name))
+    assert stagecache.is_current(ev, tmp_path, by_name)
+    monkeypatch.setattr(stagecache, "code_fingerprint", lambda: "other code")
+    assert not stagecache.is_current(stage, tmp_path, by_name)
+    assert not stagecache.is_current(ev, tmp_path, by_name)
+    # what the fingerprint hashes: each module parsed, without its docstrings (comments never reach the tree)
+    a = '"""doc one"""\nclass C:\n    """doc"""\n    def f(self):\n        """doc"""\n        return 1  # why\n'
+    b = '"""doc two"""\nclass C:\n    def f(self):\n\n        return 1\n'
+    assert stagecache.parsed(a) == stagecache.parsed(b)
+    assert stagecache.parsed(b) != stagecache.parsed(b.replace("return 1", "return 2"))
+    assert stagecache.parsed('def f():\n    """only a docstring"""\n') == stagecache.parsed("def f():\n    pass\n")
+
+
 def test_comparable_drops_only_run_mechanics():
     assert stagecache.comparable(["ei", "--threads", "1", "--rounds", "2", "--out", "d", "--resume"]) == \
         ["ei", "--rounds", "2"]

@@ -9,15 +9,20 @@ changed runs again, and so does everything downstream of it (its run id changed)
 model it evaluates, or the reward model it reranks with, was trained again, even though its own command names the
 same path. The study runs a stage that is not current, and the report reads only current stages.
 
-Not covered: mathrl's own code. A study continued with another version of mathrl reuses what the earlier one
-computed; the report's provenance names the commit that rendered it.
+The code is an input too (``code_fingerprint``): mathrl's Python sources as parsed (comments and docstrings
+left out, so a change of wording keeps the cache) and the versions of torch and transformers. A study continued
+with other code runs its stages again; the stages it kept were computed by the code that renders the report.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import json
 import os
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 # flags whose value is a path a stage reads (its other paths are stages' outputs, covered by their run ids)
@@ -53,7 +58,8 @@ def record(stage_dir: Path) -> dict | None:
 
 def inputs(stage, root: Path, by_name: dict) -> dict:
     """What ``stage`` (a ``study.Stage``) reads besides its command, as it is now: each needed stage's run id
-    (None when it has not run) and a fingerprint of each path outside ``root`` that its command names."""
+    (None when it has not run), a fingerprint of each path outside ``root`` that its command names, and the code
+    that runs it (``code_fingerprint``)."""
     ups = {}
     for name in stage.needs:
         if name in by_name:
@@ -65,7 +71,38 @@ def inputs(stage, root: Path, by_name: dict) -> dict:
         path = Path(value)
         if flag in _PATH_FLAGS and path.exists() and root not in path.resolve().parents:
             files[value] = _fingerprint(path)
-    return {"stages": ups, "files": files}
+    return {"stages": ups, "files": files, "code": code_fingerprint()}
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """md5 of what computes a stage's result besides its command and inputs: every module of mathrl as parsed
+    (``ast.dump``: comments, docstrings and formatting left out) and the installed versions of torch and
+    transformers. Computed once per process (~0.2 s)."""
+    package = Path(__file__).parent
+    h = hashlib.md5()
+    for name in ("torch", "transformers"):
+        try:
+            h.update(f"{name} {metadata.version(name)}\n".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{name} missing\n".encode())
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode())
+        h.update(parsed(path.read_text(encoding="utf-8")).encode())
+    return h.hexdigest()
+
+
+def parsed(source: str) -> str:
+    """A module's code as ``ast.dump`` shows it, its docstrings dropped: comments and formatting never reach the
+    tree, so two sources that differ only in those give the same string."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def _fingerprint(path: Path) -> list:

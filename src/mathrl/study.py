@@ -18,7 +18,8 @@ Every stage is one ``mathrl`` command run in its own process with its own run di
 ``log.txt``. The processes are forked from a server that has imported torch and transformers once (their
 import costs ~7 s of CPU per process); pretraining runs alone, as one 1-thread torchrun rank per core on a CPU. A
 finished stage leaves ``stage.json`` and is reused when the study runs again while it is current: the same command
-and the same inputs (the run ids of the stages it needs, the files it reads outside the study: ``stagecache.py``),
+and the same inputs (the run ids of the stages it needs, the files it reads outside the study, mathrl's code and
+torch's and transformers' versions: ``stagecache.py``),
 so a changed setting re-runs its stage and everything downstream. An interrupted stage is resumed from its last
 checkpoint when its command and inputs are unchanged, else started afresh. Stages that do not
 depend on each other run ``workers`` at a time, sharing ``threads`` (on 2 cores two 1-thread processes give
