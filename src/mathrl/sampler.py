@@ -338,8 +338,10 @@ def _sample_chunk(model, tokenizer, prompt_ids, keys, slots, g: int, params: Sam
         token, logp = token.cpu(), logp.float().cpu()
         sampled = torch.ones_like(token, dtype=torch.bool)
         rows = out_index.clamp(min=0)  # holes write into row 0's junk area, never read (live is False)
-        for pos in [pos for pos in live.nonzero().flatten().tolist() if int(out_index[pos]) in forced] if forced else ():
-            row = int(out_index[pos])  # calculator output replaces the sampled token
+        # calculator output replaces the sampled token (rows scanned only while some row has tokens to feed)
+        waiting = [pos for pos in live.nonzero().flatten().tolist() if int(out_index[pos]) in forced] if forced else []
+        for pos in waiting:
+            row = int(out_index[pos])
             tok = forced[row].pop(0)
             token[pos], sampled[pos] = tok, False
             logp[pos] = torch.log_softmax(logits[pos].float(), -1)[tok].cpu()
