@@ -78,7 +78,8 @@ class PreallocatedLayer(DynamicLayer):
         if self.prefix_k is not None:
             self.prefix_k = self.prefix_k.index_select(0, slots)
             self.prefix_v = self.prefix_v.index_select(0, slots)
-        self.buf_k, self.buf_v = _rows_filled(self.buf_k, rows, self.length), _rows_filled(self.buf_v, rows, self.length)
+        self.buf_k = _rows_filled(self.buf_k, rows, self.length)
+        self.buf_v = _rows_filled(self.buf_v, rows, self.length)
         self._views()
 
 

@@ -521,9 +521,9 @@ def _seeds_evaluated(data: StudyData, cfg) -> str:
             none.append(name)
         elif got < planned:
             short.append(f"{name} {got} of {planned}")
-    parts = ([f"seeds evaluated on test where fewer than planned: {', '.join(short)}"] if short else []) + \
-        ([f"not evaluated on test: {', '.join(none)}"] if none else [])
-    return f" {'; '.join(parts)[0].upper()}{'; '.join(parts)[1:]}." if parts else ""
+    text = "; ".join(([f"seeds evaluated on test where fewer than planned: {', '.join(short)}"] if short else [])
+                     + ([f"not evaluated on test: {', '.join(none)}"] if none else []))
+    return f" {text[:1].upper()}{text[1:]}." if text else ""
 
 
 def sections(root: Path, cfg, data: StudyData, wall_seconds: float) -> list[Section]:

@@ -268,11 +268,11 @@ def values_from_rollouts(head, rollouts, like: torch.Tensor, micro: int, device)
     out = torch.zeros_like(like)
     for rows in split_micro(torch.arange(len(rollouts)), micro):
         part = [rollouts[i] for i in rows.tolist()]
-        c = max(len(r.hidden) for r in part)
+        lengths = torch.tensor([len(r.hidden) for r in part])
+        c = int(lengths.max())
         hidden = torch.zeros(len(part), c, part[0].hidden.shape[-1])  # (n, c, H), right-padded
         for j, r in enumerate(part):
             hidden[j, : len(r.hidden)] = r.hidden
-        lengths = torch.tensor([len(r.hidden) for r in part])
         filled = torch.arange(c)[None, :] < lengths[:, None]  # (n, c)
         out[rows, :c] = torch.where(filled, head(hidden.to(device)).float().cpu(), 0.0)
     return out

@@ -78,7 +78,7 @@ def inputs(stage, root: Path, by_name: dict) -> dict:
 def code_fingerprint() -> str:
     """md5 of what computes a stage's result besides its command and inputs: every module of mathrl as parsed
     (``ast.dump``: comments, docstrings and formatting left out) and the installed versions of torch and
-    transformers. Computed once per process (~0.2 s)."""
+    transformers. Computed once per process (0.2-0.5 s on the development machine)."""
     package = Path(__file__).parent
     h = hashlib.md5()
     for name in ("torch", "transformers"):
