@@ -83,6 +83,18 @@ def test_lora_policy_hands_over_merged_weights(tiny_model_dir):
         assert torch.equal(p, before[n]), n
 
 
+def test_vllm_engine_refuses_hidden_states_before_starting():
+    """PPO reads its old values off the sampler's hidden states only with mathrl's engine; asked of vLLM (which
+    keeps none) they are an error, not rollouts whose ``hidden`` is silently None. Checked before vLLM loads."""
+    engine = engines.VLLMEngine("m", 1 << 10)
+    try:
+        with pytest.raises(UsageError, match="keeps no hidden states"):
+            engine.sample(None, None, ["Question: a"], 1, SamplingParams(hidden_states=True))
+        assert engine.llm is None
+    finally:
+        engine.close()  # its optimizer-step hook is process-wide
+
+
 def test_tokenizer_mismatch_is_refused(tiny_model_dir):
     _, tok = load_model(tiny_model_dir, device="cpu")
     other = copy.deepcopy(tok)

@@ -222,6 +222,9 @@ class VLLMEngine:
         if params.calculator or params.step_marker:
             raise UsageError("--engine vllm cannot insert tokens while sampling (the calculator tool, RCRL's dense "
                              "step markers): use --engine mathrl")
+        if params.hidden_states:  # a caller that asks for them gets them or an error, never rollouts without them
+            raise UsageError("--engine vllm keeps no hidden states (Rollout.hidden); compute them with a forward pass "
+                             "(rollouts.value_estimates) or use --engine mathrl")
         keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
         if len(keys) != len(prompts):
             raise UsageError("keys and prompts differ in length")
