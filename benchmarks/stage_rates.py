@@ -12,10 +12,11 @@ What counts as the rate, from each stage's ``metrics.jsonl`` (its own clock, ``t
 - pretrain, SFT, continued SFT, the reward models: optimizer steps per second between logged steps (a step has a
   fixed batch, so steps/s is tokens/s up to the batch's length);
 - PPO and GRPO: rollouts per second of ``iteration_seconds`` (sampling + learning, without the evaluations);
-- Expert Iteration: fine-tuning steps per second of each round's ``train_seconds`` (its sampling is ~5% of a
-  round and logs one number per round).
-RCRL logs one record per round (one round at the study's budgets) and the evaluations none: they are listed
-without a rate. A stage shorter than two windows is reported with its overall rate only.
+- Expert Iteration and RCRL: fine-tuning steps per second between the lines of their ``fine_tune.jsonl`` (every 20
+  steps, within a round; their sampling is ~10% of an EI round and logs one number per round); an EI run from
+  before that log, per round: ``train_steps`` / ``train_seconds``.
+The evaluations log no rate (each takes under a minute): they are listed without one. A stage shorter than two
+windows is reported with its overall rate only.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ class Segment:
     work: float
 
 
-def segments(records: list[dict]) -> tuple[str, list[Segment]]:
-    """(unit, segments) of one stage's metrics records; an empty list where the log has no rate to read."""
+def segments(records: list[dict], fine_tune: list[dict] | None = None) -> tuple[str, list[Segment]]:
+    """(unit, segments) of one stage's metrics records (and its ``fine_tune.jsonl`` lines, if it has them); an
+    empty list where the logs have no rate to read."""
+    if fine_tune:  # EI, RCRL: between lines of the same round (the time between rounds samples and evaluates)
+        t0 = fine_tune[0]["time"]
+        return "fine-tuning steps/s", [Segment(b["time"] - t0, b["time"] - a["time"], b["step"] - a["step"])
+                                       for a, b in zip(fine_tune, fine_tune[1:])
+                                       if a["round"] == b["round"] and b["time"] > a["time"]]
     if any("iteration_seconds" in r for r in records):  # PPO, GRPO
         rows = [r for r in records if "iteration_seconds" in r]
         prev = [0] + [r["rollouts"] for r in rows[:-1]]
@@ -51,6 +58,10 @@ def segments(records: list[dict]) -> tuple[str, list[Segment]]:
     # between consecutive records; the first record's time includes start-up (loading, compiling): skipped
     return "steps/s", [Segment(b["time"], b["time"] - a["time"], b["step"] - a["step"])
                        for a, b in zip(rows, rows[1:]) if b["time"] > a["time"] and b["step"] > a["step"]]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def windowed(segs: list[Segment], window: float) -> list[tuple[float, float]]:
@@ -103,10 +114,7 @@ def main() -> None:
     for stage_dir in sorted(p.parent for p in args.study.glob("*/*/stage.json")):
         name = f"{stage_dir.parent.name}/{stage_dir.name}"
         seconds = json.loads((stage_dir / "stage.json").read_text()).get("seconds", float("nan"))
-        metrics = stage_dir / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-            if metrics.exists() else []
-        unit, segs = segments(records)
+        unit, segs = segments(read_jsonl(stage_dir / "metrics.jsonl"), read_jsonl(stage_dir / "fine_tune.jsonl"))
         series = windowed(segs, args.window)
         first = first_window(segs, args.window)
         if not segs:

@@ -52,6 +52,12 @@ def test_each_round_samples_fresh_questions_and_trains_on_all_of_them(tiny_model
     # batches of 4: ceil((|D_i| + 4 i) / 4) x 2 steps
     assert [h["train_steps"] for h in rounds] == [math.ceil((h["dataset_size"] + 4 * (i + 1)) / 4) * 2
                                                   for i, h in enumerate(rounds)]
+    # each round's fine-tune logs every 20 steps and its last step (fine_tune.jsonl, read by benchmarks/stage_rates.py)
+    lines = [json.loads(line) for line in (out / "fine_tune.jsonl").read_text().splitlines()]
+    expected_lines = [(r + 1, s) for r, h in enumerate(rounds)
+                      for s in sorted({*range(20, h["train_steps"] + 1, 20), h["train_steps"]})]
+    assert [(x["round"], x["step"]) for x in lines] == expected_lines
+    assert all(x["loss"] > 0 for x in lines) and [x["time"] for x in lines] == sorted(x["time"] for x in lines)
 
 
 def test_the_pass_wraps_to_a_new_epoch_only_once_the_split_is_used():

@@ -48,6 +48,13 @@ def test_ppo_and_ei_rates_read_their_own_seconds():
     unit, segs = stage_rates.segments(ei)
     assert unit == "fine-tuning steps/s" and segs[0].work / segs[0].seconds == pytest.approx(5)
     assert stage_rates.segments([{"step": 0, "time": 1, "round": 0, "maj@1": 0.5}]) == ("", [])
+    # with fine_tune.jsonl (EI, RCRL): between its lines within a round; the gap between rounds is not fine-tuning
+    lines = [{"round": 1, "step": 20, "time": 100.0}, {"round": 1, "step": 40, "time": 104.0},
+             {"round": 1, "step": 50, "time": 106.0}, {"round": 2, "step": 20, "time": 130.0},
+             {"round": 2, "step": 40, "time": 134.0}]
+    unit, segs = stage_rates.segments(ei, lines)
+    # 20 steps in 4 s, 10 in 2 s, then round 2's 20 in 4 s, at 4, 6 and 34 s after the first line
+    assert [(s.end, s.seconds, s.work) for s in segs] == [(4.0, 4.0, 20), (6.0, 2.0, 10), (34.0, 4.0, 20)]
 
 
 def test_the_script_reads_a_study_directory(tmp_path, capsys, monkeypatch):

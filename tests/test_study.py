@@ -1,6 +1,9 @@
 """Study orchestration: a stage's result is reused while its command and what it reads are unchanged."""
 
+import ast
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +48,59 @@ def test_a_stage_computed_by_other_code_is_not_current(tmp_path, monkeypatch):
     assert stagecache.parsed(a) == stagecache.parsed(b)
     assert stagecache.parsed(b) != stagecache.parsed(b.replace("return 1", "return 2"))
     assert stagecache.parsed('def f():\n    """only a docstring"""\n') == stagecache.parsed("def f():\n    pass\n")
+
+
+def _imported_modules(module: str, files: dict) -> set[str]:
+    """The mathrl modules ``module`` imports anywhere in its code (at the top or inside a function)."""
+    found = set()
+    for node in ast.walk(ast.parse(files[module].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            base = node.module if node.level == 0 else ".".join(module.split(".")[: -node.level] + [node.module])
+            found |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return found & set(files)
+
+
+def test_the_modules_left_out_of_the_code_fingerprint_are_those_no_stage_command_runs(tmp_path):
+    """A change of a verdict rule or of the report's wording keeps the stages (their code is fingerprinted
+    without ``STUDY_SIDE``); that is right only if no stage command imports those modules, directly or through
+    another module, at any depth. And every module that no stage command imports is left out, so that changing
+    it never throws away hours of stages."""
+    from mathrl.cli import COMMANDS
+
+    package = Path(stagecache.__file__).parent
+    files = {}
+    for path in package.rglob("*.py"):
+        parts = ("mathrl", *path.relative_to(package).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    roots = {"mathrl", "mathrl.__main__", "mathrl.cli"}
+    for name, command in COMMANDS.items():
+        if name != "study":  # the one command that is not a stage
+            roots |= {command.config.split(":")[0], command.run.split(":")[0]}
+    reached, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            parents = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+            todo += parents + sorted(_imported_modules(module, files))  # a package's __init__ runs first
+    study_side = {f"mathrl.{name}" for name in stagecache.STUDY_SIDE}
+    assert not study_side & reached, f"a stage command imports {sorted(study_side & reached)}"
+    assert set(files) - reached == study_side, "add these to stagecache.STUDY_SIDE: " \
+        f"{sorted(set(files) - reached - study_side)}"
+    # the fingerprint of a copy of the package: the same after a study-side change, another after a stage-side one
+    copy = tmp_path / "mathrl"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    fingerprint = stagecache.code_fingerprint.__wrapped__  # not the per-process cache: the sources change here
+    before = fingerprint(copy)
+    assert before == fingerprint(package)
+    with open(copy / "report.py", "a") as f:
+        f.write("\nWORDING = 'another sentence'\n")
+    assert fingerprint(copy) == before
+    with open(copy / "losses.py", "a") as f:
+        f.write("\nCLIP = 0.3\n")
+    assert fingerprint(copy) != before
 
 
 def test_comparable_drops_only_run_mechanics():

@@ -11,7 +11,10 @@ and whether the run stops there (``plateau.py``). Shared here because the two al
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from pathlib import Path
 from typing import Sequence
 
 from mathrl import checkpoint as ckpt
@@ -21,6 +24,9 @@ from mathrl.plateau import log_point_crossed, mark_plateau
 from mathrl.runlog import progress
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.training import Example, make_optimizer, train_steps
+
+
+LOG_EVERY = 20  # fine-tuning steps between the lines of fine_tune.jsonl
 
 
 def evaluation_due(schedule, history: list, last: bool) -> bool:
@@ -53,19 +59,29 @@ def fine_tune_round(policy, optimizer, examples: Sequence[Example], optim, st, *
                     seed: int, label: str, checkpoint_every: int, save, run_dir) -> None:
     """The learn phase of a round: steps ``st.ft_step + 1 .. total`` over ``examples`` (``st.ft_step`` kept
     current, so a resumed round continues where it stopped), ``save(tag)`` every ``checkpoint_every`` steps; a
-    non-finite loss stops the run naming the last good checkpoint."""
+    non-finite loss stops the run naming the last good checkpoint. Every ``LOG_EVERY`` steps and at the last,
+    a line of ``fine_tune.jsonl`` in ``run_dir`` (round, step, loss, wall-clock time): the run's metrics have one
+    record per round, and a round's fine-tune can take minutes (benchmarks/stage_rates.py reads its rate)."""
     policy.train()
     bar = progress(total, label, "step", initial=st.ft_step)
+    log = open(Path(run_dir) / "fine_tune.jsonl", "a") if distributed.is_main() else None
     try:
         for step in train_steps(policy, optimizer, examples, optim, pad_id=pad_id, device=device, total_steps=total,
                                 seed=seed, start_step=st.ft_step):
             st.ft_step = step.step
             bar.update(1)
             bar.set_postfix(loss=f"{step.loss:.3f}")
+            if log is not None and (st.ft_step % LOG_EVERY == 0 or st.ft_step == total):
+                log.write(json.dumps({"round": st.round + 1, "step": st.ft_step, "loss": round(step.loss, 5),
+                                      "time": round(time.time(), 2)}) + "\n")
+                log.flush()
             if checkpoint_every and st.ft_step % checkpoint_every == 0 and st.ft_step < total:
                 save(ckpt.round_tag(st.round, st.ft_step))
     except FloatingPointError as e:
         raise ckpt.divergence_error(run_dir, st.ft_step, str(e)) from None
+    finally:
+        if log is not None:
+            log.close()
     bar.close()
 
 

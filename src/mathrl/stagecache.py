@@ -12,6 +12,9 @@ same path. The study runs a stage that is not current, and the report reads only
 The code is an input too (``code_fingerprint``): mathrl's Python sources as parsed (comments and docstrings
 left out, so a change of wording keeps the cache) and the versions of torch and transformers. A study continued
 with other code runs its stages again; the stages it kept were computed by the code that renders the report.
+The modules that only the study's own process runs (``STUDY_SIDE``: planning the stages, this cache, the findings
+and the report) are left out: no stage command imports them, so a new verdict rule or report wording re-renders
+the report from the same stages; what they decide about a stage reaches it through its command line.
 """
 
 from __future__ import annotations
@@ -74,19 +77,28 @@ def inputs(stage, root: Path, by_name: dict) -> dict:
     return {"stages": ups, "files": files, "code": code_fingerprint()}
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """md5 of what computes a stage's result besides its command and inputs: every module of mathrl as parsed
-    (``ast.dump``: comments, docstrings and formatting left out) and the installed versions of torch and
-    transformers. Computed once per process (0.2-0.5 s on the development machine)."""
-    package = Path(__file__).parent
+# mathrl's modules that run only in the study's process, never in a stage's command (tests/test_study.py checks
+# this against the imports, at any depth, of every command but the study): the grid and budgets (they reach a stage
+# as its command line), the study's loop, this cache, the sweep's table, the findings, their statistics and the
+# report. The launch layout the study chooses (threads, pretraining's ranks) changes results at the level of
+# float rounding only, like ``--threads``, and is not an input.
+STUDY_SIDE = ("budgets", "findings", "grid", "render", "report", "stagecache", "stats", "study", "studydata", "sweep")
+
+
+@functools.lru_cache(maxsize=2)
+def code_fingerprint(package: Path = Path(__file__).parent) -> str:
+    """md5 of what computes a stage's result besides its command and inputs: every module of mathrl that a stage
+    command can run (all but ``STUDY_SIDE``), as parsed (``ast.dump``: comments, docstrings and formatting left
+    out), and the installed versions of torch and transformers. Computed once per process (0.2-0.5 s on the
+    development machine). ``package``: mathrl's own directory (another is for tests)."""
     h = hashlib.md5()
     for name in ("torch", "transformers"):
         try:
             h.update(f"{name} {metadata.version(name)}\n".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{name} missing\n".encode())
-    for path in sorted(package.rglob("*.py")):
+    skip = {package / f"{name}.py" for name in STUDY_SIDE}
+    for path in sorted(p for p in package.rglob("*.py") if p not in skip):
         h.update(path.relative_to(package).as_posix().encode())
         h.update(parsed(path.read_text(encoding="utf-8")).encode())
     return h.hexdigest()
