@@ -18,6 +18,7 @@ from mathrl.grid import (
     PPO_DENSE,
     PPO_ORM,
     RCRL,
+    SFT,
     SFT_MORE,
 )
 from mathrl.render import Section
@@ -678,3 +679,36 @@ def test_the_curriculum_claims_appear_only_when_the_ablation_ran(tmp_path):
     heads = [i.head for i in items.items]
     assert not any(h.startswith(("N1", "N2", "N3")) for h in heads)
     assert any(h.startswith("F4") and "not measured" in h for h in heads)  # the paper's grid says what is missing
+
+
+def test_rerank_minus_maj_is_paired_within_a_model_and_an_orm_at_chance_is_explained():
+    """rerank@K - maj@K of one model: the same K samples read two ways, paired on its questions. 40 questions,
+    4 samples each, 2 right (the vote picks the right answer: 2 votes against 1 + 1): maj@4 = 1 on every one;
+    the ORM's top score is on a right sample for the first 20 and a wrong one for the last 20, so rerank@4 is 1
+    then 0: rerank@4 - maj@4 = (20 x 0 + 20 x -1) / 40 = -0.5."""
+    from mathrl.findings import metric_difference
+    from mathrl.report import _reward_models
+
+    def row(i):
+        good = i < Q // 2
+        return {"id": f"q{i}", "n": 4, "c": 2, "c_verified": 2, "greedy_correct": True, "answer": "7",
+                "answers": ["7", "7", "5", "6"], "correct": [True, True, False, False],
+                "scores": [0.9, 0.1, 0.2, 0.3] if good else [0.1, 0.2, 0.9, 0.3]}
+
+    # and 10 more questions answered greedily only (as the final evaluation's --k-problems leaves them)
+    greedy_only = [Question.of({"id": f"g{i}", "greedy_correct": False, "answer": "1"}) for i in range(10)]
+    records = [Question.of(row(i)) for i in range(Q)] + greedy_only
+    assert [r.rerank for r in records[:2]] == [1.0, 1.0] and records[Q - 1].rerank == 0.0 and records[0].maj == 1.0
+    assert records[-1].rerank is None  # not sampled
+    d = StudyData(k=4)
+    d.evals[SFT] = Evaluation({None: records}, {None: Metrics.of({"maj@1": 1.0, "k": 4})})
+    got = metric_difference(d.evals[SFT].records, "rerank@4", "maj@4")
+    assert got[0].estimate == pytest.approx(-0.5) and got[0].hi < 0 and got[1:] == (1, Q)
+    # maj@1 covers the 50 questions, rerank@4 the 40 sampled: not a paired difference
+    assert metric_difference(d.evals[SFT].records, "rerank@4", "maj@1") is None
+    d.reward_models["orm"] = RewardModel(auc=0.8, auc_within_question=0.5)
+    lines = [item.text for item in _reward_models(d)]
+    assert any("about as well as chance" in x and "not testable" in x for x in lines)
+    assert any(x.startswith("SFT") and "rerank@4 - maj@4 -0.500 [" in x and "no seed variance" in x for x in lines)
+    d.reward_models["orm"] = RewardModel(auc=0.8, auc_within_question=0.75)  # ranks within a question: no caveat
+    assert not any("about as well as chance" in item.text for item in _reward_models(d))

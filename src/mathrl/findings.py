@@ -143,10 +143,10 @@ def _k_of(metric: str) -> int:
 
 def _measured(records: Records, metric: str) -> Records:
     """The records a metric is measured on: every question for maj@1, those with >= k samples for pass@k,
-    maj@k and solved@k, those that were sampled for distinct_verified."""
+    maj@k, rerank@k and solved@k, those that were sampled for distinct_verified."""
     if metric == DISTINCT:
         return [r for r in records if r.n]
-    if metric.startswith(("pass@", "solved@")) or (metric.startswith("maj@") and _k_of(metric) > 1):
+    if metric.startswith(("pass@", "solved@", "rerank@")) or (metric.startswith("maj@") and _k_of(metric) > 1):
         return [r for r in records if r.n >= _k_of(metric)]
     return records
 
@@ -158,9 +158,10 @@ def samples_per_question(*record_lists: Records) -> int:
 
 def scores(records: Records, metric: str) -> list[float] | None:
     """Per-question scores of one evaluation: maj@1 (greedy), maj@1_verified, pass@k, pass@k_verified (the
-    unbiased estimate per question), maj@k (the vote over exactly k samples), solved@k, solved@k_verified (any
-    of the k samples correct), over the questions with >= k samples, distinct_verified (``DISTINCT``) over the
-    sampled questions; None when not measured (records written before a field was recorded have none)."""
+    unbiased estimate per question), maj@k (the vote over exactly k samples), rerank@k (the reward model's top
+    pick of exactly k samples), solved@k, solved@k_verified (any of the k samples correct), over the questions
+    with >= k samples, distinct_verified (``DISTINCT``) over the sampled questions; None when not measured
+    (records written before a field was recorded, or evaluated without a reward model, have none)."""
     rows = _measured(records, metric)
     if metric == DISTINCT:
         xs = [r.distinct_verified for r in rows]
@@ -169,8 +170,8 @@ def scores(records: Records, metric: str) -> list[float] | None:
         xs = [r.greedy_correct if metric == "maj@1" else r.greedy_verified for r in rows]
         return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
     k = _k_of(metric)
-    if metric.startswith("maj@"):
-        xs = [r.maj if r.n == k else None for r in rows]
+    if metric.startswith(("maj@", "rerank@")):
+        xs = [(r.maj if metric.startswith("maj@") else r.rerank) if r.n == k else None for r in rows]
         return None if not xs or any(x is None for x in xs) else [float(x) for x in xs]
     if metric.startswith(("pass@", "solved@")):
         cs = [r.c_verified if metric.endswith("_verified") else r.c for r in rows]
@@ -223,6 +224,17 @@ def paired(sources: dict, metric: str, stat, n_boot: int = N_BOOT, seed: int = 0
         return None
     cs, n_seeds, n_q = got
     return bootstrap(cs, stat, n_boot=n_boot, seed=seed), n_seeds, n_q
+
+
+def metric_difference(by_seed: dict, a: str, b: str, n_boot: int = N_BOOT) -> tuple[Interval, int, int] | None:
+    """The interval of metric ``a`` minus metric ``b`` of one model ({seed: records}), paired on its seeds and
+    questions: two readings of the same samples, e.g. rerank@K - maj@K (the reward model's pick against the vote).
+    None where either metric is missing or they cover other questions. Returns (interval, seeds, questions)."""
+    seeds = _seeds_of(by_seed)
+    got_a, got_b = _cell(by_seed, a, seeds), _cell(by_seed, b, seeds)
+    if got_a is None or got_b is None or got_a[1] != got_b[1]:
+        return None
+    return bootstrap({"a": got_a[0], "b": got_b[0]}, diff("a", "b"), n_boot=n_boot), len(got_a[0]), len(got_a[1])
 
 
 def from_cells(label: str, cs: dict, stat, rule: str, margin: float, n_q: int, **kw) -> Part:

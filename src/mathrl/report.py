@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mathrl.budgets import STUDY_LR, model_sizes, seed_counts, sizes_minutes
 from mathrl.findings import (CLAIMS, DISTINCT, F3_MARGIN, F5_GAP, F7_MARGIN, F8_NEAR_EVEN, FRACTION, LADDER, MARGIN,
-                             N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, paired,
-                             pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
+                             N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, metric_difference,
+                             paired, pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
                              start_of, unsaturated_k)
 from mathrl.grid import EI, GRPO, PPO, PPO_BACKTRACK, PPO_PLR, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
@@ -506,6 +506,23 @@ def _reward_models(data: StudyData) -> list[Item]:
         if r.step_precision is not None:
             line += f"; bad-step precision {r.step_precision:.3f} / recall {r.step_recall:.3f} vs the exact checker"
         items.append(Item(line))
+    orm = data.reward_models.get("orm")
+    if orm is not None and not (orm.auc_within_question is not None and orm.auc_within_question > ORM_MIN_AUC):
+        items.append(Item(
+            f"At a within-question AUC of {_auc(orm.auc_within_question)} (needs > {ORM_MIN_AUC}) the ORM ranks a "
+            "question's own samples about as well as chance: its held-out AUC comes from telling easy questions "
+            f"from hard ones, so rerank@{data.k} picks an arbitrary sample of a question (often a wrong one) and is "
+            "no evidence about reward models, and F4's ORM parts are not testable. On the embedded default, "
+            "training it to rank within a question (a within-question pairwise loss, 16 samples per question, 4x "
+            "the questions) reached 0.515-0.567 on dev (docs/results.md, \"A reward model that ranks within a "
+            "question\"): a question's samples differ in one misread operand or one wrong sum, and ranking them "
+            "means redoing the arithmetic that the same small trunk gets wrong."))
+    k = data.k
+    for model in (SFT, EI.name, PPO.name):
+        got = metric_difference(final(data, model), f"rerank@{k}", f"maj@{k}") if model in data.evals else None
+        if got:
+            items.append(Item(f"{_label(data, model)}: rerank@{k} - maj@{k} {got[0]} ({got[1]} seed(s) x {got[2]} "
+                              f"questions{'; no seed variance' if got[1] == 1 else ''})"))
     return items
 
 

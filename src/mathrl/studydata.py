@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mathrl.grid import GRID_SIZE, PRETRAIN, PRETRAINED, SFT, Run
-from mathrl.metrics import majority_vote_score
+from mathrl.metrics import majority_vote_score, rerank_score
 from mathrl.plateau import stopped_at_plateau
 from mathrl.stagecache import is_current, read_json
 
@@ -26,9 +26,10 @@ Seed = int | None  # None: a shared model, evaluated once
 class Question:
     """One question of one evaluation: its greedy answer's correctness and, when it was sampled, ``c`` correct
     and ``c_verified`` step-verified of ``n`` samples, ``maj``, the majority vote's score over the n samples
-    (``metrics.majority_vote_score``; from samples.jsonl's answers), and ``distinct_verified``, the distinct
-    step-verified solutions among them (``evaluate.distinct_verified``; records written before it was recorded
-    have none). None: not measured."""
+    (``metrics.majority_vote_score``; from samples.jsonl's answers), ``rerank``, the score of the reward model's
+    top pick of the n samples (``metrics.rerank_score``; from samples.jsonl's scores, when the evaluation had a
+    reward model), and ``distinct_verified``, the distinct step-verified solutions among them
+    (``evaluate.distinct_verified``; records written before it was recorded have none). None: not measured."""
 
     id: str
     n: int = 0
@@ -40,6 +41,7 @@ class Question:
     question: str | None = None
     greedy: str | None = None
     maj: float | None = None
+    rerank: float | None = None
     distinct_verified: int | None = None
 
     @classmethod
@@ -47,10 +49,13 @@ class Question:
         answers = row.get("answers")
         maj = (majority_vote_score(answers, row["answer"]) if answers and row.get("answer") is not None
                and len(answers) == (row.get("n") or 0) else None)
+        scores, correct = row.get("scores"), row.get("correct")
+        rerank = (rerank_score(scores, correct) if scores and correct and len(scores) == len(correct)
+                  == (row.get("n") or 0) else None)
         return cls(id=row["id"], n=row.get("n") or 0, c=row.get("c"), c_verified=row.get("c_verified"),
                    greedy_correct=row.get("greedy_correct"), greedy_verified=row.get("greedy_verified"),
                    answer=row.get("answer"), question=row.get("question"), greedy=row.get("greedy"), maj=maj,
-                   distinct_verified=row.get("distinct_verified"))
+                   rerank=rerank, distinct_verified=row.get("distinct_verified"))
 
 
 Records = list[Question]
