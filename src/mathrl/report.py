@@ -16,9 +16,9 @@ from pathlib import Path
 
 from mathrl.budgets import STUDY_LR, model_sizes, seed_counts, sizes_minutes
 from mathrl.findings import (CLAIMS, DISTINCT, F3_MARGIN, F5_GAP, F7_MARGIN, F8_NEAR_EVEN, FRACTION, LADDER, MARGIN,
-                             N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings, metric_difference,
-                             paired, pass_metric, sample_complexity, samples_per_question, scores, size_pairs, stability,
-                             start_of, unsaturated_k)
+                             N_BOOT, ORM_MIN_AUC, SATURATED, Part, curve_points, diff, final, findings,
+                             metric_difference, paired, pass_metric, sample_complexity, samples_per_question, scores,
+                             size_pairs, stability, start_of, unsaturated_k)
 from mathrl.grid import EI, GRPO, PPO, PPO_BACKTRACK, PPO_PLR, SFT, SHARED_LABELS
 from mathrl.metrics import guesser_pass_at_k
 from mathrl.plots import pyplot
