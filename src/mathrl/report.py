@@ -519,7 +519,7 @@ def _reward_models(data: StudyData) -> list[Item]:
             "means redoing the arithmetic that the same small trunk gets wrong."))
     k = data.k
     for model in (SFT, EI.name, PPO.name):
-        got = metric_difference(final(data, model), f"rerank@{k}", f"maj@{k}") if model in data.evals else None
+        got = metric_difference(final(data, model), f"rerank@{k}", f"maj@{k}")  # None without that evaluation
         if got:
             items.append(Item(f"{_label(data, model)}: rerank@{k} - maj@{k} {got[0]} ({got[1]} seed(s) x {got[2]} "
                               f"questions{'; no seed variance' if got[1] == 1 else ''})"))

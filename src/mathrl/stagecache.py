@@ -85,7 +85,7 @@ def inputs(stage, root: Path, by_name: dict) -> dict:
 STUDY_SIDE = ("budgets", "findings", "grid", "render", "report", "stagecache", "stats", "study", "studydata", "sweep")
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def code_fingerprint(package: Path = Path(__file__).parent) -> str:
     """md5 of what computes a stage's result besides its command and inputs: every module of mathrl that a stage
     command can run (all but ``STUDY_SIDE``), as parsed (``ast.dump``: comments, docstrings and formatting left
