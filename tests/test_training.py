@@ -242,16 +242,20 @@ def test_document_mask_packs_documents_as_if_each_stood_alone():
     b = lm_batch(rows, doc_of, document_mask=True)
     assert b.loss_mask.tolist() == [[False, True, True, False, True]]
     assert b.attention_mask.shape == (1, 1, 5, 5)
-    assert b.attention_mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
-                                                      [1, 1, 0, 0, 0],
-                                                      [1, 1, 1, 0, 0],
-                                                      [0, 0, 0, 1, 0],
-                                                      [0, 0, 0, 1, 1]]
-    # the second document's log-probs equal those of the document on its own (rotary attention is relative)
+    assert (b.attention_mask[0, 0] == 0).int().tolist() == [[1, 0, 0, 0, 0],  # additive: 0 where attended
+                                                             [1, 1, 0, 0, 0],
+                                                             [1, 1, 1, 0, 0],
+                                                             [0, 0, 0, 1, 0],
+                                                             [0, 0, 0, 1, 1]]
+    # the second document's log-probs equal those of the document on its own (rotary attention is relative), with
+    # every attention kernel: the matmul-softmax one ("eager", which bf16 training on CPU and --compile use) adds a
+    # 4D mask to its scores, and read a boolean mask as +1/+0 (nothing masked: 0.14 off on this token, measured)
     model = _tiny_llama()
-    packed = token_logprobs(model, b.input_ids, b.attention_mask)[0, 4]
     alone = token_logprobs(model, torch.tensor([[7, 8]]), torch.ones(1, 2, dtype=torch.long))[0, 1]
-    assert float(packed) == pytest.approx(float(alone), abs=1e-4)  # 2e-7 measured; 0.13 without the mask
+    for kernel in ("sdpa", "eager"):
+        model.config._attn_implementation = kernel
+        packed = token_logprobs(model, b.input_ids, b.attention_mask)[0, 4]
+        assert float(packed) == pytest.approx(float(alone), abs=1e-4), kernel  # 2e-7 measured; 0.13 without mask
     # without the mask: the plain causal row, every token but the first a target
     plain = lm_batch(rows, doc_of, document_mask=False)
     assert plain.loss_mask.tolist() == [[False, True, True, True, True]] and plain.attention_mask.tolist() == [[1] * 5]

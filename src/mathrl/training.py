@@ -58,8 +58,9 @@ def completion_example(prompt_ids: Sequence[int], completion_ids: Sequence[int],
 
 @dataclass
 class Batch:
-    """Right-padded tensors: input_ids (B, T) long, attention_mask (B, T) long, loss_mask (B, T) bool, and for
-    reward models labels (B, T) float."""
+    """Right-padded tensors: input_ids (B, T) long, attention_mask (B, T) long (or, for packed documents, an
+    additive (B, 1, T, T) float mask: ``pretrain.lm_batch``), loss_mask (B, T) bool, and for reward models labels
+    (B, T) float."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor

@@ -66,7 +66,7 @@ def lm_batch(rows: torch.Tensor, doc_of: torch.Tensor, document_mask: bool) -> B
     """The language-model batch of packed rows (B, T): loss on every token that has a prefix.
 
     With ``document_mask`` each token attends to the earlier tokens of its own document only (a (B, 1, T, T)
-    boolean mask, which transformers passes to the attention as it is), and the first token of a document is no
+    mask, which transformers passes to the attention kernel as it is), and the first token of a document is no
     target: as at evaluation, where a prompt is the only document, nothing before a document is read. Without it,
     tokens also see the end of the previous documents in their row, whose names and numbers are the same kind as
     their own: copying from the current document then has to learn to skip look-alikes (measured in
@@ -79,7 +79,13 @@ def lm_batch(rows: torch.Tensor, doc_of: torch.Tensor, document_mask: bool) -> B
     same_doc = doc_of[:, :, None] == doc_of[:, None, :]  # (B, T, T)
     causal = torch.ones(rows.shape[1], rows.shape[1], dtype=torch.bool).tril()
     targets[:, 1:] &= doc_of[:, 1:] == doc_of[:, :-1]  # a document's first token is no target
-    return Batch(rows, (same_doc & causal)[:, None], targets)
+    allowed = (same_doc & causal)[:, None]  # (B, 1, T, T)
+    # additive (0 where a token may attend, the float32 minimum where not), which every attention kernel reads
+    # alike: the matmul-softmax ("eager") attention, which bf16 training on CPU and --compile use, adds the mask
+    # to its scores, so a boolean mask there would add 1s and 0s and mask nothing, the future included. SDPA gives
+    # bit-identical gradients with either form
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return Batch(rows, mask, targets)
 
 
 def train(cfg: Config) -> Path:
