@@ -200,3 +200,29 @@ def test_the_studys_data_parallel_pretrain_matches_one_process(tmp_path):
     assert log.read_text().count("pretrained model written") == 1  # rank 0 alone logs
     assert _max_diff(tmp_path / "one" / "model", tmp_path / "one" / "init") > 1e-4  # it trained
     assert _max_diff(tmp_path / "one" / "model", tmp_path / "two" / "model") <= 1e-5
+
+
+def _sum_mixed_dtype_grads(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    from mathrl.distributed import all_reduce_grads
+
+    # a bf16 policy weight and a float32 value head (PPO's mix); rank r's gradients are r + 1, and the head of rank
+    # 1 has none (counts as zeros): by hand, the sums are 1 + 2 = 3 (bf16 holds 3 exactly) and 1 + 0 = 1
+    policy = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    head = torch.nn.Parameter(torch.zeros(2))
+    policy.grad = torch.full((3,), rank + 1.0, dtype=torch.bfloat16)
+    head.grad = torch.ones(2) if rank == 0 else None
+    all_reduce_grads([policy, head])
+    torch.save({"policy": policy.grad, "head": head.grad}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_gradients_of_mixed_dtypes_are_summed_in_their_own_dtype(tmp_path):
+    # a bf16 policy with a float32 value head under torchrun: one flat buffer of both came back as float32, which
+    # the bf16 parameter's .grad refused (the run crashed at its first step)
+    torch.multiprocessing.spawn(_sum_mixed_dtype_grads, args=(_port(), str(tmp_path)), nprocs=2)
+    for r in (0, 1):
+        g = torch.load(tmp_path / f"rank{r}.pt")
+        assert g["policy"].dtype == torch.bfloat16 and g["policy"].tolist() == [3.0, 3.0, 3.0]
+        assert g["head"].dtype == torch.float32 and g["head"].tolist() == [1.0, 1.0]

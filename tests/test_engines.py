@@ -61,15 +61,20 @@ def test_dense_conditioned_model_is_refused_before_loading(tiny_model_dir, tmp_p
     assert "dense returns" in capsys.readouterr().err
 
 
-def test_lora_policy_hands_over_merged_weights(tiny_model_dir):
+@pytest.mark.parametrize("trainable_tokens", [(), (5, 9)])
+def test_lora_policy_hands_over_merged_weights(tiny_model_dir, trainable_tokens):
+    # trainable_tokens: embedding rows trained in full beside the adapters (RCRL's [GOOD]/[BAD] under LoRA); PEFT
+    # keeps them under its own names, which vLLM would not load: they must arrive in the embedding table itself
     from peft import LoraConfig, get_peft_model
 
     model, _ = load_model(tiny_model_dir, device="cpu")
-    policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    extra = {"trainable_token_indices": list(trainable_tokens)} if trainable_tokens else {}
+    policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
+                                              **extra))
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in policy.named_parameters():
-            if "lora_B" in n:
+            if "lora_B" in n or "trainable_tokens_delta" in n:
                 p.normal_(0, 0.1)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     pushed = dict(engines.hf_weights(policy))
@@ -81,6 +86,12 @@ def test_lora_policy_hands_over_merged_weights(tiny_model_dir):
                for n in pushed if "q_proj" in n)  # the adapter moved something
     for n, p in policy.named_parameters():  # the trainer's modules are left unmerged, bit for bit
         assert torch.equal(p, before[n]), n
+    # a plain model loaded with the pushed weights computes what the trainer's policy computes
+    plain = copy.deepcopy(model.__class__(model.config))
+    assert not plain.load_state_dict(pushed, strict=False).missing_keys
+    ids = torch.tensor([[1, 5, 9, 3, 9]])
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5)
 
 
 def test_vllm_engine_refuses_hidden_states_before_starting():

@@ -232,6 +232,26 @@ def test_attention_kernel_and_tiny_default_learning_rate_warning(tiny_model_dir,
     assert capsys.readouterr().out == ""
 
 
+def test_a_reward_model_trains_at_the_precision_asked_for_not_its_checkpoints(tiny_model_dir, tmp_path):
+    # orm train took the checkpoint's dtype and no autocast whatever --precision said: a bf16 checkpoint (most hub
+    # models) trained in pure bf16 under --precision float32, losing the small updates float32 masters keep
+    from mathrl.models import autocast
+    from mathrl.reward_model import token_classifier
+
+    bf16_dir = tmp_path / "bf16"
+    token_classifier(tiny_model_dir).to(torch.bfloat16).save_pretrained(bf16_dir)
+    assert next(token_classifier(bf16_dir).parameters()).dtype == torch.bfloat16  # scoring: the checkpoint's own
+    fp32 = token_classifier(bf16_dir, precision="float32")
+    assert next(fp32.parameters()).dtype == torch.float32 and fp32.mathrl_autocast is None
+    mixed = token_classifier(bf16_dir, precision="bf16-mixed")
+    assert next(mixed.parameters()).dtype == torch.float32 and mixed.mathrl_autocast == torch.bfloat16
+    assert mixed.config._attn_implementation == "eager"  # bf16 training on CPU: as models.load_model
+    ids = torch.tensor([[5, 6, 7]])
+    with autocast(mixed):
+        assert mixed(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.dtype == torch.bfloat16
+    assert next(token_classifier(tiny_model_dir, precision="bfloat16").parameters()).dtype == torch.bfloat16
+
+
 def test_document_mask_packs_documents_as_if_each_stood_alone():
     from mathrl.algorithms.pretrain import lm_batch
 
@@ -259,3 +279,28 @@ def test_document_mask_packs_documents_as_if_each_stood_alone():
     # without the mask: the plain causal row, every token but the first a target
     plain = lm_batch(rows, doc_of, document_mask=False)
     assert plain.loss_mask.tolist() == [[False, True, True, True, True]] and plain.attention_mask.tolist() == [[1] * 5]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_policy_gradient_learner_runs_without_dropout(arch):
+    # pi_old comes from the sampler (eval mode); the learner's passes run in training mode, so a model with dropout
+    # would see a ratio pi / pi_old != 1 before any update. After disable_dropout a training-mode pass is the
+    # eval-mode one, and two of them agree
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mathrl.models import disable_dropout
+
+    torch.manual_seed(0)
+    extra = ({"n_embd": 32, "n_layer": 2, "n_head": 4, "resid_pdrop": 0.3, "embd_pdrop": 0.3, "attn_pdrop": 0.3}
+             if arch == "gpt2" else {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                     "num_attention_heads": 4, "attention_dropout": 0.3})
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, vocab_size=40, **extra))
+    ids = torch.randint(0, 40, (2, 12))
+    mask = torch.ones_like(ids)
+    model.eval()
+    want = token_logprobs(model, ids, mask)
+    model.train()
+    assert not torch.allclose(token_logprobs(model, ids, mask), want)  # dropout is on in training mode
+    disable_dropout(model)
+    model.train()
+    assert torch.equal(token_logprobs(model, ids, mask), want) and torch.equal(token_logprobs(model, ids, mask), want)

@@ -136,14 +136,17 @@ def all_reduce_grads(params: Sequence[torch.nn.Parameter]) -> None:
     params = [p for p in params if p.requires_grad and not _is_dtensor(p)]
     if not params:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    _collective(lambda: torch.distributed.all_reduce(flat), "summing gradients")
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+    # one flat buffer per gradient dtype: a bf16 policy's gradients and its float32 value head's concatenated
+    # together would come back as float32, which a bf16 parameter's .grad refuses
+    for dtype in dict.fromkeys(p.dtype for p in params):
+        group = [p for p in params if p.dtype == dtype]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+        _collective(lambda: torch.distributed.all_reduce(flat), "summing gradients")
+        offset = 0
+        for p in group:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

@@ -91,10 +91,13 @@ def _import_vllm():
 def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
     """The policy's weights under its Hugging Face checkpoint names (what vLLM loads). A PEFT LoRA policy gives
     merged weights, base + the adapter's delta (``get_delta_weight``), computed aside: the trainer's modules are
-    not merged in place (unmerging would round the base weights)."""
+    not merged in place (unmerging would round the base weights). Embedding rows trained in full beside the
+    adapters (``trainable_token_indices``: RCRL's return tokens) are written into their table the same way
+    (``get_merged_weights``), under the table's own name."""
     if not hasattr(model, "get_base_model"):
         return [(n, t.detach()) for n, t in model.state_dict().items()]
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
     base = model.get_base_model()
     merged = {}
@@ -105,11 +108,13 @@ def hf_weights(model) -> list[tuple[str, torch.Tensor]]:
                 if adapter in module.lora_A:
                     w += module.get_delta_weight(adapter).detach().to(w.dtype)
             merged[f"{module_name}.base_layer.weight"] = w
+        elif isinstance(module, TrainableTokensLayer) and not module.merged:
+            merged[f"{module_name}.base_layer.weight"] = module.get_merged_weights(module.active_adapters).detach()
     out = []
     for n, t in base.state_dict().items():
-        if "lora_" in n:
+        if "lora_" in n or ".trainable_tokens_" in n:
             continue
-        out.append((n.replace(".base_layer.", "."), merged.get(n, t.detach())))
+        out.append((n.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", "."), merged.get(n, t.detach())))
     return out
 
 

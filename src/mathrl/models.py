@@ -230,6 +230,21 @@ def _peft(why: str):
     return peft
 
 
+def disable_dropout(model) -> None:
+    """Dropout off in every pass of ``model``, training mode included, for the policy-gradient loops: their ratio
+    pi / pi_old is 1 before the first update only if the learner's passes compute what the sampler's (in eval
+    mode) did, and PPO's KL and clipping would otherwise read dropout noise (a tiny GPT-2 with dropout 0.1 gave
+    log-prob gaps up to 0.16 at the first epoch). TRL's trainers do the same. Dropout modules get p = 0; attention
+    classes that keep their dropout rate as a float attribute (transformers' ``attention_dropout``, applied only
+    in training mode) get 0.0. The embedded default has no dropout; supervised fine-tunes keep the model's."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "attn_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
 def gradient_checkpointing(model, where: str = "model") -> None:
     """Recompute each block's activations in the backward pass (``--gradient-checkpointing``). Non-reentrant
     checkpointing: the reentrant kind needs inputs that require gradients, which frozen LoRA embeddings lack.

@@ -24,7 +24,7 @@ from mathrl import distributed, plr
 from mathrl.compile import compiled
 from mathrl.errors import UsageError
 from mathrl.evaluate import evaluate_in_run
-from mathrl.models import apply_lora, final_model, load_model
+from mathrl.models import apply_lora, disable_dropout, final_model, load_model
 from mathrl.plateau import log_point_crossed, mark_plateau
 from mathrl.record import ModelRecord, read_record
 from mathrl.reward_model import load_reward_model
@@ -49,7 +49,8 @@ def load_policy(cfg, device: str, with_reference: bool):
     reference = None
     if cfg.lora.lora_rank:
         policy = apply_lora(policy, cfg.lora, cfg.model)
-    elif with_reference:
+    disable_dropout(policy)  # the learner's passes must compute the sampler's pi_old (models.disable_dropout)
+    if with_reference and not cfg.lora.lora_rank:
         reference = copy.deepcopy(policy).eval()
         for p in reference.parameters():
             p.requires_grad_(False)

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from mathrl.errors import UsageError
-from mathrl.models import autocast, load_tokenizer
+from mathrl.models import autocast, load_tokenizer, resolve_precision
 from mathrl.tasks.prompting import completion_text
 
 
@@ -66,24 +66,35 @@ def _trunk_class():
     return TrunkForTokenClassification
 
 
-def token_classifier(path, num_labels: int = 1, attn_implementation: str = ""):
+def token_classifier(path, num_labels: int = 1, attn_implementation: str = "", precision: str | None = None,
+                     device: str = "cpu"):
     """A token classifier initialised from (or saved as) the model directory ``path``: transformers' own class
-    where the architecture has one, else ``TrunkForTokenClassification``."""
+    where the architecture has one, else ``TrunkForTokenClassification``.
+
+    ``precision`` (``--precision``, for training): the weights' dtype and the autocast of ``models.autocast``, as
+    ``models.load_model`` gives a policy (bf16 training on CPU also takes the matmul-softmax attention there);
+    None keeps the checkpoint's own dtype and no autocast (scoring)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     if not (Path(path) / "config.json").is_file():
         raise UsageError(f"{path}: no config.json (a directory of LoRA adapters alone? a reward model starts from "
                          "full weights: save the policy with its adapters merged)")
+    dtype, autocast_dtype = resolve_precision(precision, device, True) if precision else (None, None)
+    if not attn_implementation and str(device).startswith("cpu") and torch.bfloat16 in (dtype, autocast_dtype):
+        attn_implementation = "eager"  # why: models.load_model
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels, **options)
     if "TrunkForTokenClassification" in (config.architectures or []):
-        return _trunk_class().from_pretrained(str(path), config=config)
-    try:
-        return AutoModelForTokenClassification.from_pretrained(str(path), config=config)
-    except ValueError as e:
-        if "Unrecognized configuration class" not in str(e):
-            raise
-        return _trunk_class().from_pretrained(str(path), config=config)
+        model = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype)
+    else:
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=dtype)
+        except ValueError as e:
+            if "Unrecognized configuration class" not in str(e):
+                raise
+            model = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype)
+    model.mathrl_autocast = autocast_dtype  # read by models.autocast in every forward pass mathrl makes
+    return model
 
 
 def pairwise_loss(scores: torch.Tensor, correct: torch.Tensor, question: torch.Tensor) -> tuple[torch.Tensor, int]:

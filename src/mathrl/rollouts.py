@@ -398,10 +398,12 @@ def optimizer_step(mb: Experience, rows: torch.Tensor, micro_loss, optimizer, pa
     if not math.isfinite(loss_value):
         raise ckpt.divergence_error(run_dir, iteration, f"loss became {loss_value}")
     norm = clip_and_step(params, optimizer, grad_clip)  # frees the gradients before sampling
-    policy_means = {name: _mean(getattr(p, name) for p, _ in parts)
-                    for name in ("clipfrac", "approx_kl", "clipfrac_low", "clipfrac_high", "ratio_mean")}
-    return UpdateStats(loss=loss_value, grad_norm=float(norm), value_clipfrac=_mean(float(v) for _, v in parts),
-                       **policy_means)
+    # the diagnostics: means over the micro-batches of every rank (under torchrun each rank holds a share)
+    names = ("clipfrac", "approx_kl", "clipfrac_low", "clipfrac_high", "ratio_mean")
+    sums = [sum(float(getattr(p, name)) for p, _ in parts) for name in names] + [sum(float(v) for _, v in parts)]
+    *sums, n_parts = distributed.all_reduce_sum(sums + [len(parts)])
+    means = [x / n_parts if n_parts else float("nan") for x in sums]
+    return UpdateStats(loss=loss_value, grad_norm=float(norm), value_clipfrac=means[-1], **dict(zip(names, means)))
 
 
 def _mean(xs) -> float:

@@ -126,7 +126,8 @@ def train(cfg: Config) -> Path:
         raise UsageError("no labelled training samples")
 
     # step 3: learn a per-token classifier initialised from the policy
-    model = token_classifier(local_model_dir(cfg.model), attn_implementation=cfg.compute.attn_implementation)
+    model = token_classifier(local_model_dir(cfg.model), attn_implementation=cfg.compute.attn_implementation,
+                             precision=cfg.run.precision, device=device)
     model.to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
     warn_tiny_default_lr(cfg, model)
