@@ -115,13 +115,57 @@ def test_chat_prompts_are_the_templates_conversation_and_the_completion_is_the_a
         f"<|im_start|>assistant\n{shot.solution}<|im_end|>\n<|im_start|>user\n{p.question}<|im_end|>\n"
         "<|im_start|>assistant\n")
     assert task.target(p) == p.solution  # no space after the assistant's header
-    assert task.stop_strings == ("\n\nQuestion:", "\n\nQ:")
+    assert task.stop_strings == ("\n\nQuestion:", "\n\nQ:", "<|im_end|>")  # the template's end of turn, too
     tok = load_tokenizer(str(chat["model"]))
     ids = tok(task.prompt(p), add_special_tokens=False)["input_ids"]
     assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # the markers are single special tokens
     # without --system-prompt the template's own default system message stays
     assert task_for(str(chat["model"]), data, Prompting(chat_template=True)).prompt(p).startswith(
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+
+
+def test_a_base_model_in_a_chat_template_stops_at_the_end_of_the_assistants_turn(chat, tmp_path):
+    """A base model given a chat template (Qwen2.5 base: EOS <|endoftext|>, turns closed by <|im_end|>) would write
+    past its turn into a next one; the template's end of turn is a stop string. The policy here writes <|im_end|>
+    after three tokens whatever the prompt (its output layer is replaced): the completion stops there."""
+    import shutil
+
+    from mathrl.models import load_model
+    from mathrl.runsetup import end_of_turn, task_for
+    from mathrl.sampler import SamplingParams, sample
+    from mathrl.settings import Data, Prompting
+
+    base = tmp_path / "base"
+    shutil.copytree(chat["model"], base)
+    model, tok = load_model(str(base), device="cpu")
+    tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    tok.eos_token = "<|endoftext|>"  # a base model's EOS: the end of a document, not of a turn
+    tok.save_pretrained(base)
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(base)
+    model, tok = load_model(str(base), device="cpu")
+    assert end_of_turn(tok) == "<|im_end|>"
+    task = task_for(str(base), Data(task=f"jsonl:{chat['data']}", question_field="problem", answer_field="final"),
+                    Prompting(chat_template=True))
+    assert "<|im_end|>" in task.stop_strings
+    end, digit = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("1")
+    hidden = model.config.hidden_size
+    counter = torch.nn.Linear(hidden, model.config.vocab_size)  # logits from a constant: "1" then, later, the end
+    with torch.no_grad():
+        counter.weight.zero_()
+        counter.bias.fill_(-30.0)
+        counter.bias[digit] = 10.0
+    model.lm_head = counter
+    prompt = task.prompt(task.problems("test")[0])
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_strings=task.stop_strings)
+    (runs_on,) = sample(model, tok, [prompt], 1, params)
+    assert runs_on.finish_reason == "length" and len(runs_on.completion_ids) == 12
+    with torch.no_grad():
+        counter.bias[end] = 20.0  # the end of turn first
+    (stopped,) = sample(model, tok, [prompt], 1, params)
+    assert stopped.finish_reason == "stop" and stopped.completion_ids == [end] and stopped.text == ""
+    (no_stop,) = sample(model, tok, [prompt], 1, SamplingParams(temperature=0.0, max_new_tokens=12))
+    assert no_stop.finish_reason == "length"  # without the stop string it runs on: the test can fail
 
 
 def test_a_bos_in_the_chat_template_is_not_added_twice(chat, tmp_path):

@@ -245,7 +245,11 @@ class VLLMEngine:
         from vllm import SamplingParams as VP
         from vllm.inputs import TokensPrompt
 
-        eos = _eos_ids(model, tokenizer)
+        # vLLM matches stop strings in text without special tokens, so a stop string that is one special token (a
+        # chat template's end of turn, runsetup.end_of_turn) stops it as a token id instead
+        special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+        eos = sorted({*_eos_ids(model, tokenizer),
+                      *(tokenizer.convert_tokens_to_ids(s) for s in params.stop_strings if s in special)})
         rows = model.get_input_embeddings().weight.shape[0]
         allowed = list(range(len(tokenizer))) if len(tokenizer) < rows else None  # as mathrl: no id without a token
         sps = [VP(n=k, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,

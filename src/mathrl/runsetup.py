@@ -130,7 +130,25 @@ def chat_renderer(model: str | None):
     def render(messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    render.end_of_turn = end_of_turn(tokenizer)  # read by tasks.prompting.PromptedTask: a stop string
     return render
+
+
+def end_of_turn(tokenizer) -> str:
+    """The special token the chat template closes an assistant's turn with (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``), or "" if it closes none or not with a special token. Instruct checkpoints list it among
+    their EOS ids; a base model given a chat template often does not (Qwen2.5 base ends documents with
+    ``<|endoftext|>``), and its completions would run past the turn into a next one: so prompts in a chat template
+    stop at it, as at a stop string."""
+    probe = "MATHRL_TURN_PROBE"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
+                                             tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this conversation (with_format says why)
+        return ""
+    after = text[text.rfind(probe) + len(probe):].split() if probe in text else []
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    return after[0] if after and after[0] in special else ""
 
 
 # Above this many parameters a model is not the embedded default, whose learning rates the commands' defaults are

@@ -78,7 +78,10 @@ class PromptedTask:
             check_template(fmt.template, "prompt template")
         self.task, self.format, self._chat = task, fmt, chat
         self.name, self.step_end = task.name, task.step_end
-        self.stop_strings = tuple(task.stop_strings) + tuple(s for s in fmt.stop if s not in task.stop_strings)
+        # the chat template's end of an assistant turn (``runsetup.end_of_turn``) stops a completion, too
+        turn_end = (getattr(chat, "end_of_turn", ""),) if fmt.chat_template else ()
+        extra = tuple(dict.fromkeys(s for s in (*fmt.stop, *turn_end) if s and s not in task.stop_strings))
+        self.stop_strings = tuple(task.stop_strings) + extra
 
     def __getattr__(self, name):  # only called for attributes not found on self: the task's own options
         if name == "task":  # not set yet (copy/pickle): no recursion
