@@ -296,3 +296,26 @@ def test_bad_prompting_input_is_one_line_and_exit_2(chat, tiny_model_dir, make_a
     assert main(make_argv(chat, tiny_model_dir)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err, err
+
+
+def test_return_tokens_in_a_table_padded_beyond_the_tokenizer_start_at_the_trained_rows_mean(chat):
+    """Qwen checkpoints pad the embedding table beyond the tokenizer; RCRL's [GOOD]/[BAD] land on padding rows that
+    were never trained. The table keeps its size and those rows start at the mean of the trained rows, in the input
+    and the output table (untied here)."""
+    from mathrl.algorithms.rcrl import add_return_tokens
+    from mathrl.models import load_model
+
+    model, tok = load_model(str(chat["model"]), device="cpu")
+    rows, trained = model.get_input_embeddings().weight.shape[0], len(tok)
+    assert rows >= trained + 2 and not model.config.tie_word_embeddings
+    before = {n: t.weight.detach().clone() for n, t in (("in", model.get_input_embeddings()),
+                                                         ("out", model.get_output_embeddings()))}
+    good, bad = add_return_tokens(model, tok)
+    assert (good, bad) == (trained, trained + 1)
+    for name, table in (("in", model.get_input_embeddings()), ("out", model.get_output_embeddings())):
+        w = table.weight.detach()
+        assert w.shape[0] == rows  # not shrunk to the tokenizer
+        mean = before[name][:trained].mean(0)
+        assert torch.allclose(w[good], mean) and torch.allclose(w[bad], mean)
+        assert not torch.allclose(before[name][good], mean)  # the padding row it replaced was not the mean
+        assert torch.equal(w[:trained], before[name][:trained]) and torch.equal(w[bad + 1:], before[name][bad + 1:])

@@ -55,10 +55,25 @@ GOOD, BAD = "[GOOD]", "[BAD]"
 
 
 def add_return_tokens(model, tokenizer) -> tuple[int, int]:
-    """Add [GOOD] / [BAD] (special: decoding skips them) and grow the embeddings; returns their ids."""
+    """Add [GOOD] / [BAD] (special: decoding skips them) and grow the embeddings; returns their ids.
+
+    New rows start near the mean of the trained ones (``mean_resizing``: a new token's embedding is then like an
+    average token's, not a random vector that shifts every logit). A checkpoint whose table is padded beyond its
+    tokenizer (Qwen: 151,936 rows for 151,665 tokens) already has rows for the new ids, never trained: resizing
+    would shrink the table and leave them as they are, so they get the trained rows' mean instead and the table
+    keeps its size."""
+    import torch
+
     if GOOD not in tokenizer.get_vocab():
+        trained = len(tokenizer)
         tokenizer.add_special_tokens({"additional_special_tokens": [GOOD, BAD]})
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        else:
+            with torch.no_grad():
+                tables = {id(t.weight): t for t in (model.get_input_embeddings(), model.get_output_embeddings()) if t is not None}
+                for table in tables.values():  # one table when input and output embeddings are tied
+                    table.weight[trained:len(tokenizer)] = table.weight[:trained].mean(0)
     return tokenizer.convert_tokens_to_ids(GOOD), tokenizer.convert_tokens_to_ids(BAD)
 
 
