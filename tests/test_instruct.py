@@ -319,3 +319,30 @@ def test_return_tokens_in_a_table_padded_beyond_the_tokenizer_start_at_the_train
         assert torch.allclose(w[good], mean) and torch.allclose(w[bad], mean)
         assert not torch.allclose(before[name][good], mean)  # the padding row it replaced was not the mean
         assert torch.equal(w[:trained], before[name][:trained]) and torch.equal(w[bad + 1:], before[name][bad + 1:])
+
+
+def test_a_model_whose_tokenizer_adds_a_bos_gets_it_once_before_every_plain_prompt(tiny_model_dir, tmp_path):
+    """Prompts are tokenized without special tokens (a chat template writes its own BOS); a model trained with a
+    BOS before every text (Gemma, Llama 2) gets it as the prompt's first token, once, in sampling and in SFT's
+    training sequence alike. The embedded tokenizer adds none: its prompts are unchanged."""
+    import shutil
+
+    from mathrl.models import load_tokenizer
+    from mathrl.runsetup import task_for
+    from mathrl.settings import Data
+
+    plain = task_for(str(tiny_model_dir), Data())
+    p = plain.problems("test")[0]
+    assert not plain.prompt(p).startswith("<s>")
+    d = tmp_path / "bos"
+    shutil.copytree(tiny_model_dir, d)
+    tok = load_tokenizer(str(d))
+    tok.add_bos_token = True
+    tok.save_pretrained(d)
+    tok = load_tokenizer(str(d))
+    task = task_for(str(d), Data())
+    assert task.prompt(p) == "<s>" + plain.prompt(p)
+    for text in (task.prompt(p), task.prompt(p) + task.target(p)):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+        assert ids[1:] == tok(text[len("<s>"):], add_special_tokens=False)["input_ids"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -96,7 +96,25 @@ def task_for(model: str | None, data: Data, prompting: Prompting | None = None, 
         opts["surface"] = recorded.get("surface")
     task = load_task(name, **{**opts, **fields, **options})
     fmt = prompt_format(model, prompting)
+    if model and not fmt.chat_template:
+        fmt = replace(fmt, bos=leading_bos(model))
     return with_format(task, fmt, chat_renderer(model) if fmt.chat_template else None)
+
+
+def leading_bos(model: str) -> str:
+    """The BOS token's text if ``model``'s tokenizer puts one before every text it encodes (Gemma, Llama 2), else
+    "" (the embedded default, Qwen, GPT-2). A model directory without tokenizer files gives "": loading the
+    model says what is wrong."""
+    try:
+        tokenizer = load_tokenizer(model_dir(model))
+    except UsageError:
+        return ""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return ""
+    by_default = tokenizer("1")["input_ids"][:1] == [bos]
+    in_the_text = tokenizer("1", add_special_tokens=False)["input_ids"][:1] == [bos]
+    return tokenizer.bos_token if by_default and not in_the_text else ""
 
 
 def prompt_format(model: str | None, prompting=None) -> PromptFormat:

@@ -42,6 +42,10 @@ class PromptFormat:
     system_prompt: str = ""
     template: str = ""
     stop: tuple[str, ...] = ()
+    # the BOS token's text, leading every prompt outside a chat template, for a model whose tokenizer adds one
+    # (Gemma, Llama 2: trained with it first). Prompts are tokenized without special tokens (a chat template writes
+    # its own), which reads it back as its one id. Not recorded: the model's tokenizer says it each time
+    bos: str = ""
 
     @property
     def plain(self) -> bool:
@@ -106,7 +110,7 @@ class PromptedTask:
             text = "".join(blocks) + self._user(problem.question)
         else:
             text = self.task.prompt(problem, shots)
-        return f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text
+        return fmt.bos + (f"{fmt.system_prompt}\n\n{text}" if fmt.system_prompt else text)
 
     def target(self, problem: Problem) -> str:
         return completion_text(self.prompt(problem), self.task.target(problem))
