@@ -3,6 +3,7 @@
 import ast
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,25 @@ def _run_plan(cfg, root, monkeypatch) -> list[str]:
     stages = plan(cfg, root)
     study.run_stages(stages, root, workers=2, total_threads=2)
     return ran
+
+
+def test_an_interrupted_study_still_counts_its_wall_time_up_to_its_last_finished_stage(tmp_path, monkeypatch):
+    # the wall time was written once, after the last stage: a study stopped part-way (a failed stage, a killed
+    # session) and resumed reported only the invocation that finished, and dropped the stages the first one ran
+    calls = []
+
+    def launch(args, log, ranks=1):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise study.RunError("a stage failed")
+        time.sleep(0.05)
+        return 0
+
+    monkeypatch.setattr(study, "_launch", launch)
+    with pytest.raises(study.RunError):
+        study.main(Config(quick=True, out=str(tmp_path), workers=1))
+    first = json.loads((tmp_path / "wall_time.json").read_text())["seconds"]
+    assert first >= 0.1  # two stages of >= 0.05 s finished before the failure
 
 
 def test_a_changed_budget_reruns_the_rl_stages_and_every_evaluation_of_their_models(tmp_path, monkeypatch):

@@ -503,9 +503,10 @@ def _stage_main(args: list[str], log: str, env: dict) -> None:
     runpy.run_module("mathrl", run_name="__main__", alter_sys=True)
 
 
-def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int) -> None:
+def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int, on_done=None) -> None:
     """Run stages respecting ``needs``, up to ``workers`` at once; a stage whose result is current
-    (``stagecache.is_current``, checked once the stages it needs are done) is reused."""
+    (``stagecache.is_current``, checked once the stages it needs are done) is reused. ``on_done()`` is called after
+    each stage that ran."""
     pending = {s.name: s for s in stages}
     by_name = dict(pending)
     finished: set[str] = set()
@@ -555,6 +556,8 @@ def run_stages(stages: list[Stage], root: Path, workers: int, total_threads: int
                 seconds = fut.result()  # re-raises a stage failure
                 finished.add(s.name)
                 print(f"[study] done {s.name} ({seconds / 60:.1f} min)", flush=True)
+                if on_done is not None:
+                    on_done()
 
 
 def _sweep_row(stage: Stage, root: Path):
@@ -586,12 +589,18 @@ def main(cfg: Config) -> None:
         kept = [s.name for s in stages if s.command[0] in SAMPLING_COMMANDS and _forces_steps(s)]
         print(f"[study] sampling with {cfg.engine}" + (f", but {', '.join(kept)} with mathrl's sampler (dense "
                                                        "step markers)" if kept else ""), flush=True)
-    run_stages(stages, root, cfg.workers, total_threads)
-    # wall time over every invocation (an interrupted study that was resumed counts each part)
+    # wall time over every invocation (an interrupted study that was resumed counts each part), written after each
+    # stage, so that an invocation stopped part-way counts up to its last finished stage
     timing = root / ("sweep_wall_time.json" if cfg.sweep else "wall_time.json")
     earlier = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
-    wall = earlier + time.time() - t0
-    timing.write_text(json.dumps({"seconds": round(wall, 1)}))
+
+    def record_wall() -> float:
+        wall = earlier + time.time() - t0
+        timing.write_text(json.dumps({"seconds": round(wall, 1)}))
+        return wall
+
+    run_stages(stages, root, cfg.workers, total_threads, on_done=record_wall)
+    wall = record_wall()
     if cfg.sweep:
         rows = [row for s in every if s.group == "sweep" and (row := _sweep_row(s, root))]
         table = sweep.write(root, rows, every[-1].rollouts, "mathrl study --sweep" + (" --quick" if cfg.quick else ""))
