@@ -80,7 +80,7 @@ class Config:
     rl_compile: bool = field(False, "torch.compile the RL stages' training passes (PPO's and GRPO's learning step "
                                     "and the passes before it, EI's and RCRL's fine-tunes). Off by default, so that "
                                     "a study and its ablations run their stages alike: on the embedded model a "
-                                    "compile costs ~10-80 s per stage and saves ~0.5 s per PPO iteration and ~13% "
+                                    "compile costs ~10-80 s per stage and saves ~0.5 s per PPO iteration and an eighth "
                                     "of a 32K EI stage (docs/results.md)")
     workers: int = field(2, "stages run at once (each with threads / workers threads)")
     threads: int = field(0, "torch threads shared by the running stages (0: the cores this process may use)")
