@@ -539,9 +539,24 @@ def test_return_conditioned_examples_mask_the_return_tokens():
 @pytest.mark.parametrize("command", ["study", "pretrain", "sft", "ei", "orm train", "ppo", "grpo", "rcrl", "eval",
                                      "score", "data show", "data stats", "model init"])
 def test_every_command_has_help(command, capsys):
-    # argparse formats help texts with %: a stray "%" in a flag's help breaks --help
+    # argparse formats help texts with %: a stray "%" in a flag's help broke --help (config.add_arguments escapes it)
     assert main([*command.split(), "--help"]) == 0
     assert "--" in capsys.readouterr().out
+
+
+def test_a_percent_sign_in_a_flags_help_is_printed_as_it_is(capsys):
+    import argparse
+    from dataclasses import dataclass
+
+    from mathrl.config import add_arguments, field
+
+    @dataclass
+    class Settings:
+        share: float = field(0.5, "fraction of the data (50% by default)")
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Settings)
+    assert "(50% by default)" in parser.format_help()
 
 
 def test_a_hub_id_in_the_local_cache_works_offline_and_a_missing_one_is_one_line(start, tmp_path, monkeypatch,

@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         flags = (f"-{f.name}", flag) if len(f.name) == 1 else (flag,)
         tp, _ = _base_type(hint)
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        # argparse formats help texts with %: a literal % (in a help text or a default) is written %%
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
         origin = typing.get_origin(tp)
         if tp is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
