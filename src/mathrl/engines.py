@@ -35,6 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mathrl import distributed
 from mathrl.errors import RunError, UsageError
+from mathrl.models import special_tokens
 from mathrl.seeds import rng_state, set_rng_state
 from mathrl.settings import ENGINES, one_of
 from mathrl.sampler import Rollout, SamplingParams, _eos_ids, sample as mathrl_sample
@@ -247,7 +248,7 @@ class VLLMEngine:
 
         # vLLM matches stop strings in text without special tokens, so a stop string that is one special token (a
         # chat template's end of turn, runsetup.end_of_turn) stops it as a token id instead
-        special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+        special = special_tokens(tokenizer)
         eos = sorted({*_eos_ids(model, tokenizer),
                       *(tokenizer.convert_tokens_to_ids(s) for s in params.stop_strings if s in special)})
         rows = model.get_input_embeddings().weight.shape[0]

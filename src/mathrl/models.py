@@ -168,6 +168,24 @@ def load_tokenizer(path: str | os.PathLike):
     return tokenizer
 
 
+def attention_options(kernel: str, device, for_training: bool, dtype, autocast_dtype) -> dict:
+    """``from_pretrained``'s attention option: the kernel asked for (``--attn-implementation``), else, for bf16
+    training on CPU, the plain matmul-softmax attention ("eager"), else transformers' choice (no option). Why
+    eager there: torch's SDPA backward in bf16 on CPU ran 9x slower than in float32 (583 vs 67 ms over 3 steps of
+    64 x 72 tokens, the embedded model), which made a bf16-mixed step slower than a float32 one (379 vs 302 ms);
+    with eager attention it took 201 ms."""
+    if kernel:
+        return {"attn_implementation": kernel}
+    if for_training and str(device).startswith("cpu") and torch.bfloat16 in (dtype, autocast_dtype):
+        return {"attn_implementation": "eager"}
+    return {}
+
+
+def special_tokens(tokenizer) -> set[str]:
+    """The texts of ``tokenizer``'s special and added tokens (each one id, never split)."""
+    return set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+
+
 def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None,
                for_training: bool = False, precision: str = "auto", compute=None):
     """Load (model, tokenizer) from a local HF directory or a hub id in the local cache (``model_dir``); a
@@ -188,12 +206,8 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.
     if dtype is None:
         dtype, autocast_dtype = resolve_precision(precision, device, for_training)
     tokenizer = load_tokenizer(path)
-    options = {"attn_implementation": compute.attn_implementation} if compute and compute.attn_implementation else {}
-    if not options and for_training and str(device).startswith("cpu") and torch.bfloat16 in (dtype, autocast_dtype):
-        # bf16 training on CPU: the plain matmul-softmax attention. torch's SDPA backward in bf16 on CPU ran 9x
-        # slower than in float32 (583 vs 67 ms over 3 steps of 64 x 72 tokens, the embedded model), which made a
-        # bf16-mixed step slower than a float32 one (379 vs 302 ms); with eager attention it took 201 ms
-        options = {"attn_implementation": "eager"}
+    options = attention_options(compute.attn_implementation if compute else "", device, for_training,
+                                dtype, autocast_dtype)
     try:
         if adapters:
             model = _merged_adapters(p, dtype, options)

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from mathrl.errors import UsageError
-from mathrl.models import autocast, load_tokenizer, resolve_precision
+from mathrl.models import attention_options, autocast, load_tokenizer, resolve_precision
 from mathrl.tasks.prompting import completion_text
 
 
@@ -80,9 +80,7 @@ def token_classifier(path, num_labels: int = 1, attn_implementation: str = "", p
         raise UsageError(f"{path}: no config.json (a directory of LoRA adapters alone? a reward model starts from "
                          "full weights: save the policy with its adapters merged)")
     dtype, autocast_dtype = resolve_precision(precision, device, True) if precision else (None, None)
-    if not attn_implementation and str(device).startswith("cpu") and torch.bfloat16 in (dtype, autocast_dtype):
-        attn_implementation = "eager"  # why: models.load_model
-    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    options = attention_options(attn_implementation, device, precision is not None, dtype, autocast_dtype)
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels, **options)
     if "TrunkForTokenClassification" in (config.architectures or []):
         model = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype)

@@ -15,7 +15,7 @@ from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
 from mathrl.config import leaves
 from mathrl.errors import UsageError
-from mathrl.models import count_parameters, load_tokenizer
+from mathrl.models import count_parameters, load_tokenizer, special_tokens
 from mathrl.record import ModelRecord, model_dir, read_record
 from mathrl.seeds import seed_everything
 from mathrl.settings import Data, Prompting, read_template
@@ -165,8 +165,7 @@ def end_of_turn(tokenizer) -> str:
     except Exception:  # noqa: BLE001 - a template that cannot render this conversation (with_format says why)
         return ""
     after = text[text.rfind(probe) + len(probe):].split() if probe in text else []
-    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
-    return after[0] if after and after[0] in special else ""
+    return after[0] if after and after[0] in special_tokens(tokenizer) else ""
 
 
 # Above this many parameters a model is not the embedded default, whose learning rates the commands' defaults are
