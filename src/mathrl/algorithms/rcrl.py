@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.rcrl_config import Config
 from mathrl.compile import compiled
@@ -62,8 +64,6 @@ def add_return_tokens(model, tokenizer) -> tuple[int, int]:
     tokenizer (Qwen: 151,936 rows for 151,665 tokens) already has rows for the new ids, never trained: resizing
     would shrink the table and leave them as they are, so they get the trained rows' mean instead and the table
     keeps its size."""
-    import torch
-
     if GOOD not in tokenizer.get_vocab():
         trained = len(tokenizer)
         tokenizer.add_special_tokens({"additional_special_tokens": [GOOD, BAD]})
@@ -71,9 +71,10 @@ def add_return_tokens(model, tokenizer) -> tuple[int, int]:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         else:
             with torch.no_grad():
-                tables = {id(t.weight): t for t in (model.get_input_embeddings(), model.get_output_embeddings()) if t is not None}
-                for table in tables.values():  # one table when input and output embeddings are tied
-                    table.weight[trained:len(tokenizer)] = table.weight[:trained].mean(0)
+                tables = (model.get_input_embeddings(), model.get_output_embeddings())
+                weights = {id(t.weight): t.weight for t in tables if t is not None}  # one when the two are tied
+                for weight in weights.values():
+                    weight[trained:len(tokenizer)] = weight[:trained].mean(0)
     return tokenizer.convert_tokens_to_ids(GOOD), tokenizer.convert_tokens_to_ids(BAD)
 
 
