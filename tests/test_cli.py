@@ -275,6 +275,12 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["sft", "--model", "x", "--size", "small"], "--size has no effect with --model"),
     (["orm", "train", "--model", "x", "--m", "2"], "--m has no effect without --stepwise"),
     (["data", "stats", "-n", "2"], "unrecognized arguments: -n 2"),
+    # values outside their range, and a misspelled split of the default task
+    (["ppo", "--model", "x", "--gamma", "2"], "gamma must be in [0, 1], got 2.0"),
+    (["ppo", "--model", "x", "--lam", "1.5"], "lam must be in [0, 1], got 1.5"),
+    (["ppo", "--model", "x", "--vf-coef", "-1"], "vf_coef must be >= 0, got -1.0"),
+    (["ppo", "--model", "x", "--value-clip", "-1"], "value_clip must be >= 0, got -1.0"),
+    (["data", "show", "--split", "val"], "unknown split 'val' for task synthetic (known: train, test, dev)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2

@@ -62,6 +62,12 @@ class Config:
 
     def validate(self) -> None:
         validate_policy_gradient(self)
+        for name in ("gamma", "lam"):  # GAE's discount and lambda weigh future terms: each in [0, 1]
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("value_clip", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.kl_target < 0:
             raise UsageError("kl_target must be >= 0 (0: fixed coefficient)")
         if self.kl_coef == 0:

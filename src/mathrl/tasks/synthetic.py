@@ -48,6 +48,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
+from mathrl.errors import UsageError
 from mathrl.tasks.base import Problem
 
 NAMES = (
@@ -303,7 +304,7 @@ class SyntheticProblems:
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r} for task synthetic (known: train, test, dev)")
+            raise UsageError(f"unknown split {split!r} for task synthetic (known: train, test, dev)")
         if split not in self._cache:
             if split == "dev":
                 stream = iter_problems(self.level, self.seed, "test")
