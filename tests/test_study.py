@@ -124,6 +124,18 @@ def _run_plan(cfg, root, monkeypatch) -> list[str]:
     return ran
 
 
+def test_a_study_with_an_engine_that_is_not_installed_is_refused_before_any_stage(tmp_path, monkeypatch):
+    import sys
+
+    from mathrl.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what Python does for a package that is not installed
+    monkeypatch.setattr(study, "_launch", lambda *a, **k: pytest.fail("a stage ran"))
+    with pytest.raises(UsageError, match="--engine vllm needs vLLM"):
+        study.main(Config(quick=True, out=str(tmp_path / "s"), engine="vllm"))
+    assert not (tmp_path / "s").exists()  # nothing written either
+
+
 def test_an_interrupted_study_still_counts_its_wall_time_up_to_its_last_finished_stage(tmp_path, monkeypatch):
     # the wall time was written once, after the last stage: a study stopped part-way (a failed stage, a killed
     # session) and resumed reported only the invocation that finished, and dropped the stages the first one ran

@@ -71,6 +71,14 @@ def create(policy, sampling, model_dir: str):
     return VLLMEngine(str(model_dir), sampling.token_budget)
 
 
+def check_installed(engine: str) -> None:
+    """Refuse at once an engine that is not installed (vLLM is an optional extra): a study checks this before its
+    first stage, instead of failing at its first sampling stage after pretraining."""
+    one_of(engine, ENGINES, "engine")
+    if engine == "vllm":
+        _import_vllm()
+
+
 def _import_vllm():
     # In-process engine core: the only way to hand it the trainer's tensors without a copy through a socket
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"

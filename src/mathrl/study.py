@@ -571,8 +571,10 @@ def _sweep_row(stage: Stage, root: Path):
 def main(cfg: Config) -> None:
     # imported here: they import torch, and this module must not (`mathrl study --help` builds its Config)
     from mathrl.report import write_report
+    from mathrl.engines import check_installed
     from mathrl.runsetup import default_threads
 
+    check_installed(cfg.engine)
     root = Path(cfg.out)
     try:
         root.mkdir(parents=True, exist_ok=True)
