@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -281,6 +282,10 @@ def test_score_reads_your_own_data_with_its_field_names(tmp_path):
     (["ppo", "--model", "x", "--vf-coef", "-1"], "vf_coef must be >= 0, got -1.0"),
     (["ppo", "--model", "x", "--value-clip", "-1"], "value_clip must be >= 0, got -1.0"),
     (["data", "show", "--split", "val"], "unknown split 'val' for task synthetic (known: train, test, dev)"),
+    (["eval", "--model", "x", "--threads", "-3"], "threads must be >= 0 (0: the cores this process may use), got -3"),
+    (["score", "--samples", "s.jsonl", "--out", "o", "-k", "-1"], "k must be >= 0"),
+    # --fsdp outside torchrun would shard over one rank: nothing
+    (["sft", "--fsdp"], "--fsdp has no effect on one process"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -767,3 +772,77 @@ def test_a_rollout_budget_not_a_multiple_of_k_ends_with_its_last_whole_group():
     cfg = Config(model="m", max_rollouts=10, sampling=Sampling(k=4))
     assert [budget_spent(cfg, GRPOState(rollouts_used=n)) for n in (0, 4, 6, 8)] == [False, False, False, True]
     assert not budget_spent(Config(model="m", sampling=Sampling(k=4)), GRPOState(rollouts_used=10 ** 6))
+
+
+def test_a_run_directory_of_another_command_is_not_resumed_and_keeps_its_record(start, tmp_path, capsys):
+    # an SFT run's checkpoint would load into PPO's optimizer (a torch ValueError, deep in the resume); the
+    # directory's config.yaml names its command, and a failed --resume leaves it as it was
+    run = tmp_path / "sft"
+    shutil.copytree(start["sft"].parent, run)
+    record = (run / "config.yaml").read_text()
+    assert record.startswith("# mathrl sft:")
+    assert main(["ppo", "--model", str(start["sft"]), "--out", str(run), "--resume", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --resume: {run} holds a `mathrl sft` run, not a `mathrl ppo` one; resume it with "
+                   "`mathrl sft --resume` or choose another --out")
+    assert (run / "config.yaml").read_text() == record
+    # the record (its first line a YAML comment) reads back as the command's config
+    from mathrl.algorithms.sft_config import Config
+    from mathrl.config import build, load_yaml
+
+    assert build(Config, load_yaml(str(run / "config.yaml"))).model == str(start["pretrain"] / "model")
+
+
+def test_model_files_that_would_be_lost_or_start_at_random_are_refused(start, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    # model init over a trained model
+    trained = tmp_path / "trained"
+    shutil.copytree(start["sft"], trained)
+    before = _weights(trained)
+    assert main(["model", "init", "--out", str(trained)]) == 2
+    assert "already holds a model" in capsys.readouterr().err
+    assert all(torch.equal(before[k], _weights(trained)[k]) for k in before)
+    # a checkpoint without one of its weights (transformers would initialise it at random)
+    weights = next(trained.glob("*.safetensors"))
+    state = load_file(str(weights))
+    dropped = next(k for k in state if "mlp.down_proj" in k)
+    del state[dropped]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert main(["eval", "--model", str(trained), "-n", "1", "-k", "0", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks 1 of the model's weights" in err and dropped in err
+    # a policy's directory as the reward model (its score head would start at random)
+    assert main(["eval", "--model", str(start["sft"]), "--orm", str(start["sft"]), "-n", "1", "-k", "2",
+                 "--out", str(tmp_path / "e"), "--threads", "1"]) == 2
+    assert "is not a reward model: it lacks score" in capsys.readouterr().err
+    # an --out that cannot be written is refused before the sampling, not after it
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["eval", "--model", str(start["sft"]), "-n", "1", "-k", "0", "--out", str(blocker),
+                 "--threads", "1"]) == 2
+    assert f"--out {blocker} exists and is not a directory" in capsys.readouterr().err
+
+
+def test_files_that_are_not_utf8_are_named_with_their_line(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"question": "a", "completions": ["x"]}\n{"question": "b\xff", "completions": ["y"]}\n')
+    assert main(["score", "--samples", str(samples), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {samples}:2: not UTF-8 text (byte 0xff at column 16)"
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"epochs: \xff\n")
+    assert main(["sft", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {config}: not UTF-8 text"
+
+
+def test_a_reward_function_that_raises_is_named(tmp_path):
+    from mathrl.errors import UsageError
+    from mathrl.rewards import outcome_rewards
+    from mathrl.tasks import load_task
+
+    module = tmp_path / "broken_reward.py"
+    module.write_text("def reward(prompts, completions, **columns):\n    return [1 / 0 for _ in completions]\n")
+    task = load_task("synthetic")
+    problem = task.problems("test")[0]
+    with pytest.raises(UsageError, match=rf"^--reward {module}:reward raised ZeroDivisionError: division by zero$"):
+        outcome_rewards(task, [problem], ["#### 1"], f"{module}:reward", prompts=["q"])

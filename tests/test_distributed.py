@@ -33,6 +33,21 @@ def _mathrl(args, ranks: int = 1, env=None, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
+@pytest.fixture(scope="module")
+def tiny_orm_dir(tiny_model_dir, tmp_path_factory):
+    """An untrained reward model on the tiny policy, its head seeded: a real, non-zero reward signal for PPO (the
+    untrained policy never answers right, and with all-zero rewards PPO's whitened advantages would be rounding
+    noise). A policy's own directory is refused as a reward model (its head would start at random)."""
+    from mathrl.models import load_tokenizer
+    from mathrl.reward_model import token_classifier
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-orm")
+    token_classifier(tiny_model_dir).save_pretrained(out)
+    load_tokenizer(tiny_model_dir).save_pretrained(out)
+    return out
+
+
 def _max_diff(a: Path, b: Path) -> float:
     x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert x.keys() == y.keys()
@@ -126,11 +141,10 @@ def test_dead_rank_ends_all_ranks(tiny_model_dir, tmp_path):
     assert proc.returncode != 0 and time.time() - t0 < 60
 
 
-def test_ppo_two_ranks_match_one_process(tiny_model_dir, tmp_path):
-    # rollouts sharded and gathered; each minibatch split by rows, token means over the whole minibatch. The
-    # untrained policy never answers right, so the reward is a (seeded, untrained) reward model's score: a real,
-    # non-zero signal (with all-zero rewards PPO's whitened advantages would be rounding noise)
-    args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_model_dir),
+def test_ppo_two_ranks_match_one_process(tiny_model_dir, tiny_orm_dir, tmp_path):
+    # rollouts sharded and gathered; each minibatch split by rows, token means over the whole minibatch; the reward
+    # is an untrained reward model's score (tiny_orm_dir)
+    args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_orm_dir),
             "--iterations", "2", "--prompts", "6", "-k", "2",
             "--max-new-tokens", "16", "--eval-size", "0", "--threads", "1"]
     one = _mathrl(args + ["--out", str(tmp_path / "one")])
@@ -167,10 +181,10 @@ def test_fsdp_sft_matches_one_process_and_resumes(tiny_model_dir, tmp_path):
         assert _max_diff(run / "model", tmp_path / "two" / "model") <= 1e-6
 
 
-def test_fsdp_ppo_matches_one_process(tiny_model_dir, tmp_path):
+def test_fsdp_ppo_matches_one_process(tiny_model_dir, tiny_orm_dir, tmp_path):
     # PPO under FSDP: policy and reference sharded, value head whole; minibatches of 5 rollouts in micro-batches of
     # 2 give the ranks different numbers of passes, which the shorter rank pads with zero-weight passes
-    args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_model_dir),
+    args = ["ppo", "--model", str(tiny_model_dir), "--reward", "orm", "--orm", str(tiny_orm_dir),
             "--iterations", "2", "--prompts", "6", "-k", "2", "--batch-size", "5", "--micro-batch-size", "2",
             "--max-new-tokens", "16", "--eval-size", "2", "--eval-k", "2", "--threads", "1"]
     one = _mathrl(args + ["--out", str(tmp_path / "one")])

@@ -113,6 +113,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.filterwarnings("ignore", message=".*torch.utils._pytree.*")
+    # PEFT asks transformers 5 a deprecated question under --lora-rank; a line of noise on every LoRA run
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     debug = os.environ.get("MATHRL_DEBUG") == "1"
     try:

@@ -16,7 +16,7 @@ from mathrl.models import count_parameters, init_model, load_model, load_tokeniz
 from mathrl.record import ModelRecord, read_record
 from mathrl.reward_model import load_reward_model
 from mathrl.runlog import progress
-from mathrl.runsetup import few_shot_examples, resolve_device, setup_threads, task_for, write_record
+from mathrl.runsetup import few_shot_examples, output_dir, resolve_device, setup_threads, task_for, write_record
 from mathrl.tasks import load_task, task_options
 from mathrl.tasks.answers import GRADERS, grader_audit
 from mathrl.tasks.data_files import jsonl_lines
@@ -64,6 +64,11 @@ def data_stats(cfg: DataStatsConfig) -> None:
 
 
 def model_init(cfg: ModelInitConfig) -> None:
+    out = Path(cfg.out)
+    if out.is_file() or (out.is_dir() and any(out.glob("*.safetensors"))):
+        # a fresh random model written over a trained one would lose it without a word
+        raise UsageError(f"--out {cfg.out} already holds {'a file' if out.is_file() else 'a model'}; choose another "
+                         "--out")
     task = load_task(cfg.task, level=cfg.level, data_dir=cfg.data_dir)
     model, tokenizer = init_model(task, cfg.out, size=cfg.size, seed=cfg.seed)
     write_record(cfg.out, ModelRecord(task=task_options(task), stage="init", shots=0, size=cfg.size))
@@ -83,6 +88,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         problems = problems[: cfg.n]
     if not problems:
         raise UsageError(f"split {cfg.split} of {task.name} is empty")
+    out = output_dir(cfg.out or Path(cfg.model).resolve().parent / f"eval-{cfg.split}")  # before the sampling
     condition = read_record(cfg.model).condition
     if condition and condition.get("dense") and cfg.sampling.engine == "vllm":
         raise UsageError(f"{cfg.model} is conditioned on dense returns (a marker forced after every step), which "
@@ -102,7 +108,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     engine.close()
     metrics = summarize(results)
     graded = add_side_by_side(task, results, metrics)
-    out = Path(cfg.out) if cfg.out else Path(cfg.model).resolve().parent / f"eval-{cfg.split}"
     write_report(results, metrics, out, title=f"{cfg.model} on {task.name}/{cfg.split}", graded=graded)
     print(headline(metrics))
     print_side_by_side(metrics)
@@ -168,6 +173,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     d = cfg.data
     path = Path(cfg.samples)
     rows = read_samples(path)
+    out = output_dir(cfg.out)
     extract, why = score_extraction(d.task, d.extract, rows, cfg.samples)
     task = load_task(d.task, level=d.level, data_dir=d.data_dir, extract=extract, surface=cfg.surface, **d.fields())
     if why:
@@ -209,8 +215,6 @@ def run_score(cfg: ScoreConfig) -> dict:
     for m in (metrics, *(metrics.get("by_extraction") or {}).values()):
         if "maj@1" not in m and "pass@1" in m and n_min == 1:
             m["maj@1"] = m["pass@1"]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "metrics.md").write_text(format_table(metrics, f"{cfg.samples} on {task.name}/{cfg.split}"))
     with open(out / "scored.jsonl", "w") as f:

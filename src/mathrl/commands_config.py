@@ -119,5 +119,7 @@ class ScoreConfig:
         validate_groups(self)
         if not self.samples or not self.out:
             raise UsageError("--samples and --out are required")
+        if self.k < 0:
+            raise UsageError(f"k must be >= 0 (0: the number of completions per line), got {self.k}")
         if not self.orm:
             refuse(self, ("device",), "without --orm (only the reward model runs on a device)")

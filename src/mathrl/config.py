@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -144,7 +145,9 @@ def load_yaml(path: str) -> dict:
     if not p.is_file():
         raise UsageError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -285,4 +288,20 @@ def to_dict(cfg) -> dict:
 
 
 def save(cfg, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """``cfg`` as flat YAML (``--config`` reads it back), under a comment naming the command whose Config it is
+    (its ``COMMAND``), so that ``--resume`` can tell another command's run directory (``saved_command``)."""
+    command = getattr(type(cfg), "COMMAND", None)
+    header = f"# mathrl {command}: the settings of this run (`mathrl {command} --config` reads them back)\n" \
+        if command else ""
+    Path(path).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def saved_command(path: Path) -> str | None:
+    """The command a config file ``save`` wrote names in its first line, or None (no file, or one written by
+    hand or by an earlier version)."""
+    try:
+        first = Path(path).read_text().split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.fullmatch(r"# mathrl ([a-z ]+): .*", first)
+    return match.group(1) if match else None

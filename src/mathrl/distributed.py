@@ -304,7 +304,11 @@ def optimizer_state(model, optimizer) -> dict:
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
     if not is_sharded(model) or not state.get("state"):
-        optimizer.load_state_dict(state)  # (torch matches parameters by position, whatever their saved names)
+        try:
+            optimizer.load_state_dict(state)  # (torch matches parameters by position, whatever their saved names)
+        except ValueError as e:  # another parameter count or shape: the checkpoint is not this run's
+            raise UsageError(f"--resume: the checkpoint's optimizer state does not fit this run's trainable "
+                             f"parameters (was it written with other --lora-* or model settings?): {e}") from None
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

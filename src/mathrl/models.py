@@ -212,7 +212,7 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.
         if adapters:
             model = _merged_adapters(p, dtype, options)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **options)
+            model = _from_pretrained(AutoModelForCausalLM, path, dtype, options)
     except (OSError, ValueError, ImportError) as e:  # ImportError: an attention kernel that is not installed
         raise UsageError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     check_vocab(model, tokenizer, str(path))
@@ -224,6 +224,20 @@ def load_model(path: str | os.PathLike, device: str | None = None, dtype: torch.
     return model, tokenizer
 
 
+def _from_pretrained(auto_class, path, dtype, options: dict):
+    """``auto_class.from_pretrained``, refusing a checkpoint that lacks some of the model's weights or holds them in
+    another shape: transformers would start those at random, with a warning nobody sees (mathrl quietens its
+    logging), and a model with a random layer trains and evaluates as if nothing were wrong."""
+    model, info = auto_class.from_pretrained(str(path), dtype=dtype, output_loading_info=True, **options)
+    missing = sorted(info.get("missing_keys") or []) + sorted(k[0] if isinstance(k, tuple) else k
+                                                              for k in info.get("mismatched_keys") or [])
+    if missing:
+        raise UsageError(f"{path}: the checkpoint lacks {len(missing)} of the model's weights or holds them in "
+                         f"another shape ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                         "they would start at random")
+    return model
+
+
 def _merged_adapters(path: Path, dtype, options: dict):
     """The base model an adapter directory names (``base_model_name_or_path``), with the adapters merged in."""
     from transformers import AutoModelForCausalLM
@@ -232,7 +246,7 @@ def _merged_adapters(path: Path, dtype, options: dict):
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise UsageError(f"{path}: adapter_config.json names no base model (base_model_name_or_path)")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir(base)), dtype=dtype, **options)
+    model = _from_pretrained(AutoModelForCausalLM, model_dir(base), dtype, options)
     return peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 

@@ -67,13 +67,14 @@ def _trunk_class():
 
 
 def token_classifier(path, num_labels: int = 1, attn_implementation: str = "", precision: str | None = None,
-                     device: str = "cpu"):
+                     device: str = "cpu", trained: bool = False):
     """A token classifier initialised from (or saved as) the model directory ``path``: transformers' own class
     where the architecture has one, else ``TrunkForTokenClassification``.
 
     ``precision`` (``--precision``, for training): the weights' dtype and the autocast of ``models.autocast``, as
     ``models.load_model`` gives a policy (bf16 training on CPU also takes the matmul-softmax attention there);
-    None keeps the checkpoint's own dtype and no autocast (scoring)."""
+    None keeps the checkpoint's own dtype and no autocast (scoring). ``trained``: ``path`` must be a reward model
+    (its head included); a policy's directory is refused, as its head would start at random."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     if not (Path(path) / "config.json").is_file():
@@ -83,14 +84,20 @@ def token_classifier(path, num_labels: int = 1, attn_implementation: str = "", p
     options = attention_options(attn_implementation, device, precision is not None, dtype, autocast_dtype)
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels, **options)
     if "TrunkForTokenClassification" in (config.architectures or []):
-        model = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype)
+        model, info = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype, output_loading_info=True)
     else:
         try:
-            model = AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=dtype)
+            model, info = AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=dtype,
+                                                                          output_loading_info=True)
         except ValueError as e:
             if "Unrecognized configuration class" not in str(e):
                 raise
-            model = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype)
+            model, info = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype,
+                                                         output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if trained and missing:
+        raise UsageError(f"{path} is not a reward model: it lacks {', '.join(missing[:3])} (a policy's directory? "
+                         "train one with `mathrl orm train`)")
     model.mathrl_autocast = autocast_dtype  # read by models.autocast in every forward pass mathrl makes
     return model
 
@@ -175,7 +182,7 @@ def load_reward_model(path: str, policy_tokenizer=None, device: str = "cpu") -> 
                          "policy's checkpoint")
     meta = json.loads((p / "mathrl.json").read_text()) if (p / "mathrl.json").is_file() else {}
     try:
-        model = token_classifier(p)
+        model = token_classifier(p, trained=True)
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot load reward model ({str(e).splitlines()[0]})") from None
     model.to(device)

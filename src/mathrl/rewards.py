@@ -57,9 +57,13 @@ def user_reward(spec: str) -> Callable:
 
 
 def _call_user_reward(kind: str, problems, texts, prompts) -> list[float]:
-    values = user_reward(kind)(prompts=list(prompts), completions=list(texts),
-                               question=[p.question for p in problems], answer=[p.answer for p in problems],
-                               solution=[p.solution for p in problems])
+    try:
+        values = user_reward(kind)(prompts=list(prompts), completions=list(texts),
+                                   question=[p.question for p in problems], answer=[p.answer for p in problems],
+                                   solution=[p.solution for p in problems])
+    except Exception as e:  # noqa: BLE001 - the user's function failed: name it, in one line
+        raise UsageError(f"--reward {kind} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from None
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError):

@@ -1,5 +1,6 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per logged step, always), the experiment trackers of
-``--report-to`` (TensorBoard event files in RUN/tb, Weights & Biases, trackio), progress bars.
+"""Run logging: ``config.yaml`` (the run's settings), ``metrics.jsonl`` (one JSON object per logged step,
+always), the experiment trackers of ``--report-to`` (TensorBoard event files in RUN/tb, Weights & Biases, trackio),
+progress bars.
 
 On resume the log is cut back to the resumed step, so a resumed run's metrics.jsonl reads like an
 uninterrupted one.
@@ -28,7 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mathrl import distributed
-from mathrl.config import to_dict
+from mathrl.config import save as save_config, to_dict
 from mathrl.errors import UsageError
 from mathrl.plots import metrics_vs_x
 from mathrl.settings import parse_report_to
@@ -103,6 +104,9 @@ class RunLogger:
             return
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # written here, once the run has started (a resume has read its checkpoint back): a run that fails
+        # before, a --resume with settings its checkpoint does not fit, leaves the directory's record as it was
+        save_config(cfg, self.run_dir / "config.yaml")
         self.path = self.run_dir / "metrics.jsonl"
         if resume_step is None:
             self.path.write_text("")

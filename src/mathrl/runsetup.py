@@ -13,7 +13,7 @@ import torch
 
 from mathrl import distributed
 from mathrl.checkpoint import list_checkpoints
-from mathrl.config import leaves
+from mathrl.config import leaves, saved_command
 from mathrl.errors import UsageError
 from mathrl.models import count_parameters, load_tokenizer, special_tokens
 from mathrl.record import ModelRecord, model_dir, read_record
@@ -25,15 +25,27 @@ from mathrl.tasks.jsonl import is_file_task
 from mathrl.tasks.prompting import PromptFormat, with_format
 
 
-def prepare_run_dir(out: str, resume: bool) -> Path:
-    """Create the run directory; refuse to overwrite a run that has checkpoints unless resuming."""
+def prepare_run_dir(out: str, resume: bool, command: str) -> Path:
+    """Create the run directory of a ``mathrl command`` run; refuse to overwrite a run that has checkpoints unless
+    resuming, and to resume another command's run (its checkpoint would load into the wrong optimizer and state)."""
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
     if not resume and list_checkpoints(path):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not path.exists():
         raise UsageError(f"--resume: no run at {out}")
+    written = saved_command(path / "config.yaml") if resume else None
+    if written and written != command:
+        raise UsageError(f"--resume: {out} holds a `mathrl {written}` run, not a `mathrl {command}` one; resume it "
+                         f"with `mathrl {written} --resume` or choose another --out")
+    return output_dir(out)
+
+
+def output_dir(out: str | os.PathLike) -> Path:
+    """The directory ``out``, created and checked writable: called before a command does its work, so that a bad
+    ``--out`` (a file, a read-only place) costs a line, not the run."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -224,11 +236,12 @@ class RunContext:
     threads: int
 
 
-def start_run(out: str, resume: bool, run) -> RunContext:
-    """The first lines of every training command: the run directory (refusing to overwrite a run unless
-    resuming), torch threads, the device (joining the process group under torchrun), the seeds."""
-    run_dir = prepare_run_dir(out, resume)
-    threads = setup_threads(run.threads)
-    device = resolve_device(run.device)
-    seed_everything(run.seed)
+def start_run(cfg) -> RunContext:
+    """The first lines of every training command, for its config ``cfg`` (``out``, ``resume``, ``run``, its
+    ``COMMAND``): the run directory (refusing to overwrite a run unless resuming, and to resume another command's),
+    torch threads, the device (joining the process group under torchrun), the seeds."""
+    run_dir = prepare_run_dir(cfg.out, cfg.resume, cfg.COMMAND)
+    threads = setup_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
     return RunContext(run_dir, device, threads)

@@ -18,6 +18,7 @@ here.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -97,6 +98,8 @@ class Run:
                                           "RUN/metrics.jsonl is always written")
 
     def validate(self) -> None:
+        if self.threads < 0:
+            raise UsageError(f"threads must be >= 0 (0: the cores this process may use), got {self.threads}")
         one_of(self.precision, PRECISIONS, "precision")
         parse_report_to(self.report_to)
 
@@ -371,10 +374,15 @@ class Lora:
         return self.save_merged is not False
 
 
-def no_lora_with_fsdp(lora: Lora, fsdp: bool) -> None:
+def check_fsdp(lora: Lora, fsdp: bool) -> None:
+    """--fsdp: not with LoRA, and only where there are ranks to shard over (``distributed.shard_model`` is a no-op
+    on one process, so the flag would do nothing)."""
     if fsdp and lora.lora_rank:
         raise UsageError("--fsdp with --lora-rank is not supported (LoRA keeps a full frozen copy per rank "
                          "anyway); use one or the other")
+    if fsdp and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        raise UsageError("--fsdp has no effect on one process: it shards the model over torchrun's ranks "
+                         "(torchrun --nproc-per-node N -m mathrl ...)")
 
 
 def validate_sampling_trainer(cfg, model: str) -> None:
@@ -382,7 +390,7 @@ def validate_sampling_trainer(cfg, model: str) -> None:
     groups, at least one sample per prompt, no LoRA under FSDP, and the start model (``model``: what it must be)."""
     validate_groups(cfg)
     cfg.sampling.require_samples()
-    no_lora_with_fsdp(cfg.lora, cfg.fsdp)
+    check_fsdp(cfg.lora, cfg.fsdp)
     if not cfg.model:
         raise UsageError(f"--model is required ({model})")
 

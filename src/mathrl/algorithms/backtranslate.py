@@ -52,7 +52,6 @@ from typing import Iterable, Sequence
 from mathrl import checkpoint as ckpt
 from mathrl import distributed, engines
 from mathrl.algorithms.backtranslate_config import Config
-from mathrl.config import save as save_config
 from mathrl.errors import UsageError
 from mathrl.metrics import normalize_solution
 from mathrl.models import load_model
@@ -202,10 +201,9 @@ def real_questions(task) -> set[str]:
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     forward, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
     reverse, _ = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                             compute=cfg.compute)

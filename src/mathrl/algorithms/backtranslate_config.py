@@ -12,6 +12,7 @@ from mathrl.settings import Compute, Data, Optim, Prompting, Run, Sampling, resu
 
 @dataclass
 class Config:
+    COMMAND = "backtranslate"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     model: str = field("", "the forward model, which writes solutions (an SFT model): it samples the solutions, "
                            "checks the round trip, and starts the reverse model (required)")
     out: str = field("runs/backtranslate", "run directory (the pairs: OUT/backtranslated.jsonl; the counts: "

@@ -45,7 +45,6 @@ from mathrl import checkpoint as ckpt
 from mathrl.backtranslated import added_count, read_pairs, select_pairs
 from mathrl.algorithms.expert_iteration_config import Config
 from mathrl.compile import compiled
-from mathrl.config import save as save_config
 from mathrl.record import ModelRecord, read_record
 from mathrl.evaluate import evaluate, evaluate_in_run, summarize
 from mathrl.metrics import normalize_solution
@@ -92,10 +91,9 @@ class EIState:
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)

@@ -14,6 +14,7 @@ from mathrl.settings import compile_blocks, Backtranslated, Compute, Data, EvalS
 
 @dataclass
 class Config:
+    COMMAND = "ei"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     model: str = field("", "starting checkpoint: an SFT model, or a pretrained one (few-shot prompted) (required)")
     out: str = field("runs/ei", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)

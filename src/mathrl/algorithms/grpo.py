@@ -41,7 +41,6 @@ from mathrl import backtrack, distributed, engines
 from mathrl.advantages import group_advantages, group_signal, kl_penalty_rewards
 from mathrl.algorithms.grpo_config import Config
 from mathrl.compile import compiled
-from mathrl.config import save as save_config
 from mathrl.losses import aggregate, ppo_policy_loss
 from mathrl.pg_run import Inputs, check_kl, draw_questions, evaluate_policy, evaluation_due, fresh_plr, \
     load_policy, planned_steps, resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, \
@@ -71,10 +70,9 @@ class GRPOState:
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     # a reference model for the KL term only (--kl-coef > 0; with LoRA: the adapters disabled)
     policy, reference, tokenizer = load_policy(cfg, device, with_reference=cfg.kl_coef > 0)
     engine = engines.create(policy, cfg.sampling, cfg.model)  # after the reference copy and LoRA

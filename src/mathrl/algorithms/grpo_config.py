@@ -28,6 +28,7 @@ RETIRED = {"value_clip": (0.2, _PPO), "vf_coef": (0.5, _PPO), "value_trunk_grad"
 
 @dataclass
 class Config:
+    COMMAND = "grpo"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     # in the loop's order: collect, score, advantages, learn, evaluate, checkpoint
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/grpo", "run directory (the final policy is written to OUT/model)")

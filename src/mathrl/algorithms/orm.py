@@ -29,7 +29,6 @@ from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.orm_config import Config
 from mathrl.compile import compiled
-from mathrl.config import save as save_config
 from mathrl.errors import UsageError
 from mathrl.metrics import auc, within_question_auc
 from mathrl.models import apply_lora, autocast, final_model, gradient_checkpointing, load_model
@@ -68,10 +67,9 @@ def _labels_per_token(tokenizer, text: str, spans, step_labels, final: float):
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, precision=cfg.run.precision, compute=cfg.compute)
     engine = engines.create(policy, cfg.sampling, cfg.model)
     shots = few_shot_examples(task, cfg.model, -1)

@@ -13,6 +13,7 @@ from mathrl.settings import compile_blocks, Compute, Data, Lora, Optim, Promptin
 
 @dataclass
 class Config:
+    COMMAND = "orm train"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     model: str = field("", "policy model directory whose samples are labelled (required)")
     out: str = field("runs/orm", "run directory (the reward model is written to OUT/model)")
     data: Data = group(Data)

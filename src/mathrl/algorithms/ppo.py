@@ -34,7 +34,6 @@ from mathrl import backtrack, distributed, engines
 from mathrl.advantages import adaptive_kl_coef, gae, kl_penalty_rewards, whiten
 from mathrl.algorithms.ppo_config import Config
 from mathrl.compile import compiled
-from mathrl.config import save as save_config
 from mathrl.losses import ppo_policy_loss, value_loss
 from mathrl.pg_run import check_kl, draw_questions, evaluate_policy, evaluation_due, fresh_plr, load_policy, \
     planned_steps, resume_checkpoint, run_inputs, save_iteration, schedule_lr, sequence_kl, stop_at_plateau, \
@@ -107,10 +106,9 @@ def build_models(cfg: Config, device: str) -> tuple[Models, object]:
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     m, tokenizer = build_models(cfg, device)
     engine = engines.create(m.policy, cfg.sampling, cfg.model)  # after the reference copy and LoRA
     params = [p for p in m.policy.parameters() if p.requires_grad] + list(m.head.parameters())

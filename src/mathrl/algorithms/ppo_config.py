@@ -23,6 +23,7 @@ RETIRED = {"advantage": ("gae", _GRPO), "clip_high": (0.0, _GRPO), "policy_loss"
 
 @dataclass
 class Config:
+    COMMAND = "ppo"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     # in the loop's order: collect, score, advantages, learn, evaluate, checkpoint
     model: str = field("", "starting policy (an SFT model, or a pretrained one, few-shot prompted) (required)")
     out: str = field("runs/ppo", "run directory (the final policy is written to OUT/model)")

@@ -33,7 +33,6 @@ import torch
 from mathrl import distributed
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.pretrain_config import Config
-from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
 from mathrl.models import count_parameters, init_model, load_model
 from mathrl.runsetup import start_run, write_record
@@ -89,10 +88,9 @@ def lm_batch(rows: torch.Tensor, doc_of: torch.Tensor, document_mask: bool) -> B
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
     task = load_task(cfg.task, level=cfg.level)
-    save_config(cfg, run_dir / "config.yaml")
 
     init_dir = run_dir / "init"
     if distributed.is_main() and not (init_dir / "config.json").is_file():
@@ -105,7 +103,7 @@ def train(cfg: Config) -> Path:
     if last is not None:
         ckpt.load_weights_into(model, last)
         state = ckpt.load_state(last)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
         print(f"resumed {run_dir} at step {start}")

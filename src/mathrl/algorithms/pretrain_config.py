@@ -13,6 +13,7 @@ from mathrl.tasks import SURFACES
 
 @dataclass
 class Config:
+    COMMAND = "pretrain"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     out: str = field("runs/pretrain", "run directory (the model is written to OUT/model)")
     task: str = field("synthetic", "task whose language is modelled (only the synthetic task has a corpus)")
     level: int = field(1, "synthetic task level of the problem texts")

@@ -37,7 +37,6 @@ import torch
 from mathrl import checkpoint as ckpt
 from mathrl.algorithms.rcrl_config import Config
 from mathrl.compile import compiled
-from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
 from mathrl.evaluate import evaluate_in_run
 from mathrl.models import final_model, load_model
@@ -146,10 +145,9 @@ class RCRLState:
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device = ctx.dir, ctx.device
     task = task_for(cfg.model, cfg.data, cfg.prompting)
-    save_config(cfg, run_dir / "config.yaml")
     policy, tokenizer = load_model(cfg.model, device=device, for_training=True, precision=cfg.run.precision,
                                    compute=cfg.compute)
     warn_tiny_default_lr(cfg, policy)

@@ -14,6 +14,7 @@ from mathrl.settings import compile_blocks, Compute, Data, EvalSchedule, Evaluat
 
 @dataclass
 class Config:
+    COMMAND = "rcrl"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     model: str = field("", "starting checkpoint (an SFT model) (required)")
     out: str = field("runs/rcrl", "run directory (the final policy is written to OUT/model)")
     data: Data = group(Data)

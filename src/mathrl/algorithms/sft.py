@@ -21,7 +21,6 @@ from mathrl import distributed, engines
 from mathrl import checkpoint as ckpt
 from mathrl.backtranslated import added_count, read_pairs, select_pairs
 from mathrl.algorithms.sft_config import Config
-from mathrl.config import save as save_config
 from mathrl.record import ModelRecord
 from mathrl.settings import Sampling
 from mathrl.evaluate import append_question_records, evaluate, headline, summarize
@@ -44,10 +43,9 @@ def build_examples(task, tokenizer, problems, whole_sequence: bool):
 
 
 def train(cfg: Config) -> Path:
-    ctx = start_run(cfg.out, cfg.resume, cfg.run)
+    ctx = start_run(cfg)
     run_dir, device, threads = ctx.dir, ctx.device, ctx.threads
     task = task_for(cfg.model or None, cfg.data, cfg.prompting, teaching=True, train_size=cfg.train_size)
-    save_config(cfg, run_dir / "config.yaml")
 
     model_path = cfg.model
     if not model_path:

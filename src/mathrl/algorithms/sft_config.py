@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from mathrl.config import field, group, refuse
 from mathrl.errors import UsageError
 from mathrl.settings import compile_blocks, MODEL_SIZES, Backtranslated, Compute, Data, Evaluation, Lora, Optim, Prompting, Run, fsdp, \
-    max_new_tokens, no_lora_with_fsdp, one_of, resume, token_budget, validate_groups
+    max_new_tokens, check_fsdp, one_of, resume, token_budget, validate_groups
 
 
 @dataclass
 class Config:
+    COMMAND = "sft"  # (not a field) the command a run directory's config.yaml names: runsetup.start_run
     out: str = field("runs/sft", "run directory (the model is written to OUT/model)")
     model: str = field("", "initial model directory; empty: a fresh embedded-default model (--size)")
     size: str = field("tiny", "size of a fresh model (when --model is empty)")
@@ -38,7 +39,7 @@ class Config:
 
     def validate(self) -> None:
         validate_groups(self)
-        no_lora_with_fsdp(self.lora, self.fsdp)
+        check_fsdp(self.lora, self.fsdp)
         if self.prompting.chat_template and not self.model:
             raise UsageError("--chat-template needs --model: the chat template is the model's tokenizer's (a fresh "
                              "embedded model has none)")

@@ -76,11 +76,16 @@ def hub_rows(task: str) -> dict[str, list[dict]]:
 
 def jsonl_lines(path: Path):
     """(line number, parsed value) of each non-blank line of a jsonl file; a missing file or a line that is not
-    JSON is a one-line error naming the file and line."""
+    JSON (or not UTF-8) is a one-line error naming the file and line."""
     if not path.is_file():
         raise UsageError(f"file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line: an undecodable byte is reported at its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -91,6 +91,8 @@ def load_svamp(path: Path) -> list[Problem]:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UsageError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
     if not isinstance(records, list):
         raise UsageError(f"{path}: expected a JSON list of problems")
     return svamp_problems(records, str(path))
