@@ -83,17 +83,18 @@ def token_classifier(path, num_labels: int = 1, attn_implementation: str = "", p
     dtype, autocast_dtype = resolve_precision(precision, device, True) if precision else (None, None)
     options = attention_options(attn_implementation, device, precision is not None, dtype, autocast_dtype)
     config = AutoConfig.from_pretrained(str(path), num_labels=num_labels, **options)
+    def load(cls):  # (model, what loading found: missing_keys...)
+        return cls.from_pretrained(str(path), config=config, dtype=dtype, output_loading_info=True)
+
     if "TrunkForTokenClassification" in (config.architectures or []):
-        model, info = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype, output_loading_info=True)
+        model, info = load(_trunk_class())
     else:
         try:
-            model, info = AutoModelForTokenClassification.from_pretrained(str(path), config=config, dtype=dtype,
-                                                                          output_loading_info=True)
+            model, info = load(AutoModelForTokenClassification)
         except ValueError as e:
             if "Unrecognized configuration class" not in str(e):
                 raise
-            model, info = _trunk_class().from_pretrained(str(path), config=config, dtype=dtype,
-                                                         output_loading_info=True)
+            model, info = load(_trunk_class())
     missing = sorted(info.get("missing_keys") or [])
     if trained and missing:
         raise UsageError(f"{path} is not a reward model: it lacks {', '.join(missing[:3])} (a policy's directory? "
